@@ -1,0 +1,75 @@
+"""qctest: the tiny runner of the integration tests.
+
+A test file defines test_* functions (and optionally setup_module() /
+teardown_module()), then ends with `qctest.main(globals())`. Tests run in
+definition order; each prints `ok name (1.2s)` or `FAIL name` with its
+traceback (and the stderr of quotecache processes it started). Exit status:
+1 if any failed, 77 (meson's "skipped") if every test skipped, else 0.
+Arguments on the command line select tests by name.
+
+Call skip("why") inside a test (or setup_module) to skip it.
+"""
+
+import os
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.abspath(os.environ.get("QC_SRC") or os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(SRC, "scripts"))
+
+import qcstack  # noqa: E402
+
+
+class Skip(Exception):
+    pass
+
+
+def skip(reason):
+    raise Skip(reason)
+
+
+def require_file(path, what=None):
+    """Skip unless `path` exists (e.g. a binary not built yet)."""
+    if not os.path.exists(path):
+        skip("%s missing: %s" % (what or "file", path))
+
+
+def main(ns):
+    only = set(sys.argv[1:])
+    tests = [(n, f) for n, f in ns.items()
+             if n.startswith("test_") and callable(f) and (not only or n in only)]
+    failed = skipped = 0
+    try:
+        if "setup_module" in ns:
+            ns["setup_module"]()
+    except Skip as e:
+        print("skip all: %s" % e, flush=True)
+        sys.exit(77)
+    try:
+        for name, fn in tests:
+            qcstack.test_started()
+            t0 = time.monotonic()
+            try:
+                fn()
+            except Skip as e:
+                skipped += 1
+                print("skip %s: %s" % (name, e), flush=True)
+                continue
+            except BaseException:  # noqa: B902 (KeyboardInterrupt too: report it)
+                failed += 1
+                print("FAIL %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
+                traceback.print_exc(file=sys.stdout)
+                qcstack.on_test_failure()
+                sys.stdout.flush()
+                continue
+            print("ok %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
+    finally:
+        if "teardown_module" in ns:
+            ns["teardown_module"]()
+    print("%d passed, %d failed, %d skipped"
+          % (len(tests) - failed - skipped, failed, skipped), flush=True)
+    if failed:
+        sys.exit(1)
+    sys.exit(77 if tests and skipped == len(tests) else 0)
