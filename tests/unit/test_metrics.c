@@ -1,0 +1,210 @@
+/* Unit tests for metrics: counter and gauge rendering, request counts by
+ * (route, status, X-Cache) including the status-slot bound, the histogram's
+ * cumulative buckets, and a format sanity pass over the whole output. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "quotecache/metrics.h"
+
+/* True when text contains line as a whole line. */
+static int has_line(const char *text, const char *line)
+{
+    size_t n = strlen(line);
+
+    for (const char *p = text; (p = strstr(p, line)) != NULL; p++) {
+        if ((p == text || p[-1] == '\n') && p[n] == '\n')
+            return 1;
+    }
+    return 0;
+}
+
+static char *render(void)
+{
+    size_t len = 0;
+    char *s = metrics_render(&len);
+
+    CHECK(s != NULL && strlen(s) == len);
+    CHECK(len > 0 && s[len - 1] == '\n');
+    return s;
+}
+
+static void test_counters_and_gauges(void)
+{
+    char *s;
+
+    metrics_reset();
+    metrics_inc(M_ORIGIN_LOADS);
+    metrics_inc(M_ORIGIN_LOADS);
+    metrics_add(M_COALESCED, 40);
+    metrics_inc(M_CONNS_REJECTED);
+    CHECK(metrics_get(M_ORIGIN_LOADS) == 2 && metrics_get(M_COALESCED) == 40);
+    metrics_gauge_set(G_CONNECTIONS, 5);
+    metrics_gauge_add(G_CONNECTIONS, -2);
+    metrics_gauge_add(G_WAITERS, 7);
+
+    s = render();
+    CHECK(has_line(s, "# TYPE quotecache_origin_loads_total counter"));
+    CHECK(strstr(s, "# HELP quotecache_origin_loads_total ") != NULL);
+    CHECK(has_line(s, "quotecache_origin_loads_total 2"));
+    CHECK(has_line(s, "quotecache_coalesced_total 40"));
+    CHECK(has_line(s, "quotecache_connections_rejected_total 1"));
+    static const char *const zero[] = {
+        "quotecache_origin_errors_total 0",    "quotecache_lock_acquired_total 0",
+        "quotecache_lock_waited_total 0",      "quotecache_lock_expired_total 0",
+        "quotecache_store_fenced_total 0",     "quotecache_invalidations_total 0",
+        "quotecache_redis_errors_total 0",     "quotecache_redis_reconnects_total 0",
+        "quotecache_pg_errors_total 0",        "quotecache_pg_reconnects_total 0",
+        "quotecache_tax_errors_total 0",       "quotecache_listen_reconnects_total 0",
+        "quotecache_waiters_rejected_total 0", "quotecache_flights 0",
+    };
+    for (size_t i = 0; i < sizeof(zero) / sizeof(zero[0]); i++)
+        CHECK(has_line(s, zero[i]));
+    CHECK(has_line(s, "# TYPE quotecache_connections gauge"));
+    CHECK(has_line(s, "quotecache_connections 3"));
+    CHECK(has_line(s, "quotecache_waiters 7"));
+    free(s);
+
+    metrics_reset();
+    CHECK(metrics_get(M_ORIGIN_LOADS) == 0);
+    s = render();
+    CHECK(has_line(s, "quotecache_origin_loads_total 0"));
+    CHECK(has_line(s, "quotecache_connections 0"));
+    CHECK(strstr(s, "quotecache_requests_total{") == NULL);
+    CHECK(has_line(s, "# TYPE quotecache_requests_total counter"));
+    free(s);
+}
+
+static void test_requests(void)
+{
+    char *s;
+
+    metrics_reset();
+    metrics_request(R_QUOTE, 200, X_HIT, 0.001);
+    metrics_request(R_QUOTE, 200, X_HIT, 0.001);
+    metrics_request(R_QUOTE, 200, X_MISS, 0.2);
+    metrics_request(R_QUOTE, 400, X_NONE, 0.0001);
+    metrics_request(R_HEALTHZ, 200, X_NONE, 0.0001);
+    metrics_request(R_ADMIN, 401, X_NONE, 0.0001);
+    metrics_request(R_QUOTE, 200, X_COALESCED, 0.3);
+    metrics_request(R_QUOTE, 200, X_STALE, 0.3);
+    metrics_request(R_QUOTE, 200, X_BYPASS, 0.3);
+    metrics_request(R_QUOTE, 0, X_NONE, 0.3);
+    metrics_request(R_QUOTE, 1000, X_NONE, 0.3);
+
+    s = render();
+    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"HIT\"} 2"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"MISS\"} 1"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"COALESCED\"} 1"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"STALE\"} 1"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"BYPASS\"} 1"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"400\",cache=\"NONE\"} 1"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"healthz\",status=\"200\",cache=\"NONE\"} 1"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"admin\",status=\"401\",cache=\"NONE\"} 1"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"other\",cache=\"NONE\"} 2"));
+    CHECK(strstr(s, "cache=\"MISS\"} 0") == NULL);
+    /* Statuses come out in ascending order. */
+    CHECK(strstr(s, "status=\"200\"") < strstr(s, "status=\"400\""));
+    CHECK(strstr(s, "status=\"400\"") < strstr(s, "status=\"401\""));
+    free(s);
+
+    CHECK(strcmp(metrics_xcache_name(X_HIT), "HIT") == 0);
+    CHECK(strcmp(metrics_xcache_name(X_COALESCED), "COALESCED") == 0);
+    CHECK(metrics_xcache_name(X_NONE) == NULL);
+}
+
+static void test_status_slot_bound(void)
+{
+    char *s;
+    char line[160];
+
+    metrics_reset();
+    /* 40 distinct statuses: 32 get a slot, the rest are "other". */
+    for (int st = 500; st < 540; st++)
+        metrics_request(R_OTHER, st, X_NONE, 0);
+    s = render();
+    snprintf(line, sizeof(line),
+             "quotecache_requests_total{route=\"other\",status=\"%d\",cache=\"NONE\"} 1", 531);
+    CHECK(has_line(s, line));
+    snprintf(line, sizeof(line),
+             "quotecache_requests_total{route=\"other\",status=\"%d\",cache=\"NONE\"} 1", 532);
+    CHECK(!has_line(s, line));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"other\",status=\"other\",cache=\"NONE\"} 8"));
+    free(s);
+}
+
+static void test_histogram(void)
+{
+    char *s;
+
+    metrics_reset();
+    metrics_request(R_QUOTE, 200, X_HIT, 0.0005); /* on a bound: counts in it */
+    metrics_request(R_QUOTE, 200, X_HIT, 0.0006);
+    metrics_request(R_QUOTE, 200, X_HIT, 0.2);
+    metrics_request(R_QUOTE, 200, X_HIT, 10);
+    metrics_request(R_QUOTE, 200, X_HIT, 11);
+    metrics_request(R_QUOTE, 200, X_HIT, -1);  /* clamped to 0 */
+    metrics_request(R_QUOTE, 200, X_HIT, nan("")); /* clamped to 0 */
+
+    s = render();
+    CHECK(has_line(s, "# TYPE quotecache_request_duration_seconds histogram"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_bucket{le=\"0.0005\"} 3"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_bucket{le=\"0.001\"} 4"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_bucket{le=\"0.1\"} 4"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_bucket{le=\"0.25\"} 5"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_bucket{le=\"5\"} 5"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_bucket{le=\"10\"} 6"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_bucket{le=\"+Inf\"} 7"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_count 7"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_sum 21.2011"));
+    static const char *const les[] = {"0.0005", "0.001", "0.0025", "0.005", "0.01",
+                                      "0.025",  "0.05",  "0.1",    "0.25",  "0.5",
+                                      "1",      "2.5",   "5",      "10",    "+Inf"};
+    const char *prev = s;
+    for (size_t i = 0; i < sizeof(les) / sizeof(les[0]); i++) {
+        char want[96];
+        snprintf(want, sizeof(want), "quotecache_request_duration_seconds_bucket{le=\"%s\"}",
+                 les[i]);
+        const char *at = strstr(s, want);
+        CHECK(at != NULL && at >= prev);
+        prev = at ? at : prev;
+    }
+    free(s);
+}
+
+/* Every line is a comment or "name[{labels}] value"; every sample's family
+ * has a TYPE line before it. */
+static void test_format(void)
+{
+    char *s, *save = NULL;
+    int lines = 0, bad = 0;
+
+    metrics_reset();
+    metrics_request(R_QUOTE, 200, X_MISS, 0.01);
+    metrics_inc(M_INVALIDATIONS);
+    s = render();
+    for (char *line = strtok_r(s, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        lines++;
+        if (line[0] == '#') {
+            bad += strncmp(line, "# HELP quotecache_", 18) != 0 &&
+                   strncmp(line, "# TYPE quotecache_", 18) != 0;
+            continue;
+        }
+        const char *sp = strrchr(line, ' ');
+        bad += strncmp(line, "quotecache_", 11) != 0 || !sp || sp[1] == '\0' ||
+               strspn(sp + 1, "0123456789.e+-") != strlen(sp + 1);
+    }
+    CHECK(lines > 40 && bad == 0);
+    free(s);
+}
+
+int main(void)
+{
+    test_counters_and_gauges();
+    test_requests();
+    test_status_slot_bound();
+    test_histogram();
+    test_format();
+    return CHECK_DONE();
+}
