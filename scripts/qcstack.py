@@ -58,6 +58,25 @@ def _raise_nofile():
 
 _raise_nofile()
 
+try:
+    import ctypes
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+
+
+def _die_with_parent():
+    """preexec_fn: the child gets SIGKILL if the test process dies (even by
+    SIGKILL), so a crashed test leaves no servers behind."""
+    if _libc is not None:
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _exit_on_sigterm():
+    """A SIGTERM (meson's timeout) runs finally blocks and atexit cleanup."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
 
 def free_port():
     """A TCP port free on 127.0.0.1 right now (bind port 0)."""
@@ -355,6 +374,7 @@ class Stack:
         os.chmod(self.dir, 0o755)  # postgres must traverse it when we are root
         if not self.detached:
             atexit.register(self.stop)
+            _exit_on_sigterm()
         try:
             if self.want["redis"]:
                 self.redis_port = free_port()
@@ -397,6 +417,8 @@ class Stack:
         kw = {}
         if user is not None:
             kw = dict(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
+        if not self.detached:
+            kw["preexec_fn"] = _die_with_parent
         with open(log, "ab") as out:
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                  stderr=subprocess.STDOUT, cwd=self.dir,
@@ -660,7 +682,8 @@ class Proxy:
         env.update(self.env or {})
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=subprocess.STDOUT, env=env)
+                                         stdout=err, stderr=subprocess.STDOUT, env=env,
+                                         preexec_fn=_die_with_parent)
         self.returncode = None
         if self not in self.stack.proxies:
             self.stack.proxies.append(self)

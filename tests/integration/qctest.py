@@ -57,12 +57,14 @@ def main(ns):
                 skipped += 1
                 print("skip %s: %s" % (name, e), flush=True)
                 continue
-            except BaseException:  # noqa: B902 (KeyboardInterrupt too: report it)
+            except BaseException as e:
                 failed += 1
                 print("FAIL %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
                 traceback.print_exc(file=sys.stdout)
                 qcstack.on_test_failure()
                 sys.stdout.flush()
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise  # interrupted (e.g. meson's timeout): stop, clean up
                 continue
             print("ok %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
     finally:
