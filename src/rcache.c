@@ -1,0 +1,719 @@
+/* rcache: owns everything quotecache holds in Redis' direction: the command
+ * connection and the one subscriber connection shared by all subscriptions
+ * (each with its reconnect timer and backoff), every command in flight (an
+ * "op", the privdata hiredis holds, with its own deadline timer), the SHA1s
+ * of our two Lua scripts as loaded on the current command connection, and
+ * the table of subscriptions. Nothing here outlives rcache_free.
+ *
+ * hiredis 0.14.1 behaviour this file is built on (async.c at v0.14.1):
+ * - when a context dies (error, or redisAsyncFree) every pending reply
+ *   callback runs with a NULL reply, then the disconnect callback (only if
+ *   the context had connected), then the context is freed;
+ * - a failed connect runs the connect callback with REDIS_ERR and then frees
+ *   the context itself: we only forget our pointer;
+ * - redisAsyncFree must not run inside a hiredis callback. This module never
+ *   does, and rcache_free must not be called from any callback this module
+ *   runs on hiredis' behalf (a reply, a message, state_cb): it aborts with a
+ *   message if it is. From a deadline (RCACHE_ERR after a timeout) or any
+ *   other libevent callback it is fine;
+ * - no command timeouts: each op carries its own evtimer. */
+#include "quotecache/rcache.h"
+
+#include "quotecache/log.h"
+#include "quotecache/mem.h"
+#include "quotecache/metrics.h"
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+#define SHA_HEX_LEN 40
+/* Ops held by hiredis, timed-out ones included. A Redis that hangs without
+ * closing the socket never answers them: past this many, submits are refused
+ * (callers fall back to the origin) instead of growing memory without end. */
+#define MAX_INFLIGHT 10000
+
+struct rc_conn {
+    rcache *rc;
+    const char *name;      /* "command" or "subscriber", for logs */
+    redisAsyncContext *ac; /* NULL while down; hiredis frees it, we forget it */
+    struct event *retry;   /* reconnect timer */
+    int backoff_ms;        /* delay of the next reconnect attempt */
+    bool up;               /* connected, and no disconnect since */
+    bool ever_up;          /* tells a reconnect from the first connect */
+    bool warned;           /* this outage was logged at warn level already */
+    void (*on_up)(struct rc_conn *c);
+};
+
+struct rc_sub {
+    struct rc_sub *next;
+    rcache *rc;
+    char *channel;
+    rcache_message_cb *cb;
+    void *arg;
+};
+
+enum rc_script { SCRIPT_STORE, SCRIPT_UNLOCK, SCRIPT_COUNT };
+
+struct rcache {
+    struct event_base *base;
+    char *host;
+    int port;
+    struct timeval cmd_timeout;
+    rcache_state_cb *state_cb;
+    void *state_arg;
+    struct rc_conn cmd;
+    struct rc_conn sub;
+    struct rc_sub *subs;
+    /* "" until SCRIPT LOAD answers on the current command connection; EVAL is
+     * used meanwhile, so no command ever depends on that answer. */
+    char sha[SCRIPT_COUNT][SHA_HEX_LEN + 1];
+    int hiredis_depth; /* > 0 while a callback run by hiredis is on the stack */
+    int inflight;      /* ops hiredis holds */
+    bool inflight_warned;
+    bool closing;
+    time_t last_err_log; /* error lines are rate-limited to one a second */
+    unsigned errs_unlogged;
+};
+
+enum op_kind {
+    OP_READ, /* MGET gen_global gen_product entry -> rcache_value */
+    OP_INT,  /* integer reply -> result */
+    OP_LOCK, /* +OK -> 1, nil -> 0 */
+};
+
+struct rc_op {
+    rcache *rc;
+    enum op_kind kind;
+    const char *what; /* command, for logs */
+    char key[64];     /* first key, truncated, for logs */
+    rcache_read_cb *read_cb;
+    rcache_done_cb *done_cb; /* may be NULL: nobody to tell */
+    void *arg;
+    struct event *deadline;
+    bool done; /* the caller has had its answer; only freeing is left */
+};
+
+/* The global generation key lives in another hash slot than the entry and
+ * the product generation. That is fine on the single-node Redis we support;
+ * Redis Cluster would refuse the script (CROSSSLOT). A missing counter reads
+ * as "0", as in rcache_read. */
+static const char store_lua[] =
+    "local g = redis.call('GET', KEYS[2]) or '0'\n"
+    "local p = redis.call('GET', KEYS[3]) or '0'\n"
+    "if g ~= ARGV[2] or p ~= ARGV[3] then return 0 end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])\n"
+    "redis.call('PUBLISH', ARGV[5], KEYS[1])\n"
+    "return 1\n";
+
+static const char unlock_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "  return redis.call('DEL', KEYS[1])\n"
+    "else\n"
+    "  return 0\n"
+    "end\n";
+
+static const char *const script_src[SCRIPT_COUNT] = {
+    [SCRIPT_STORE] = store_lua,
+    [SCRIPT_UNLOCK] = unlock_lua,
+};
+
+static void conn_start(struct rc_conn *c);
+
+/* ---- small helpers ---- */
+
+static struct event *timer_new(struct event_base *base, event_callback_fn fn, void *arg)
+{
+    struct event *ev = evtimer_new(base, fn, arg);
+    if (!ev) {
+        /* Only fails on allocation: same policy as mem.h. */
+        log_error("rcache: out of memory creating a timer");
+        abort();
+    }
+    return ev;
+}
+
+static struct timeval ms_to_tv(int ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    return tv;
+}
+
+static void arg_lens(const char *const *argv, size_t *lens, int argc)
+{
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+}
+
+/* A hung or flapping Redis fails every request: log one line a second, not
+ * one per request, and count them all in metrics. */
+static void log_redis_error(rcache *rc, const char *what, const char *key, const char *why)
+{
+    struct timeval now;
+    event_base_gettimeofday_cached(rc->base, &now);
+    if (now.tv_sec == rc->last_err_log) {
+        rc->errs_unlogged++;
+        log_debug("redis %s %s: %s", what, key, why);
+        return;
+    }
+    log_warn("redis %s %s: %s (%u more errors not logged)", what, key, why, rc->errs_unlogged);
+    rc->last_err_log = now.tv_sec;
+    rc->errs_unlogged = 0;
+}
+
+/* Absent counters read as 0; anything but an unsigned decimal is an error,
+ * so a corrupted counter can never fence-pass by accident. */
+static int parse_gen(const redisReply *r, uint64_t *out)
+{
+    uint64_t v = 0;
+
+    if (r->type == REDIS_REPLY_NIL) {
+        *out = 0;
+        return 0;
+    }
+    if (r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 20)
+        return -1;
+    for (size_t i = 0; i < r->len; i++) {
+        unsigned d = (unsigned)(unsigned char)r->str[i] - '0';
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- scripts ---- */
+
+static void script_on_load(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    const redisReply *r = reply;
+    char *sha = privdata; /* one of rc->sha[], alive as long as ac is */
+    (void)ac;
+    if (r && r->type == REDIS_REPLY_STRING && r->len == SHA_HEX_LEN)
+        memcpy(sha, r->str, SHA_HEX_LEN + 1);
+}
+
+/* Loads both scripts on the command connection. Until the answers arrive
+ * the callers use EVAL, which needs no state. */
+static void scripts_load(rcache *rc)
+{
+    for (int i = 0; i < SCRIPT_COUNT; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", script_src[i]};
+        size_t lens[3];
+        rc->sha[i][0] = '\0';
+        arg_lens(argv, lens, 3);
+        redisAsyncCommandArgv(rc->cmd.ac, script_on_load, rc->sha[i], 3, argv, lens);
+    }
+}
+
+/* Fills the first two words of a script call: EVALSHA sha, or EVAL source. */
+static void script_head(const rcache *rc, enum rc_script s, const char **argv)
+{
+    if (rc->sha[s][0]) {
+        argv[0] = "EVALSHA";
+        argv[1] = rc->sha[s];
+    } else {
+        argv[0] = "EVAL";
+        argv[1] = script_src[s];
+    }
+}
+
+/* ---- ops: one command in flight ---- */
+
+static void op_on_deadline(evutil_socket_t fd, short what, void *arg);
+
+static struct rc_op *op_new(rcache *rc, enum op_kind kind, const char *what, const char *key)
+{
+    struct rc_op *op = xcalloc(1, sizeof(*op));
+    op->rc = rc;
+    op->kind = kind;
+    op->what = what;
+    snprintf(op->key, sizeof(op->key), "%s", key);
+    op->deadline = timer_new(rc->base, op_on_deadline, op);
+    return op;
+}
+
+static void op_free(struct rc_op *op)
+{
+    event_free(op->deadline);
+    free(op);
+}
+
+/* Answers RCACHE_ERR. The op is marked done first: the caller may submit
+ * more, or (from a deadline only) even rcache_free, which frees this op. */
+static void op_fail(struct rc_op *op, const char *why)
+{
+    rcache *rc = op->rc;
+
+    op->done = true;
+    if (!rc->closing) {
+        metrics_inc(M_REDIS_ERRORS);
+        log_redis_error(rc, op->what, op->key, why);
+    }
+    if (op->kind == OP_READ)
+        op->read_cb(op->arg, RCACHE_ERR, NULL);
+    else if (op->done_cb)
+        op->done_cb(op->arg, RCACHE_ERR, 0);
+}
+
+static void op_succeed(struct rc_op *op, long long result)
+{
+    op->done = true;
+    if (op->done_cb)
+        op->done_cb(op->arg, RCACHE_OK, result);
+}
+
+static void op_answer_read(struct rc_op *op, const redisReply *r)
+{
+    rcache_value v = {0};
+    const redisReply *entry;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+        op_fail(op, "unexpected reply shape");
+        return;
+    }
+    if (parse_gen(r->element[0], &v.gen_global) < 0 ||
+        parse_gen(r->element[1], &v.gen_product) < 0) {
+        op_fail(op, "generation counter is not an unsigned integer");
+        return;
+    }
+    entry = r->element[2];
+    if (entry->type == REDIS_REPLY_STRING) {
+        v.entry = entry->str;
+        v.entry_len = entry->len;
+    } else if (entry->type != REDIS_REPLY_NIL) {
+        op_fail(op, "entry is not a string");
+        return;
+    }
+    op->done = true;
+    op->read_cb(op->arg, RCACHE_OK, &v);
+}
+
+static void op_answer(struct rc_op *op, const redisReply *r)
+{
+    if (!r) {
+        op_fail(op, "connection lost");
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        /* Only after SCRIPT FLUSH: reload, and EVAL until that answers. The
+         * command itself is not retried: its caller sees an error. */
+        if (strncmp(r->str, "NOSCRIPT", 8) == 0 && op->rc->cmd.up)
+            scripts_load(op->rc);
+        op_fail(op, r->str);
+        return;
+    }
+    switch (op->kind) {
+    case OP_READ:
+        op_answer_read(op, r);
+        return;
+    case OP_INT:
+        if (r->type == REDIS_REPLY_INTEGER)
+            op_succeed(op, r->integer);
+        else
+            op_fail(op, "expected an integer reply");
+        return;
+    case OP_LOCK:
+        if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0)
+            op_succeed(op, 1);
+        else if (r->type == REDIS_REPLY_NIL)
+            op_succeed(op, 0);
+        else
+            op_fail(op, "expected OK or nil");
+        return;
+    }
+}
+
+/* hiredis' reply callback: the reply, the late reply after a deadline, or
+ * NULL when the context dies. The op is ours to free in every case. */
+static void op_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct rc_op *op = privdata;
+    rcache *rc = op->rc;
+    (void)ac;
+
+    rc->inflight--;
+    if (!op->done) {
+        event_del(op->deadline);
+        rc->hiredis_depth++;
+        op_answer(op, reply);
+        rc->hiredis_depth--;
+    }
+    op_free(op);
+}
+
+/* hiredis still holds the op: the late reply, or the NULL reply when the
+ * context dies, frees it. The op must not be touched after op_fail. */
+static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    op_fail(arg, "timed out");
+}
+
+/* Sends the command; the op then belongs to hiredis until op_on_reply. On
+ * failure nothing was sent, the op is freed and the callback never runs. */
+static int op_submit(struct rc_op *op, int argc, const char **argv, const size_t *lens)
+{
+    rcache *rc = op->rc;
+
+    if (rc->inflight >= MAX_INFLIGHT) {
+        metrics_inc(M_REDIS_ERRORS);
+        if (!rc->inflight_warned)
+            log_warn("redis: %d commands in flight, refusing more", rc->inflight);
+        rc->inflight_warned = true;
+        op_free(op);
+        return -1;
+    }
+    if (redisAsyncCommandArgv(rc->cmd.ac, op_on_reply, op, argc, argv, lens) != REDIS_OK) {
+        /* hiredis refuses while its context is dying, which is also when a
+         * caller answered with a NULL reply may be submitting again. */
+        op_free(op);
+        return -1;
+    }
+    rc->inflight++;
+    event_add(op->deadline, &rc->cmd_timeout);
+    return 0;
+}
+
+/* ---- connections ---- */
+
+static void conn_log_down(struct rc_conn *c, const char *why)
+{
+    if (c->warned) {
+        log_debug("redis %s connection to %s:%d: %s", c->name, c->rc->host, c->rc->port, why);
+        return;
+    }
+    log_warn("redis %s connection to %s:%d: %s; retrying", c->name, c->rc->host, c->rc->port,
+             why);
+    c->warned = true;
+}
+
+static void conn_retry_later(struct rc_conn *c)
+{
+    struct timeval tv = ms_to_tv(c->backoff_ms);
+    event_add(c->retry, &tv);
+    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+}
+
+static void conn_on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_start(arg);
+}
+
+static void conn_on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rc_conn *c = ac->data;
+
+    if (status != REDIS_OK) {
+        /* hiredis frees ac as soon as we return. */
+        conn_log_down(c, ac->c.errstr);
+        c->ac = NULL;
+        conn_retry_later(c);
+        return;
+    }
+    if (c->ever_up) {
+        metrics_inc(M_REDIS_RECONNECTS);
+        log_info("redis %s connection to %s:%d is back", c->name, c->rc->host, c->rc->port);
+    }
+    c->up = true;
+    c->ever_up = true;
+    c->warned = false;
+    c->backoff_ms = BACKOFF_MIN_MS;
+    c->on_up(c);
+}
+
+/* Runs for a context that had connected, right before hiredis frees it:
+ * every pending op has already been answered with a NULL reply. */
+static void conn_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rc_conn *c = ac->data;
+    rcache *rc = c->rc;
+    bool was_up = c->up;
+    (void)status;
+
+    c->ac = NULL;
+    c->up = false;
+    if (rc->closing)
+        return;
+    metrics_inc(M_REDIS_ERRORS);
+    conn_log_down(c, ac->c.errstr[0] ? ac->c.errstr : "disconnected");
+    if (c == &rc->cmd && was_up && rc->state_cb) {
+        rc->hiredis_depth++;
+        rc->state_cb(rc->state_arg, false);
+        rc->hiredis_depth--;
+    }
+    conn_retry_later(c);
+}
+
+static void conn_start(struct rc_conn *c)
+{
+    rcache *rc = c->rc;
+    redisAsyncContext *ac = redisAsyncConnect(rc->host, rc->port);
+
+    if (!ac || ac->err || redisLibeventAttach(ac, rc->base) != REDIS_OK) {
+        /* Not attached to any event yet: no callback can be running. */
+        conn_log_down(c, ac ? ac->c.errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        conn_retry_later(c);
+        return;
+    }
+    ac->data = c;
+    redisAsyncSetConnectCallback(ac, conn_on_connect);
+    redisAsyncSetDisconnectCallback(ac, conn_on_disconnect);
+    c->ac = ac;
+}
+
+static void conn_init(struct rc_conn *c, rcache *rc, const char *name,
+                      void (*on_up)(struct rc_conn *c))
+{
+    c->rc = rc;
+    c->name = name;
+    c->on_up = on_up;
+    c->backoff_ms = BACKOFF_MIN_MS;
+    c->retry = timer_new(rc->base, conn_on_retry, c);
+}
+
+/* Called outside any hiredis callback (rcache_free checks): redisAsyncFree
+ * answers every pending op with a NULL reply before it returns. */
+static void conn_close(struct rc_conn *c)
+{
+    redisAsyncContext *ac = c->ac;
+
+    event_free(c->retry);
+    c->retry = NULL;
+    c->ac = NULL;
+    c->up = false;
+    if (ac)
+        redisAsyncFree(ac);
+}
+
+static void cmd_on_up(struct rc_conn *c)
+{
+    rcache *rc = c->rc;
+
+    scripts_load(rc);
+    rc->inflight_warned = false;
+    if (rc->state_cb) {
+        rc->hiredis_depth++;
+        rc->state_cb(rc->state_arg, true);
+        rc->hiredis_depth--;
+    }
+}
+
+/* ---- subscriptions ---- */
+
+/* Subscribe confirmations, and the NULL replies of a dying context, carry
+ * no message and are dropped. */
+static void sub_on_message(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    const redisReply *r = reply;
+    struct rc_sub *s = privdata;
+    const redisReply *kind, *payload;
+    (void)ac;
+
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3)
+        return;
+    kind = r->element[0];
+    payload = r->element[2];
+    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0 ||
+        payload->type != REDIS_REPLY_STRING)
+        return;
+    s->rc->hiredis_depth++;
+    s->cb(s->arg, payload->str, payload->len);
+    s->rc->hiredis_depth--;
+}
+
+static void sub_send(struct rc_sub *s)
+{
+    const char *argv[] = {"SUBSCRIBE", s->channel};
+    size_t lens[2];
+    redisAsyncContext *ac = s->rc->sub.ac;
+
+    arg_lens(argv, lens, 2);
+    /* Refused only while the context dies; the reconnect re-subscribes. */
+    if (redisAsyncCommandArgv(ac, sub_on_message, s, 2, argv, lens) != REDIS_OK)
+        log_warn("redis SUBSCRIBE %s refused; will retry on reconnect", s->channel);
+}
+
+static void sub_on_up(struct rc_conn *c)
+{
+    for (struct rc_sub *s = c->rc->subs; s; s = s->next)
+        sub_send(s);
+}
+
+/* ---- public API ---- */
+
+rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_timeout_ms,
+                   rcache_state_cb *state_cb, void *state_arg)
+{
+    rcache *rc = xcalloc(1, sizeof(*rc));
+
+    rc->base = base;
+    rc->host = xstrdup(host);
+    rc->port = port;
+    rc->cmd_timeout = ms_to_tv(cmd_timeout_ms > 0 ? cmd_timeout_ms : 1);
+    rc->state_cb = state_cb;
+    rc->state_arg = state_arg;
+    conn_init(&rc->cmd, rc, "command", cmd_on_up);
+    conn_init(&rc->sub, rc, "subscriber", sub_on_up);
+    /* Both connects are asynchronous: no callback runs before we return. */
+    conn_start(&rc->cmd);
+    conn_start(&rc->sub);
+    return rc;
+}
+
+void rcache_free(rcache *rc)
+{
+    if (!rc || rc->closing)
+        return;
+    if (rc->hiredis_depth > 0) {
+        /* hiredis would go on using the context we are about to free. */
+        log_error("rcache_free called from inside a Redis callback");
+        abort();
+    }
+    rc->closing = true;
+    conn_close(&rc->cmd);
+    conn_close(&rc->sub);
+    while (rc->subs) {
+        struct rc_sub *s = rc->subs;
+        rc->subs = s->next;
+        free(s->channel);
+        free(s);
+    }
+    free(rc->host);
+    free(rc);
+}
+
+bool rcache_is_up(const rcache *rc)
+{
+    return !rc->closing && rc->cmd.up;
+}
+
+int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
+                const char *gen_product_key, rcache_read_cb *cb, void *arg)
+{
+    const char *argv[] = {"MGET", gen_global_key, gen_product_key, entry_key};
+    size_t lens[4];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc))
+        return -1;
+    op = op_new(rc, OP_READ, "MGET", entry_key);
+    op->read_cb = cb;
+    op->arg = arg;
+    arg_lens(argv, lens, 4);
+    return op_submit(op, 4, argv, lens);
+}
+
+int rcache_store(rcache *rc, const char *entry_key, const char *gen_global_key,
+                 const char *gen_product_key, uint64_t gen_global, uint64_t gen_product,
+                 const char *value, size_t len, int64_t ttl_ms, const char *channel,
+                 rcache_done_cb *cb, void *arg)
+{
+    char gg[24], gp[24], ttl[24];
+    const char *argv[] = {NULL,    NULL, "3", entry_key, gen_global_key, gen_product_key,
+                          value ? value : "", gg, gp,        ttl,            channel};
+    size_t lens[11];
+    struct rc_op *op;
+
+    /* PX 0 or less is a Redis error: refuse it here, nothing sent. */
+    if (!rcache_is_up(rc) || ttl_ms <= 0)
+        return -1;
+    snprintf(gg, sizeof(gg), "%" PRIu64, gen_global);
+    snprintf(gp, sizeof(gp), "%" PRIu64, gen_product);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    script_head(rc, SCRIPT_STORE, argv);
+    arg_lens(argv, lens, 6);
+    lens[6] = len; /* the value is binary: never strlen it */
+    arg_lens(argv + 7, lens + 7, 4);
+    op = op_new(rc, OP_INT, "store", entry_key);
+    op->done_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 11, argv, lens);
+}
+
+int rcache_lock(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                rcache_done_cb *cb, void *arg)
+{
+    char ttl[24];
+    const char *argv[] = {"SET", lock_key, token, "NX", "PX", ttl};
+    size_t lens[6];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc) || ttl_ms <= 0)
+        return -1;
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    arg_lens(argv, lens, 6);
+    op = op_new(rc, OP_LOCK, "lock", lock_key);
+    op->done_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 6, argv, lens);
+}
+
+int rcache_unlock(rcache *rc, const char *lock_key, const char *token, rcache_done_cb *cb,
+                  void *arg)
+{
+    const char *argv[] = {NULL, NULL, "1", lock_key, token};
+    size_t lens[5];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc))
+        return -1;
+    script_head(rc, SCRIPT_UNLOCK, argv);
+    arg_lens(argv, lens, 5);
+    op = op_new(rc, OP_INT, "unlock", lock_key);
+    op->done_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 5, argv, lens);
+}
+
+int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
+{
+    const char *argv[] = {"INCR", key};
+    size_t lens[2];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc))
+        return -1;
+    arg_lens(argv, lens, 2);
+    op = op_new(rc, OP_INT, "INCR", key);
+    op->done_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 2, argv, lens);
+}
+
+void rcache_subscribe(rcache *rc, const char *channel, rcache_message_cb *cb, void *arg)
+{
+    struct rc_sub *s;
+
+    for (s = rc->subs; s; s = s->next) {
+        if (strcmp(s->channel, channel) == 0) {
+            /* Already subscribed: hiredis holds s, so swapping is enough. */
+            s->cb = cb;
+            s->arg = arg;
+            return;
+        }
+    }
+    s = xcalloc(1, sizeof(*s));
+    s->rc = rc;
+    s->channel = xstrdup(channel);
+    s->cb = cb;
+    s->arg = arg;
+    s->next = rc->subs;
+    rc->subs = s;
+    if (rc->sub.up)
+        sub_send(s);
+}
