@@ -1,0 +1,42 @@
+/* catalog: the small, slowly changing sets that validation and cache keys
+ * need on every request — tiers, currencies, and the promotions — kept in
+ * process so that neither a hit nor a validation costs a database query.
+ *
+ * Loaded at start, reloaded on a timer and whenever catalog_reload is called
+ * (invalidation does so on changes). Which promotions apply is decided at the
+ * moment of each request from their starts_at/ends_at, so a promotion starts
+ * and stops applying (and the cache key changes) at the exact second, with
+ * no timer and no write. */
+#ifndef QUOTECACHE_CATALOG_H
+#define QUOTECACHE_CATALOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quotecache/pgpool.h"
+
+struct event_base;
+
+typedef struct catalog catalog;
+
+#define CATALOG_MAX_PROMOS_PER_QUOTE 64
+
+catalog *catalog_new(struct event_base *base, pgpool *pool, int refresh_ms);
+void catalog_free(catalog *c);
+
+/* True once a load has succeeded. */
+bool catalog_ready(const catalog *c);
+/* Starts a reload now (or right after the one in progress). */
+void catalog_reload(catalog *c);
+
+bool catalog_has_tier(const catalog *c, const char *tier);
+bool catalog_has_currency(const catalog *c, const char *currency);
+
+/* Writes the ids of the promotions active for (product, region) at now_ms,
+ * ascending, into out (at most max). Returns their number, or -1 when there
+ * are more than max. */
+int catalog_active_promos(const catalog *c, int64_t product_id, const char *region, int64_t now_ms,
+                          int64_t *out, size_t max);
+
+#endif

@@ -1,0 +1,66 @@
+/* lookup: the cache in front of the origin, for one worker. For each quote
+ * request it reads Redis once, answers hits, and turns misses into exactly
+ * one origin load per key: in process through the flight table, across
+ * instances through the Redis lock and the "loaded" announcements.
+ *
+ * Ownership: a request handed to lookup_quote is owned by this module until
+ * its callback fires, exactly once and never before lookup_quote returns.
+ * A load belongs to the flight table, never to the request that started it.
+ * The caller's context must stay alive until the callback (evhttp keeps a
+ * request whose client went away alive until it is answered, so the server
+ * simply answers into the void). */
+#ifndef QUOTECACHE_LOOKUP_H
+#define QUOTECACHE_LOOKUP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quotecache/catalog.h"
+#include "quotecache/config.h"
+#include "quotecache/envelope.h"
+#include "quotecache/metrics.h"
+#include "quotecache/pgpool.h"
+#include "quotecache/rcache.h"
+#include "quotecache/request.h"
+#include "quotecache/tax.h"
+
+struct event_base;
+
+typedef struct lookup lookup;
+
+/* What to answer; pointers are valid only during the callback. */
+typedef struct lookup_answer {
+    int status;
+    const char *body; /* JSON: the quote, or an error document */
+    size_t len;
+    const char *etag; /* for 200s, without quotes; NULL otherwise */
+    enum metrics_xcache xcache;
+    int retry_after_s; /* > 0: send Retry-After */
+} lookup_answer;
+
+typedef void lookup_cb(void *arg, const lookup_answer *a);
+
+/* rc may be NULL (--redis none). */
+lookup *lookup_new(struct event_base *base, const qc_config *cfg, pgpool *pool, tax_client *tax,
+                   catalog *cat, rcache *rc);
+/* Shutdown, in this order: lookup_close (from now on every callback that
+ * reaches a load or a request answers 503 instead of going on), then free
+ * the rcache, the pool and the tax client (their shutdown answers into
+ * loads that still exist), then lookup_free. */
+void lookup_close(lookup *lk);
+void lookup_free(lookup *lk);
+
+/* r is validated and normalized. no_cache: skip the cached copy (the fresh
+ * result is still stored). The callback always fires later. */
+void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, void *arg);
+
+/* Invalidation: loads in flight for the product (or all) will not store or
+ * serve what they read before now. */
+void lookup_invalidate_product(lookup *lk, int64_t product_id);
+void lookup_invalidate_all(lookup *lk);
+
+/* Requests currently owned (waiting on Redis or on a load). */
+size_t lookup_pending(const lookup *lk);
+
+#endif

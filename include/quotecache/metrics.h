@@ -1,0 +1,70 @@
+/* metrics: process-wide counters, gauges and the request-duration histogram,
+ * rendered in the Prometheus text format. Pure: no I/O, one worker process
+ * owns one set (workers are single-threaded). */
+#ifndef QUOTECACHE_METRICS_H
+#define QUOTECACHE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum metrics_counter {
+    M_ORIGIN_LOADS,        /* loads started against PostgreSQL + tax */
+    M_ORIGIN_ERRORS,       /* loads that ended in 5xx */
+    M_COALESCED,           /* requests answered from another request's load */
+    M_LOCK_ACQUIRED,       /* cross-instance lock won */
+    M_LOCK_WAITED,         /* lock found taken: waited for another instance */
+    M_LOCK_EXPIRED,        /* lock expired without a value: taken over */
+    M_STORE_FENCED,        /* cache write refused: generation moved mid-load */
+    M_INVALIDATIONS,       /* invalidations applied (notify or admin) */
+    M_REDIS_ERRORS,
+    M_REDIS_RECONNECTS,
+    M_PG_ERRORS,
+    M_PG_RECONNECTS,
+    M_TAX_ERRORS,
+    M_LISTEN_RECONNECTS,
+    M_WAITERS_REJECTED,    /* waiter bound hit: 503 */
+    M_CONNS_REJECTED,      /* connection bound hit */
+    M_COUNTER_COUNT
+};
+
+enum metrics_gauge {
+    G_CONNECTIONS,
+    G_FLIGHTS,
+    G_WAITERS,
+    G_GAUGE_COUNT
+};
+
+enum metrics_route {
+    R_QUOTE,
+    R_HEALTHZ,
+    R_METRICS,
+    R_ADMIN,
+    R_OTHER,
+    R_ROUTE_COUNT
+};
+
+enum metrics_xcache {
+    X_NONE, /* not a cacheable answer (errors before lookup, other routes) */
+    X_HIT,
+    X_MISS,
+    X_COALESCED,
+    X_STALE,
+    X_BYPASS,
+    X_XCACHE_COUNT
+};
+
+void metrics_inc(enum metrics_counter c);
+void metrics_add(enum metrics_counter c, uint64_t n);
+uint64_t metrics_get(enum metrics_counter c);
+void metrics_gauge_set(enum metrics_gauge g, int64_t v);
+void metrics_gauge_add(enum metrics_gauge g, int64_t delta);
+/* One finished request: route, HTTP status, X-Cache result, duration. */
+void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, double seconds);
+/* Returns the X-Cache header value ("HIT", ...) or NULL for X_NONE. */
+const char *metrics_xcache_name(enum metrics_xcache x);
+/* Renders everything; returns a new NUL-terminated buffer (caller frees). */
+char *metrics_render(size_t *len);
+/* Zeroes everything (tests). */
+void metrics_reset(void);
+
+#endif

@@ -1,0 +1,57 @@
+/* pgpool: a small pool of asynchronous PostgreSQL connections on the
+ * worker's libevent loop. Nothing here blocks: connections are opened with
+ * PQconnectStart/PQconnectPoll, queries go out with PQsendQueryPrepared and
+ * results are read when libevent says the socket is readable.
+ *
+ * Ownership: each query is an op owned by the pool, with a deadline that
+ * covers queueing and execution. A query that passes its deadline is answered
+ * with an error and its connection is closed and replaced (the only way to
+ * stop a running statement without blocking). Callbacks fire exactly once,
+ * never before the submit returns. */
+#ifndef QUOTECACHE_PGPOOL_H
+#define QUOTECACHE_PGPOOL_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "quotecache/error.h"
+
+struct event_base;
+
+typedef struct pgpool pgpool;
+
+/* A statement prepared on every connection, addressed by its index. */
+typedef struct pgpool_stmt {
+    const char *name;
+    const char *sql;
+    int nparams;
+} pgpool_stmt;
+
+/* res is the statement's result (PGRES_TUPLES_OK or PGRES_COMMAND_OK) or NULL
+ * with err filled (503 unreachable, 504 deadline, 500 query error). The pool
+ * clears res after the callback returns. */
+typedef void pgpool_cb(void *arg, const PGresult *res, const qc_error *err);
+
+/* stmts must outlive the pool. queue_max bounds queries waiting for a free
+ * connection. */
+pgpool *pgpool_new(struct event_base *base, const char *conninfo, int size, int timeout_ms,
+                   int queue_max, const pgpool_stmt *stmts, size_t nstmts);
+/* Closes every connection; pending callbacks fire with an error before it
+ * returns. */
+void pgpool_free(pgpool *p);
+
+/* Queues statement stmt with text params (copied). Returns 0 (callback
+ * later), or -1 with err filled when no connection is up or the queue is
+ * full (the callback never fires). */
+int pgpool_query(pgpool *p, int stmt, const char *const *params, pgpool_cb *cb, void *arg,
+                 qc_error *err);
+
+/* True when at least one connection is ready. */
+bool pgpool_is_up(const pgpool *p);
+
+/* Runs one SQL script on a fresh blocking connection and returns 0, or -1
+ * with a message in err. For start-up tools only (never on the loop). */
+int pgpool_exec_blocking(const char *conninfo, const char *sql, char *err, size_t errlen);
+
+#endif

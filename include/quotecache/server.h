@@ -1,0 +1,43 @@
+/* server: the HTTP front of one worker — the public listener (quote,
+ * health, metrics) and the admin listener — with request limits, routing,
+ * validation against the catalog, and exactly one reply per request. */
+#ifndef QUOTECACHE_SERVER_H
+#define QUOTECACHE_SERVER_H
+
+#include <stddef.h>
+
+#include "quotecache/catalog.h"
+#include "quotecache/config.h"
+#include "quotecache/lookup.h"
+#include "quotecache/pgpool.h"
+#include "quotecache/rcache.h"
+#include "quotecache/tax.h"
+
+struct event_base;
+
+typedef struct server server;
+
+/* What the routes need; all outlive the server. rc may be NULL. */
+typedef struct server_deps {
+    const qc_config *cfg;
+    lookup *lk;
+    catalog *cat;
+    pgpool *pool;
+    tax_client *tax;
+    rcache *rc;
+    /* admin: invalidate one product (product_id > 0) or everything (0).
+     * Returns 0, or -1 when the invalidation could not be published. */
+    int (*invalidate)(void *arg, long long product_id);
+    void *invalidate_arg;
+} server_deps;
+
+/* Opens the listeners (SO_REUSEPORT, so workers share the port). Returns
+ * NULL with one line in err when a listener cannot be opened. */
+server *server_new(struct event_base *base, const server_deps *deps, char *err, size_t errlen);
+/* Stops accepting new connections (graceful shutdown, step one). */
+void server_stop_accepting(server *s);
+/* Requests received and not yet answered. */
+size_t server_inflight(const server *s);
+void server_free(server *s);
+
+#endif

@@ -1,0 +1,39 @@
+/* tax: client of the legacy tax service (evhttp client connections, reused
+ * while idle), with our own deadline per call and strict checking of what
+ * the service answers.
+ *
+ * Ownership: each call is an op owned by this module. The user's callback
+ * fires exactly once and never before tax_request returns: with the tax on
+ * success; 502 when the service answered badly; 503 when it could not be
+ * reached or dropped the connection; 504 when the deadline passed (the late
+ * answer is then swallowed). */
+#ifndef QUOTECACHE_TAX_H
+#define QUOTECACHE_TAX_H
+
+#include <stdint.h>
+
+#include "quotecache/error.h"
+
+struct event_base;
+
+typedef struct tax_client tax_client;
+
+/* err is NULL on success. */
+typedef void tax_cb(void *arg, int64_t tax_cents, const qc_error *err);
+
+/* url: http://HOST[:PORT][/PREFIX]. Returns NULL when url is unusable.
+ * max_conns bounds concurrent calls. */
+tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms,
+                           int max_conns);
+/* Pending callbacks fire with an error (503) before it returns. */
+void tax_client_free(tax_client *t);
+
+/* Returns 0 (callback later) or -1 with err filled (too many calls). */
+int tax_request(tax_client *t, const char *region, int64_t product_id, int64_t amount_cents,
+                const char *currency, tax_cb *cb, void *arg, qc_error *err);
+
+/* "up" after a good answer, "down" after a failed call, "unknown" before
+ * the first call. */
+const char *tax_client_state(const tax_client *t);
+
+#endif

@@ -1,0 +1,249 @@
+/* catalog: owns the in-process copy of tiers, currencies and promotions,
+ * and the reload cycle that keeps it current. */
+#include "quotecache/catalog.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quotecache/log.h"
+#include "quotecache/mem.h"
+#include "quotecache/request.h"
+#include "quotecache/sql.h"
+
+typedef struct promo {
+    int64_t product_id; /* 0: every product */
+    int64_t id;
+    char region[REQUEST_NAME_MAX + 1]; /* "": every region */
+    int64_t starts_ms, ends_ms;
+} promo;
+
+/* One consistent snapshot; replaced whole on each successful load. */
+typedef struct snapshot {
+    char **tiers;
+    size_t ntiers;
+    char **currencies;
+    size_t ncurrencies;
+    promo *promos; /* sorted by (product_id, id); product 0 first */
+    size_t npromos;
+} snapshot;
+
+struct catalog {
+    struct event_base *base;
+    pgpool *pool;
+    struct event *timer;
+    int refresh_ms;
+    snapshot *snap;
+    bool loading;
+    bool again; /* a reload was asked for while one was running */
+};
+
+static void snapshot_free(snapshot *s)
+{
+    if (s == NULL)
+        return;
+    for (size_t i = 0; i < s->ntiers; i++)
+        free(s->tiers[i]);
+    for (size_t i = 0; i < s->ncurrencies; i++)
+        free(s->currencies[i]);
+    free(s->tiers);
+    free(s->currencies);
+    free(s->promos);
+    free(s);
+}
+
+static int promo_cmp(const void *a, const void *b)
+{
+    const promo *x = a, *y = b;
+    if (x->product_id != y->product_id)
+        return x->product_id < y->product_id ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int64_t field_int(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static snapshot *snapshot_from(const PGresult *r)
+{
+    int n = PQntuples(r);
+    snapshot *s = xcalloc(1, sizeof(*s));
+    s->tiers = xcalloc((size_t)n + 1, sizeof(char *));
+    s->currencies = xcalloc((size_t)n + 1, sizeof(char *));
+    s->promos = xcalloc((size_t)n + 1, sizeof(promo));
+    for (int i = 0; i < n; i++) {
+        char kind = PQgetvalue(r, i, 0)[0];
+        if (kind == 't') {
+            s->tiers[s->ntiers++] = xstrdup(PQgetvalue(r, i, 1));
+        } else if (kind == 'c') {
+            s->currencies[s->ncurrencies++] = xstrdup(PQgetvalue(r, i, 1));
+        } else if (kind == 'p') {
+            promo *p = &s->promos[s->npromos++];
+            p->id = field_int(r, i, 2);
+            p->product_id = field_int(r, i, 3);
+            if (!PQgetisnull(r, i, 4))
+                snprintf(p->region, sizeof(p->region), "%s", PQgetvalue(r, i, 4));
+            p->starts_ms = field_int(r, i, 5);
+            p->ends_ms = field_int(r, i, 6);
+        }
+    }
+    qsort(s->promos, s->npromos, sizeof(promo), promo_cmp);
+    return s;
+}
+
+static void schedule(catalog *c, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+static void catalog_start_load(catalog *c);
+
+static void on_loaded(void *arg, const PGresult *res, const qc_error *err)
+{
+    catalog *c = arg;
+    c->loading = false;
+    if (res == NULL) {
+        log_warn("catalog: reload failed: %s", err->message);
+        schedule(c, c->snap ? c->refresh_ms : 500);
+        return;
+    }
+    snapshot *fresh = snapshot_from(res);
+    bool first = c->snap == NULL;
+    snapshot_free(c->snap);
+    c->snap = fresh;
+    if (first)
+        log_info("catalog: %zu tiers, %zu currencies, %zu promotions", fresh->ntiers,
+                 fresh->ncurrencies, fresh->npromos);
+    if (c->again) {
+        c->again = false;
+        catalog_start_load(c);
+        return;
+    }
+    schedule(c, c->refresh_ms);
+}
+
+static void catalog_start_load(catalog *c)
+{
+    qc_error err;
+    if (pgpool_query(c->pool, SQL_CATALOG, NULL, on_loaded, c, &err) < 0) {
+        /* PostgreSQL not up yet (start-up) or gone: try again soon. */
+        schedule(c, 250);
+        return;
+    }
+    c->loading = true;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    catalog *c = arg;
+    if (!c->loading)
+        catalog_start_load(c);
+}
+
+catalog *catalog_new(struct event_base *base, pgpool *pool, int refresh_ms)
+{
+    catalog *c = xcalloc(1, sizeof(*c));
+    c->base = base;
+    c->pool = pool;
+    c->refresh_ms = refresh_ms;
+    c->timer = evtimer_new(base, on_timer, c);
+    schedule(c, 0);
+    return c;
+}
+
+void catalog_free(catalog *c)
+{
+    if (c == NULL)
+        return;
+    /* The owner frees the pool first: its shutdown answers a pending load
+     * into this catalog, which must still exist then. */
+    event_free(c->timer);
+    snapshot_free(c->snap);
+    free(c);
+}
+
+bool catalog_ready(const catalog *c)
+{
+    return c->snap != NULL;
+}
+
+void catalog_reload(catalog *c)
+{
+    if (c->loading) {
+        c->again = true;
+        return;
+    }
+    evtimer_del(c->timer);
+    catalog_start_load(c);
+}
+
+static bool in_set(char *const *set, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(set[i], s) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool catalog_has_tier(const catalog *c, const char *tier)
+{
+    return c->snap && in_set(c->snap->tiers, c->snap->ntiers, tier);
+}
+
+bool catalog_has_currency(const catalog *c, const char *currency)
+{
+    return c->snap && in_set(c->snap->currencies, c->snap->ncurrencies, currency);
+}
+
+/* Index of the first promotion of product_id (or where it would be). */
+static size_t lower_bound(const snapshot *s, int64_t product_id)
+{
+    size_t lo = 0, hi = s->npromos;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->promos[mid].product_id < product_id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static bool promo_applies(const promo *p, const char *region, int64_t now_ms)
+{
+    return (p->region[0] == '\0' || strcmp(p->region, region) == 0) && p->starts_ms <= now_ms &&
+           now_ms < p->ends_ms;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int catalog_active_promos(const catalog *c, int64_t product_id, const char *region, int64_t now_ms,
+                          int64_t *out, size_t max)
+{
+    const snapshot *s = c->snap;
+    if (s == NULL)
+        return 0;
+    size_t n = 0;
+    int64_t wanted[2] = {0, product_id};
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = lower_bound(s, wanted[pass]);
+             i < s->npromos && s->promos[i].product_id == wanted[pass]; i++) {
+            if (!promo_applies(&s->promos[i], region, now_ms))
+                continue;
+            if (n == max)
+                return -1;
+            out[n++] = s->promos[i].id;
+        }
+    }
+    qsort(out, n, sizeof(int64_t), cmp_i64);
+    return (int)n;
+}

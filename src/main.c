@@ -1,0 +1,250 @@
+/* main: process life cycle. Parses the configuration, forks the workers
+ * (each a single-threaded libevent loop sharing the port via SO_REUSEPORT),
+ * wires one worker's modules together, and shuts them down in order. */
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "quotecache/catalog.h"
+#include "quotecache/config.h"
+#include "quotecache/key.h"
+#include "quotecache/log.h"
+#include "quotecache/lookup.h"
+#include "quotecache/mem.h"
+#include "quotecache/pgpool.h"
+#include "quotecache/rcache.h"
+#include "quotecache/server.h"
+#include "quotecache/sql.h"
+#include "quotecache/tax.h"
+
+#define CATALOG_REFRESH_MS 1000
+#define PG_QUEUE_MAX 1024
+#define TAX_MAX_CONNS 256
+
+typedef struct worker {
+    qc_config *cfg;
+    struct event_base *base;
+    pgpool *pool;
+    tax_client *tax;
+    catalog *cat;
+    rcache *rc;
+    lookup *lk;
+    server *srv;
+    struct event *sigterm, *sigint, *drain;
+    struct timespec stop_at;
+    bool stopping;
+} worker;
+
+static void worker_redis_state(void *arg, bool up)
+{
+    worker *w = arg;
+    /* Invalidations published while Redis was away may have been missed by
+     * loads of this instance: treat a reconnect as "anything may have
+     * changed" for what is in flight. */
+    if (up && w->lk)
+        lookup_invalidate_all(w->lk);
+}
+
+/* Admin invalidation: bump the Redis generation (every instance sees it on
+ * its next read) and the local one (loads in flight here). */
+static int worker_invalidate(void *arg, long long product_id)
+{
+    worker *w = arg;
+    char key[KEY_MAX];
+    if (product_id > 0) {
+        lookup_invalidate_product(w->lk, product_id);
+        key_product_gen(key, w->cfg->key_version, product_id);
+    } else {
+        lookup_invalidate_all(w->lk);
+        key_global_gen(key, w->cfg->key_version);
+    }
+    metrics_inc(M_INVALIDATIONS);
+    if (w->rc == NULL)
+        return 0;
+    return rcache_incr(w->rc, key, NULL, NULL);
+}
+
+static double ms_until(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(t->tv_sec - now.tv_sec) * 1e3 + (double)(t->tv_nsec - now.tv_nsec) / 1e6;
+}
+
+/* Polls until every accepted request is answered or the bound passes. */
+static void on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker *w = arg;
+    if (server_inflight(w->srv) == 0 || ms_until(&w->stop_at) <= 0) {
+        event_base_loopbreak(w->base);
+        return;
+    }
+    struct timeval tv = {0, 20 * 1000};
+    evtimer_add(w->drain, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    worker *w = arg;
+    if (w->stopping)
+        return;
+    w->stopping = true;
+    log_info("signal %d: draining (at most %d ms)", (int)sig, w->cfg->shutdown_timeout_ms);
+    server_stop_accepting(w->srv);
+    clock_gettime(CLOCK_MONOTONIC, &w->stop_at);
+    w->stop_at.tv_sec += w->cfg->shutdown_timeout_ms / 1000;
+    w->stop_at.tv_nsec += (long)(w->cfg->shutdown_timeout_ms % 1000) * 1000000L;
+    if (w->stop_at.tv_nsec >= 1000000000L) {
+        w->stop_at.tv_sec++;
+        w->stop_at.tv_nsec -= 1000000000L;
+    }
+    on_drain(-1, 0, w);
+}
+
+static int worker_start(worker *w, char *err, size_t errlen)
+{
+    const qc_config *cfg = w->cfg;
+    w->base = event_base_new();
+    w->tax = tax_client_new(w->base, cfg->tax_url, cfg->tax_timeout_ms, TAX_MAX_CONNS);
+    if (w->tax == NULL) {
+        snprintf(err, errlen, "--tax-url: cannot use '%.100s'", cfg->tax_url);
+        return -1;
+    }
+    w->pool = pgpool_new(w->base, cfg->postgres, cfg->pg_pool, cfg->pg_timeout_ms, PG_QUEUE_MAX,
+                         sql_statements, SQL_COUNT);
+    w->cat = catalog_new(w->base, w->pool, CATALOG_REFRESH_MS);
+    if (cfg->redis_enabled)
+        w->rc = rcache_new(w->base, cfg->redis.host, cfg->redis.port, cfg->redis_timeout_ms,
+                           worker_redis_state, w);
+    w->lk = lookup_new(w->base, cfg, w->pool, w->tax, w->cat, w->rc);
+    server_deps deps = {cfg, w->lk, w->cat, w->pool, w->tax, w->rc, worker_invalidate, w};
+    w->srv = server_new(w->base, &deps, err, errlen);
+    if (w->srv == NULL)
+        return -1;
+    w->sigterm = evsignal_new(w->base, SIGTERM, on_signal, w);
+    w->sigint = evsignal_new(w->base, SIGINT, on_signal, w);
+    w->drain = evtimer_new(w->base, on_drain, w);
+    evsignal_add(w->sigterm, NULL);
+    evsignal_add(w->sigint, NULL);
+    return 0;
+}
+
+/* Teardown order matters: see lookup.h. */
+static void worker_stop(worker *w)
+{
+    if (w->lk)
+        lookup_close(w->lk);
+    rcache_free(w->rc);
+    pgpool_free(w->pool);
+    tax_client_free(w->tax);
+    lookup_free(w->lk);
+    catalog_free(w->cat);
+    server_free(w->srv);
+    if (w->sigterm)
+        event_free(w->sigterm);
+    if (w->sigint)
+        event_free(w->sigint);
+    if (w->drain)
+        event_free(w->drain);
+    if (w->base)
+        event_base_free(w->base);
+}
+
+static int worker_run(qc_config *cfg)
+{
+    worker w = {0};
+    w.cfg = cfg;
+    char err[512] = "";
+    int rc = 0;
+    if (worker_start(&w, err, sizeof(err)) < 0) {
+        fprintf(stderr, "quotecache: %s\n", err);
+        rc = 1;
+    } else {
+        log_info("listening on %s:%d", cfg->listen.host, cfg->listen.port);
+        event_base_dispatch(w.base);
+    }
+    worker_stop(&w);
+    return rc;
+}
+
+/* ---- several workers ---- */
+
+static volatile sig_atomic_t master_signal;
+
+static void master_on_signal(int sig)
+{
+    master_signal = sig;
+}
+
+static int run_workers(qc_config *cfg)
+{
+    pid_t pids[64];
+    int n = cfg->workers;
+    for (int i = 0; i < n; i++) {
+        pids[i] = fork();
+        if (pids[i] == 0) {
+            int rc = worker_run(cfg);
+            config_free(cfg);
+            _exit(rc);
+        }
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = master_on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    int failed = 0, alive = n;
+    bool forwarded = false;
+    while (alive > 0) {
+        int status;
+        pid_t p = waitpid(-1, &status, 0);
+        if (p > 0) {
+            alive--;
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                failed = 1;
+            if (!master_signal && !forwarded) {
+                /* A worker died on its own: stop the rest rather than
+                 * serve with fewer workers than configured silently. */
+                log_error("worker %d exited unexpectedly; stopping", (int)p);
+                master_signal = SIGTERM;
+            }
+        }
+        if (master_signal && !forwarded) {
+            forwarded = true;
+            for (int i = 0; i < n; i++)
+                kill(pids[i], SIGTERM);
+        }
+    }
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    qc_config cfg;
+    char err[512] = "";
+    int rc = config_load(&cfg, argc, argv, err, sizeof(err));
+    if (rc != CONFIG_OK) {
+        if (rc == CONFIG_ERROR)
+            fprintf(stderr, "quotecache: %s\n", err);
+        config_free(&cfg);
+        return rc == CONFIG_EXIT ? 0 : 2;
+    }
+    enum log_level level;
+    if (log_level_parse(cfg.log_level, &level) < 0) {
+        fprintf(stderr, "quotecache: --log-level: expected debug, info, warn or error\n");
+        config_free(&cfg);
+        return 2;
+    }
+    log_set_level(level);
+    signal(SIGPIPE, SIG_IGN);
+    rc = cfg.workers > 1 ? run_workers(&cfg) : worker_run(&cfg);
+    config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,510 @@
+/* pgpool: owns the PostgreSQL connections of one worker, their state
+ * machines (connect, prepare, idle, busy, down), the queue of queries waiting
+ * for a connection, and every query op until its callback has fired. */
+#include "quotecache/pgpool.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quotecache/log.h"
+#include "quotecache/mem.h"
+#include "quotecache/metrics.h"
+
+#define PGPOOL_MAX_PARAMS 8
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+
+/* C_BROKEN: a send failed inside a submit; the failure is handled from the
+ * loop (conn_on_timer) so that no callback fires before the submit returns. */
+enum conn_state { C_DOWN, C_CONNECTING, C_PREPARING, C_IDLE, C_BUSY, C_BROKEN };
+
+typedef struct pg_conn pg_conn;
+
+typedef struct pg_op {
+    struct pg_op *next, *prev; /* queue links while waiting */
+    pgpool *pool;
+    int stmt;
+    int nparams;
+    char *params[PGPOOL_MAX_PARAMS];
+    pgpool_cb *cb;
+    void *arg;
+    struct event *deadline;
+    pg_conn *conn; /* the connection running it, NULL while queued */
+} pg_op;
+
+struct pg_conn {
+    pgpool *pool;
+    PGconn *pg;
+    enum conn_state state;
+    struct event *io;    /* socket readiness (one-shot while connecting) */
+    struct event *wio;   /* write readiness while output is pending */
+    struct event *timer; /* connect deadline, or reconnect backoff */
+    int prep_next;
+    int backoff_ms;
+    bool ever_up;
+    pg_op *op;
+    PGresult *res;
+};
+
+struct pgpool {
+    struct event_base *base;
+    char *conninfo;
+    int timeout_ms;
+    int queue_max;
+    int queued;
+    const pgpool_stmt *stmts;
+    size_t nstmts;
+    int size;
+    pg_conn *conns;
+    pg_op *head, *tail; /* FIFO of queries waiting for a connection */
+};
+
+static void conn_start(pg_conn *c);
+static void conn_fail(pg_conn *c, const char *why);
+static void pool_dispatch(pgpool *p);
+
+static struct timeval ms_to_tv(int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+/* ---- ops ---- */
+
+static void queue_remove(pgpool *p, pg_op *op)
+{
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        p->head = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    else
+        p->tail = op->prev;
+    op->next = op->prev = NULL;
+    p->queued--;
+}
+
+/* Fires the op's callback once and frees the op. res may be NULL. */
+static void op_finish(pg_op *op, const PGresult *res, const qc_error *err)
+{
+    event_free(op->deadline);
+    op->cb(op->arg, res, err);
+    for (int i = 0; i < op->nparams; i++)
+        free(op->params[i]);
+    free(op);
+}
+
+static void op_fail(pg_op *op, int status, const char *code, const char *msg)
+{
+    qc_error err;
+    qc_error_set(&err, status, code, "%s", msg);
+    op_finish(op, NULL, &err);
+}
+
+static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pg_op *op = arg;
+    pgpool *p = op->pool;
+    pg_conn *c = op->conn;
+    if (c != NULL) {
+        /* The statement is still running: closing the connection is the
+         * only non-blocking way to stop waiting for it. */
+        c->op = NULL;
+        conn_fail(c, "query deadline passed");
+    } else {
+        queue_remove(p, op);
+    }
+    op_fail(op, 504, "postgres_timeout", "PostgreSQL did not answer in time");
+}
+
+/* ---- connections ---- */
+
+static void conn_close(pg_conn *c)
+{
+    if (c->io) {
+        event_free(c->io);
+        c->io = NULL;
+    }
+    if (c->wio) {
+        event_free(c->wio);
+        c->wio = NULL;
+    }
+    if (c->res) {
+        PQclear(c->res);
+        c->res = NULL;
+    }
+    if (c->pg) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    evtimer_del(c->timer);
+    c->state = C_DOWN;
+}
+
+static bool pool_any_up(const pgpool *p)
+{
+    for (int i = 0; i < p->size; i++) {
+        if (p->conns[i].state == C_IDLE || p->conns[i].state == C_BUSY)
+            return true;
+    }
+    return false;
+}
+
+/* Nothing can serve the queue: answer it now rather than at each deadline,
+ * so callers can fall back to stale copies at once. */
+static void pool_fail_queue(pgpool *p)
+{
+    while (p->head != NULL) {
+        pg_op *op = p->head;
+        queue_remove(p, op);
+        op_fail(op, 503, "postgres_unavailable", "PostgreSQL is unreachable");
+    }
+}
+
+static void conn_fail(pg_conn *c, const char *why)
+{
+    pgpool *p = c->pool;
+    if (c->state != C_CONNECTING || c->ever_up)
+        log_warn("postgres: connection lost: %s", why);
+    metrics_inc(M_PG_ERRORS);
+    pg_op *op = c->op;
+    c->op = NULL;
+    conn_close(c);
+    /* Reconnect after a backoff that grows while PostgreSQL stays away. */
+    struct timeval tv = ms_to_tv(c->backoff_ms);
+    evtimer_add(c->timer, &tv);
+    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    if (op != NULL) {
+        op->conn = NULL;
+        op_fail(op, 503, "postgres_unavailable", "PostgreSQL connection lost");
+    }
+    if (!pool_any_up(p))
+        pool_fail_queue(p);
+}
+
+/* Defers conn_fail to the loop: see C_BROKEN. */
+static void conn_break(pg_conn *c)
+{
+    log_warn("postgres: send failed: %s", PQerrorMessage(c->pg));
+    c->state = C_BROKEN;
+    struct timeval now = {0, 0};
+    evtimer_add(c->timer, &now);
+}
+
+/* Pushes pending output; waits for writability when the socket is full. */
+static void conn_flush(pg_conn *c)
+{
+    int r = PQflush(c->pg);
+    if (r < 0) {
+        conn_break(c);
+    } else if (r == 1) {
+        event_add(c->wio, NULL);
+    }
+}
+
+static void conn_on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_flush(arg);
+}
+
+static void conn_prepare_next(pg_conn *c)
+{
+    pgpool *p = c->pool;
+    if ((size_t)c->prep_next == p->nstmts) {
+        c->state = C_IDLE;
+        c->backoff_ms = BACKOFF_MIN_MS;
+        if (c->ever_up)
+            metrics_inc(M_PG_RECONNECTS);
+        if (!c->ever_up || log_threshold <= LOG_DEBUG)
+            log_info("postgres: connection ready");
+        c->ever_up = true;
+        pool_dispatch(p);
+        return;
+    }
+    const pgpool_stmt *s = &p->stmts[c->prep_next];
+    if (!PQsendPrepare(c->pg, s->name, s->sql, s->nparams, NULL)) {
+        conn_break(c);
+        return;
+    }
+    conn_flush(c);
+}
+
+/* One command finished (PQgetResult gave NULL). */
+static void conn_command_done(pg_conn *c)
+{
+    if (c->state == C_PREPARING) {
+        PGresult *r = c->res;
+        c->res = NULL;
+        bool ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            log_error("postgres: prepare %s failed: %s", c->pool->stmts[c->prep_next].name,
+                      r ? PQresultErrorMessage(r) : "no result");
+        PQclear(r);
+        if (!ok) {
+            conn_fail(c, "prepare failed");
+            return;
+        }
+        c->prep_next++;
+        conn_prepare_next(c);
+        return;
+    }
+    if (c->state != C_BUSY)
+        return;
+    pg_op *op = c->op;
+    PGresult *r = c->res;
+    c->op = NULL;
+    c->res = NULL;
+    c->state = C_IDLE;
+    op->conn = NULL;
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        op_finish(op, r, NULL);
+    } else {
+        metrics_inc(M_PG_ERRORS);
+        log_error("postgres: %s: %s", c->pool->stmts[op->stmt].name,
+                  r ? PQresultErrorMessage(r) : "no result");
+        op_fail(op, 500, "postgres_error", "PostgreSQL query failed");
+    }
+    PQclear(r);
+    pool_dispatch(c->pool);
+}
+
+static void conn_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pg_conn *c = arg;
+    if (!PQconsumeInput(c->pg)) {
+        conn_fail(c, PQerrorMessage(c->pg));
+        return;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(c->pg)) != NULL)
+        PQfreemem(n);
+    while (c->pg != NULL && (c->state == C_PREPARING || c->state == C_BUSY) &&
+           !PQisBusy(c->pg)) {
+        PGresult *r = PQgetResult(c->pg);
+        if (r == NULL) {
+            conn_command_done(c);
+            return; /* the next command, if any, starts from its own event */
+        }
+        if (c->res == NULL)
+            c->res = r;
+        else
+            PQclear(r);
+    }
+}
+
+static void conn_connected(pg_conn *c)
+{
+    pgpool *p = c->pool;
+    evtimer_del(c->timer);
+    PQsetnonblocking(c->pg, 1);
+    int fd = PQsocket(c->pg);
+    c->io = event_new(p->base, fd, EV_READ | EV_PERSIST, conn_on_read, c);
+    c->wio = event_new(p->base, fd, EV_WRITE, conn_on_write, c);
+    event_add(c->io, NULL);
+    c->state = C_PREPARING;
+    c->prep_next = 0;
+    conn_prepare_next(c);
+}
+
+static void conn_on_connect_io(evutil_socket_t fd, short what, void *arg);
+
+static void conn_poll(pg_conn *c, PostgresPollingStatusType st)
+{
+    if (c->io) {
+        event_free(c->io);
+        c->io = NULL;
+    }
+    switch (st) {
+    case PGRES_POLLING_OK:
+        conn_connected(c);
+        return;
+    case PGRES_POLLING_READING:
+    case PGRES_POLLING_WRITING:
+        /* The socket may change between polls (e.g. a second address). */
+        c->io = event_new(c->pool->base, PQsocket(c->pg),
+                          st == PGRES_POLLING_READING ? EV_READ : EV_WRITE, conn_on_connect_io, c);
+        event_add(c->io, NULL);
+        return;
+    default:
+        conn_fail(c, PQerrorMessage(c->pg));
+    }
+}
+
+static void conn_on_connect_io(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pg_conn *c = arg;
+    conn_poll(c, PQconnectPoll(c->pg));
+}
+
+/* The timer means "connect now" when down, "gave up" when connecting. */
+static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pg_conn *c = arg;
+    if (c->state == C_DOWN)
+        conn_start(c);
+    else if (c->state == C_CONNECTING || c->state == C_PREPARING)
+        conn_fail(c, "connect deadline passed");
+    else if (c->state == C_BROKEN)
+        conn_fail(c, "send failed");
+}
+
+static void conn_start(pg_conn *c)
+{
+    c->pg = PQconnectStart(c->pool->conninfo);
+    c->state = C_CONNECTING;
+    struct timeval tv = ms_to_tv(c->pool->timeout_ms);
+    evtimer_add(c->timer, &tv);
+    if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
+        conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
+        return;
+    }
+    conn_poll(c, PGRES_POLLING_WRITING);
+}
+
+static void conn_run(pg_conn *c, pg_op *op)
+{
+    const pgpool_stmt *s = &c->pool->stmts[op->stmt];
+    c->state = C_BUSY;
+    c->op = op;
+    op->conn = c;
+    if (!PQsendQueryPrepared(c->pg, s->name, op->nparams, (const char *const *)op->params, NULL,
+                             NULL, 0)) {
+        conn_break(c);
+        return;
+    }
+    conn_flush(c);
+}
+
+static void pool_dispatch(pgpool *p)
+{
+    for (int i = 0; i < p->size && p->head != NULL; i++) {
+        pg_conn *c = &p->conns[i];
+        if (c->state != C_IDLE)
+            continue;
+        pg_op *op = p->head;
+        queue_remove(p, op);
+        conn_run(c, op);
+    }
+}
+
+/* ---- public ---- */
+
+pgpool *pgpool_new(struct event_base *base, const char *conninfo, int size, int timeout_ms,
+                   int queue_max, const pgpool_stmt *stmts, size_t nstmts)
+{
+    pgpool *p = xcalloc(1, sizeof(*p));
+    p->base = base;
+    p->conninfo = xstrdup(conninfo);
+    p->timeout_ms = timeout_ms;
+    p->queue_max = queue_max;
+    p->stmts = stmts;
+    p->nstmts = nstmts;
+    p->size = size;
+    p->conns = xcalloc((size_t)size, sizeof(pg_conn));
+    for (int i = 0; i < size; i++) {
+        pg_conn *c = &p->conns[i];
+        c->pool = p;
+        c->backoff_ms = BACKOFF_MIN_MS;
+        c->timer = evtimer_new(base, conn_on_timer, c);
+        conn_start(c);
+    }
+    return p;
+}
+
+void pgpool_free(pgpool *p)
+{
+    if (p == NULL)
+        return;
+    for (int i = 0; i < p->size; i++) {
+        pg_conn *c = &p->conns[i];
+        pg_op *op = c->op;
+        c->op = NULL;
+        conn_close(c);
+        event_free(c->timer);
+        if (op != NULL)
+            op_fail(op, 503, "shutting_down", "the proxy is shutting down");
+    }
+    while (p->head != NULL) {
+        pg_op *op = p->head;
+        queue_remove(p, op);
+        op_fail(op, 503, "shutting_down", "the proxy is shutting down");
+    }
+    free(p->conns);
+    free(p->conninfo);
+    free(p);
+}
+
+bool pgpool_is_up(const pgpool *p)
+{
+    return pool_any_up(p);
+}
+
+int pgpool_query(pgpool *p, int stmt, const char *const *params, pgpool_cb *cb, void *arg,
+                 qc_error *err)
+{
+    if (!pool_any_up(p)) {
+        qc_error_set(err, 503, "postgres_unavailable", "PostgreSQL is unreachable");
+        return -1;
+    }
+    if (p->queued >= p->queue_max) {
+        qc_error_set(err, 503, "postgres_busy", "too many queries waiting for PostgreSQL");
+        return -1;
+    }
+    pg_op *op = xcalloc(1, sizeof(*op));
+    op->pool = p;
+    op->stmt = stmt;
+    op->nparams = p->stmts[stmt].nparams;
+    for (int i = 0; i < op->nparams && i < PGPOOL_MAX_PARAMS; i++)
+        op->params[i] = params[i] ? xstrdup(params[i]) : NULL;
+    op->cb = cb;
+    op->arg = arg;
+    op->deadline = evtimer_new(p->base, op_on_deadline, op);
+    struct timeval tv = ms_to_tv(p->timeout_ms);
+    evtimer_add(op->deadline, &tv);
+    op->prev = p->tail;
+    if (p->tail)
+        p->tail->next = op;
+    else
+        p->head = op;
+    p->tail = op;
+    p->queued++;
+    pool_dispatch(p);
+    return 0;
+}
+
+int pgpool_exec_blocking(const char *conninfo, const char *sql, char *err, size_t errlen)
+{
+    PGconn *pg = PQconnectdb(conninfo);
+    int rc = 0;
+    if (PQstatus(pg) != CONNECTION_OK) {
+        snprintf(err, errlen, "cannot connect to PostgreSQL: %s", PQerrorMessage(pg));
+        rc = -1;
+    } else {
+        PGresult *r = PQexec(pg, sql);
+        ExecStatusType st = PQresultStatus(r);
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+            snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+            rc = -1;
+        }
+        PQclear(r);
+    }
+    PQfinish(pg);
+    /* libpq messages end with a newline; the caller prints one line. */
+    size_t n = strlen(err);
+    while (rc < 0 && n > 0 && (err[n - 1] == '\n' || err[n - 1] == '\r'))
+        err[--n] = '\0';
+    return rc;
+}

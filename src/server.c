@@ -1,0 +1,588 @@
+/* server: owns the evhttp instances of one worker, their listening sockets,
+ * the per-request context of every public request until it is answered,
+ * and the count of client connections. */
+#include "quotecache/server.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "quotecache/log.h"
+#include "quotecache/mem.h"
+#include "quotecache/metrics.h"
+#include "quotecache/quote.h"
+#include "quotecache/request.h"
+
+#define INM_MAX 256
+
+/* Open-addressing set of live client connections (evhttp gives no other
+ * handle to count them by). */
+typedef struct conn_set {
+    void **slots;
+    size_t cap, n;
+} conn_set;
+
+struct server {
+    struct event_base *base;
+    server_deps d;
+    struct evhttp *pub;
+    struct evhttp *admin;
+    struct evhttp_bound_socket *pub_sock;
+    struct evhttp_bound_socket *admin_sock;
+    size_t inflight;
+    conn_set conns;
+};
+
+typedef struct req_ctx {
+    server *s;
+    struct evhttp_request *req;
+    struct timespec started;
+    char inm[INM_MAX]; /* If-None-Match, "" when absent */
+} req_ctx;
+
+/* ---- connection accounting ---- */
+
+static size_t ptr_hash(const void *p, size_t cap)
+{
+    uintptr_t v = (uintptr_t)p;
+    v ^= v >> 17;
+    v *= 0x9E3779B97F4A7C15ull;
+    return (size_t)(v >> 7) & (cap - 1);
+}
+
+static bool set_has(const conn_set *s, const void *p)
+{
+    if (s->cap == 0)
+        return false;
+    for (size_t i = ptr_hash(p, s->cap);; i = (i + 1) & (s->cap - 1)) {
+        if (s->slots[i] == p)
+            return true;
+        if (s->slots[i] == NULL)
+            return false;
+    }
+}
+
+static void set_put(conn_set *s, void *p);
+
+static void set_grow(conn_set *s)
+{
+    conn_set bigger = {xcalloc(s->cap ? s->cap * 2 : 64, sizeof(void *)), s->cap ? s->cap * 2 : 64,
+                       0};
+    for (size_t i = 0; i < s->cap; i++) {
+        if (s->slots[i])
+            set_put(&bigger, s->slots[i]);
+    }
+    free(s->slots);
+    *s = bigger;
+}
+
+static void set_put(conn_set *s, void *p)
+{
+    if ((s->n + 1) * 2 > s->cap)
+        set_grow(s);
+    size_t i = ptr_hash(p, s->cap);
+    while (s->slots[i] != NULL)
+        i = (i + 1) & (s->cap - 1);
+    s->slots[i] = p;
+    s->n++;
+}
+
+/* Deletes with backward-shift so probes stay correct without tombstones. */
+static void set_del(conn_set *s, const void *p)
+{
+    if (s->cap == 0)
+        return;
+    size_t i = ptr_hash(p, s->cap);
+    while (s->slots[i] != p) {
+        if (s->slots[i] == NULL)
+            return;
+        i = (i + 1) & (s->cap - 1);
+    }
+    s->slots[i] = NULL;
+    s->n--;
+    for (size_t j = (i + 1) & (s->cap - 1); s->slots[j] != NULL; j = (j + 1) & (s->cap - 1)) {
+        void *q = s->slots[j];
+        s->slots[j] = NULL;
+        s->n--;
+        set_put(s, q);
+    }
+}
+
+static void on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    server *s = arg;
+    set_del(&s->conns, evcon);
+    metrics_gauge_set(G_CONNECTIONS, (int64_t)s->conns.n);
+}
+
+/* libevent 2.1 has no hook at accept time that can refuse a connection, so
+ * connections are counted from their first complete request (a connection
+ * that never completes one is cut by the header timeout). Returns false
+ * when the connection is one too many: the caller answers 503 and closes. */
+static bool conn_admit(server *s, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (evcon == NULL || set_has(&s->conns, evcon))
+        return true;
+    if (s->conns.n >= (size_t)s->d.cfg->max_conns) {
+        metrics_inc(M_CONNS_REJECTED);
+        return false;
+    }
+    set_put(&s->conns, evcon);
+    evhttp_connection_set_closecb(evcon, on_conn_close, s);
+    metrics_gauge_set(G_CONNECTIONS, (int64_t)s->conns.n);
+    return true;
+}
+
+/* ---- replies ---- */
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static void send_body(struct evhttp_request *req, int status, const char *body, size_t len)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "application/json");
+    struct evbuffer *buf = evbuffer_new();
+    evbuffer_add(buf, body, len);
+    evhttp_send_reply(req, status, NULL, buf);
+    evbuffer_free(buf);
+}
+
+static void send_error(struct evhttp_request *req, int status, const char *code,
+                       const char *message)
+{
+    size_t len;
+    char *body = quote_render_error(code, message, &len);
+    send_body(req, status, body, len);
+    free(body);
+}
+
+static void send_qc_error(struct evhttp_request *req, const qc_error *e)
+{
+    send_error(req, e->status, e->code, e->message);
+}
+
+/* ---- /quote ---- */
+
+/* True when an If-None-Match list contains the tag (or is "*"). */
+static bool etag_matches(const char *inm, const char *etag)
+{
+    char quoted[ENVELOPE_ETAG_LEN + 3];
+    snprintf(quoted, sizeof(quoted), "\"%s\"", etag);
+    if (strcmp(inm, "*") == 0)
+        return true;
+    const char *p = inm;
+    while ((p = strstr(p, quoted)) != NULL) {
+        bool start_ok = p == inm || p[-1] == ' ' || p[-1] == ',' || p[-1] == '/';
+        char after = p[strlen(quoted)];
+        if (start_ok && (after == '\0' || after == ',' || after == ' '))
+            return true;
+        p++;
+    }
+    return false;
+}
+
+static void on_answer(void *arg, const lookup_answer *a)
+{
+    req_ctx *c = arg;
+    struct evhttp_request *req = c->req;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    const char *x = metrics_xcache_name(a->xcache);
+    if (x)
+        evhttp_add_header(h, "X-Cache", x);
+    int status = a->status;
+    if (a->retry_after_s > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", a->retry_after_s);
+        evhttp_add_header(h, "Retry-After", ra);
+    }
+    if (a->etag != NULL) {
+        char tag[ENVELOPE_ETAG_LEN + 3];
+        snprintf(tag, sizeof(tag), "\"%s\"", a->etag);
+        evhttp_add_header(h, "ETag", tag);
+        evhttp_add_header(h, "Cache-Control", "no-cache");
+    }
+    if (a->etag != NULL && c->inm[0] && etag_matches(c->inm, a->etag)) {
+        status = 304;
+        evhttp_send_reply(req, 304, "Not Modified", NULL);
+    } else {
+        send_body(req, status, a->body, a->len);
+    }
+    metrics_request(R_QUOTE, status, a->xcache, seconds_since(&c->started));
+    c->s->inflight--;
+    free(c);
+}
+
+static bool header_has_token(const char *value, const char *token)
+{
+    size_t n = strlen(token);
+    for (const char *p = value; (p = strcasestr(p, token)) != NULL; p += n) {
+        bool start_ok = p == value || p[-1] == ' ' || p[-1] == ',';
+        char after = p[n];
+        if (start_ok && (after == '\0' || after == ',' || after == ' ' || after == ';'))
+            return true;
+    }
+    return false;
+}
+
+static void handle_quote(server *s, struct evhttp_request *req, const char *id_segment,
+                         const char *query)
+{
+    qc_error err;
+    quote_req r;
+    if (request_parse_quote(id_segment, query, &r, &err) < 0) {
+        send_qc_error(req, &err);
+        metrics_request(R_QUOTE, err.status, X_NONE, 0);
+        return;
+    }
+    catalog *cat = s->d.cat;
+    if (!catalog_ready(cat)) {
+        send_error(req, 503, "catalog_unavailable", "pricing data is not loaded yet");
+        metrics_request(R_QUOTE, 503, X_NONE, 0);
+        return;
+    }
+    if (!catalog_has_tier(cat, r.tier)) {
+        send_error(req, 400, "unknown_tier", "parameter 'tier': no such tier");
+        metrics_request(R_QUOTE, 400, X_NONE, 0);
+        return;
+    }
+    if (!catalog_has_currency(cat, r.currency)) {
+        send_error(req, 400, "unknown_currency", "parameter 'currency': no such currency");
+        metrics_request(R_QUOTE, 400, X_NONE, 0);
+        return;
+    }
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    const char *cc = evhttp_find_header(in, "Cache-Control");
+    const char *pragma = evhttp_find_header(in, "Pragma");
+    bool no_cache = (cc && header_has_token(cc, "no-cache")) ||
+                    (pragma && header_has_token(pragma, "no-cache"));
+    req_ctx *c = xcalloc(1, sizeof(*c));
+    c->s = s;
+    c->req = req;
+    clock_gettime(CLOCK_MONOTONIC, &c->started);
+    const char *inm = evhttp_find_header(in, "If-None-Match");
+    if (inm != NULL && strlen(inm) < INM_MAX)
+        snprintf(c->inm, sizeof(c->inm), "%s", inm);
+    s->inflight++;
+    lookup_quote(s->d.lk, &r, no_cache, on_answer, c);
+}
+
+/* ---- /healthz, /metrics ---- */
+
+static void handle_healthz(server *s, struct evhttp_request *req)
+{
+    const char *redis = s->d.rc == NULL ? "disabled" : rcache_is_up(s->d.rc) ? "up" : "down";
+    const char *pg = pgpool_is_up(s->d.pool) ? "up" : "down";
+    const char *tax = tax_client_state(s->d.tax);
+    bool ok = strcmp(redis, "down") != 0 && strcmp(pg, "up") == 0 && strcmp(tax, "down") != 0 &&
+              catalog_ready(s->d.cat);
+    char body[160];
+    int n = snprintf(body, sizeof(body),
+                     "{\"status\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\",\"tax\":\"%s\"}",
+                     ok ? "ok" : "degraded", redis, pg, tax);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+    send_body(req, 200, body, (size_t)n);
+    metrics_request(R_HEALTHZ, 200, X_NONE, 0);
+}
+
+static void handle_metrics(struct evhttp_request *req)
+{
+    metrics_request(R_METRICS, 200, X_NONE, 0);
+    size_t len;
+    char *text = metrics_render(&len);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4");
+    struct evbuffer *buf = evbuffer_new();
+    evbuffer_add(buf, text, len);
+    evhttp_send_reply(req, 200, NULL, buf);
+    evbuffer_free(buf);
+    free(text);
+}
+
+/* ---- limits and routing ---- */
+
+static size_t headers_size(struct evhttp_request *req)
+{
+    size_t n = 0;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
+        n += strlen(kv->key) + strlen(kv->value) + 4;
+    return n;
+}
+
+/* Answers requests that break a size limit. Returns true when it did. */
+static bool reject_oversized(server *s, struct evhttp_request *req, enum metrics_route route)
+{
+    const char *uri = evhttp_request_get_uri(req);
+    if (strlen(uri) > (size_t)s->d.cfg->max_uri) {
+        send_error(req, 414, "uri_too_long", "the request URI is too long");
+        metrics_request(route, 414, X_NONE, 0);
+        return true;
+    }
+    if (headers_size(req) > (size_t)s->d.cfg->max_headers) {
+        send_error(req, 431, "headers_too_large", "the request headers are too large");
+        metrics_request(route, 431, X_NONE, 0);
+        return true;
+    }
+    return false;
+}
+
+static bool method_ok(struct evhttp_request *req, const char *allow, enum evhttp_cmd_type want,
+                      enum metrics_route route)
+{
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (m == want || (want == EVHTTP_REQ_GET && m == EVHTTP_REQ_HEAD))
+        return true;
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    send_error(req, 405, "method_not_allowed", "method not allowed on this route");
+    metrics_request(route, 405, X_NONE, 0);
+    return false;
+}
+
+static void on_public(struct evhttp_request *req, void *arg)
+{
+    server *s = arg;
+    if (!conn_admit(s, req)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        send_error(req, 503, "too_many_connections", "too many client connections");
+        metrics_request(R_OTHER, 503, X_NONE, 0);
+        return;
+    }
+    if (reject_oversized(s, req, R_OTHER))
+        return;
+    char path[4096 + 1];
+    const char *uri = evhttp_request_get_uri(req);
+    const char *q = strchr(uri, '?');
+    size_t plen = q ? (size_t)(q - uri) : strlen(uri);
+    if (plen >= sizeof(path)) {
+        send_error(req, 414, "uri_too_long", "the request URI is too long");
+        return;
+    }
+    memcpy(path, uri, plen);
+    path[plen] = '\0';
+    const char *query = q ? q + 1 : NULL;
+    if (strncmp(path, "/quote/", 7) == 0 && strchr(path + 7, '/') == NULL) {
+        if (method_ok(req, "GET, HEAD", EVHTTP_REQ_GET, R_QUOTE))
+            handle_quote(s, req, path + 7, query);
+    } else if (strcmp(path, "/healthz") == 0) {
+        if (method_ok(req, "GET, HEAD", EVHTTP_REQ_GET, R_HEALTHZ))
+            handle_healthz(s, req);
+    } else if (strcmp(path, "/metrics") == 0) {
+        if (method_ok(req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
+            handle_metrics(req);
+    } else {
+        send_error(req, 404, "no_route", "no such route");
+        metrics_request(R_OTHER, 404, X_NONE, 0);
+    }
+}
+
+/* ---- admin ---- */
+
+/* Constant time whatever the lengths: compare digests, not strings. */
+static bool token_ok(const char *given, const char *want)
+{
+    unsigned char a[32], b[32];
+    unsigned int la = 0, lb = 0;
+    EVP_Digest(given, strlen(given), a, &la, EVP_sha256(), NULL);
+    EVP_Digest(want, strlen(want), b, &lb, EVP_sha256(), NULL);
+    return la == 32 && lb == 32 && CRYPTO_memcmp(a, b, 32) == 0;
+}
+
+static bool admin_authorized(server *s, struct evhttp_request *req)
+{
+    const char *token = s->d.cfg->admin_token;
+    if (token == NULL)
+        return true; /* the admin listener is loopback-only then */
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    return auth != NULL && strncmp(auth, "Bearer ", 7) == 0 && token_ok(auth + 7, token);
+}
+
+/* Parses {"product_id": N} or {"all": true}. Returns N, 0 for all, -1 bad. */
+static long long parse_invalidate(struct evbuffer *body)
+{
+    size_t len = evbuffer_get_length(body);
+    if (len == 0 || len > 4096)
+        return -1;
+    const char *text = (const char *)evbuffer_pullup(body, (ev_ssize_t)len);
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    long long out = -1;
+    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(doc, "product_id");
+    const cJSON *all = cJSON_GetObjectItemCaseSensitive(doc, "all");
+    if (cJSON_IsObject(doc) && cJSON_GetArraySize(doc) == 1) {
+        if (cJSON_IsTrue(all))
+            out = 0;
+        else if (cJSON_IsNumber(pid) && pid->valuedouble >= 1 &&
+                 pid->valuedouble <= 9007199254740991.0 &&
+                 pid->valuedouble == (double)(long long)pid->valuedouble)
+            out = (long long)pid->valuedouble;
+    }
+    cJSON_Delete(doc);
+    return out;
+}
+
+static void on_admin(struct evhttp_request *req, void *arg)
+{
+    server *s = arg;
+    if (reject_oversized(s, req, R_ADMIN))
+        return;
+    if (strcmp(evhttp_request_get_uri(req), "/admin/invalidate") != 0) {
+        send_error(req, 404, "no_route", "no such route");
+        metrics_request(R_ADMIN, 404, X_NONE, 0);
+        return;
+    }
+    if (!admin_authorized(s, req)) {
+        send_error(req, 401, "unauthorized", "a valid bearer token is required");
+        metrics_request(R_ADMIN, 401, X_NONE, 0);
+        return;
+    }
+    if (!method_ok(req, "POST", EVHTTP_REQ_POST, R_ADMIN))
+        return;
+    long long pid = parse_invalidate(evhttp_request_get_input_buffer(req));
+    if (pid < 0) {
+        send_error(req, 400, "bad_request",
+                   "body must be {\"product_id\": N} with N > 0, or {\"all\": true}");
+        metrics_request(R_ADMIN, 400, X_NONE, 0);
+        return;
+    }
+    if (s->d.invalidate(s->d.invalidate_arg, pid) < 0) {
+        send_error(req, 503, "invalidation_failed", "the invalidation could not be published");
+        metrics_request(R_ADMIN, 503, X_NONE, 0);
+        return;
+    }
+    char body[96];
+    int n = pid ? snprintf(body, sizeof(body), "{\"invalidated\":\"product\",\"product_id\":%lld}",
+                           pid)
+                : snprintf(body, sizeof(body), "{\"invalidated\":\"all\"}");
+    send_body(req, 200, body, (size_t)n);
+    metrics_request(R_ADMIN, 200, X_NONE, 0);
+}
+
+/* ---- listeners ---- */
+
+static evutil_socket_t open_listener(const hostport *hp, char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    char port[8];
+    snprintf(port, sizeof(port), "%d", hp->port);
+    int rc = getaddrinfo(hp->host, port, &hints, &ai);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", hp->host, gai_strerror(rc));
+        return -1;
+    }
+    evutil_socket_t fd = socket(ai->ai_family, SOCK_STREAM, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0 ||
+        evutil_make_socket_nonblocking(fd) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", hp->host, hp->port,
+                 evutil_socket_error_to_string(evutil_socket_geterror(fd)));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+static bool is_loopback(const char *host)
+{
+    return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
+           strcmp(host, "::1") == 0;
+}
+
+static struct evhttp *http_new(server *s, const qc_config *cfg)
+{
+    struct evhttp *h = evhttp_new(s->base);
+    /* evhttp's own limit is looser so that we answer 414/431 ourselves. */
+    evhttp_set_max_headers_size(h, (ev_ssize_t)(cfg->max_headers + cfg->max_uri + 1024));
+    evhttp_set_max_body_size(h, (ev_ssize_t)cfg->max_body);
+    /* libevent 2.1 has one read timeout per connection: it bounds both a
+     * slow sender and an idle keep-alive connection (see README). */
+    evhttp_set_timeout(h, cfg->header_timeout_s < cfg->idle_timeout_s ? cfg->header_timeout_s
+                                                                       : cfg->idle_timeout_s);
+    evhttp_set_allowed_methods(h, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
+                                      EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                      EVHTTP_REQ_PATCH);
+    return h;
+}
+
+server *server_new(struct event_base *base, const server_deps *deps, char *err, size_t errlen)
+{
+    const qc_config *cfg = deps->cfg;
+    if (cfg->admin_enabled && cfg->admin_token == NULL && !is_loopback(cfg->admin_listen.host)) {
+        snprintf(err, errlen, "--admin-listen on a non-loopback address needs --admin-token");
+        return NULL;
+    }
+    server *s = xcalloc(1, sizeof(*s));
+    s->base = base;
+    s->d = *deps;
+    evutil_socket_t fd = open_listener(&cfg->listen, err, errlen);
+    if (fd < 0)
+        goto fail;
+    s->pub = http_new(s, cfg);
+    s->pub_sock = evhttp_accept_socket_with_handle(s->pub, fd);
+    evhttp_set_gencb(s->pub, on_public, s);
+    if (cfg->admin_enabled) {
+        fd = open_listener(&cfg->admin_listen, err, errlen);
+        if (fd < 0)
+            goto fail;
+        s->admin = http_new(s, cfg);
+        s->admin_sock = evhttp_accept_socket_with_handle(s->admin, fd);
+        evhttp_set_gencb(s->admin, on_admin, s);
+    }
+    return s;
+fail:
+    server_free(s);
+    return NULL;
+}
+
+void server_stop_accepting(server *s)
+{
+    if (s->pub_sock) {
+        evhttp_del_accept_socket(s->pub, s->pub_sock);
+        s->pub_sock = NULL;
+    }
+    if (s->admin_sock) {
+        evhttp_del_accept_socket(s->admin, s->admin_sock);
+        s->admin_sock = NULL;
+    }
+}
+
+size_t server_inflight(const server *s)
+{
+    return s->inflight;
+}
+
+void server_free(server *s)
+{
+    if (s == NULL)
+        return;
+    if (s->pub)
+        evhttp_free(s->pub);
+    if (s->admin)
+        evhttp_free(s->admin);
+    free(s->conns.slots);
+    free(s);
+}
