@@ -725,6 +725,25 @@ class Proxy:
     def signal(self, sig):
         self.proc.send_signal(sig)
 
+    def health(self):
+        """GET /healthz decoded: {"status": ..., "redis": ..., ...}."""
+        return get_json(self.port, "/healthz", timeout=2)[2]
+
+    def wait_health(self, timeout=10, **want):
+        """Poll /healthz until every given field has the given value, e.g.
+        wait_health(status="ok") or wait_health(redis="down"). Returns the
+        last health document; raises RuntimeError on timeout."""
+        last = [None]
+
+        def match():
+            last[0] = self.health()
+            return all(last[0].get(k) == v for k, v in want.items())
+        try:
+            wait_until(match, timeout, "quotecache health %s" % want, self.proc)
+        except RuntimeError as e:
+            raise RuntimeError("%s; last /healthz: %s" % (e, last[0]))
+        return last[0]
+
     def stderr_text(self):
         with open(self.stderr_path, "rb") as f:
             return f.read().decode(errors="replace")
