@@ -36,6 +36,8 @@ struct catalog {
     snapshot *snap;
     bool loading;
     bool again; /* a reload was asked for while one was running */
+    catalog_reloaded_cb *on_reload;
+    void *on_reload_arg;
 };
 
 static void snapshot_free(snapshot *s)
@@ -106,7 +108,10 @@ static void on_loaded(void *arg, const PGresult *res, const qc_error *err)
     c->loading = false;
     if (res == NULL) {
         log_warn("catalog: reload failed: %s", err->message);
+        c->again = false;
         schedule(c, c->snap ? c->refresh_ms : 500);
+        if (c->on_reload)
+            c->on_reload(c->on_reload_arg, false);
         return;
     }
     snapshot *fresh = snapshot_from(res);
@@ -122,6 +127,8 @@ static void on_loaded(void *arg, const PGresult *res, const qc_error *err)
         return;
     }
     schedule(c, c->refresh_ms);
+    if (c->on_reload)
+        c->on_reload(c->on_reload_arg, true);
 }
 
 static void catalog_start_load(catalog *c)
@@ -133,6 +140,12 @@ static void catalog_start_load(catalog *c)
         return;
     }
     c->loading = true;
+}
+
+void catalog_on_reload(catalog *c, catalog_reloaded_cb *cb, void *arg)
+{
+    c->on_reload = cb;
+    c->on_reload_arg = arg;
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)

@@ -44,8 +44,15 @@ void log_msg(enum log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     va_end(ap);
-    /* One write per line so lines of concurrent workers do not interleave. */
+    /* One line per event: libpq and others hand us multi-line messages. */
     size_t len = strlen(line);
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == ' '))
+        line[--len] = '\0';
+    for (size_t i = 0; i < len; i++) {
+        if (line[i] == '\n' || line[i] == '\t' || line[i] == '\r')
+            line[i] = ' ';
+    }
+    /* One write per line so lines of concurrent workers do not interleave. */
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;

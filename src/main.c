@@ -12,7 +12,7 @@
 
 #include "quotecache/catalog.h"
 #include "quotecache/config.h"
-#include "quotecache/key.h"
+#include "quotecache/invalidate.h"
 #include "quotecache/log.h"
 #include "quotecache/lookup.h"
 #include "quotecache/mem.h"
@@ -22,7 +22,8 @@
 #include "quotecache/sql.h"
 #include "quotecache/tax.h"
 
-#define CATALOG_REFRESH_MS 1000
+/* Changes arrive by LISTEN; the periodic reload is only a backstop. */
+#define CATALOG_REFRESH_MS 10000
 #define PG_QUEUE_MAX 1024
 #define TAX_MAX_CONNS 256
 
@@ -34,6 +35,7 @@ typedef struct worker {
     catalog *cat;
     rcache *rc;
     lookup *lk;
+    invalidator *inv;
     server *srv;
     struct event *sigterm, *sigint, *drain;
     struct timespec stop_at;
@@ -50,23 +52,10 @@ static void worker_redis_state(void *arg, bool up)
         lookup_invalidate_all(w->lk);
 }
 
-/* Admin invalidation: bump the Redis generation (every instance sees it on
- * its next read) and the local one (loads in flight here). */
 static int worker_invalidate(void *arg, long long product_id)
 {
     worker *w = arg;
-    char key[KEY_MAX];
-    if (product_id > 0) {
-        lookup_invalidate_product(w->lk, product_id);
-        key_product_gen(key, w->cfg->key_version, product_id);
-    } else {
-        lookup_invalidate_all(w->lk);
-        key_global_gen(key, w->cfg->key_version);
-    }
-    metrics_inc(M_INVALIDATIONS);
-    if (w->rc == NULL)
-        return 0;
-    return rcache_incr(w->rc, key, NULL, NULL);
+    return invalidate_product(w->inv, product_id);
 }
 
 static double ms_until(const struct timespec *t)
@@ -125,6 +114,7 @@ static int worker_start(worker *w, char *err, size_t errlen)
         w->rc = rcache_new(w->base, cfg->redis.host, cfg->redis.port, cfg->redis_timeout_ms,
                            worker_redis_state, w);
     w->lk = lookup_new(w->base, cfg, w->pool, w->tax, w->cat, w->rc);
+    w->inv = invalidate_new(w->base, cfg, w->lk, w->cat, w->rc);
     server_deps deps = {cfg, w->lk, w->cat, w->pool, w->tax, w->rc, worker_invalidate, w};
     w->srv = server_new(w->base, &deps, err, errlen);
     if (w->srv == NULL)
@@ -142,6 +132,7 @@ static void worker_stop(worker *w)
 {
     if (w->lk)
         lookup_close(w->lk);
+    invalidate_free(w->inv);
     rcache_free(w->rc);
     pgpool_free(w->pool);
     tax_client_free(w->tax);
@@ -243,6 +234,15 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(level);
+    if (cfg.install_triggers) {
+        rc = pgpool_exec_blocking(cfg.postgres, sql_install_triggers, err, sizeof(err));
+        if (rc < 0)
+            fprintf(stderr, "quotecache: --install-triggers: %s\n", err);
+        else
+            printf("quotecache: change-notification triggers installed\n");
+        config_free(&cfg);
+        return rc < 0 ? 1 : 0;
+    }
     signal(SIGPIPE, SIG_IGN);
     rc = cfg.workers > 1 ? run_workers(&cfg) : worker_run(&cfg);
     config_free(&cfg);

@@ -4,6 +4,7 @@
 #include "quotecache/pgpool.h"
 
 #include <event2/event.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,6 +59,10 @@ struct pgpool {
     int size;
     pg_conn *conns;
     pg_op *head, *tail; /* FIFO of queries waiting for a connection */
+    char *listen;       /* LISTEN channel, or NULL */
+    pgpool_notify_cb *on_notify;
+    pgpool_ready_cb *on_ready;
+    void *listen_arg;
 };
 
 static void conn_start(pg_conn *c);
@@ -213,10 +218,25 @@ static void conn_on_write(evutil_socket_t fd, short what, void *arg)
     conn_flush(arg);
 }
 
+/* Set-up is one step per statement to prepare, then LISTEN if asked. */
+static size_t setup_steps(const pgpool *p)
+{
+    return p->nstmts + (p->listen ? 1 : 0);
+}
+
 static void conn_prepare_next(pg_conn *c)
 {
     pgpool *p = c->pool;
-    if ((size_t)c->prep_next == p->nstmts) {
+    if ((size_t)c->prep_next == p->nstmts && p->listen) {
+        char sql[96];
+        snprintf(sql, sizeof(sql), "LISTEN %s", p->listen);
+        if (!PQsendQuery(c->pg, sql))
+            conn_break(c);
+        else
+            conn_flush(c);
+        return;
+    }
+    if ((size_t)c->prep_next == setup_steps(p)) {
         c->state = C_IDLE;
         c->backoff_ms = BACKOFF_MIN_MS;
         if (c->ever_up)
@@ -224,7 +244,10 @@ static void conn_prepare_next(pg_conn *c)
         if (!c->ever_up || log_threshold <= LOG_DEBUG)
             log_info("postgres: connection ready");
         c->ever_up = true;
-        pool_dispatch(p);
+        if (p->on_ready)
+            p->on_ready(p->listen_arg);
+        if (c->state == C_IDLE)
+            pool_dispatch(p);
         return;
     }
     const pgpool_stmt *s = &p->stmts[c->prep_next];
@@ -243,7 +266,7 @@ static void conn_command_done(pg_conn *c)
         c->res = NULL;
         bool ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
         if (!ok)
-            log_error("postgres: prepare %s failed: %s", c->pool->stmts[c->prep_next].name,
+            log_error("postgres: set-up step %d failed: %s", c->prep_next,
                       r ? PQresultErrorMessage(r) : "no result");
         PQclear(r);
         if (!ok) {
@@ -285,8 +308,15 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         return;
     }
     PGnotify *n;
-    while ((n = PQnotifies(c->pg)) != NULL)
+    while (c->pg != NULL && (n = PQnotifies(c->pg)) != NULL) {
+        if (c->pool->on_notify)
+            c->pool->on_notify(c->pool->listen_arg, n->extra);
         PQfreemem(n);
+    }
+    if (c->pg != NULL && PQstatus(c->pg) == CONNECTION_BAD) {
+        conn_fail(c, PQerrorMessage(c->pg));
+        return;
+    }
     while (c->pg != NULL && (c->state == C_PREPARING || c->state == C_BUSY) &&
            !PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
@@ -444,7 +474,22 @@ void pgpool_free(pgpool *p)
     }
     free(p->conns);
     free(p->conninfo);
+    free(p->listen);
     free(p);
+}
+
+void pgpool_listen(pgpool *p, const char *channel, pgpool_notify_cb *on_notify,
+                   pgpool_ready_cb *on_ready, void *arg)
+{
+    if (strlen(channel) > 63 || strspn(channel, "abcdefghijklmnopqrstuvwxyz_") != strlen(channel)) {
+        log_error("pgpool_listen: bad channel name");
+        abort();
+    }
+    free(p->listen);
+    p->listen = xstrdup(channel);
+    p->on_notify = on_notify;
+    p->on_ready = on_ready;
+    p->listen_arg = arg;
 }
 
 bool pgpool_is_up(const pgpool *p)
@@ -502,9 +547,13 @@ int pgpool_exec_blocking(const char *conninfo, const char *sql, char *err, size_
         PQclear(r);
     }
     PQfinish(pg);
-    /* libpq messages end with a newline; the caller prints one line. */
+    /* libpq messages span lines; the caller prints one. */
     size_t n = strlen(err);
-    while (rc < 0 && n > 0 && (err[n - 1] == '\n' || err[n - 1] == '\r'))
+    while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == '\r'))
         err[--n] = '\0';
+    for (char *p = err; *p; p++) {
+        if (*p == '\n' || *p == '\t')
+            *p = ' ';
+    }
     return rc;
 }

@@ -25,6 +25,12 @@ typedef struct catalog catalog;
 catalog *catalog_new(struct event_base *base, pgpool *pool, int refresh_ms);
 void catalog_free(catalog *c);
 
+/* Called after a reload asked for with catalog_reload has finished (with
+ * ok false when it failed); reloads asked for meanwhile are folded into one,
+ * so the call comes after a load that started after the last request. */
+typedef void catalog_reloaded_cb(void *arg, bool ok);
+void catalog_on_reload(catalog *c, catalog_reloaded_cb *cb, void *arg);
+
 /* True once a load has succeeded. */
 bool catalog_ready(const catalog *c);
 /* Starts a reload now (or right after the one in progress). */

@@ -47,6 +47,17 @@ void pgpool_free(pgpool *p);
 int pgpool_query(pgpool *p, int stmt, const char *const *params, pgpool_cb *cb, void *arg,
                  qc_error *err);
 
+typedef void pgpool_notify_cb(void *arg, const char *payload);
+typedef void pgpool_ready_cb(void *arg);
+
+/* Makes every connection of the pool LISTEN on channel (lower-case letters
+ * and '_') as the last step of its set-up. on_ready fires each time a
+ * connection becomes ready (so also after every reconnect: notifications
+ * sent while it was away are lost); on_notify for each notification on it.
+ * Call right after pgpool_new, before the loop runs. */
+void pgpool_listen(pgpool *p, const char *channel, pgpool_notify_cb *on_notify,
+                   pgpool_ready_cb *on_ready, void *arg);
+
 /* True when at least one connection is ready. */
 bool pgpool_is_up(const pgpool *p);
 

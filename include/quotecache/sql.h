@@ -23,4 +23,9 @@ enum sql_stmt {
 
 extern const pgpool_stmt sql_statements[SQL_COUNT];
 
+/* scripts/sql/triggers.sql, embedded at build time: makes PostgreSQL
+ * announce committed changes to the pricing tables on channel "quotecache".
+ * Idempotent. */
+extern const char sql_install_triggers[];
+
 #endif

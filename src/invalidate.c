@@ -1,0 +1,175 @@
+/* invalidate: owns the LISTEN connection (a one-connection pgpool), the
+ * parsing of change notifications, and the invalidations waiting for the
+ * catalog to reload. See invalidate.h for why generations. */
+#include "quotecache/invalidate.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quotecache/key.h"
+#include "quotecache/log.h"
+#include "quotecache/mem.h"
+#include "quotecache/metrics.h"
+#include "quotecache/pgpool.h"
+
+#define CHANNEL "quotecache"
+#define MAX_PENDING 256       /* more distinct products than this: drop all */
+#define CATALOG_WAIT_MS 500   /* apply pending invalidations at the latest */
+
+struct invalidator {
+    struct event_base *base;
+    const qc_config *cfg;
+    lookup *lk;
+    catalog *cat;
+    rcache *rc;
+    pgpool *listen;
+    bool connected_once;
+    /* Invalidations of changes the catalog also holds (promotions, tiers,
+     * currencies): applied only once the catalog has reloaded, or requests
+     * in between would compute keys from the old promotion set and store
+     * them under the new generation. */
+    bool pending_all;
+    int64_t pending[MAX_PENDING];
+    size_t npending;
+    struct event *wait_timer;
+};
+
+int invalidate_product(invalidator *inv, int64_t product_id)
+{
+    char key[KEY_MAX];
+    if (product_id > 0) {
+        lookup_invalidate_product(inv->lk, product_id);
+        key_product_gen(key, inv->cfg->key_version, product_id);
+    } else {
+        lookup_invalidate_all(inv->lk);
+        key_global_gen(key, inv->cfg->key_version);
+    }
+    metrics_inc(M_INVALIDATIONS);
+    if (inv->rc == NULL)
+        return 0;
+    return rcache_incr(inv->rc, key, NULL, NULL);
+}
+
+static void apply_pending(invalidator *inv)
+{
+    evtimer_del(inv->wait_timer);
+    if (inv->pending_all) {
+        invalidate_product(inv, 0);
+    } else {
+        for (size_t i = 0; i < inv->npending; i++)
+            invalidate_product(inv, inv->pending[i]);
+    }
+    inv->pending_all = false;
+    inv->npending = 0;
+}
+
+static void on_catalog_reloaded(void *arg, bool ok)
+{
+    (void)ok; /* even a failed reload must not hold an invalidation back */
+    invalidator *inv = arg;
+    if (inv->pending_all || inv->npending > 0)
+        apply_pending(inv);
+}
+
+static void on_wait_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    apply_pending(arg);
+}
+
+static void defer_until_catalog(invalidator *inv, int64_t product_id)
+{
+    if (product_id == 0 || inv->npending == MAX_PENDING) {
+        inv->pending_all = true;
+    } else {
+        bool seen = false;
+        for (size_t i = 0; i < inv->npending && !seen; i++)
+            seen = inv->pending[i] == product_id;
+        if (!seen)
+            inv->pending[inv->npending++] = product_id;
+    }
+    if (!evtimer_pending(inv->wait_timer, NULL)) {
+        struct timeval tv = {0, CATALOG_WAIT_MS * 1000};
+        evtimer_add(inv->wait_timer, &tv);
+    }
+    catalog_reload(inv->cat);
+}
+
+/* Payload "<table>:<product id>" or "<table>:*" (triggers.sql). */
+static void on_notify(void *arg, const char *payload)
+{
+    invalidator *inv = arg;
+    const char *colon = strrchr(payload, ':');
+    if (colon == NULL) {
+        log_warn("invalidate: ignoring notification '%.64s'", payload);
+        return;
+    }
+    int64_t product_id = 0;
+    if (strcmp(colon + 1, "*") != 0) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(colon + 1, &end, 10);
+        if (errno != 0 || *end != '\0' || v <= 0) {
+            log_warn("invalidate: ignoring notification '%.64s'", payload);
+            return;
+        }
+        product_id = v;
+    }
+    size_t tlen = (size_t)(colon - payload);
+    bool in_catalog = (tlen == 10 && strncmp(payload, "promotions", tlen) == 0) ||
+                      (tlen == 5 && strncmp(payload, "tiers", tlen) == 0) ||
+                      (tlen == 8 && strncmp(payload, "fx_rates", tlen) == 0);
+    log_debug("invalidate: %s", payload);
+    if (in_catalog)
+        defer_until_catalog(inv, product_id);
+    else
+        invalidate_product(inv, product_id);
+}
+
+/* Notifications sent while we were not listening are lost for good: after
+ * a reconnect, anything may have changed. */
+static void on_listen_ready(void *arg)
+{
+    invalidator *inv = arg;
+    if (!inv->connected_once) {
+        inv->connected_once = true;
+        log_info("invalidate: listening for changes");
+        return;
+    }
+    metrics_inc(M_LISTEN_RECONNECTS);
+    log_warn("invalidate: LISTEN connection back; dropping everything cached");
+    defer_until_catalog(inv, 0);
+}
+
+invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk,
+                            catalog *cat, rcache *rc)
+{
+    invalidator *inv = xcalloc(1, sizeof(*inv));
+    inv->base = base;
+    inv->cfg = cfg;
+    inv->lk = lk;
+    inv->cat = cat;
+    inv->rc = rc;
+    inv->wait_timer = evtimer_new(base, on_wait_timer, inv);
+    catalog_on_reload(cat, on_catalog_reloaded, inv);
+    inv->listen = pgpool_new(base, cfg->postgres, 1, cfg->pg_timeout_ms, 1, NULL, 0);
+    pgpool_listen(inv->listen, CHANNEL, on_notify, on_listen_ready, inv);
+    return inv;
+}
+
+void invalidate_free(invalidator *inv)
+{
+    if (inv == NULL)
+        return;
+    pgpool_free(inv->listen);
+    event_free(inv->wait_timer);
+    free(inv);
+}
+
+bool invalidate_listening(const invalidator *inv)
+{
+    return pgpool_is_up(inv->listen);
+}
