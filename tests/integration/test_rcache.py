@@ -17,9 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qctest  # noqa: E402
 from qctest import qcstack  # noqa: E402
 
-DRIVER = None
-
-
 def driver_path():
     args = [a for a in sys.argv[1:] if not a.startswith("test_")]
     if args:
@@ -28,11 +25,12 @@ def driver_path():
                                                            "rcache_driver")
 
 
+# Read before qctest.main, which selects tests by the remaining arguments.
+DRIVER = driver_path()
+sys.argv[1:] = [a for a in sys.argv[1:] if a.startswith("test_")]
+
+
 def setup_module():
-    global DRIVER
-    DRIVER = driver_path()
-    # qctest selects tests by the remaining arguments: keep only test names.
-    sys.argv[1:] = [a for a in sys.argv[1:] if a.startswith("test_")]
     qctest.require_file(DRIVER, "rcache_driver (build it: ninja -C <build>)")
 
 
