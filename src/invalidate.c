@@ -164,6 +164,7 @@ void invalidate_free(invalidator *inv)
 {
     if (inv == NULL)
         return;
+    catalog_on_reload(inv->cat, NULL, NULL);
     pgpool_free(inv->listen);
     event_free(inv->wait_timer);
     free(inv);

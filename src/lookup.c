@@ -703,6 +703,8 @@ lookup *lookup_new(struct event_base *base, const qc_config *cfg, pgpool *pool, 
 void lookup_close(lookup *lk)
 {
     lk->closing = true;
+    /* The rcache is freed next: from here on nothing may call into it. */
+    lk->rc = NULL;
 }
 
 void lookup_free(lookup *lk)
