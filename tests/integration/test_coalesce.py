@@ -8,6 +8,7 @@ run twice while its lock lives; a client that leaves does not cancel the
 load it started."""
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -203,6 +204,32 @@ def test_leader_killed_mid_load():
         assert st_ == 200 and h.get("x-cache") == "HIT"
         assert st.tax_stats() == 2
         assert_clean_exit(b)
+    finally:
+        st.tax_control(delay_ms=TAX_DELAY_MS)
+
+
+def test_sigterm_while_waiting_on_other_instance():
+    """SIGTERM on an instance whose requests wait for another instance's
+    load: they are finished (api.md: finish in-flight requests, bounded),
+    here with the value, since it lands well inside --shutdown-timeout; the
+    proxy exits 0 with nothing leaked."""
+    st.tax_control(delay_ms=1000)
+    a, b = start_proxy(), start_proxy(shutdown_timeout=5000)
+    pid = take_product()
+    try:
+        st.tax_reset()
+        lead = Bg(lambda: a.get(qpath(pid), timeout=10))
+        time.sleep(0.2)
+        waiters = Bg(lambda: qcstack.concurrent_gets(b.port, [qpath(pid)] * 20, timeout=10))
+        time.sleep(0.2)
+        b.signal(signal.SIGTERM)
+        res = waiters.get()
+        assert lead.get()[0] == 200
+        assert [r[0] for r in res] == [200] * 20, [(r[0], r[2][:80]) for r in res]
+        assert xcache_counts(res) == {"COALESCED": 20}, xcache_counts(res)
+        assert st.tax_stats() == 1
+        assert_clean_exit(b)
+        assert_clean_exit(a)
     finally:
         st.tax_control(delay_ms=TAX_DELAY_MS)
 

@@ -5,7 +5,9 @@ request that loaded them, still coalesced in process; /healthz says so; the
 proxy reconnects by itself."""
 
 import os
+import signal
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +117,63 @@ def test_redis_killed_then_restarted():
     assert b"quotecache_redis_reconnects_total 0\n" not in m
     assert_clean_exit(p)
     assert labels_down == {"BYPASS": 1, "COALESCED": 99}, labels_down
+
+
+def test_redis_dies_mid_load():
+    """Redis goes away while a load holds its lock and waiters wait: the
+    load still answers everyone, from one tax call."""
+    p = qcstack.Proxy(st, redis_timeout=300)
+    p.wait_health(status="ok", redis="up")
+    pid = take_product()
+    st.tax_control(delay_ms=600)
+    try:
+        st.tax_reset()
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault(
+            "r", qcstack.concurrent_gets(p.port, [qpath(pid)] * 50, timeout=10)))
+        t.start()
+        time.sleep(0.25)
+        st.stop_redis(kill=True)
+        t.join(12)
+        res = box["r"]
+        assert [r[0] for r in res] == [200] * 50, [r[0] for r in res]
+        assert len({r[2] for r in res}) == 1
+        assert st.tax_stats() == 1, st.tax_stats()
+    finally:
+        st.tax_control(delay_ms=0)
+        if "redis" not in st.procs:
+            st.start_redis()
+    p.wait_health(redis="up", timeout=5)
+    assert_clean_exit(p)
+
+
+def test_redis_hung():
+    """A Redis that accepts nothing (SIGSTOP): requests are answered from
+    the origin once --redis-timeout passes, not held forever."""
+    p = qcstack.Proxy(st, redis_timeout=300)
+    p.wait_health(status="ok", redis="up")
+    warm = take_product()
+    s, _, body = p.get(qpath(warm))
+    assert s == 200
+    rpid = st.procs["redis"].pid
+    os.kill(rpid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        res = qcstack.concurrent_gets(p.port, [qpath(warm)] * 20, timeout=10)
+        took = time.monotonic() - t0
+        assert [r[0] for r in res] == [200] * 20, [r[0] for r in res]
+        assert all(r[2] == body for r in res)
+        assert took < 2.0, took
+        s, h, b = p.get(qpath(take_product()), timeout=5)
+        assert s == 200, (s, b)
+    finally:
+        os.kill(rpid, signal.SIGCONT)
+    p.wait_health(redis="up", status="ok", timeout=5)
+
+    def hit():
+        return p.get(qpath(warm))[1].get("x-cache") == "HIT"
+    qcstack.wait_until(hit, 5, "HITs after Redis resumed", p.proc)
+    assert_clean_exit(p)
 
 
 def test_redis_down_at_start():
