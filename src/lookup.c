@@ -202,7 +202,8 @@ static void load_finish(load *ld, const lookup_answer *a)
         flight_waiter *next = w->next;
         lk_req *q = (lk_req *)((char *)w - offsetof(lk_req, w));
         lookup_answer mine = *a;
-        if (!q->leader && a->xcache == X_MISS)
+        /* Everyone but the request that started the load waited on it. */
+        if (!q->leader && (a->xcache == X_MISS || a->xcache == X_BYPASS))
             mine.xcache = X_COALESCED;
         if (mine.xcache == X_COALESCED)
             metrics_inc(M_COALESCED);

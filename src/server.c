@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/conntrack.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -27,13 +28,6 @@
 #include "quotecache/request.h"
 
 #define INM_MAX 256
-
-/* Open-addressing set of live client connections (evhttp gives no other
- * handle to count them by). */
-typedef struct conn_set {
-    void **slots;
-    size_t cap, n;
-} conn_set;
 
 struct server {
     struct event_base *base;
@@ -43,7 +37,7 @@ struct server {
     struct evhttp_bound_socket *pub_sock;
     struct evhttp_bound_socket *admin_sock;
     size_t inflight;
-    conn_set conns;
+    conntrack *conns;
 };
 
 typedef struct req_ctx {
@@ -52,100 +46,6 @@ typedef struct req_ctx {
     struct timespec started;
     char inm[INM_MAX]; /* If-None-Match, "" when absent */
 } req_ctx;
-
-/* ---- connection accounting ---- */
-
-static size_t ptr_hash(const void *p, size_t cap)
-{
-    uintptr_t v = (uintptr_t)p;
-    v ^= v >> 17;
-    v *= 0x9E3779B97F4A7C15ull;
-    return (size_t)(v >> 7) & (cap - 1);
-}
-
-static bool set_has(const conn_set *s, const void *p)
-{
-    if (s->cap == 0)
-        return false;
-    for (size_t i = ptr_hash(p, s->cap);; i = (i + 1) & (s->cap - 1)) {
-        if (s->slots[i] == p)
-            return true;
-        if (s->slots[i] == NULL)
-            return false;
-    }
-}
-
-static void set_put(conn_set *s, void *p);
-
-static void set_grow(conn_set *s)
-{
-    conn_set bigger = {xcalloc(s->cap ? s->cap * 2 : 64, sizeof(void *)), s->cap ? s->cap * 2 : 64,
-                       0};
-    for (size_t i = 0; i < s->cap; i++) {
-        if (s->slots[i])
-            set_put(&bigger, s->slots[i]);
-    }
-    free(s->slots);
-    *s = bigger;
-}
-
-static void set_put(conn_set *s, void *p)
-{
-    if ((s->n + 1) * 2 > s->cap)
-        set_grow(s);
-    size_t i = ptr_hash(p, s->cap);
-    while (s->slots[i] != NULL)
-        i = (i + 1) & (s->cap - 1);
-    s->slots[i] = p;
-    s->n++;
-}
-
-/* Deletes with backward-shift so probes stay correct without tombstones. */
-static void set_del(conn_set *s, const void *p)
-{
-    if (s->cap == 0)
-        return;
-    size_t i = ptr_hash(p, s->cap);
-    while (s->slots[i] != p) {
-        if (s->slots[i] == NULL)
-            return;
-        i = (i + 1) & (s->cap - 1);
-    }
-    s->slots[i] = NULL;
-    s->n--;
-    for (size_t j = (i + 1) & (s->cap - 1); s->slots[j] != NULL; j = (j + 1) & (s->cap - 1)) {
-        void *q = s->slots[j];
-        s->slots[j] = NULL;
-        s->n--;
-        set_put(s, q);
-    }
-}
-
-static void on_conn_close(struct evhttp_connection *evcon, void *arg)
-{
-    server *s = arg;
-    set_del(&s->conns, evcon);
-    metrics_gauge_set(G_CONNECTIONS, (int64_t)s->conns.n);
-}
-
-/* libevent 2.1 has no hook at accept time that can refuse a connection, so
- * connections are counted from their first complete request (a connection
- * that never completes one is cut by the header timeout). Returns false
- * when the connection is one too many: the caller answers 503 and closes. */
-static bool conn_admit(server *s, struct evhttp_request *req)
-{
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    if (evcon == NULL || set_has(&s->conns, evcon))
-        return true;
-    if (s->conns.n >= (size_t)s->d.cfg->max_conns) {
-        metrics_inc(M_CONNS_REJECTED);
-        return false;
-    }
-    set_put(&s->conns, evcon);
-    evhttp_connection_set_closecb(evcon, on_conn_close, s);
-    metrics_gauge_set(G_CONNECTIONS, (int64_t)s->conns.n);
-    return true;
-}
 
 /* ---- replies ---- */
 
@@ -360,7 +260,7 @@ static bool method_ok(struct evhttp_request *req, const char *allow, enum evhttp
 static void on_public(struct evhttp_request *req, void *arg)
 {
     server *s = arg;
-    if (!conn_admit(s, req)) {
+    if (!conntrack_on_request(s->conns, req)) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         send_error(req, 503, "too_many_connections", "too many client connections");
         metrics_request(R_OTHER, 503, X_NONE, 0);
@@ -518,10 +418,10 @@ static struct evhttp *http_new(server *s, const qc_config *cfg)
     /* evhttp's own limit is looser so that we answer 414/431 ourselves. */
     evhttp_set_max_headers_size(h, (ev_ssize_t)(cfg->max_headers + cfg->max_uri + 1024));
     evhttp_set_max_body_size(h, (ev_ssize_t)cfg->max_body);
-    /* libevent 2.1 has one read timeout per connection: it bounds both a
-     * slow sender and an idle keep-alive connection (see README). */
-    evhttp_set_timeout(h, cfg->header_timeout_s < cfg->idle_timeout_s ? cfg->header_timeout_s
-                                                                       : cfg->idle_timeout_s);
+    /* evhttp's timeout is per read: it cuts idle connections; conntrack
+     * cuts slow senders, whatever their pace. */
+    evhttp_set_timeout(h, cfg->idle_timeout_s);
+    evhttp_set_bevcb(h, conntrack_on_accept, s->conns);
     evhttp_set_allowed_methods(h, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
                                       EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                       EVHTTP_REQ_PATCH);
@@ -538,6 +438,11 @@ server *server_new(struct event_base *base, const server_deps *deps, char *err, 
     server *s = xcalloc(1, sizeof(*s));
     s->base = base;
     s->d = *deps;
+    /* A later request on a keep-alive connection may take as long as the
+     * longest wait for a load, plus idling, plus sending. */
+    int load_ms = cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms + 1000;
+    s->conns = conntrack_new(base, (size_t)cfg->max_conns, cfg->header_timeout_s * 1000,
+                             load_ms + (cfg->idle_timeout_s + cfg->header_timeout_s) * 1000);
     evutil_socket_t fd = open_listener(&cfg->listen, err, errlen);
     if (fd < 0)
         goto fail;
@@ -583,6 +488,6 @@ void server_free(server *s)
         evhttp_free(s->pub);
     if (s->admin)
         evhttp_free(s->admin);
-    free(s->conns.slots);
+    conntrack_free(s->conns);
     free(s);
 }

@@ -257,9 +257,6 @@ def test_trickling_sender_cut():
     """One header byte every 200 ms: --header-timeout bounds the time to send
     the whole request (api.md: slow clients are timed out), not the gap
     between two bytes."""
-    if os.environ.get("QC_KNOWN_BUGS") != "1":
-        qctest.skip("known bug (see report): a trickling sender is never cut; "
-                    "QC_KNOWN_BUGS=1 to run")
     req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 40 + b"\r\n"
     t0 = time.monotonic()
     cut = None
