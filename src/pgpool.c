@@ -391,9 +391,19 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_fail(c, "send failed");
 }
 
+/* libpq prints notices (and a server's FATAL on an idle connection) to
+ * stderr by default; route them into our log format instead. */
+static void on_notice(void *arg, const char *message)
+{
+    (void)arg;
+    log_warn("postgres: %s", message);
+}
+
 static void conn_start(pg_conn *c)
 {
     c->pg = PQconnectStart(c->pool->conninfo);
+    if (c->pg != NULL)
+        PQsetNoticeProcessor(c->pg, on_notice, NULL);
     c->state = C_CONNECTING;
     struct timeval tv = ms_to_tv(c->pool->timeout_ms);
     evtimer_add(c->timer, &tv);

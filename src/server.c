@@ -270,6 +270,11 @@ static void on_public(struct evhttp_request *req, void *arg)
         return;
     char path[4096 + 1];
     const char *uri = evhttp_request_get_uri(req);
+    /* Absolute form (RFC 7230 5.3.2): route on what follows the authority. */
+    if (strncasecmp(uri, "http://", 7) == 0) {
+        const char *slash = strchr(uri + 7, '/');
+        uri = slash ? slash : "/";
+    }
     const char *q = strchr(uri, '?');
     size_t plen = q ? (size_t)(q - uri) : strlen(uri);
     if (plen >= sizeof(path)) {

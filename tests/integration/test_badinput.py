@@ -161,6 +161,11 @@ def test_odd_but_valid():
     s, h, body = px.get("/quote/2?region=EU&tier=silver&currency=USD")
     assert (s, h["x-cache"]) == (200, "MISS")
     assert px.get("/quote/2?region=EU&tier=silver")[1]["x-cache"] == "HIT"  # USD is the default
+    # The absolute form of the request target (RFC 7230 5.3.2) is the same route.
+    raw = qcstack.raw_request(px.port, b"GET http://quotes.example/quote/2?region=EU&tier=silver"
+                              b"&currency=GBP HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    st, hdrs, body = qcstack.parse_response(raw)
+    assert st == 200 and body == base[2], raw[:200]
 
 
 def test_wrong_methods():
