@@ -42,8 +42,7 @@ static const opt options[] = {
     {"key-version", T_STR, OFF(key_version), 0, 0, "v1", "cache key namespace"},
     {"tax-timeout", T_INT, OFF(tax_timeout_ms), 1, 600000, "2000", "tax service deadline, ms"},
     {"pg-timeout", T_INT, OFF(pg_timeout_ms), 1, 600000, "2000", "PostgreSQL deadline, ms"},
-    {"redis-timeout", T_INT, OFF(redis_timeout_ms), 1, 60000, "500",
-     "Redis command deadline, ms"},
+    {"redis-timeout", T_INT, OFF(redis_timeout_ms), 1, 60000, "500", "Redis command deadline, ms"},
     {"pg-pool", T_INT, OFF(pg_pool), 1, 64, "4", "PostgreSQL connections per worker"},
     {"workers", T_INT, OFF(workers), 1, 64, "1", "worker processes sharing the port"},
     {"max-uri", T_INT, OFF(max_uri), 64, 1 << 20, "4096", "longest request URI, bytes (414)"},
@@ -262,9 +261,9 @@ static int load_argv(qc_config *cfg, int argc, char **argv, char *err, size_t er
 static int validate(const qc_config *cfg, char *err, size_t errlen)
 {
     size_t vlen = strlen(cfg->key_version);
-    if (vlen == 0 || vlen > 32 || strspn(cfg->key_version,
-                                         "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                         "0123456789._-") != vlen) {
+    if (vlen == 0 || vlen > 32 ||
+        strspn(cfg->key_version, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                 "0123456789._-") != vlen) {
         snprintf(err, errlen, "--key-version: 1 to 32 characters of [A-Za-z0-9._-]");
         return -1;
     }

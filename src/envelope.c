@@ -30,10 +30,10 @@
 char *envelope_encode(const envelope *e, const char *body, size_t len, size_t *outlen)
 {
     char head[HEADER_MAX];
-    int n = snprintf(head, sizeof(head), MAGIC "%d %lld %lld %lld %llu %llu %.*s %zu\n",
-                     e->status, (long long)e->stored_at_ms, (long long)e->load_ms,
-                     (long long)e->product_id, (unsigned long long)e->gen_global,
-                     (unsigned long long)e->gen_product, ENVELOPE_ETAG_LEN, e->etag, len);
+    int n = snprintf(head, sizeof(head), MAGIC "%d %lld %lld %lld %llu %llu %.*s %zu\n", e->status,
+                     (long long)e->stored_at_ms, (long long)e->load_ms, (long long)e->product_id,
+                     (unsigned long long)e->gen_global, (unsigned long long)e->gen_product,
+                     ENVELOPE_ETAG_LEN, e->etag, len);
     char *out;
 
     /* Cannot happen with the field widths above; abort rather than store a
@@ -136,14 +136,13 @@ static bool take_status(cursor *c, int *status)
 static bool take_header(cursor *c, envelope *e, uint64_t *bodylen)
 {
     return take_magic(c) && take_status(c, &e->status) && take_i64(c, ' ', &e->stored_at_ms) &&
-           take_i64(c, ' ', &e->load_ms) && take_i64(c, ' ', &e->product_id) &&
-           e->product_id > 0 && take_u64(c, UINT64_MAX, ' ', &e->gen_global) &&
+           take_i64(c, ' ', &e->load_ms) && take_i64(c, ' ', &e->product_id) && e->product_id > 0 &&
+           take_u64(c, UINT64_MAX, ' ', &e->gen_global) &&
            take_u64(c, UINT64_MAX, ' ', &e->gen_product) && take_etag(c, e->etag) &&
            take_u64(c, SIZE_MAX, '\n', bodylen);
 }
 
-int envelope_decode(const char *buf, size_t len, envelope *e, const char **body,
-                    size_t *bodylen)
+int envelope_decode(const char *buf, size_t len, envelope *e, const char **body, size_t *bodylen)
 {
     cursor c = {buf, buf + len};
     envelope tmp;

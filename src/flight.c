@@ -19,7 +19,7 @@
 #define INITIAL_BUCKETS 16
 
 struct flight {
-    flight *chain;      /* next flight in the same bucket */
+    flight *chain;       /* next flight in the same bucket */
     flight_table *table; /* NULL once taken out */
     uint64_t hash;
     char *key;

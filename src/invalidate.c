@@ -15,8 +15,8 @@
 #include "quotecache/pgpool.h"
 
 #define CHANNEL "quotecache"
-#define MAX_PENDING 256       /* more distinct products than this: drop all */
-#define CATALOG_WAIT_MS 500   /* apply pending invalidations at the latest */
+#define MAX_PENDING 256     /* more distinct products than this: drop all */
+#define CATALOG_WAIT_MS 500 /* apply pending invalidations at the latest */
 
 struct invalidator {
     struct event_base *base;
@@ -144,8 +144,8 @@ static void on_listen_ready(void *arg)
     defer_until_catalog(inv, 0);
 }
 
-invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk,
-                            catalog *cat, rcache *rc)
+invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk, catalog *cat,
+                            rcache *rc)
 {
     invalidator *inv = xcalloc(1, sizeof(*inv));
     inv->base = base;

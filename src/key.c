@@ -93,8 +93,8 @@ done:
     return rc;
 }
 
-int key_entry(char out[KEY_MAX], const char *version, const quote_req *r,
-              const int64_t *promo_ids, size_t npromo)
+int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const int64_t *promo_ids,
+              size_t npromo)
 {
     char canon[CANON_MAX];
     char hex[DIGEST_HEX + 1];

@@ -63,11 +63,11 @@ struct load {
     char lock_key[KEY_MAX];
     char gen_product_key[KEY_MAX];
     char token[33];
-    bool locked;   /* we hold the Redis lock */
-    bool remote;   /* another instance holds it; waiting for its value */
-    bool busy;     /* a Redis or origin call for this load is in flight */
-    bool recheck;  /* an announcement or the deadline came while busy */
-    bool bypass;   /* Redis is not part of this load */
+    bool locked;  /* we hold the Redis lock */
+    bool remote;  /* another instance holds it; waiting for its value */
+    bool busy;    /* a Redis or origin call for this load is in flight */
+    bool recheck; /* an announcement or the deadline came while busy */
+    bool bypass;  /* Redis is not part of this load */
     uint64_t gen_global, gen_product;
     uint64_t local_gen;
     int attempts;
@@ -243,8 +243,12 @@ static void load_finish_result(load *ld)
 {
     char etag[ENVELOPE_ETAG_LEN + 1];
     envelope_etag(ld->res.body, ld->res.len, etag);
-    lookup_answer a = {ld->res.status, ld->res.body, ld->res.len,
-                       ld->res.status == 200 ? etag : NULL, ld->bypass ? X_BYPASS : X_MISS, 0};
+    lookup_answer a = {ld->res.status,
+                       ld->res.body,
+                       ld->res.len,
+                       ld->res.status == 200 ? etag : NULL,
+                       ld->bypass ? X_BYPASS : X_MISS,
+                       0};
     load_finish(ld, &a);
 }
 
@@ -387,9 +391,8 @@ static void remote_check(load *ld)
         ld->recheck = true;
         return;
     }
-    if (!redis_usable(lk) ||
-        rcache_read(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key, on_remote_read, ld) <
-            0) {
+    if (!redis_usable(lk) || rcache_read(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key,
+                                         on_remote_read, ld) < 0) {
         /* Redis went away while we waited: load in process. */
         ld->remote = false;
         ld->bypass = true;
@@ -544,8 +547,8 @@ static void req_wait(lk_req *q, const rcache_value *v, const char *stale, size_t
     }
     if (flight_join(lk->flights, f, &q->w) < 0) {
         metrics_inc(M_WAITERS_REJECTED);
-        req_answer_error(q, 503, "too_many_waiters",
-                         "too many requests are waiting for this quote", 1);
+        req_answer_error(q, 503, "too_many_waiters", "too many requests are waiting for this quote",
+                         1);
     } else {
         metrics_gauge_add(G_WAITERS, 1);
         const qc_config *cfg = lk->cfg;

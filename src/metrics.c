@@ -26,22 +26,29 @@ typedef struct metric_desc {
 } metric_desc;
 
 static const metric_desc counter_desc[M_COUNTER_COUNT] = {
-    [M_ORIGIN_LOADS] = {"origin_loads", "Quote loads started against PostgreSQL and the tax service."},
+    [M_ORIGIN_LOADS] = {"origin_loads",
+                        "Quote loads started against PostgreSQL and the tax service."},
     [M_ORIGIN_ERRORS] = {"origin_errors", "Quote loads that ended in a 5xx."},
     [M_COALESCED] = {"coalesced", "Requests answered from another request's load."},
     [M_LOCK_ACQUIRED] = {"lock_acquired", "Cross-instance load locks won."},
     [M_LOCK_WAITED] = {"lock_waited", "Load locks found taken: waited for another instance."},
-    [M_LOCK_EXPIRED] = {"lock_expired", "Load locks that expired without a value and were taken over."},
-    [M_STORE_FENCED] = {"store_fenced", "Cache writes refused because a generation moved mid-load."},
-    [M_INVALIDATIONS] = {"invalidations", "Invalidations applied (database notification or admin)."},
+    [M_LOCK_EXPIRED] = {"lock_expired",
+                        "Load locks that expired without a value and were taken over."},
+    [M_STORE_FENCED] = {"store_fenced",
+                        "Cache writes refused because a generation moved mid-load."},
+    [M_INVALIDATIONS] = {"invalidations",
+                         "Invalidations applied (database notification or admin)."},
     [M_REDIS_ERRORS] = {"redis_errors", "Redis command errors."},
     [M_REDIS_RECONNECTS] = {"redis_reconnects", "Redis reconnections."},
     [M_PG_ERRORS] = {"pg_errors", "PostgreSQL errors."},
     [M_PG_RECONNECTS] = {"pg_reconnects", "PostgreSQL reconnections."},
     [M_TAX_ERRORS] = {"tax_errors", "Tax service errors."},
-    [M_LISTEN_RECONNECTS] = {"listen_reconnects", "PostgreSQL LISTEN connection re-establishments."},
-    [M_WAITERS_REJECTED] = {"waiters_rejected", "Requests refused with 503 because a waiter bound was hit."},
-    [M_CONNS_REJECTED] = {"connections_rejected", "Client connections refused because the connection bound was hit."},
+    [M_LISTEN_RECONNECTS] = {"listen_reconnects",
+                             "PostgreSQL LISTEN connection re-establishments."},
+    [M_WAITERS_REJECTED] = {"waiters_rejected",
+                            "Requests refused with 503 because a waiter bound was hit."},
+    [M_CONNS_REJECTED] = {"connections_rejected",
+                          "Client connections refused because the connection bound was hit."},
 };
 
 static const metric_desc gauge_desc[G_GAUGE_COUNT] = {
@@ -56,8 +63,8 @@ static const char *const route_name[R_ROUTE_COUNT] = {
 };
 
 static const char *const xcache_name[X_XCACHE_COUNT] = {
-    [X_NONE] = NULL,          [X_HIT] = "HIT",     [X_MISS] = "MISS",
-    [X_COALESCED] = "COALESCED", [X_STALE] = "STALE", [X_BYPASS] = "BYPASS",
+    [X_NONE] = NULL,     [X_HIT] = "HIT",       [X_MISS] = "MISS", [X_COALESCED] = "COALESCED",
+    [X_STALE] = "STALE", [X_BYPASS] = "BYPASS",
 };
 
 /* Upper bounds in seconds with their label text spelled out, so the rendered
@@ -66,10 +73,9 @@ static const struct {
     double le;
     const char *label;
 } buckets[] = {
-    {0.0005, "0.0005"}, {0.001, "0.001"}, {0.0025, "0.0025"}, {0.005, "0.005"},
-    {0.01, "0.01"},     {0.025, "0.025"}, {0.05, "0.05"},     {0.1, "0.1"},
-    {0.25, "0.25"},     {0.5, "0.5"},     {1, "1"},           {2.5, "2.5"},
-    {5, "5"},           {10, "10"},
+    {0.0005, "0.0005"}, {0.001, "0.001"}, {0.0025, "0.0025"}, {0.005, "0.005"}, {0.01, "0.01"},
+    {0.025, "0.025"},   {0.05, "0.05"},   {0.1, "0.1"},       {0.25, "0.25"},   {0.5, "0.5"},
+    {1, "1"},           {2.5, "2.5"},     {5, "5"},           {10, "10"},
 };
 #define NBUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
@@ -229,7 +235,8 @@ static void render_status_row(sbuf *b, const char *status, request_counts *count
             uint64_t n = (*counts)[r][x];
             if (n == 0)
                 continue;
-            sbuf_printf(b, "quotecache_requests_total{route=\"%s\",status=\"%s\",cache=\"%s\"} %llu\n",
+            sbuf_printf(b,
+                        "quotecache_requests_total{route=\"%s\",status=\"%s\",cache=\"%s\"} %llu\n",
                         route_name[r], status, x == X_NONE ? "NONE" : xcache_name[x],
                         (unsigned long long)n);
         }
@@ -254,8 +261,8 @@ static void render_requests(sbuf *b)
     size_t order[STATUS_SLOTS];
     char status[8];
 
-    render_header(b, "requests_total", "Finished requests by route, HTTP status and X-Cache result.",
-                  "counter");
+    render_header(b, "requests_total",
+                  "Finished requests by route, HTTP status and X-Cache result.", "counter");
     sorted_slots(order);
     for (size_t i = 0; i < m.nslots; i++) {
         status_slot *s = &m.slots[order[i]];

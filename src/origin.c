@@ -69,14 +69,12 @@ static int quote_from_rows(origin_op *op, const PGresult *r, qc_error *err)
     quote *q = &op->q;
     int rows = PQntuples(r);
     if (rows == 0) {
-        qc_error_set(err, 404, "not_found",
-                     "product %" PRId64 " is not quotable in region %s", q->req.product_id,
-                     q->req.region);
+        qc_error_set(err, 404, "not_found", "product %" PRId64 " is not quotable in region %s",
+                     q->req.product_id, q->req.region);
         return -1;
     }
     if (PQgetisnull(r, 0, 0)) {
-        qc_error_set(err, 400, "unknown_currency", "currency %s does not exist",
-                     q->req.currency);
+        qc_error_set(err, 400, "unknown_currency", "currency %s does not exist", q->req.currency);
         return -1;
     }
     q->unit_price_cents = get_i64(r, 0, 0);

@@ -317,8 +317,7 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         conn_fail(c, PQerrorMessage(c->pg));
         return;
     }
-    while (c->pg != NULL && (c->state == C_PREPARING || c->state == C_BUSY) &&
-           !PQisBusy(c->pg)) {
+    while (c->pg != NULL && (c->state == C_PREPARING || c->state == C_BUSY) && !PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
         if (r == NULL) {
             conn_command_done(c);

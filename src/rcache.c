@@ -106,20 +106,18 @@ struct rc_op {
  * the product generation. That is fine on the single-node Redis we support;
  * Redis Cluster would refuse the script (CROSSSLOT). A missing counter reads
  * as "0", as in rcache_read. */
-static const char store_lua[] =
-    "local g = redis.call('GET', KEYS[2]) or '0'\n"
-    "local p = redis.call('GET', KEYS[3]) or '0'\n"
-    "if g ~= ARGV[2] or p ~= ARGV[3] then return 0 end\n"
-    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])\n"
-    "redis.call('PUBLISH', ARGV[5], KEYS[1])\n"
-    "return 1\n";
+static const char store_lua[] = "local g = redis.call('GET', KEYS[2]) or '0'\n"
+                                "local p = redis.call('GET', KEYS[3]) or '0'\n"
+                                "if g ~= ARGV[2] or p ~= ARGV[3] then return 0 end\n"
+                                "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])\n"
+                                "redis.call('PUBLISH', ARGV[5], KEYS[1])\n"
+                                "return 1\n";
 
-static const char unlock_lua[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
-    "  return redis.call('DEL', KEYS[1])\n"
-    "else\n"
-    "  return 0\n"
-    "end\n";
+static const char unlock_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                 "  return redis.call('DEL', KEYS[1])\n"
+                                 "else\n"
+                                 "  return 0\n"
+                                 "end\n";
 
 static const char *const script_src[SCRIPT_COUNT] = {
     [SCRIPT_STORE] = store_lua,
@@ -393,8 +391,7 @@ static void conn_log_down(struct rc_conn *c, const char *why)
         log_debug("redis %s connection to %s:%d: %s", c->name, c->rc->host, c->rc->port, why);
         return;
     }
-    log_warn("redis %s connection to %s:%d: %s; retrying", c->name, c->rc->host, c->rc->port,
-             why);
+    log_warn("redis %s connection to %s:%d: %s; retrying", c->name, c->rc->host, c->rc->port, why);
     c->warned = true;
 }
 
@@ -624,8 +621,9 @@ int rcache_store(rcache *rc, const char *entry_key, const char *gen_global_key,
                  rcache_done_cb *cb, void *arg)
 {
     char gg[24], gp[24], ttl[24];
-    const char *argv[] = {NULL,    NULL, "3", entry_key, gen_global_key, gen_product_key,
-                          value ? value : "", gg, gp,        ttl,            channel};
+    const char *argv[] = {
+        NULL, NULL, "3", entry_key, gen_global_key, gen_product_key, value ? value : "",
+        gg,   gp,   ttl, channel};
     size_t lens[11];
     struct rc_op *op;
 

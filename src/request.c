@@ -200,14 +200,13 @@ static int parse_name(const char *raw, size_t n, qc_error *err)
     int p;
 
     if (n == 0) {
-        qc_error_set(err, 400, CODE_BAD_REQUEST,
-                     "malformed query string: a parameter has no name");
+        qc_error_set(err, 400, CODE_BAD_REQUEST, "malformed query string: a parameter has no name");
         return -1;
     }
     if (pct_decode(raw, n, name, sizeof(name), &len) != DEC_OK) {
         snippet(snip, raw, n);
-        qc_error_set(err, 400, CODE_BAD_REQUEST,
-                     "malformed query string: bad parameter name '%s'", snip);
+        qc_error_set(err, 400, CODE_BAD_REQUEST, "malformed query string: bad parameter name '%s'",
+                     snip);
         return -1;
     }
     p = len <= sizeof(name) ? find_param(name, len) : -1;
@@ -256,8 +255,7 @@ static int parse_value(parse_state *st, int p, const char *raw, size_t n, qc_err
         return -1;
     case DEC_BAD_BYTE:
         qc_error_set(err, 400, CODE_BAD_REQUEST,
-                     "parameter '%s' contains a byte that is not printable ASCII",
-                     param_names[p]);
+                     "parameter '%s' contains a byte that is not printable ASCII", param_names[p]);
         return -1;
     case DEC_OK:
         break;
@@ -307,8 +305,7 @@ static int parse_query(parse_state *st, const char *q, qc_error *err)
     size_t start = 0;
 
     if (len > QUERY_MAX) {
-        qc_error_set(err, 400, CODE_BAD_REQUEST, "query string longer than %d bytes",
-                     QUERY_MAX);
+        qc_error_set(err, 400, CODE_BAD_REQUEST, "query string longer than %d bytes", QUERY_MAX);
         return -1;
     }
     if (len == 0)
@@ -339,8 +336,7 @@ static int check_required(const parse_state *st, qc_error *err)
     return 0;
 }
 
-int request_parse_quote(const char *id_segment, const char *query, quote_req *out,
-                        qc_error *err)
+int request_parse_quote(const char *id_segment, const char *query, quote_req *out, qc_error *err)
 {
     parse_state st;
 

@@ -373,9 +373,9 @@ static void on_admin(struct evhttp_request *req, void *arg)
         return;
     }
     char body[96];
-    int n = pid ? snprintf(body, sizeof(body), "{\"invalidated\":\"product\",\"product_id\":%lld}",
-                           pid)
-                : snprintf(body, sizeof(body), "{\"invalidated\":\"all\"}");
+    int n =
+        pid ? snprintf(body, sizeof(body), "{\"invalidated\":\"product\",\"product_id\":%lld}", pid)
+            : snprintf(body, sizeof(body), "{\"invalidated\":\"all\"}");
     send_body(req, 200, body, (size_t)n);
     metrics_request(R_ADMIN, 200, X_NONE, 0);
 }

@@ -116,8 +116,8 @@ static struct evhttp_connection *conn_get(tax_client *t)
         free(n);
         return c;
     }
-    struct evhttp_connection *c = evhttp_connection_base_new(t->base, NULL, t->host,
-                                                             (unsigned short)t->port);
+    struct evhttp_connection *c =
+        evhttp_connection_base_new(t->base, NULL, t->host, (unsigned short)t->port);
     if (c == NULL)
         return NULL;
     evhttp_connection_set_retries(c, 0);
@@ -272,8 +272,7 @@ int tax_request(tax_client *t, const char *region, int64_t product_id, int64_t a
     return 0;
 }
 
-tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms,
-                           int max_conns)
+tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns)
 {
     struct evhttp_uri *u = evhttp_uri_parse(url);
     if (u == NULL)

@@ -18,14 +18,14 @@ typedef struct qc_config {
     hostport listen;
     bool admin_enabled;
     hostport admin_listen;
-    char *admin_token;     /* NULL when unset */
-    bool redis_enabled;    /* false for --redis none */
+    char *admin_token;  /* NULL when unset */
+    bool redis_enabled; /* false for --redis none */
     hostport redis;
-    char *postgres;        /* libpq conninfo or URI */
+    char *postgres; /* libpq conninfo or URI */
     char *tax_url;
     int ttl_s;
     int stale_ttl_s;
-    int neg_ttl_s;         /* how long a 404 is cached */
+    int neg_ttl_s; /* how long a 404 is cached */
     int lock_ttl_ms;
     char *key_version;
     int tax_timeout_ms;

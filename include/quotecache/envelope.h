@@ -18,7 +18,7 @@ typedef struct envelope {
     int64_t stored_at_ms; /* wall clock, ms since the epoch */
     int64_t load_ms;      /* how long the origin load took */
     int64_t product_id;
-    uint64_t gen_global;  /* generations the load started under */
+    uint64_t gen_global; /* generations the load started under */
     uint64_t gen_product;
     char etag[ENVELOPE_ETAG_LEN + 1];
 } envelope;
@@ -28,8 +28,7 @@ typedef struct envelope {
 char *envelope_encode(const envelope *e, const char *body, size_t len, size_t *outlen);
 /* Parses buf. Returns 0 and points *body into buf, or -1 when buf is not a
  * well-formed envelope (treat as a miss). */
-int envelope_decode(const char *buf, size_t len, envelope *e, const char **body,
-                    size_t *bodylen);
+int envelope_decode(const char *buf, size_t len, envelope *e, const char **body, size_t *bodylen);
 /* ETag of a body: first 16 hex chars of its SHA-256. */
 void envelope_etag(const char *body, size_t len, char out[ENVELOPE_ETAG_LEN + 1]);
 

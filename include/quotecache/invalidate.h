@@ -28,8 +28,8 @@ struct event_base;
 typedef struct invalidator invalidator;
 
 /* rc may be NULL. Starts listening at once (reconnecting by itself). */
-invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk,
-                            catalog *cat, rcache *rc);
+invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk, catalog *cat,
+                            rcache *rc);
 void invalidate_free(invalidator *inv);
 
 /* Drops one product's quotes (product_id > 0) or everything (0). Returns 0,

@@ -23,8 +23,8 @@
 /* promo_ids must be sorted ascending (the caller's job: the catalog keeps
  * them sorted). Returns 0, or -1 if version is longer than KEY_VERSION_MAX
  * or out is too small. out must hold KEY_MAX bytes. */
-int key_entry(char out[KEY_MAX], const char *version, const quote_req *r,
-              const int64_t *promo_ids, size_t npromo);
+int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const int64_t *promo_ids,
+              size_t npromo);
 void key_lock(char out[KEY_MAX], const char *entry_key);
 void key_product_gen(char out[KEY_MAX], const char *version, int64_t product_id);
 void key_global_gen(char out[KEY_MAX], const char *version);

@@ -12,10 +12,10 @@ void log_set_level(enum log_level level);
 int log_level_parse(const char *name, enum log_level *out);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define log_debug(...)                                  \
-    do {                                                \
-        if (log_threshold <= LOG_DEBUG)                 \
-            log_msg(LOG_DEBUG, __VA_ARGS__);            \
+#define log_debug(...)                                                                             \
+    do {                                                                                           \
+        if (log_threshold <= LOG_DEBUG)                                                            \
+            log_msg(LOG_DEBUG, __VA_ARGS__);                                                       \
     } while (0)
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)

@@ -8,40 +8,28 @@
 #include <stdint.h>
 
 enum metrics_counter {
-    M_ORIGIN_LOADS,        /* loads started against PostgreSQL + tax */
-    M_ORIGIN_ERRORS,       /* loads that ended in 5xx */
-    M_COALESCED,           /* requests answered from another request's load */
-    M_LOCK_ACQUIRED,       /* cross-instance lock won */
-    M_LOCK_WAITED,         /* lock found taken: waited for another instance */
-    M_LOCK_EXPIRED,        /* lock expired without a value: taken over */
-    M_STORE_FENCED,        /* cache write refused: generation moved mid-load */
-    M_INVALIDATIONS,       /* invalidations applied (notify or admin) */
+    M_ORIGIN_LOADS,  /* loads started against PostgreSQL + tax */
+    M_ORIGIN_ERRORS, /* loads that ended in 5xx */
+    M_COALESCED,     /* requests answered from another request's load */
+    M_LOCK_ACQUIRED, /* cross-instance lock won */
+    M_LOCK_WAITED,   /* lock found taken: waited for another instance */
+    M_LOCK_EXPIRED,  /* lock expired without a value: taken over */
+    M_STORE_FENCED,  /* cache write refused: generation moved mid-load */
+    M_INVALIDATIONS, /* invalidations applied (notify or admin) */
     M_REDIS_ERRORS,
     M_REDIS_RECONNECTS,
     M_PG_ERRORS,
     M_PG_RECONNECTS,
     M_TAX_ERRORS,
     M_LISTEN_RECONNECTS,
-    M_WAITERS_REJECTED,    /* waiter bound hit: 503 */
-    M_CONNS_REJECTED,      /* connection bound hit */
+    M_WAITERS_REJECTED, /* waiter bound hit: 503 */
+    M_CONNS_REJECTED,   /* connection bound hit */
     M_COUNTER_COUNT
 };
 
-enum metrics_gauge {
-    G_CONNECTIONS,
-    G_FLIGHTS,
-    G_WAITERS,
-    G_GAUGE_COUNT
-};
+enum metrics_gauge { G_CONNECTIONS, G_FLIGHTS, G_WAITERS, G_GAUGE_COUNT };
 
-enum metrics_route {
-    R_QUOTE,
-    R_HEALTHZ,
-    R_METRICS,
-    R_ADMIN,
-    R_OTHER,
-    R_ROUTE_COUNT
-};
+enum metrics_route { R_QUOTE, R_HEALTHZ, R_METRICS, R_ADMIN, R_OTHER, R_ROUTE_COUNT };
 
 enum metrics_xcache {
     X_NONE, /* not a cacheable answer (errors before lookup, other routes) */

@@ -15,8 +15,8 @@
 #include "quotecache/tax.h"
 
 typedef struct origin_result {
-    int status;     /* 200, 404 (not quotable), 400 (currency gone), 5xx */
-    char *body;     /* the JSON to answer with; the callback owns it */
+    int status; /* 200, 404 (not quotable), 400 (currency gone), 5xx */
+    char *body; /* the JSON to answer with; the callback owns it */
     size_t len;
     int64_t load_ms;
 } origin_result;

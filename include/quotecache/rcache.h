@@ -29,7 +29,7 @@ enum { RCACHE_OK = 0, RCACHE_ERR = -1 };
 typedef struct rcache_value {
     const char *entry; /* NULL when the key is absent */
     size_t entry_len;
-    uint64_t gen_global;  /* 0 when the counter does not exist */
+    uint64_t gen_global; /* 0 when the counter does not exist */
     uint64_t gen_product;
 } rcache_value;
 

@@ -14,10 +14,10 @@
 #define REQUEST_NAME_MAX 16 /* region and tier: letters only, 1..16 */
 
 typedef struct quote_req {
-    int64_t product_id;                  /* > 0 */
-    char region[REQUEST_NAME_MAX + 1];   /* upper case */
-    char tier[REQUEST_NAME_MAX + 1];     /* lower case */
-    char currency[4];                    /* upper case, "USD" when absent */
+    int64_t product_id;                /* > 0 */
+    char region[REQUEST_NAME_MAX + 1]; /* upper case */
+    char tier[REQUEST_NAME_MAX + 1];   /* lower case */
+    char currency[4];                  /* upper case, "USD" when absent */
 } quote_req;
 
 /* Parses the product id segment (still percent-encoded, as it appears in the
@@ -29,8 +29,7 @@ typedef struct quote_req {
  * embedded NUL is an error that names the parameter.
  * Returns 0 and fills *out, or -1 and fills *err (status 400, code
  * "bad_request" or "bad_product_id"). */
-int request_parse_quote(const char *id_segment, const char *query, quote_req *out,
-                        qc_error *err);
+int request_parse_quote(const char *id_segment, const char *query, quote_req *out, qc_error *err);
 
 /* Writes the canonical form "P|REGION|tier|CUR" into buf (NUL-terminated).
  * Returns the length, or -1 if it does not fit. */

@@ -23,8 +23,7 @@ typedef void tax_cb(void *arg, int64_t tax_cents, const qc_error *err);
 
 /* url: http://HOST[:PORT][/PREFIX]. Returns NULL when url is unusable.
  * max_conns bounds concurrent calls. */
-tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms,
-                           int max_conns);
+tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns);
 /* Pending callbacks fire with an error (503) before it returns. */
 void tax_client_free(tax_client *t);
 

@@ -62,8 +62,8 @@ struct ts_op {
     struct evhttp_request *req;
     struct event *timer;
     enum ts_outcome outcome;
-    int status;      /* 200 or 400 when outcome is TS_ANSWER */
-    char body[160];  /* the JSON body to send with status */
+    int status;     /* 200 or 400 when outcome is TS_ANSWER */
+    char body[160]; /* the JSON body to send with status */
     struct ts_op *prev, *next;
 };
 
@@ -161,8 +161,7 @@ static void ts_send_json(struct evhttp_request *req, int status, const char *rea
     evbuffer_add_vprintf(buf, fmt, ap);
     va_end(ap);
     evbuffer_add(buf, "\n", 1);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "application/json");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     evhttp_send_reply(req, status, reason, buf);
     evbuffer_free(buf);
 }
@@ -170,8 +169,7 @@ static void ts_send_json(struct evhttp_request *req, int status, const char *rea
 static void ts_send_error(struct evhttp_request *req, int status, const char *reason,
                           const char *code, const char *message)
 {
-    ts_send_json(req, status, reason, "{\"error\": \"%s\", \"message\": \"%s\"}", code,
-                 message);
+    ts_send_json(req, status, reason, "{\"error\": \"%s\", \"message\": \"%s\"}", code, message);
 }
 
 /* ---- /v1/tax ---- */
@@ -232,8 +230,7 @@ static void ts_tax_compute(struct ts_op *op, const char *query)
     }
     if (bad == NULL && !ts_all_letters(val[0], 1, 16))
         bad = "region";
-    if (bad == NULL &&
-        (ts_parse_uint(val[1], INT64_MAX, &product_id) != 0 || product_id == 0))
+    if (bad == NULL && (ts_parse_uint(val[1], INT64_MAX, &product_id) != 0 || product_id == 0))
         bad = "product_id";
     if (bad == NULL && ts_parse_uint(val[2], TS_MAX_AMOUNT, &amount) != 0)
         bad = "amount_cents";
@@ -364,8 +361,7 @@ static void ts_handle_tax(struct evhttp_request *req, const struct evhttp_uri *u
 
 /* ---- /stats and /control ---- */
 
-static void ts_handle_stats(struct evhttp_request *req, const struct evhttp_uri *uri,
-                            bool reset)
+static void ts_handle_stats(struct evhttp_request *req, const struct evhttp_uri *uri, bool reset)
 {
     uint64_t n = ts.requests;
     const char *query = evhttp_uri_get_query(uri);

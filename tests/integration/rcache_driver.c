@@ -23,13 +23,13 @@
 #include <sys/time.h>
 #include <sys/types.h>
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "rcache_driver: %s:%d: check failed: %s\n", __FILE__,   \
-                    __LINE__, #cond);                                                \
-            exit(1);                                                                 \
-        }                                                                            \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "rcache_driver: %s:%d: check failed: %s\n", __FILE__, __LINE__,        \
+                    #cond);                                                                        \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
 
 #define CMD_TIMEOUT_MS 300
@@ -233,7 +233,8 @@ static long long do_incr(rcache *rc, const char *key)
     return finish(rcache_incr(rc, key, on_done, &d), &d);
 }
 
-static const char binval[] = "va\0lue\xff\r\n$3\r\n\0" "end";
+static const char binval[] = "va\0lue\xff\r\n$3\r\n\0"
+                             "end";
 
 static void test_read_absent(rcache *rc)
 {

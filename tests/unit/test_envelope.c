@@ -9,8 +9,7 @@
 #include "quotecache/envelope.h"
 
 /* Decodes a private exact-size copy of buf[0..len). */
-static int decode_copy(const char *buf, size_t len, envelope *e, size_t *bodylen,
-                       char **bodycopy)
+static int decode_copy(const char *buf, size_t len, envelope *e, size_t *bodylen, char **bodycopy)
 {
     char *copy = malloc(len ? len : 1);
     const char *body = NULL;
@@ -29,8 +28,12 @@ static int decode_copy(const char *buf, size_t len, envelope *e, size_t *bodylen
 
 static envelope sample(void)
 {
-    envelope e = {.status = 200, .stored_at_ms = 1700000000123, .load_ms = 42,
-                  .product_id = 7, .gen_global = 3, .gen_product = 9};
+    envelope e = {.status = 200,
+                  .stored_at_ms = 1700000000123,
+                  .load_ms = 42,
+                  .product_id = 7,
+                  .gen_global = 3,
+                  .gen_product = 9};
     memcpy(e.etag, "0123456789abcdef", ENVELOPE_ETAG_LEN + 1);
     return e;
 }
@@ -122,8 +125,7 @@ static void test_bad_headers(void)
     CHECK(decode_text("QC1 200 1 2 9223372036854775808 4 5 0123456789abcdef 2\nxy") == -1);
     CHECK(decode_text("QC1 200 1 2 3 18446744073709551616 5 0123456789abcdef 2\nxy") == -1);
     CHECK(decode_text("QC1 200 1 2 3 4 99999999999999999999 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 99999999999999999999999\nxy") ==
-          -1);
+    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 99999999999999999999999\nxy") == -1);
     CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 18446744073709551615\nxy") == -1);
     CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789ABCDEF 2\nxy") == -1);
     CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcde 2\nxy") == -1);

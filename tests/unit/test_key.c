@@ -104,8 +104,10 @@ static void test_layout(void)
 
 static void test_versions(void)
 {
-    quote_req r = {.product_id = INT64_MAX, .region = "ABCDEFGHIJKLMNOP",
-                   .tier = "abcdefghijklmnop", .currency = "USD"};
+    quote_req r = {.product_id = INT64_MAX,
+                   .region = "ABCDEFGHIJKLMNOP",
+                   .tier = "abcdefghijklmnop",
+                   .currency = "USD"};
     char k[KEY_MAX];
     const char *v32 = "abcdefghijklmnopqrstuvwxyz012345";
 
@@ -141,8 +143,7 @@ static void test_product_of(void)
     CHECK(key_product_of("qc:v1:{0}:0123456789abcdef0123456789abcdef") == -1);
     CHECK(key_product_of("qc:v1:{07}:0123456789abcdef0123456789abcdef") == -1);
     CHECK(key_product_of("qc:v1:{-7}:0123456789abcdef0123456789abcdef") == -1);
-    CHECK(key_product_of("qc:v1:{9223372036854775808}:0123456789abcdef0123456789abcdef") ==
-          -1);
+    CHECK(key_product_of("qc:v1:{9223372036854775808}:0123456789abcdef0123456789abcdef") == -1);
     CHECK(key_product_of("qc:v1:{7}:0123456789ABCDEF0123456789abcdef") == -1);
     CHECK(key_product_of("qc:v1:{7}:0123456789abcdef0123456789abcdef0") == -1);
     CHECK(key_product_of("qc:v1:{7:0123456789abcdef0123456789abcdef") == -1);

@@ -95,14 +95,22 @@ static void test_requests(void)
 
     s = render();
     CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"HIT\"} 2"));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"MISS\"} 1"));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"COALESCED\"} 1"));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"STALE\"} 1"));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"BYPASS\"} 1"));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"400\",cache=\"NONE\"} 1"));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"healthz\",status=\"200\",cache=\"NONE\"} 1"));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"admin\",status=\"401\",cache=\"NONE\"} 1"));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"other\",cache=\"NONE\"} 2"));
+    CHECK(
+        has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"MISS\"} 1"));
+    CHECK(has_line(
+        s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"COALESCED\"} 1"));
+    CHECK(
+        has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"STALE\"} 1"));
+    CHECK(has_line(s,
+                   "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"BYPASS\"} 1"));
+    CHECK(
+        has_line(s, "quotecache_requests_total{route=\"quote\",status=\"400\",cache=\"NONE\"} 1"));
+    CHECK(has_line(s,
+                   "quotecache_requests_total{route=\"healthz\",status=\"200\",cache=\"NONE\"} 1"));
+    CHECK(
+        has_line(s, "quotecache_requests_total{route=\"admin\",status=\"401\",cache=\"NONE\"} 1"));
+    CHECK(has_line(s,
+                   "quotecache_requests_total{route=\"quote\",status=\"other\",cache=\"NONE\"} 2"));
     CHECK(strstr(s, "cache=\"MISS\"} 0") == NULL);
     /* Statuses come out in ascending order. */
     CHECK(strstr(s, "status=\"200\"") < strstr(s, "status=\"400\""));
@@ -130,7 +138,8 @@ static void test_status_slot_bound(void)
     snprintf(line, sizeof(line),
              "quotecache_requests_total{route=\"other\",status=\"%d\",cache=\"NONE\"} 1", 532);
     CHECK(!has_line(s, line));
-    CHECK(has_line(s, "quotecache_requests_total{route=\"other\",status=\"other\",cache=\"NONE\"} 8"));
+    CHECK(has_line(s,
+                   "quotecache_requests_total{route=\"other\",status=\"other\",cache=\"NONE\"} 8"));
     free(s);
 }
 
@@ -144,7 +153,7 @@ static void test_histogram(void)
     metrics_request(R_QUOTE, 200, X_HIT, 0.2);
     metrics_request(R_QUOTE, 200, X_HIT, 10);
     metrics_request(R_QUOTE, 200, X_HIT, 11);
-    metrics_request(R_QUOTE, 200, X_HIT, -1);  /* clamped to 0 */
+    metrics_request(R_QUOTE, 200, X_HIT, -1);      /* clamped to 0 */
     metrics_request(R_QUOTE, 200, X_HIT, nan("")); /* clamped to 0 */
 
     s = render();

@@ -6,16 +6,16 @@
 #include "check.h"
 #include "quotecache/request.h"
 
-static int ok(const char *id, const char *q, long long pid, const char *region,
-              const char *tier, const char *cur)
+static int ok(const char *id, const char *q, long long pid, const char *region, const char *tier,
+              const char *cur)
 {
     quote_req r;
     qc_error e = {0};
 
     memset(&r, 0x5a, sizeof(r));
     if (request_parse_quote(id, q, &r, &e) != 0) {
-        fprintf(stderr, "  unexpected error for '%s' '%s': %s %s\n", id, q ? q : "(null)",
-                e.code, e.message);
+        fprintf(stderr, "  unexpected error for '%s' '%s': %s %s\n", id, q ? q : "(null)", e.code,
+                e.message);
         return 0;
     }
     return r.product_id == pid && strcmp(r.region, region) == 0 && strcmp(r.tier, tier) == 0 &&
