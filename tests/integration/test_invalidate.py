@@ -289,6 +289,11 @@ def test_write_racing_an_inflight_load_never_sticks():
             st.tax_reset()
             t = threading.Thread(target=load)
             t.start()
+            other = {}
+            t2 = threading.Thread(target=lambda: other.setdefault(
+                "r", quote(px2 if i % 2 == 0 else px1, *key)))
+            time.sleep(0.03)
+            t2.start()
             # The load has read PostgreSQL once its tax call arrives.
             deadline = time.monotonic() + 0.9
             while st.tax_stats() < 1:
@@ -301,7 +306,9 @@ def test_write_racing_an_inflight_load_never_sticks():
             new = reference(*key)
             assert new != old
             t.join(10)
-            assert not t.is_alive()
+            t2.join(10)
+            assert not t.is_alive() and not t2.is_alive()
+            assert project(*other["r"][::2]) in (old, new), (i, other["r"], old, new)
             s, xc, doc = first["r"]
             assert s == 200, (s, doc)
             assert project(s, doc) in (old, new), (i, doc, old, new)
@@ -362,6 +369,36 @@ def test_product_deactivation():
     for p in (px1, px2):
         s, _, doc = quote(p, *key)
         assert s == 404 and doc.get("error"), (s, doc)
+
+
+def test_not_found_answers_are_fenced_too():
+    """A cached 404 (--neg-ttl) must not outlive the write that makes the
+    quote exist: reactivation, a new regional price, a brand-new product."""
+    pid = take()
+    key = (pid, "US", "standard", "USD")
+    write_and_check("UPDATE products SET active = false WHERE id = %d" % pid, [key],
+                    what="deactivate")
+    for p in (px1, px2):
+        assert quote(p, *key)[:2] == (404, "HIT")
+    write_and_check("UPDATE products SET active = true WHERE id = %d" % pid, [key],
+                    what="reactivate after a cached 404")
+    pid2, region = st.psql(
+        "SELECT p.id, r.r FROM products p CROSS JOIN (VALUES ('US'), ('EU'), ('UK'), "
+        "('APAC'), ('LATAM')) r(r) WHERE p.active AND p.id > 1000 AND NOT EXISTS (SELECT 1 "
+        "FROM regional_prices WHERE product_id = p.id AND region = r.r) ORDER BY p.id "
+        "LIMIT 1").strip().split("|")
+    key2 = (int(pid2), region, "gold", "USD")
+    key3 = (990001, "US", "standard", "USD")
+    for k in (key2, key3):
+        for p in (px1, px2):
+            quote(p, *k)
+            assert quote(p, *k)[:2] == (404, "HIT"), k
+    write_and_check("INSERT INTO regional_prices VALUES (%s, '%s', 12345)" % (pid2, region),
+                    [key2], what="new regional price after a cached 404")
+    write_and_check("BEGIN; INSERT INTO products VALUES (990001, 'SKU-X990001', 'new'); "
+                    "INSERT INTO regional_prices VALUES (990001, 'US', 5000); "
+                    "INSERT INTO volume_breaks VALUES (990001, 1, 0); COMMIT;",
+                    [key3], what="new product after a cached 404")
 
 
 def test_listen_reconnects_and_drops_everything():
