@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include "quotecache/flight.h"
 #include "quotecache/key.h"
@@ -46,7 +47,8 @@ typedef struct lk_req {
     size_t npromos;
     char key[KEY_MAX];
     bool no_cache;
-    bool leader; /* started the flight: answered MISS rather than COALESCED */
+    int64_t arrived_us; /* no-cache: must be answered from a load sent later */
+    bool leader;        /* started the flight: answered MISS rather than COALESCED */
     lookup_cb *cb;
     void *arg;
     struct event *deadline;
@@ -63,11 +65,15 @@ struct load {
     char lock_key[KEY_MAX];
     char gen_product_key[KEY_MAX];
     char token[33];
-    bool locked;  /* we hold the Redis lock */
-    bool remote;  /* another instance holds it; waiting for its value */
-    bool busy;    /* a Redis or origin call for this load is in flight */
-    bool recheck; /* an announcement or the deadline came while busy */
-    bool bypass;  /* Redis is not part of this load */
+    bool locked;       /* we hold the Redis lock */
+    bool remote;       /* another instance holds it; waiting for its value */
+    bool busy;         /* a Redis or origin call for this load is in flight */
+    bool recheck;      /* an announcement or the deadline came while busy */
+    bool bypass;       /* Redis is not part of this load */
+    bool obsolete;     /* the promotion set moved: serve, never store, the result */
+    bool stored;       /* the result is in Redis (and announced) */
+    bool take_over;    /* the pending remote check may take the lock over */
+    int64_t origin_us; /* when the latest origin query was sent (0: none) */
     uint64_t gen_global, gen_product;
     uint64_t local_gen;
     int attempts;
@@ -97,6 +103,13 @@ struct lookup {
 
 static void load_begin(load *ld);
 static void load_origin(load *ld);
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static int64_t wall_ms(void)
 {
@@ -183,6 +196,25 @@ static void load_unlink(load *ld)
         ld->next->prev = ld->prev;
 }
 
+static void req_wait(lk_req *q, const rcache_value *v, const char *stale, size_t stale_len);
+
+/* Read your own write: a no-cache request that arrived after this load sent
+ * its query may be asking because of a write the query did not see. */
+static bool req_needs_later_load(const lk_req *q, const load *ld, const lookup_answer *a)
+{
+    return q->no_cache && ld->origin_us != 0 && q->arrived_us > ld->origin_us &&
+           (a->xcache == X_MISS || a->xcache == X_BYPASS) && !ld->lk->closing;
+}
+
+static void req_rewait(lk_req *q, const load *ld)
+{
+    rcache_value v = {NULL, 0, ld->gen_global, ld->gen_product};
+    event_free(q->deadline);
+    q->deadline = NULL;
+    q->leader = false;
+    req_wait(q, ld->bypass ? NULL : &v, NULL, 0);
+}
+
 /* Takes the waiters out of the table first, then answers each: an answer
  * may start a new flight for the same key, which must not find this one. */
 static void load_finish(load *ld, const lookup_answer *a)
@@ -192,8 +224,13 @@ static void load_finish(load *ld, const lookup_answer *a)
     flight_waiter *w = flight_take(lk->flights, ld->f, &n);
     flight_free(ld->f);
     load_unlink(ld);
-    if (ld->locked && redis_usable(lk))
+    if (ld->locked && redis_usable(lk)) {
         rcache_unlock(lk->rc, ld->lock_key, ld->token, NULL, NULL);
+        /* Instances waiting on our lock re-check now, not at its deadline:
+         * with no value stored, one of them takes over. */
+        if (!ld->stored)
+            rcache_publish(lk->rc, lk->channel, ld->key, NULL, NULL);
+    }
     if (ld->timer)
         event_free(ld->timer);
     metrics_gauge_set(G_FLIGHTS, (int64_t)flight_table_flights(lk->flights));
@@ -201,6 +238,11 @@ static void load_finish(load *ld, const lookup_answer *a)
     while (w != NULL) {
         flight_waiter *next = w->next;
         lk_req *q = (lk_req *)((char *)w - offsetof(lk_req, w));
+        w = next;
+        if (req_needs_later_load(q, ld, a)) {
+            req_rewait(q, ld);
+            continue;
+        }
         lookup_answer mine = *a;
         /* Everyone but the request that started the load waited on it. */
         if (!q->leader && (a->xcache == X_MISS || a->xcache == X_BYPASS))
@@ -208,7 +250,6 @@ static void load_finish(load *ld, const lookup_answer *a)
         if (mine.xcache == X_COALESCED)
             metrics_inc(M_COALESCED);
         req_answer(q, &mine);
-        w = next;
     }
     free(ld->res.body);
     free(ld->stale);
@@ -265,11 +306,29 @@ static bool shutting_down(load *ld)
  * served, never stored). */
 static void on_regen(void *arg, int status, const rcache_value *v);
 
+/* After a promotion change the request's key no longer names the current
+ * promotion set: load with the set that applies now, for the waiters only.
+ * Storing it under the old key would let an instance whose catalog has not
+ * reloaded yet serve it as current. */
+static void load_refresh_promos(load *ld)
+{
+    int64_t now[CATALOG_MAX_PROMOS_PER_QUOTE];
+    int n = catalog_active_promos(ld->lk->cat, ld->r.product_id, ld->r.region, wall_ms(), now,
+                                  CATALOG_MAX_PROMOS_PER_QUOTE);
+    size_t count = n > 0 ? (size_t)n : 0;
+    if (count == ld->npromos && memcmp(now, ld->promos, count * sizeof(int64_t)) == 0)
+        return;
+    memcpy(ld->promos, now, count * sizeof(int64_t));
+    ld->npromos = count;
+    ld->obsolete = true;
+}
+
 static void load_retry(load *ld)
 {
     lookup *lk = ld->lk;
     free(ld->res.body);
     ld->res.body = NULL;
+    load_refresh_promos(ld);
     if (++ld->attempts >= MAX_ATTEMPTS) {
         log_warn("lookup %s: still changing after %d loads; serving uncached", ld->key,
                  ld->attempts);
@@ -312,6 +371,7 @@ static void on_store(void *arg, int status, long long stored)
         load_retry(ld);
         return;
     }
+    ld->stored = status == RCACHE_OK;
     load_finish_result(ld);
 }
 
@@ -359,7 +419,7 @@ static void on_origin(void *arg, origin_result *res)
         load_retry(ld);
         return;
     }
-    if (ld->bypass || ld->attempts >= MAX_ATTEMPTS || !redis_usable(ld->lk)) {
+    if (ld->bypass || ld->obsolete || ld->attempts >= MAX_ATTEMPTS || !redis_usable(ld->lk)) {
         load_finish_result(ld);
         return;
     }
@@ -370,6 +430,8 @@ static void load_origin(load *ld)
 {
     lookup *lk = ld->lk;
     qc_error err;
+    load_refresh_promos(ld);
+    ld->origin_us = mono_us();
     if (origin_load(lk->pool, lk->tax, &ld->r, ld->promos, ld->npromos, on_origin, ld, &err) < 0) {
         origin_result res = {err.status, NULL, 0, 0};
         res.body = quote_render_error(err.code, err.message, &res.len);
@@ -384,13 +446,18 @@ static void load_origin(load *ld)
 
 static void on_remote_read(void *arg, int status, const rcache_value *v);
 
-static void remote_check(load *ld)
+/* Reads the entry while another instance holds the lock. take_over: the
+ * check comes from an announcement or the lock's deadline, so an empty
+ * answer means the holder is gone or stored nothing: try the lock again. */
+static void remote_check(load *ld, bool take_over)
 {
     lookup *lk = ld->lk;
     if (ld->busy) {
         ld->recheck = true;
+        ld->take_over = ld->take_over || take_over;
         return;
     }
+    ld->take_over = take_over;
     if (!redis_usable(lk) || rcache_read(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key,
                                          on_remote_read, ld) < 0) {
         /* Redis went away while we waited: load in process. */
@@ -429,13 +496,13 @@ static void on_remote_read(void *arg, int status, const rcache_value *v)
     }
     if (ld->recheck) {
         ld->recheck = false;
-        remote_check(ld);
+        remote_check(ld, ld->take_over);
         return;
     }
-    if (evtimer_pending(ld->timer, NULL))
-        return; /* an announcement for an older value: keep waiting */
-    /* The lock's deadline passed with no value: its holder died or failed.
-     * Try to take over; SET NX lets exactly one instance win. */
+    if (!ld->take_over)
+        return; /* the holder is still loading: keep waiting */
+    /* No value after an announcement or the lock's deadline: the holder
+     * died or stored nothing. Try to take over; SET NX lets one win. */
     if (status == RCACHE_OK) {
         ld->gen_global = v->gen_global;
         ld->gen_product = v->gen_product;
@@ -448,7 +515,7 @@ static void on_remote_deadline(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    remote_check(arg);
+    remote_check(arg, true);
 }
 
 static void on_message(void *arg, const char *msg, size_t len)
@@ -464,7 +531,7 @@ static void on_message(void *arg, const char *msg, size_t len)
         return;
     load *ld = flight_owner(f);
     if (ld->remote)
-        remote_check(ld);
+        remote_check(ld, true);
 }
 
 /* ---- the lock ---- */
@@ -483,6 +550,8 @@ static void on_lock(void *arg, int status, long long acquired)
     if (acquired) {
         metrics_inc(ld->attempts > 0 || ld->timer ? M_LOCK_EXPIRED : M_LOCK_ACQUIRED);
         ld->locked = true;
+        if (ld->timer)
+            evtimer_del(ld->timer); /* we hold the lock now: no remote wait */
         load_origin(ld);
         return;
     }
@@ -492,7 +561,7 @@ static void on_lock(void *arg, int status, long long acquired)
         ld->timer = evtimer_new(ld->lk->base, on_remote_deadline, ld);
     remote_arm(ld);
     /* The value may have landed between our read and our lock attempt. */
-    remote_check(ld);
+    remote_check(ld, false);
 }
 
 static void load_begin(load *ld)
@@ -654,6 +723,7 @@ void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, 
     q->lk = lk;
     q->r = *r;
     q->no_cache = no_cache;
+    q->arrived_us = no_cache ? mono_us() : 0;
     q->cb = cb;
     q->arg = arg;
     lk->pending++;

@@ -693,6 +693,21 @@ int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
     return op_submit(op, 2, argv, lens);
 }
 
+int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg)
+{
+    const char *argv[] = {"PUBLISH", channel, msg};
+    size_t lens[3];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc))
+        return -1;
+    arg_lens(argv, lens, 3);
+    op = op_new(rc, OP_INT, "PUBLISH", channel);
+    op->done_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 3, argv, lens);
+}
+
 void rcache_subscribe(rcache *rc, const char *channel, rcache_message_cb *cb, void *arg)
 {
     struct rc_sub *s;

@@ -77,6 +77,9 @@ int rcache_unlock(rcache *rc, const char *lock_key, const char *token, rcache_do
 /* INCR key. result: the new value. cb may be NULL. */
 int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
 
+/* PUBLISH msg on channel. result: receivers. cb may be NULL. */
+int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg);
+
 /* Subscribes the shared subscriber connection to channel; cb runs for every
  * message, across reconnects (the module re-subscribes by itself). One
  * subscription per channel name; call once at start. */

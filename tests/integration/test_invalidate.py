@@ -324,6 +324,83 @@ def test_write_racing_an_inflight_load_never_sticks():
         st.tax_control(delay_ms=0)
 
 
+def test_promotion_racing_an_inflight_load_never_sticks():
+    """A promotion inserted while a load for its product is in flight: the
+    key itself changes (it names the promotion set), so besides the fence the
+    load must not store its result under the key of the old set."""
+    st.tax_control(delay_ms=1000)
+    try:
+        for i in range(3):
+            pid = take()
+            key = (pid, "US", "standard", "USD")
+            res = {}
+            st.tax_reset()
+            threads = [threading.Thread(target=lambda n=n, p=p: res.setdefault(n, quote(p, *key)))
+                       for n, p in enumerate((px1, px2, px1, px2))]
+            for t in threads:
+                t.start()
+                time.sleep(0.02)
+            deadline = time.monotonic() + 0.9
+            while st.tax_stats() < 1:
+                assert time.monotonic() < deadline, "no tax call for the cold load"
+                time.sleep(0.01)
+            time.sleep(0.3)
+            old = reference(*key)
+            st.psql("INSERT INTO promotions VALUES (%d, %d, 'US', 4321, now() - interval '1 second',"
+                    " now() + interval '1 hour')" % (900000 + pid, pid))
+            new = reference(*key)
+            assert new != old
+            for t in threads:
+                t.join(10)
+            for n in range(4):
+                assert project(*res[n][::2]) in (old, new), (i, n, res[n], old, new)
+            for p in (px1, px2, px1, px2, px1, px2):
+                s, xc, doc = quote(p, *key)
+                assert project(s, doc) == new, \
+                    ("iteration %d: stale quote after the racing promotion" % i, xc, doc, new)
+    finally:
+        st.tax_control(delay_ms=0)
+
+
+def test_no_cache_reads_its_own_write():
+    """Cache-Control: no-cache after a write must not be answered by a load
+    whose query ran before the write, even before the change notification
+    arrives. The trigger is dropped for the test, so only the no-cache rule
+    can make this pass."""
+    st.psql("DROP TRIGGER quotecache_notify ON regional_prices")
+    st.tax_control(delay_ms=800)
+    try:
+        pid = take()
+        key = (pid, "US", "standard", "USD")
+        first = {}
+        st.tax_reset()
+        t = threading.Thread(target=lambda: first.setdefault("r", quote(px1, *key)))
+        t.start()
+        deadline = time.monotonic() + 0.9
+        while st.tax_stats() < 1:  # the load's query has run
+            assert time.monotonic() < deadline, "no tax call for the cold load"
+            time.sleep(0.01)
+        old = reference(*key)
+        st.psql("UPDATE regional_prices SET list_price_cents = list_price_cents + 77 "
+                "WHERE product_id = %d AND region = 'US'" % pid)
+        new = reference(*key)
+        assert new != old
+        s, xc, doc = quote_headers(px1, key, {"Cache-Control": "no-cache"})
+        assert project(s, doc) == new, ("no-cache did not read its own write", xc, doc, new)
+        t.join(10)
+        assert project(*first["r"][::2]) == old, first["r"]
+    finally:
+        st.tax_control(delay_ms=0)
+        st.psql_file(os.path.join(qcstack.SRC, "scripts", "sql", "triggers.sql"))
+
+
+def quote_headers(p, key, headers):
+    pid, region, tier, currency = key
+    st_, h, b = p.get("/quote/%d?region=%s&tier=%s&currency=%s" % (pid, region, tier, currency),
+                      headers=headers)
+    return st_, h.get("x-cache"), json.loads(b)
+
+
 def test_fx_rate_change():
     keys = [(take(), "US", "standard", "EUR"), (take(), "US", "gold", "EUR")]
     write_and_check("UPDATE fx_rates SET usd_rate = usd_rate * 1.25 WHERE currency = 'EUR'",
