@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include "quotecache/flight.h"
+#include "quotecache/hot.h"
 #include "quotecache/key.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
@@ -36,6 +37,13 @@
 
 #define LOCAL_GENS 4096 /* local invalidation counters, by product id hash */
 #define MAX_ATTEMPTS 3  /* loads of one flight fenced by concurrent writes */
+#define HOT_SLOTS 16384
+#define HOT_MAX_VALUE 65536
+/* With Redis, how long a copy in process is served without asking Redis.
+ * Changes reach the in-process tier through the local generations (LISTEN,
+ * admin announcements); this bounds the rest, e.g. a purge whose
+ * announcement was lost. */
+#define HOT_REDIS_MS 500
 
 typedef struct load load;
 
@@ -46,6 +54,7 @@ typedef struct lk_req {
     int64_t promos[CATALOG_MAX_PROMOS_PER_QUOTE];
     size_t npromos;
     char key[KEY_MAX];
+    uint64_t stamp; /* local generation when the request arrived */
     bool no_cache;
     int64_t arrived_us; /* no-cache: must be answered from a load sent later */
     bool leader;        /* started the flight: answered MISS rather than COALESCED */
@@ -92,6 +101,8 @@ struct lookup {
     catalog *cat;
     rcache *rc;
     flight_table *flights;
+    hot *hot;
+    envelope hot_env; /* the envelope of the last in-process hit */
     load *loads;
     char gen_global_key[KEY_MAX];
     char channel[KEY_MAX];
@@ -280,8 +291,48 @@ static void load_finish_failed(load *ld, const origin_result *res)
     load_finish(ld, &a);
 }
 
+/* The load's result as the envelope stored in Redis (caller frees). */
+static char *load_envelope(const load *ld, size_t *len)
+{
+    envelope e = {0};
+    e.status = ld->res.status;
+    e.stored_at_ms = wall_ms();
+    e.load_ms = ld->res.load_ms;
+    e.product_id = ld->r.product_id;
+    e.gen_global = ld->gen_global;
+    e.gen_product = ld->gen_product;
+    envelope_etag(ld->res.body, ld->res.len, e.etag);
+    return envelope_encode(&e, ld->res.body, ld->res.len, len);
+}
+
+static int64_t fresh_until_ms(const lookup *lk, const envelope *e)
+{
+    int64_t s = e->status == 200 ? lk->cfg->ttl_s : lk->cfg->neg_ttl_s;
+    return e->stored_at_ms + s * 1000;
+}
+
+/* Without Redis (--redis none) the in-process tier is the cache: keep the
+ * result unless a write may have landed during the load. */
+static void load_keep_in_process(load *ld)
+{
+    lookup *lk = ld->lk;
+    bool cacheable = ld->res.status == 200 || ld->res.status == 404;
+    if (lk->rc != NULL || !cacheable || ld->obsolete ||
+        local_gen_of(lk, ld->r.product_id) != ld->local_gen)
+        return;
+    size_t len;
+    char *value = load_envelope(ld, &len);
+    envelope e;
+    const char *body;
+    size_t blen;
+    if (envelope_decode(value, len, &e, &body, &blen) == 0)
+        hot_put(lk->hot, ld->key, value, len, ld->local_gen, fresh_until_ms(lk, &e));
+    free(value);
+}
+
 static void load_finish_result(load *ld)
 {
+    load_keep_in_process(ld);
     char etag[ENVELOPE_ETAG_LEN + 1];
     envelope_etag(ld->res.body, ld->res.len, etag);
     lookup_answer a = {ld->res.status,
@@ -379,18 +430,10 @@ static void load_store(load *ld)
 {
     lookup *lk = ld->lk;
     const qc_config *cfg = lk->cfg;
-    envelope e = {0};
-    e.status = ld->res.status;
-    e.stored_at_ms = wall_ms();
-    e.load_ms = ld->res.load_ms;
-    e.product_id = ld->r.product_id;
-    e.gen_global = ld->gen_global;
-    e.gen_product = ld->gen_product;
-    envelope_etag(ld->res.body, ld->res.len, e.etag);
     size_t vlen;
-    char *value = envelope_encode(&e, ld->res.body, ld->res.len, &vlen);
-    int64_t ttl_ms = e.status == 200 ? (int64_t)(cfg->ttl_s + cfg->stale_ttl_s) * 1000
-                                     : (int64_t)cfg->neg_ttl_s * 1000;
+    char *value = load_envelope(ld, &vlen);
+    int64_t ttl_ms = ld->res.status == 200 ? (int64_t)(cfg->ttl_s + cfg->stale_ttl_s) * 1000
+                                           : (int64_t)cfg->neg_ttl_s * 1000;
     int rc = -1;
     if (ttl_ms > 0)
         rc = rcache_store(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key, ld->gen_global,
@@ -518,6 +561,20 @@ static void on_remote_deadline(evutil_socket_t fd, short what, void *arg)
     remote_check(arg, true);
 }
 
+/* "inv:<product id>" or "inv:*": another instance's admin purge, so that
+ * this instance's in-process copies and loads in flight drop it too. */
+static void on_invalidation_message(lookup *lk, const char *msg)
+{
+    if (strcmp(msg, "inv:*") == 0) {
+        lookup_invalidate_all(lk);
+        return;
+    }
+    char *end;
+    long long pid = strtoll(msg + 4, &end, 10);
+    if (*end == '\0' && pid > 0)
+        lookup_invalidate_product(lk, pid);
+}
+
 static void on_message(void *arg, const char *msg, size_t len)
 {
     lookup *lk = arg;
@@ -526,6 +583,10 @@ static void on_message(void *arg, const char *msg, size_t len)
         return;
     memcpy(key, msg, len);
     key[len] = '\0';
+    if (strncmp(key, "inv:", 4) == 0) {
+        on_invalidation_message(lk, key);
+        return;
+    }
     flight *f = flight_find(lk->flights, key);
     if (f == NULL)
         return;
@@ -690,6 +751,9 @@ static void on_read(void *arg, int status, const rcache_value *v)
     const char *body;
     size_t len;
     if (!q->no_cache && entry_current(lk, v, &e, &body, &len)) {
+        int64_t until = wall_ms() + HOT_REDIS_MS;
+        int64_t fresh = fresh_until_ms(lk, &e);
+        hot_put(lk->hot, q->key, v->entry, v->entry_len, q->stamp, fresh < until ? fresh : until);
         req_answer_envelope(q, &e, body, len, X_HIT);
         return;
     }
@@ -731,12 +795,36 @@ void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, 
                                   CATALOG_MAX_PROMOS_PER_QUOTE);
     q->npromos = n > 0 ? (size_t)n : 0;
     key_entry(q->key, lk->cfg->key_version, r, q->promos, q->npromos);
+    q->stamp = local_gen_of(lk, r->product_id);
     char gp[KEY_MAX];
     key_product_gen(gp, lk->cfg->key_version, r->product_id);
     if (redis_usable(lk) && rcache_read(lk->rc, q->key, lk->gen_global_key, gp, on_read, q) == 0)
         return;
     q->deadline = event_new(lk->base, -1, 0, on_deferred, q);
     event_active(q->deadline, EV_TIMEOUT, 1);
+}
+
+bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
+{
+    /* With Redis configured but away, answers are BYPASS loads: the copies
+     * here were vouched for by Redis, which can no longer say otherwise. */
+    if (lk->rc != NULL && !rcache_is_up(lk->rc))
+        return false;
+    int64_t promos[CATALOG_MAX_PROMOS_PER_QUOTE];
+    int64_t now = wall_ms();
+    int n = catalog_active_promos(lk->cat, r->product_id, r->region, now, promos,
+                                  CATALOG_MAX_PROMOS_PER_QUOTE);
+    char key[KEY_MAX];
+    key_entry(key, lk->cfg->key_version, r, promos, n > 0 ? (size_t)n : 0);
+    size_t vlen, len;
+    const char *body;
+    const char *v = hot_get(lk->hot, key, local_gen_of(lk, r->product_id), now, &vlen);
+    envelope *e = &lk->hot_env;
+    if (v == NULL || envelope_decode(v, vlen, e, &body, &len) < 0)
+        return false;
+    lookup_answer hit = {e->status, body, len, e->status == 200 ? e->etag : NULL, X_HIT, 0};
+    *a = hit;
+    return true;
 }
 
 /* ---- invalidation, life cycle ---- */
@@ -749,6 +837,18 @@ void lookup_invalidate_product(lookup *lk, int64_t product_id)
 void lookup_invalidate_all(lookup *lk)
 {
     lk->local_gen_all++;
+}
+
+int lookup_announce_invalidation(lookup *lk, int64_t product_id)
+{
+    if (lk->rc == NULL || !rcache_is_up(lk->rc))
+        return lk->rc == NULL ? 0 : -1;
+    char msg[32];
+    if (product_id > 0)
+        snprintf(msg, sizeof(msg), "inv:%lld", (long long)product_id);
+    else
+        snprintf(msg, sizeof(msg), "inv:*");
+    return rcache_publish(lk->rc, lk->channel, msg, NULL, NULL);
 }
 
 size_t lookup_pending(const lookup *lk)
@@ -767,6 +867,7 @@ lookup *lookup_new(struct event_base *base, const qc_config *cfg, pgpool *pool, 
     lk->cat = cat;
     lk->rc = rc;
     lk->flights = flight_table_new((size_t)cfg->max_waiters_per_key, (size_t)cfg->max_waiters);
+    lk->hot = hot_new(HOT_SLOTS, HOT_MAX_VALUE);
     key_global_gen(lk->gen_global_key, cfg->key_version);
     key_channel(lk->channel, cfg->key_version);
     if (rc != NULL)
@@ -791,5 +892,6 @@ void lookup_free(lookup *lk)
     while (lk->loads != NULL)
         load_finish_error(lk->loads, 503, "shutting_down", "the proxy is shutting down");
     flight_table_free(lk->flights);
+    hot_free(lk->hot);
     free(lk);
 }

@@ -55,7 +55,9 @@ static void worker_redis_state(void *arg, bool up)
 static int worker_invalidate(void *arg, long long product_id)
 {
     worker *w = arg;
-    return invalidate_product(w->inv, product_id);
+    int rc = invalidate_product(w->inv, product_id);
+    lookup_announce_invalidation(w->lk, product_id);
+    return rc;
 }
 
 static double ms_until(const struct timespec *t)

@@ -100,10 +100,10 @@ static bool etag_matches(const char *inm, const char *etag)
     return false;
 }
 
-static void on_answer(void *arg, const lookup_answer *a)
+/* Replies to a quote request with a lookup answer (exactly once). */
+static void reply_quote(struct evhttp_request *req, const char *inm, const struct timespec *started,
+                        const lookup_answer *a)
 {
-    req_ctx *c = arg;
-    struct evhttp_request *req = c->req;
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     const char *x = metrics_xcache_name(a->xcache);
     if (x)
@@ -120,13 +120,19 @@ static void on_answer(void *arg, const lookup_answer *a)
         evhttp_add_header(h, "ETag", tag);
         evhttp_add_header(h, "Cache-Control", "no-cache");
     }
-    if (a->etag != NULL && c->inm[0] && etag_matches(c->inm, a->etag)) {
+    if (a->etag != NULL && inm != NULL && inm[0] && etag_matches(inm, a->etag)) {
         status = 304;
         evhttp_send_reply(req, 304, "Not Modified", NULL);
     } else {
         send_body(req, status, a->body, a->len);
     }
-    metrics_request(R_QUOTE, status, a->xcache, seconds_since(&c->started));
+    metrics_request(R_QUOTE, status, a->xcache, seconds_since(started));
+}
+
+static void on_answer(void *arg, const lookup_answer *a)
+{
+    req_ctx *c = arg;
+    reply_quote(c->req, c->inm, &c->started, a);
     c->s->inflight--;
     free(c);
 }
@@ -174,11 +180,18 @@ static void handle_quote(server *s, struct evhttp_request *req, const char *id_s
     const char *pragma = evhttp_find_header(in, "Pragma");
     bool no_cache = (cc && header_has_token(cc, "no-cache")) ||
                     (pragma && header_has_token(pragma, "no-cache"));
+    const char *inm = evhttp_find_header(in, "If-None-Match");
+    lookup_answer hot;
+    if (!no_cache && lookup_quote_hot(s->d.lk, &r, &hot)) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        reply_quote(req, inm, &now, &hot);
+        return;
+    }
     req_ctx *c = xcalloc(1, sizeof(*c));
     c->s = s;
     c->req = req;
     clock_gettime(CLOCK_MONOTONIC, &c->started);
-    const char *inm = evhttp_find_header(in, "If-None-Match");
     if (inm != NULL && strlen(inm) < INM_MAX)
         snprintf(c->inm, sizeof(c->inm), "%s", inm);
     s->inflight++;

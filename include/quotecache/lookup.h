@@ -55,10 +55,19 @@ void lookup_free(lookup *lk);
  * result is still stored). The callback always fires later. */
 void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, void *arg);
 
+/* The in-process tier: when it holds a current copy for r, fills *a (valid
+ * until the next call into lookup) and returns true, answering at once; else
+ * false, and the caller goes on with lookup_quote. Not for no-cache. */
+bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a);
+
 /* Invalidation: loads in flight for the product (or all) will not store or
- * serve what they read before now. */
+ * serve what they read before now, and in-process copies are dropped. */
 void lookup_invalidate_product(lookup *lk, int64_t product_id);
 void lookup_invalidate_all(lookup *lk);
+/* Tells the other instances (on the announcement channel) to do the same
+ * in process; for invalidations they do not learn of by LISTEN (admin
+ * purges). product_id 0: everything. Returns 0, or -1 if not sent. */
+int lookup_announce_invalidation(lookup *lk, int64_t product_id);
 
 /* Requests currently owned (waiting on Redis or on a load). */
 size_t lookup_pending(const lookup *lk);

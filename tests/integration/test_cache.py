@@ -131,6 +131,41 @@ def test_warm_hits_cost_no_query_and_no_tax_call():
     assert st.pg_statements(QUOTE_SQL) == 1, st.pg_statements()
 
 
+def mget_calls():
+    for line in st.redis_cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_mget:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_hot_key_is_served_in_process():
+    """A hot key does not cost a Redis round trip per hit: the in-process
+    tier answers, re-validating against Redis at most every 500 ms; an admin
+    purge on another instance still reaches it at once."""
+    pid = take_product()
+    s, h, first = get(px, qpath(pid))
+    assert s == 200 and h.get("x-cache") == "MISS"
+    get(px, qpath(pid))  # a Redis HIT fills the in-process tier
+    before = mget_calls()
+    t0 = time.monotonic()
+    res = [get(px, qpath(pid)) for _ in range(200)]
+    took = time.monotonic() - t0
+    assert all(r[0] == 200 and r[1].get("x-cache") == "HIT" and r[2] == first for r in res)
+    calls = mget_calls() - before
+    assert calls <= 2 + int(took / 0.5) * 2, (calls, took)
+    other = start_proxy()
+    try:
+        s, h, _ = other.admin_post("/admin/invalidate", {"product_id": pid})
+        assert s == 200
+        time.sleep(0.05)
+        s, h, again = get(px, qpath(pid))
+        assert s == 200 and h.get("x-cache") == "MISS" and again == first, h
+        assert other.stop() == 0
+    finally:
+        if other.running():
+            other.kill()
+
+
 def test_not_found_cached_briefly():
     p = start_proxy(neg_ttl=1)
     try:

@@ -51,8 +51,12 @@ def distinct_paths(n, tier="standard"):
 
 
 def timed_get(px, path, headers=None, timeout=10):
+    """GET; on a proxy with --redis none (which still caches in process)
+    with no-cache, since those tests mean to reach the origin every time."""
     t0 = time.monotonic()
-    s, h, b = px.get(path, headers=headers, timeout=timeout)
+    h = {"Cache-Control": "no-cache"} if px.opts.get("redis") == "none" else {}
+    h.update(headers or {})
+    s, h, b = px.get(path, headers=h, timeout=timeout)
     return s, h, b, time.monotonic() - t0
 
 

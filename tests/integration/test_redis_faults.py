@@ -209,9 +209,16 @@ def test_redis_none():
     assert health["redis"] == "disabled", health
     pid = take_product()
     st.tax_reset()
-    for _ in range(2):
-        s, h, _ = p.get(qpath(pid))
-        assert s == 200 and h.get("x-cache") == "BYPASS", (s, h)
+    # api.md: "none = in-process only": the first answer is loaded (BYPASS:
+    # no shared cache), the next comes from the in-process tier.
+    s, h, body = p.get(qpath(pid))
+    assert s == 200 and h.get("x-cache") == "BYPASS", (s, h)
+    s, h, again = p.get(qpath(pid))
+    assert s == 200 and h.get("x-cache") == "HIT" and again == body, (s, h)
+    assert st.tax_stats() == 1
+    # no-cache still goes to the origin.
+    s, h, _ = p.get(qpath(pid), headers={"Cache-Control": "no-cache"})
+    assert s == 200 and h.get("x-cache") == "BYPASS", (s, h)
     assert st.tax_stats() == 2
     res = coalesced_cold_burst(p)
     assert xcache_counts(res) == {"BYPASS": 1, "COALESCED": 99}, xcache_counts(res)
