@@ -15,10 +15,12 @@
 #include <string.h>
 
 #include "quotecache/mem.h"
+#include "quotecache/strbuf.h"
 
 #define DIGEST_HEX 32 /* hex chars of SHA-256 kept in an entry key */
 #define CANON_MAX 96  /* "P|REGION|tier|CUR" is at most 19+1+16+1+16+1+3 */
 #define ID_DIGITS_MAX 19
+#define CATALOG_IDS_MAX 64 /* promotion ids per key (catalog.h's bound) */
 
 static bool version_valid(const char *v)
 {
@@ -51,46 +53,30 @@ static bool ids_sorted(const int64_t *ids, size_t n)
     return true;
 }
 
-/* Feeds "<id>,<id>,..." to the digest. */
-static int digest_ids(EVP_MD_CTX *ctx, const int64_t *ids, size_t n)
-{
-    char num[32];
-
-    for (size_t i = 0; i < n; i++) {
-        int len = snprintf(num, sizeof(num), "%s%lld", i ? "," : "", (long long)ids[i]);
-        if (EVP_DigestUpdate(ctx, num, (size_t)len) != 1)
-            return -1;
-    }
-    return 0;
-}
-
-/* SHA-256 of the digest input; out gets DIGEST_HEX lowercase hex chars + NUL. */
-static int digest_hex(char out[DIGEST_HEX + 1], const char *version, const char *canon,
-                      const int64_t *ids, size_t n)
+/* SHA-256 over buf; out gets DIGEST_HEX lowercase hex chars + NUL. The
+ * digest and its context are set up once and reused: fetching them per call
+ * was a large share of a warm hit (workers are single-threaded). */
+static int digest_hex(char out[DIGEST_HEX + 1], const char *buf, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
+    static EVP_MD *sha256;
+    static EVP_MD_CTX *ctx;
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int rc = -1;
 
-    if (!ctx)
+    if (sha256 == NULL && (sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
         return -1;
-    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(ctx, version, strlen(version)) != 1 ||
-        EVP_DigestUpdate(ctx, "\n", 1) != 1 || EVP_DigestUpdate(ctx, canon, strlen(canon)) != 1 ||
-        EVP_DigestUpdate(ctx, "\n", 1) != 1 || digest_ids(ctx, ids, n) < 0 ||
+    if (ctx == NULL && (ctx = EVP_MD_CTX_new()) == NULL)
+        return -1;
+    if (EVP_DigestInit_ex(ctx, sha256, NULL) != 1 || EVP_DigestUpdate(ctx, buf, len) != 1 ||
         EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen * 2 < DIGEST_HEX)
-        goto done;
+        return -1;
     for (int i = 0; i < DIGEST_HEX / 2; i++) {
         out[2 * i] = hex[md[i] >> 4];
         out[2 * i + 1] = hex[md[i] & 0xf];
     }
     out[DIGEST_HEX] = '\0';
-    rc = 0;
-done:
-    EVP_MD_CTX_free(ctx);
-    return rc;
+    return 0;
 }
 
 int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const int64_t *promo_ids,
@@ -99,7 +85,7 @@ int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const 
     char canon[CANON_MAX];
     char hex[DIGEST_HEX + 1];
     int64_t *sorted = NULL;
-    int n, rc;
+    int rc;
 
     if (!version_valid(version) || request_canonical(r, canon, sizeof(canon)) < 0)
         return -1;
@@ -111,12 +97,29 @@ int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const 
         qsort(sorted, npromo, sizeof(*sorted), cmp_int64);
         promo_ids = sorted;
     }
-    rc = digest_hex(hex, version, canon, promo_ids, npromo);
+    char input[KEY_VERSION_MAX + CANON_MAX + CATALOG_IDS_MAX * 21 + 4];
+    strbuf in = strbuf_on(input, sizeof(input));
+    strbuf_str(&in, version);
+    strbuf_mem(&in, "\n", 1);
+    strbuf_str(&in, canon);
+    strbuf_mem(&in, "\n", 1);
+    for (size_t i = 0; i < npromo; i++) {
+        if (i > 0)
+            strbuf_mem(&in, ",", 1);
+        strbuf_i64(&in, promo_ids[i]);
+    }
+    rc = strbuf_ok(&in) ? digest_hex(hex, input, in.len) : -1;
     free(sorted);
     if (rc < 0)
         return -1;
-    n = snprintf(out, KEY_MAX, "qc:%s:{%lld}:%s", version, (long long)r->product_id, hex);
-    return n > 0 && n < KEY_MAX ? 0 : -1;
+    strbuf key = strbuf_on(out, KEY_MAX);
+    strbuf_mem(&key, "qc:", 3);
+    strbuf_str(&key, version);
+    strbuf_mem(&key, ":{", 2);
+    strbuf_i64(&key, r->product_id);
+    strbuf_mem(&key, "}:", 2);
+    strbuf_mem(&key, hex, DIGEST_HEX);
+    return strbuf_ok(&key) ? 0 : -1;
 }
 
 void key_lock(char out[KEY_MAX], const char *entry_key)
@@ -126,7 +129,12 @@ void key_lock(char out[KEY_MAX], const char *entry_key)
 
 void key_product_gen(char out[KEY_MAX], const char *version, int64_t product_id)
 {
-    snprintf(out, KEY_MAX, "qc:%s:{%lld}:gen", version, (long long)product_id);
+    strbuf key = strbuf_on(out, KEY_MAX);
+    strbuf_mem(&key, "qc:", 3);
+    strbuf_str(&key, version);
+    strbuf_mem(&key, ":{", 2);
+    strbuf_i64(&key, product_id);
+    strbuf_mem(&key, "}:gen", 5);
 }
 
 void key_global_gen(char out[KEY_MAX], const char *version)

@@ -7,6 +7,7 @@
  * done, decoding never writes past a fixed buffer, and an error message only
  * ever quotes a short, scrubbed snippet of what the client sent. */
 #include "quotecache/request.h"
+#include "quotecache/strbuf.h"
 
 #include <ctype.h>
 #include <stdbool.h>
@@ -355,9 +356,13 @@ int request_parse_quote(const char *id_segment, const char *query, quote_req *ou
 
 int request_canonical(const quote_req *r, char *buf, size_t len)
 {
-    int n = snprintf(buf, len, "%lld|%s|%s|%s", (long long)r->product_id, r->region, r->tier,
-                     r->currency);
-    if (n < 0 || (size_t)n >= len)
-        return -1;
-    return n;
+    strbuf sb = strbuf_on(buf, len);
+    strbuf_i64(&sb, r->product_id);
+    strbuf_mem(&sb, "|", 1);
+    strbuf_str(&sb, r->region);
+    strbuf_mem(&sb, "|", 1);
+    strbuf_str(&sb, r->tier);
+    strbuf_mem(&sb, "|", 1);
+    strbuf_str(&sb, r->currency);
+    return strbuf_ok(&sb) ? (int)sb.len : -1;
 }
