@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <event2/event.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,7 @@
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
 #include "quotecache/pgpool.h"
+#include "quotecache/sql.h"
 
 #define CHANNEL "quotecache"
 #define MAX_PENDING 256     /* more distinct products than this: drop all */
@@ -24,6 +26,7 @@ struct invalidator {
     lookup *lk;
     catalog *cat;
     rcache *rc;
+    pgpool *pool; /* the worker's: sends purge announcements */
     pgpool *listen;
     bool connected_once;
     /* Invalidations of changes the catalog also holds (promotions, tiers,
@@ -36,7 +39,9 @@ struct invalidator {
     struct event *wait_timer;
 };
 
-int invalidate_product(invalidator *inv, int64_t product_id)
+/* Drops a product's quotes (0: everything) here and bumps its generation in
+ * Redis. Returns 0 when the bump was sent (cb, if any, fires later). */
+static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *arg)
 {
     char key[KEY_MAX];
     if (product_id > 0) {
@@ -47,19 +52,82 @@ int invalidate_product(invalidator *inv, int64_t product_id)
         key_global_gen(key, inv->cfg->key_version);
     }
     metrics_inc(M_INVALIDATIONS);
-    if (inv->rc == NULL)
-        return 0;
-    return rcache_incr(inv->rc, key, NULL, NULL);
+    return inv->rc != NULL ? rcache_incr(inv->rc, key, cb, arg) : -1;
+}
+
+/* One admin purge waiting for its Redis bump and its announcement. Owned by
+ * itself: freed when the last of them has answered (and the submit is
+ * over, hence the guard step fired from the loop). */
+typedef struct purge_op {
+    int pending;
+    bool ok;
+    invalidate_done_cb *cb;
+    void *arg;
+    struct event *guard;
+} purge_op;
+
+static void purge_step(purge_op *op, bool ok)
+{
+    op->ok = op->ok || ok;
+    if (--op->pending > 0)
+        return;
+    op->cb(op->arg, op->ok);
+    event_free(op->guard);
+    free(op);
+}
+
+static void on_guard(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    purge_step(arg, false);
+}
+
+static void on_purge_bumped(void *arg, int status, long long result)
+{
+    (void)result;
+    purge_step(arg, status == RCACHE_OK);
+}
+
+static void on_purge_announced(void *arg, const PGresult *res, const qc_error *err)
+{
+    (void)res;
+    if (err != NULL)
+        log_warn("invalidate: purge announcement failed: %s", err->message);
+    purge_step(arg, err == NULL);
+}
+
+void invalidate_purge(invalidator *inv, int64_t product_id, invalidate_done_cb *cb, void *arg)
+{
+    purge_op *op = xcalloc(1, sizeof(*op));
+    op->cb = cb;
+    op->arg = arg;
+    op->pending = 1;
+    op->guard = event_new(inv->base, -1, 0, on_guard, op);
+    if (drop(inv, product_id, on_purge_bumped, op) == 0)
+        op->pending++;
+    char payload[32];
+    if (product_id > 0)
+        snprintf(payload, sizeof(payload), "admin:%lld", (long long)product_id);
+    else
+        snprintf(payload, sizeof(payload), "admin:*");
+    const char *params[1] = {payload};
+    qc_error err;
+    if (pgpool_query(inv->pool, SQL_NOTIFY, params, on_purge_announced, op, &err) == 0)
+        op->pending++;
+    else
+        log_warn("invalidate: purge not announced: %s", err.message);
+    event_active(op->guard, EV_TIMEOUT, 1);
 }
 
 static void apply_pending(invalidator *inv)
 {
     evtimer_del(inv->wait_timer);
     if (inv->pending_all) {
-        invalidate_product(inv, 0);
+        drop(inv, 0, NULL, NULL);
     } else {
         for (size_t i = 0; i < inv->npending; i++)
-            invalidate_product(inv, inv->pending[i]);
+            drop(inv, inv->pending[i], NULL, NULL);
     }
     inv->pending_all = false;
     inv->npending = 0;
@@ -98,7 +166,8 @@ static void defer_until_catalog(invalidator *inv, int64_t product_id)
     catalog_reload(inv->cat);
 }
 
-/* Payload "<table>:<product id>" or "<table>:*" (triggers.sql). */
+/* Payload "<table>:<product id>" or "<table>:*" (triggers.sql), or
+ * "admin:..." (invalidate_purge on any instance). */
 static void on_notify(void *arg, const char *payload)
 {
     invalidator *inv = arg;
@@ -126,7 +195,7 @@ static void on_notify(void *arg, const char *payload)
     if (in_catalog)
         defer_until_catalog(inv, product_id);
     else
-        invalidate_product(inv, product_id);
+        drop(inv, product_id, NULL, NULL);
 }
 
 /* Notifications sent while we were not listening are lost for good: after
@@ -145,7 +214,7 @@ static void on_listen_ready(void *arg)
 }
 
 invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk, catalog *cat,
-                            rcache *rc)
+                            rcache *rc, pgpool *pool)
 {
     invalidator *inv = xcalloc(1, sizeof(*inv));
     inv->base = base;
@@ -153,6 +222,7 @@ invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, looku
     inv->lk = lk;
     inv->cat = cat;
     inv->rc = rc;
+    inv->pool = pool;
     inv->wait_timer = evtimer_new(base, on_wait_timer, inv);
     catalog_on_reload(cat, on_catalog_reloaded, inv);
     inv->listen = pgpool_new(base, cfg->postgres, 1, cfg->pg_timeout_ms, 1, NULL, 0);

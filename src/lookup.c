@@ -38,11 +38,11 @@
 #define LOCAL_GENS 4096 /* local invalidation counters, by product id hash */
 #define MAX_ATTEMPTS 3  /* loads of one flight fenced by concurrent writes */
 #define HOT_SLOTS 16384
-#define HOT_MAX_VALUE 65536
+#define HOT_MAX_VALUE 8192 /* a quote with every bound full is ~5 KB */
 /* With Redis, how long a copy in process is served without asking Redis.
- * Changes reach the in-process tier through the local generations (LISTEN,
- * admin announcements); this bounds the rest, e.g. a purge whose
- * announcement was lost. */
+ * Changes reach the in-process tier through the local generations (LISTEN
+ * carries both database changes and admin purges); this bounds the rest,
+ * e.g. a purge made while PostgreSQL was away, seen only in Redis. */
 #define HOT_REDIS_MS 500
 
 typedef struct load load;
@@ -561,20 +561,6 @@ static void on_remote_deadline(evutil_socket_t fd, short what, void *arg)
     remote_check(arg, true);
 }
 
-/* "inv:<product id>" or "inv:*": another instance's admin purge, so that
- * this instance's in-process copies and loads in flight drop it too. */
-static void on_invalidation_message(lookup *lk, const char *msg)
-{
-    if (strcmp(msg, "inv:*") == 0) {
-        lookup_invalidate_all(lk);
-        return;
-    }
-    char *end;
-    long long pid = strtoll(msg + 4, &end, 10);
-    if (*end == '\0' && pid > 0)
-        lookup_invalidate_product(lk, pid);
-}
-
 static void on_message(void *arg, const char *msg, size_t len)
 {
     lookup *lk = arg;
@@ -583,10 +569,6 @@ static void on_message(void *arg, const char *msg, size_t len)
         return;
     memcpy(key, msg, len);
     key[len] = '\0';
-    if (strncmp(key, "inv:", 4) == 0) {
-        on_invalidation_message(lk, key);
-        return;
-    }
     flight *f = flight_find(lk->flights, key);
     if (f == NULL)
         return;
@@ -837,18 +819,6 @@ void lookup_invalidate_product(lookup *lk, int64_t product_id)
 void lookup_invalidate_all(lookup *lk)
 {
     lk->local_gen_all++;
-}
-
-int lookup_announce_invalidation(lookup *lk, int64_t product_id)
-{
-    if (lk->rc == NULL || !rcache_is_up(lk->rc))
-        return lk->rc == NULL ? 0 : -1;
-    char msg[32];
-    if (product_id > 0)
-        snprintf(msg, sizeof(msg), "inv:%lld", (long long)product_id);
-    else
-        snprintf(msg, sizeof(msg), "inv:*");
-    return rcache_publish(lk->rc, lk->channel, msg, NULL, NULL);
 }
 
 size_t lookup_pending(const lookup *lk)

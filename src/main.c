@@ -52,14 +52,6 @@ static void worker_redis_state(void *arg, bool up)
         lookup_invalidate_all(w->lk);
 }
 
-static int worker_invalidate(void *arg, long long product_id)
-{
-    worker *w = arg;
-    int rc = invalidate_product(w->inv, product_id);
-    lookup_announce_invalidation(w->lk, product_id);
-    return rc;
-}
-
 static double ms_until(const struct timespec *t)
 {
     struct timespec now;
@@ -116,8 +108,8 @@ static int worker_start(worker *w, char *err, size_t errlen)
         w->rc = rcache_new(w->base, cfg->redis.host, cfg->redis.port, cfg->redis_timeout_ms,
                            worker_redis_state, w);
     w->lk = lookup_new(w->base, cfg, w->pool, w->tax, w->cat, w->rc);
-    w->inv = invalidate_new(w->base, cfg, w->lk, w->cat, w->rc);
-    server_deps deps = {cfg, w->lk, w->cat, w->pool, w->tax, w->rc, worker_invalidate, w};
+    w->inv = invalidate_new(w->base, cfg, w->lk, w->cat, w->rc, w->pool);
+    server_deps deps = {cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv};
     w->srv = server_new(w->base, &deps, err, errlen);
     if (w->srv == NULL)
         return -1;

@@ -314,6 +314,34 @@ static void on_public(struct evhttp_request *req, void *arg)
 
 /* ---- admin ---- */
 
+/* An admin purge waiting for its announcement to be acknowledged. */
+typedef struct purge_ctx {
+    server *s;
+    struct evhttp_request *req;
+    long long product_id;
+} purge_ctx;
+
+static void on_purged(void *arg, bool ok)
+{
+    purge_ctx *c = arg;
+    struct evhttp_request *req = c->req;
+    if (!ok) {
+        send_error(req, 503, "invalidation_failed",
+                   "dropped here, but could not be announced to other instances");
+        metrics_request(R_ADMIN, 503, X_NONE, 0);
+    } else {
+        char body[96];
+        int n = c->product_id
+                    ? snprintf(body, sizeof(body),
+                               "{\"invalidated\":\"product\",\"product_id\":%lld}", c->product_id)
+                    : snprintf(body, sizeof(body), "{\"invalidated\":\"all\"}");
+        send_body(req, 200, body, (size_t)n);
+        metrics_request(R_ADMIN, 200, X_NONE, 0);
+    }
+    c->s->inflight--;
+    free(c);
+}
+
 /* Constant time whatever the lengths: compare digests, not strings. */
 static bool token_ok(const char *given, const char *want)
 {
@@ -380,17 +408,12 @@ static void on_admin(struct evhttp_request *req, void *arg)
         metrics_request(R_ADMIN, 400, X_NONE, 0);
         return;
     }
-    if (s->d.invalidate(s->d.invalidate_arg, pid) < 0) {
-        send_error(req, 503, "invalidation_failed", "the invalidation could not be published");
-        metrics_request(R_ADMIN, 503, X_NONE, 0);
-        return;
-    }
-    char body[96];
-    int n =
-        pid ? snprintf(body, sizeof(body), "{\"invalidated\":\"product\",\"product_id\":%lld}", pid)
-            : snprintf(body, sizeof(body), "{\"invalidated\":\"all\"}");
-    send_body(req, 200, body, (size_t)n);
-    metrics_request(R_ADMIN, 200, X_NONE, 0);
+    purge_ctx *c = xcalloc(1, sizeof(*c));
+    c->s = s;
+    c->req = req;
+    c->product_id = pid;
+    s->inflight++;
+    invalidate_purge(s->d.inv, pid, on_purged, c);
 }
 
 /* ---- listeners ---- */

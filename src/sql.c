@@ -45,4 +45,5 @@ static const char catalog_sql[] =
 const pgpool_stmt sql_statements[SQL_COUNT] = {
     [SQL_QUOTE] = {"qc_quote", quote_sql, 5},
     [SQL_CATALOG] = {"qc_catalog", catalog_sql, 0},
+    [SQL_NOTIFY] = {"qc_notify", "SELECT pg_notify('quotecache', $1)", 1},
 };

@@ -21,21 +21,28 @@
 #include "quotecache/catalog.h"
 #include "quotecache/config.h"
 #include "quotecache/lookup.h"
+#include "quotecache/pgpool.h"
 #include "quotecache/rcache.h"
 
 struct event_base;
 
 typedef struct invalidator invalidator;
 
-/* rc may be NULL. Starts listening at once (reconnecting by itself). */
+/* rc may be NULL; pool is the worker's query pool (for purge
+ * announcements). Starts listening at once (reconnecting by itself). */
 invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk, catalog *cat,
-                            rcache *rc);
+                            rcache *rc, pgpool *pool);
 void invalidate_free(invalidator *inv);
 
-/* Drops one product's quotes (product_id > 0) or everything (0). Returns 0,
- * or -1 when Redis is configured but the bump could not be sent (the local
- * part is applied in any case). */
-int invalidate_product(invalidator *inv, int64_t product_id);
+/* The admin purge: drops one product's quotes (product_id > 0) or
+ * everything (0) here, bumps the generation in Redis, and sends a notification
+ * "admin:<id>" (or "admin:*") on the same channel as the triggers', so every
+ * other worker and instance drops its in-process copies too, with or without
+ * Redis. cb fires exactly once, later, when the Redis bump and the
+ * announcement have both been answered: ok when at least one of them, the
+ * two ways other instances learn of it, went through. */
+typedef void invalidate_done_cb(void *arg, bool ok);
+void invalidate_purge(invalidator *inv, int64_t product_id, invalidate_done_cb *cb, void *arg);
 
 /* True while the LISTEN connection is up. */
 bool invalidate_listening(const invalidator *inv);

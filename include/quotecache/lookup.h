@@ -64,10 +64,6 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a);
  * serve what they read before now, and in-process copies are dropped. */
 void lookup_invalidate_product(lookup *lk, int64_t product_id);
 void lookup_invalidate_all(lookup *lk);
-/* Tells the other instances (on the announcement channel) to do the same
- * in process; for invalidations they do not learn of by LISTEN (admin
- * purges). product_id 0: everything. Returns 0, or -1 if not sent. */
-int lookup_announce_invalidation(lookup *lk, int64_t product_id);
 
 /* Requests currently owned (waiting on Redis or on a load). */
 size_t lookup_pending(const lookup *lk);

@@ -8,6 +8,7 @@
 
 #include "quotecache/catalog.h"
 #include "quotecache/config.h"
+#include "quotecache/invalidate.h"
 #include "quotecache/lookup.h"
 #include "quotecache/pgpool.h"
 #include "quotecache/rcache.h"
@@ -25,10 +26,7 @@ typedef struct server_deps {
     pgpool *pool;
     tax_client *tax;
     rcache *rc;
-    /* admin: invalidate one product (product_id > 0) or everything (0).
-     * Returns 0, or -1 when the invalidation could not be published. */
-    int (*invalidate)(void *arg, long long product_id);
-    void *invalidate_arg;
+    invalidator *inv; /* admin purges */
 } server_deps;
 
 /* Opens the listeners (SO_REUSEPORT, so workers share the port). Returns

@@ -18,6 +18,8 @@ enum sql_stmt {
     /* Kinds 't' (tier name), 'c' (currency), 'p' (promotion: id, product_id
      * or NULL, region or NULL, starts and ends as ms since the epoch). */
     SQL_CATALOG,
+    /* $1 payload: announces an admin purge on the "quotecache" channel. */
+    SQL_NOTIFY,
     SQL_COUNT
 };
 

@@ -141,7 +141,7 @@ def mget_calls():
 def test_hot_key_is_served_in_process():
     """A hot key does not cost a Redis round trip per hit: the in-process
     tier answers, re-validating against Redis at most every 500 ms; an admin
-    purge on another instance still reaches it at once."""
+    purge on another instance still reaches it within a few milliseconds."""
     pid = take_product()
     s, h, first = get(px, qpath(pid))
     assert s == 200 and h.get("x-cache") == "MISS"
@@ -157,8 +157,14 @@ def test_hot_key_is_served_in_process():
     try:
         s, h, _ = other.admin_post("/admin/invalidate", {"product_id": pid})
         assert s == 200
-        time.sleep(0.05)
-        s, h, again = get(px, qpath(pid))
+        t0 = time.monotonic()
+        # The purge reaches px through PostgreSQL's notification, well
+        # before the 500 ms after which px would ask Redis anyway.
+        while True:
+            s, h, again = get(px, qpath(pid))
+            if h.get("x-cache") != "HIT" or time.monotonic() - t0 > 0.4:
+                break
+            time.sleep(0.01)
         assert s == 200 and h.get("x-cache") == "MISS" and again == first, h
         assert other.stop() == 0
     finally:
