@@ -706,6 +706,21 @@ class Proxy:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def ready(self, timeout=15):
+        """Wait until /healthz says ok (the catalog is loaded: until then
+        quotes answer 503); returns self."""
+        self.wait_health(status="ok", timeout=timeout)
+        return self
+
+    def stop_clean(self):
+        """SIGTERM and assert a clean exit: status 0 (under the sanitizer
+        build a leak makes it non-zero) and no sanitizer report."""
+        rc = self.stop()
+        err = self.stderr_text()
+        assert rc == 0, (rc, err[-4000:])
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            assert bad not in err, err[-8000:]
+
     def stop(self, timeout=15):
         """SIGTERM, wait; returns the exit code (SIGKILL after timeout: -9)."""
         if self.proc is None:

@@ -41,9 +41,7 @@ def teardown_module():
 
 
 def start_proxy(**opts):
-    p = qcstack.Proxy(st, **opts)
-    p.wait_health(status="ok", timeout=15)
-    return p
+    return qcstack.Proxy(st, **opts).ready()
 
 
 def take_product():
@@ -71,14 +69,6 @@ def metrics(p):
 
 def req_metric(cache, status=200):
     return 'quotecache_requests_total{route="quote",status="%d",cache="%s"}' % (status, cache)
-
-
-def assert_clean_exit(p):
-    rc = p.stop()
-    err = p.stderr_text()
-    assert rc == 0, (rc, err[-4000:])
-    for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-        assert bad not in err, err[-8000:]
 
 
 # ------------------------------------------------------------------ keys
@@ -194,7 +184,7 @@ def test_not_found_cached_briefly():
         s, _, _ = get(p, qpath(inactive))
         assert s == 404
     finally:
-        assert_clean_exit(p)
+        p.stop_clean()
 
 
 def test_no_cache_reloads_and_stores():
@@ -264,7 +254,7 @@ def test_key_version_namespaces():
         assert get(px, qpath(pid))[1].get("x-cache") == "HIT"
         assert st.tax_stats() == 1
     finally:
-        assert_clean_exit(p2)
+        p2.stop_clean()
 
 
 def test_ttl_stale_then_refresh():
@@ -291,7 +281,7 @@ def test_ttl_stale_then_refresh():
         # tests; here, once fresh again it stays HIT until the next expiry.
     finally:
         st.tax_control(delay_ms=0)
-        assert_clean_exit(p)
+        p.stop_clean()
 
 
 def test_metrics_move():
@@ -321,11 +311,11 @@ def test_metrics_move():
         assert d("quotecache_request_duration_seconds_count") >= 25
         assert m1.get("quotecache_flights") == 0 and m1.get("quotecache_waiters") == 0
     finally:
-        assert_clean_exit(p)
+        p.stop_clean()
 
 
 def test_shared_proxy_exits_cleanly():
-    assert_clean_exit(px)
+    px.stop_clean()
 
 
 if __name__ == "__main__":
