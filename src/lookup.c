@@ -110,6 +110,7 @@ struct lookup {
     uint64_t local_gen[LOCAL_GENS];
     size_t pending;
     bool closing;
+    bool warned_waiters;
 };
 
 static void load_begin(load *ld);
@@ -659,6 +660,9 @@ static void req_wait(lk_req *q, const rcache_value *v, const char *stale, size_t
     }
     if (flight_join(lk->flights, f, &q->w) < 0) {
         metrics_inc(M_WAITERS_REJECTED);
+        if (!lk->warned_waiters)
+            log_warn("lookup %s: waiter bound reached; refusing with 503 (logged once)", q->key);
+        lk->warned_waiters = true;
         req_answer_error(q, 503, "too_many_waiters", "too many requests are waiting for this quote",
                          1);
     } else {

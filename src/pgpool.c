@@ -60,6 +60,7 @@ struct pgpool {
     pg_conn *conns;
     pg_op *head, *tail; /* FIFO of queries waiting for a connection */
     char *listen;       /* LISTEN channel, or NULL */
+    bool warned_full;
     pgpool_notify_cb *on_notify;
     pgpool_ready_cb *on_ready;
     void *listen_arg;
@@ -514,6 +515,11 @@ int pgpool_query(pgpool *p, int stmt, const char *const *params, pgpool_cb *cb, 
         return -1;
     }
     if (p->queued >= p->queue_max) {
+        metrics_inc(M_PG_ERRORS);
+        if (!p->warned_full)
+            log_warn("postgres: query queue full (%d); refusing with 503 (logged once)",
+                     p->queue_max);
+        p->warned_full = true;
         qc_error_set(err, 503, "postgres_busy", "too many queries waiting for PostgreSQL");
         return -1;
     }

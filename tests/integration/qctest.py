@@ -40,6 +40,10 @@ def main(ns):
     only = set(sys.argv[1:])
     tests = [(n, f) for n, f in ns.items()
              if n.startswith("test_") and callable(f) and (not only or n in only)]
+    unknown = only - {n for n, _ in tests}
+    if unknown:  # a typo must not pass as "0 passed"
+        print("no such test: %s" % ", ".join(sorted(unknown)), flush=True)
+        sys.exit(2)
     failed = skipped = 0
     try:
         if "setup_module" in ns:

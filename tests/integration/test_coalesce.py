@@ -7,6 +7,7 @@ nobody up for longer than the lock TTL plus one fresh load and is never
 run twice while its lock lives; a client that leaves does not cancel the
 load it started."""
 
+import json
 import os
 import signal
 import socket
@@ -263,6 +264,29 @@ def test_client_gone_load_completes():
     assert px.running()
     px.stop_clean()
 
+
+
+def test_waiters_are_bounded():
+    """--max-waiters-per-key: requests past the bound get a prompt 503 JSON
+    error with Retry-After instead of queueing without end; the others are
+    answered by the one load."""
+    p = start_proxy(max_waiters_per_key=10)
+    try:
+        pid = take_product()
+        st.tax_reset()
+        res = qcstack.concurrent_gets(p.port, [qpath(pid)] * 30, timeout=10)
+        ok = [r for r in res if r[0] == 200]
+        busy = [r for r in res if r[0] == 503]
+        assert len(ok) == 10 and len(busy) == 20, sorted(r[0] for r in res)
+        for r in busy:
+            assert r[1].get("retry-after") == "1", r[1]
+            assert json.loads(r[2])["error"] == "too_many_waiters", r[2]
+        assert st.tax_stats() == 1
+        assert 'quotecache_waiters_rejected_total 20' in p.get("/metrics")[2].decode()
+        p.stop_clean()
+    finally:
+        if p.running():
+            p.kill()
 
 if __name__ == "__main__":
     qctest.main(globals())
