@@ -109,7 +109,8 @@ static void on_loaded(void *arg, const PGresult *res, const qc_error *err)
     if (res == NULL) {
         log_warn("catalog: reload failed: %s", err->message);
         c->again = false;
-        schedule(c, c->snap ? c->refresh_ms : 500);
+        /* Retry soon: a change may be waiting on this reload. */
+        schedule(c, 250);
         if (c->on_reload)
             c->on_reload(c->on_reload_arg, false);
         return;

@@ -20,7 +20,6 @@
 #define DIGEST_HEX 32 /* hex chars of SHA-256 kept in an entry key */
 #define CANON_MAX 96  /* "P|REGION|tier|CUR" is at most 19+1+16+1+16+1+3 */
 #define ID_DIGITS_MAX 19
-#define CATALOG_IDS_MAX 64 /* promotion ids per key (catalog.h's bound) */
 
 static bool version_valid(const char *v)
 {
@@ -97,7 +96,7 @@ int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const 
         qsort(sorted, npromo, sizeof(*sorted), cmp_int64);
         promo_ids = sorted;
     }
-    char input[KEY_VERSION_MAX + CANON_MAX + CATALOG_IDS_MAX * 21 + 4];
+    char input[KEY_VERSION_MAX + CANON_MAX + KEY_MAX_PROMOS * 21 + 4];
     strbuf in = strbuf_on(input, sizeof(input));
     strbuf_str(&in, version);
     strbuf_mem(&in, "\n", 1);

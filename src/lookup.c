@@ -56,8 +56,9 @@ typedef struct lk_req {
     char key[KEY_MAX];
     uint64_t stamp; /* local generation when the request arrived */
     bool no_cache;
-    int64_t arrived_us; /* no-cache: must be answered from a load sent later */
-    bool leader;        /* started the flight: answered MISS rather than COALESCED */
+    bool too_many_promos; /* more active promotions than a key can name */
+    int64_t arrived_us;   /* no-cache: must be answered from a load sent later */
+    bool leader;          /* started the flight: answered MISS rather than COALESCED */
     lookup_cb *cb;
     void *arg;
     struct event *deadline;
@@ -367,7 +368,11 @@ static void load_refresh_promos(load *ld)
     int64_t now[CATALOG_MAX_PROMOS_PER_QUOTE];
     int n = catalog_active_promos(ld->lk->cat, ld->r.product_id, ld->r.region, wall_ms(), now,
                                   CATALOG_MAX_PROMOS_PER_QUOTE);
-    size_t count = n > 0 ? (size_t)n : 0;
+    if (n < 0) {
+        ld->obsolete = true; /* cannot name the set: serve, never store */
+        return;
+    }
+    size_t count = (size_t)n;
     if (count == ld->npromos && memcmp(now, ld->promos, count * sizeof(int64_t)) == 0)
         return;
     memcpy(ld->promos, now, count * sizeof(int64_t));
@@ -543,7 +548,7 @@ static void on_remote_read(void *arg, int status, const rcache_value *v)
         remote_check(ld, ld->take_over);
         return;
     }
-    if (!ld->take_over)
+    if (!ld->take_over && status == RCACHE_OK)
         return; /* the holder is still loading: keep waiting */
     /* No value after an announcement or the lock's deadline: the holder
      * died or stored nothing. Try to take over; SET NX lets one win. */
@@ -764,6 +769,11 @@ static void on_deferred(evutil_socket_t fd, short what, void *arg)
         req_answer_error(q, 503, "shutting_down", "the proxy is shutting down", 0);
         return;
     }
+    if (q->too_many_promos) {
+        req_answer_error(q, 500, "too_many_promotions",
+                         "more promotions apply to this quote than the proxy can key", 0);
+        return;
+    }
     req_wait(q, NULL, NULL, 0);
 }
 
@@ -780,14 +790,28 @@ void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, 
     int n = catalog_active_promos(lk->cat, r->product_id, r->region, wall_ms(), q->promos,
                                   CATALOG_MAX_PROMOS_PER_QUOTE);
     q->npromos = n > 0 ? (size_t)n : 0;
+    q->too_many_promos = n < 0;
     key_entry(q->key, lk->cfg->key_version, r, q->promos, q->npromos);
     q->stamp = local_gen_of(lk, r->product_id);
     char gp[KEY_MAX];
     key_product_gen(gp, lk->cfg->key_version, r->product_id);
-    if (redis_usable(lk) && rcache_read(lk->rc, q->key, lk->gen_global_key, gp, on_read, q) == 0)
+    if (!q->too_many_promos && redis_usable(lk) &&
+        rcache_read(lk->rc, q->key, lk->gen_global_key, gp, on_read, q) == 0)
         return;
     q->deadline = event_new(lk->base, -1, 0, on_deferred, q);
     event_active(q->deadline, EV_TIMEOUT, 1);
+}
+
+void lookup_redis_down(lookup *lk)
+{
+    /* Loads waiting on another instance's lock would wait for an
+     * announcement that cannot come: load in process now instead. */
+    load *next;
+    for (load *ld = lk->loads; ld != NULL; ld = next) {
+        next = ld->next; /* remote_check may finish (free) ld */
+        if (ld->remote && !ld->busy)
+            remote_check(ld, true);
+    }
 }
 
 bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
@@ -800,8 +824,10 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
     int64_t now = wall_ms();
     int n = catalog_active_promos(lk->cat, r->product_id, r->region, now, promos,
                                   CATALOG_MAX_PROMOS_PER_QUOTE);
+    if (n < 0)
+        return false;
     char key[KEY_MAX];
-    key_entry(key, lk->cfg->key_version, r, promos, n > 0 ? (size_t)n : 0);
+    key_entry(key, lk->cfg->key_version, r, promos, (size_t)n);
     size_t vlen, len;
     const char *body;
     const char *v = hot_get(lk->hot, key, local_gen_of(lk, r->product_id), now, &vlen);

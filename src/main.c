@@ -2,6 +2,7 @@
  * (each a single-threaded libevent loop sharing the port via SO_REUSEPORT),
  * wires one worker's modules together, and shuts them down in order. */
 #include <event2/event.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "quotecache/catalog.h"
 #include "quotecache/config.h"
 #include "quotecache/invalidate.h"
+#include "quotecache/key.h"
 #include "quotecache/log.h"
 #include "quotecache/lookup.h"
 #include "quotecache/mem.h"
@@ -45,11 +47,20 @@ typedef struct worker {
 static void worker_redis_state(void *arg, bool up)
 {
     worker *w = arg;
-    /* Invalidations published while Redis was away may have been missed by
-     * loads of this instance: treat a reconnect as "anything may have
-     * changed" for what is in flight. */
-    if (up && w->lk)
-        lookup_invalidate_all(w->lk);
+    if (w->lk == NULL)
+        return;
+    if (!up) {
+        lookup_redis_down(w->lk);
+        return;
+    }
+    /* Invalidations made while we could not reach Redis never bumped its
+     * generations (and Redis may have come back from a snapshot): bump the
+     * global one first, ahead of any read on this connection, so nothing
+     * stored before is served as current. Loads in flight here reload. */
+    char key[KEY_MAX];
+    key_global_gen(key, w->cfg->key_version);
+    rcache_incr(w->rc, key, NULL, NULL);
+    lookup_invalidate_all(w->lk);
 }
 
 static double ms_until(const struct timespec *t)
@@ -122,16 +133,26 @@ static int worker_start(worker *w, char *err, size_t errlen)
 }
 
 /* Teardown order matters: see lookup.h. */
+/* Runs what is ready on the loop a few times without waiting: deferred
+ * answers get written out before their connections are closed. */
+static void worker_flush(worker *w)
+{
+    for (int i = 0; w->base && i < 4; i++)
+        event_base_loop(w->base, EVLOOP_NONBLOCK);
+}
+
 static void worker_stop(worker *w)
 {
     if (w->lk)
         lookup_close(w->lk);
+    worker_flush(w); /* deferred work sees the closing flag and answers */
     invalidate_free(w->inv);
     rcache_free(w->rc);
     pgpool_free(w->pool);
     tax_client_free(w->tax);
     lookup_free(w->lk);
     catalog_free(w->cat);
+    worker_flush(w); /* the 503s just given reach their clients */
     server_free(w->srv);
     if (w->sigterm)
         event_free(w->sigterm);
@@ -172,10 +193,15 @@ static void master_on_signal(int sig)
 static int run_workers(qc_config *cfg)
 {
     pid_t pids[64];
-    int n = cfg->workers;
-    for (int i = 0; i < n; i++) {
-        pids[i] = fork();
-        if (pids[i] == 0) {
+    int n = 0;
+    for (; n < cfg->workers; n++) {
+        pids[n] = fork();
+        if (pids[n] < 0) {
+            fprintf(stderr, "quotecache: cannot start worker %d: %s\n", n + 1, strerror(errno));
+            master_signal = SIGTERM; /* stop the ones already running */
+            break;
+        }
+        if (pids[n] == 0) {
             int rc = worker_run(cfg);
             config_free(cfg);
             _exit(rc);
@@ -185,11 +211,13 @@ static int run_workers(qc_config *cfg)
     sa.sa_handler = master_on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    int failed = 0, alive = n;
+    int failed = n < cfg->workers, alive = n;
     bool forwarded = false;
     while (alive > 0) {
         int status;
         pid_t p = waitpid(-1, &status, 0);
+        if (p < 0 && errno == ECHILD)
+            break;
         if (p > 0) {
             alive--;
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)

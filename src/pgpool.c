@@ -238,6 +238,7 @@ static void conn_prepare_next(pg_conn *c)
         return;
     }
     if ((size_t)c->prep_next == setup_steps(p)) {
+        evtimer_del(c->timer); /* the connect deadline covered the set-up too */
         c->state = C_IDLE;
         c->backoff_ms = BACKOFF_MIN_MS;
         if (c->ever_up)
@@ -334,7 +335,6 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
 static void conn_connected(pg_conn *c)
 {
     pgpool *p = c->pool;
-    evtimer_del(c->timer);
     PQsetnonblocking(c->pg, 1);
     int fd = PQsocket(c->pg);
     c->io = event_new(p->base, fd, EV_READ | EV_PERSIST, conn_on_read, c);

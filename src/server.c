@@ -387,6 +387,7 @@ static long long parse_invalidate(struct evbuffer *body)
 static void on_admin(struct evhttp_request *req, void *arg)
 {
     server *s = arg;
+    conntrack_on_request(s->conns, req); /* restarts its deadline; admin is never refused */
     if (reject_oversized(s, req, R_ADMIN))
         return;
     if (strcmp(evhttp_request_get_uri(req), "/admin/invalidate") != 0) {

@@ -14,13 +14,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quotecache/key.h"
 #include "quotecache/pgpool.h"
 
 struct event_base;
 
 typedef struct catalog catalog;
 
-#define CATALOG_MAX_PROMOS_PER_QUOTE 64
+#define CATALOG_MAX_PROMOS_PER_QUOTE KEY_MAX_PROMOS
 
 catalog *catalog_new(struct event_base *base, pgpool *pool, int refresh_ms);
 void catalog_free(catalog *c);

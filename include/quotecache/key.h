@@ -19,6 +19,7 @@
 
 #define KEY_VERSION_MAX 32
 #define KEY_MAX 128
+#define KEY_MAX_PROMOS 256 /* promotion ids one key can name */
 
 /* promo_ids must be sorted ascending (the caller's job: the catalog keeps
  * them sorted). Returns 0, or -1 if version is longer than KEY_VERSION_MAX

@@ -65,6 +65,9 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a);
 void lookup_invalidate_product(lookup *lk, int64_t product_id);
 void lookup_invalidate_all(lookup *lk);
 
+/* Redis connection lost: stop waiting on other instances' loads. */
+void lookup_redis_down(lookup *lk);
+
 /* Requests currently owned (waiting on Redis or on a load). */
 size_t lookup_pending(const lookup *lk);
 

@@ -9,7 +9,7 @@
 #include "quotecache/request.h"
 
 #define QUOTE_MAX_BREAKS 64
-#define QUOTE_MAX_PROMOS 64
+#define QUOTE_MAX_PROMOS 256 /* as KEY_MAX_PROMOS */
 
 typedef struct quote_break {
     int64_t min_qty;

@@ -140,6 +140,30 @@ def test_sigterm_drains_in_flight_requests():
     px.proc = None
 
 
+def test_answers_given_at_shutdown_reach_the_clients():
+    """Past --shutdown-timeout the requests still waiting are answered 503,
+    and those answers are written out before the connections close."""
+    px = qcstack.Proxy(st, redis="none", shutdown_timeout=0).ready()
+    results = []
+
+    def call(i):
+        try:
+            results.append(px.quote(1 + i, region="US", tier="gold")[0])  # 1-10: all regions
+        except Exception as e:  # an empty answer or a reset
+            results.append(repr(e))
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)  # all ten wait on the 300 ms tax call
+    px.signal(signal.SIGTERM)
+    for t in threads:
+        t.join(5)
+    assert sorted(results) == [503] * 10, results
+    px.proc.wait(5)
+    assert px.proc.returncode == 0
+    px.proc = None
+
+
 def test_install_triggers_is_idempotent():
     for _ in range(2):
         r = run(["--install-triggers", "--postgres", st.conninfo])

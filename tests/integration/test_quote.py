@@ -339,6 +339,35 @@ def test_promotion_states():
         assert px.stop() == 0
 
 
+def test_many_active_promotions():
+    """A quote keys every active promotion (up to 256): 65 are all listed
+    and the best applies; past the bound the answer is a 500 error, never a
+    quote that silently drops them, and nothing is cached."""
+    pids = [int(x) for x in st.psql(
+        "SELECT p.id FROM products p JOIN regional_prices rp ON rp.product_id = p.id "
+        "AND rp.region = 'US' WHERE p.active AND NOT EXISTS (SELECT 1 FROM promotions pr "
+        "WHERE pr.product_id = p.id) ORDER BY p.id DESC LIMIT 2").split()]
+    for pid, n, base in ((pids[0], 65, 800000), (pids[1], 300, 810000)):
+        st.psql("INSERT INTO promotions SELECT %d + g, %d, NULL, 100 + g, now() - interval "
+                "'1 day', now() + interval '1 day' FROM generate_series(1, %d) g"
+                % (base, pid, n))
+    try:
+        with ready_proxy() as px:
+            qcstack.wait_until(lambda: px.get(path_for(pids[0], "US", "gold", None))[0] == 200
+                               and len(json.loads(px.get(path_for(pids[0], "US", "gold",
+                                                                  None))[2])["promo_ids"]) > 64,
+                               5, "the catalog to hold the new promotions")
+            s, _, body = px.get(path_for(pids[0], "US", "gold", None))
+            doc = json.loads(body)
+            assert s == 200 and set(range(800001, 800066)) <= set(doc["promo_ids"]), doc
+            s, h, body = px.get(path_for(pids[1], "US", "gold", None))
+            assert s == 500 and json.loads(body)["error"] == "too_many_promotions", (s, body)
+            assert px.get(path_for(pids[1], "US", "gold", None))[0] == 500
+            assert px.stop() == 0
+    finally:
+        st.psql("DELETE FROM promotions WHERE id > 800000 AND id <= 810300")
+
+
 def test_not_found_answers():
     """Not sold in the region, inactive, nonexistent: 404 JSON error, no tax call."""
     inactive = [p for p, a in ref.active.items() if not a]

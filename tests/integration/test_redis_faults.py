@@ -217,5 +217,36 @@ def test_redis_none():
     p.stop_clean()
 
 
+
+def test_write_while_redis_down_is_not_undone_by_a_snapshot():
+    """A price changes while Redis is down (the invalidation cannot bump
+    Redis); Redis comes back from a snapshot holding the old quote under the
+    old generation. The proxy bumps the global generation on reconnect, so
+    the old quote is never served again."""
+    p = qcstack.Proxy(st).ready()
+    try:
+        pid = take_product()
+        path = qpath(pid)
+        s, _, old = p.get(path)
+        assert s == 200 and p.get(path)[1].get("x-cache") == "HIT"
+        st.redis_cli("SAVE")
+        st.stop_redis(kill=True)
+        p.wait_health(redis="down", timeout=5)
+        st.psql("UPDATE regional_prices SET list_price_cents = list_price_cents * 2 "
+                "WHERE product_id = %d AND region = 'US'" % pid)
+        time.sleep(0.3)  # the notification arrives while Redis is away
+        s, _, new = p.get(path)
+        assert s == 200 and new != old
+        st.start_redis()
+        p.wait_health(redis="up", timeout=10)
+        assert st.redis_cli("EXISTS", "qc:v1:gen").strip() == "1"  # came back with data
+        for _ in range(3):
+            s, h, body = p.get(path)
+            assert s == 200 and body == new, ("pre-write quote served again", h, body)
+        p.stop_clean()
+    finally:
+        if p.running():
+            p.kill()
+
 if __name__ == "__main__":
     qctest.main(globals())
