@@ -58,6 +58,7 @@ typedef struct lk_req {
     bool no_cache;
     bool too_many_promos; /* more active promotions than a key can name */
     int64_t arrived_us;   /* no-cache: must be answered from a load sent later */
+    int64_t arrived_ms;   /* the same on the wall clock, for other instances' loads */
     bool leader;          /* started the flight: answered MISS rather than COALESCED */
     lookup_cb *cb;
     void *arg;
@@ -75,15 +76,16 @@ struct load {
     char lock_key[KEY_MAX];
     char gen_product_key[KEY_MAX];
     char token[33];
-    bool locked;       /* we hold the Redis lock */
-    bool remote;       /* another instance holds it; waiting for its value */
-    bool busy;         /* a Redis or origin call for this load is in flight */
-    bool recheck;      /* an announcement or the deadline came while busy */
-    bool bypass;       /* Redis is not part of this load */
-    bool obsolete;     /* the promotion set moved: serve, never store, the result */
-    bool stored;       /* the result is in Redis (and announced) */
-    bool take_over;    /* the pending remote check may take the lock over */
-    int64_t origin_us; /* when the latest origin query was sent (0: none) */
+    bool locked;               /* we hold the Redis lock */
+    bool remote;               /* another instance holds it; waiting for its value */
+    bool busy;                 /* a Redis or origin call for this load is in flight */
+    bool recheck;              /* an announcement or the deadline came while busy */
+    bool bypass;               /* Redis is not part of this load */
+    bool obsolete;             /* the promotion set moved: serve, never store, the result */
+    bool stored;               /* the result is in Redis (and announced) */
+    bool take_over;            /* the pending remote check may take the lock over */
+    int64_t origin_us;         /* when the latest origin query was sent (0: none) */
+    int64_t remote_started_ms; /* wall clock start of the other instance's load */
     uint64_t gen_global, gen_product;
     uint64_t local_gen;
     int attempts;
@@ -215,8 +217,13 @@ static void req_wait(lk_req *q, const rcache_value *v, const char *stale, size_t
  * its query may be asking because of a write the query did not see. */
 static bool req_needs_later_load(const lk_req *q, const load *ld, const lookup_answer *a)
 {
-    return q->no_cache && ld->origin_us != 0 && q->arrived_us > ld->origin_us &&
-           (a->xcache == X_MISS || a->xcache == X_BYPASS) && !ld->lk->closing;
+    if (!q->no_cache || ld->lk->closing)
+        return false;
+    if (a->xcache == X_MISS || a->xcache == X_BYPASS)
+        return ld->origin_us != 0 && q->arrived_us > ld->origin_us;
+    /* A value another instance loaded: its envelope says when that began. */
+    return a->xcache == X_COALESCED && ld->remote_started_ms != 0 &&
+           q->arrived_ms > ld->remote_started_ms;
 }
 
 static void req_rewait(lk_req *q, const load *ld)
@@ -540,6 +547,7 @@ static void on_remote_read(void *arg, int status, const rcache_value *v)
     size_t len;
     if (status == RCACHE_OK && entry_current(lk, v, &e, &body, &len)) {
         lookup_answer a = {e.status, body, len, e.status == 200 ? e.etag : NULL, X_COALESCED, 0};
+        ld->remote_started_ms = e.stored_at_ms - e.load_ms;
         load_finish(ld, &a);
         return;
     }
@@ -784,6 +792,7 @@ void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, 
     q->r = *r;
     q->no_cache = no_cache;
     q->arrived_us = no_cache ? mono_us() : 0;
+    q->arrived_ms = no_cache ? wall_ms() : 0;
     q->cb = cb;
     q->arg = arg;
     lk->pending++;

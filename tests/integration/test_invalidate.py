@@ -384,6 +384,36 @@ def test_no_cache_reads_its_own_write():
         st.psql_file(os.path.join(qcstack.SRC, "scripts", "sql", "triggers.sql"))
 
 
+def test_no_cache_reads_its_own_write_across_instances():
+    """The same when the load in flight belongs to another instance: the
+    value it stores began before the no-cache request arrived, so the
+    request waits for a later load instead of taking it."""
+    st.psql("DROP TRIGGER quotecache_notify ON regional_prices")
+    st.tax_control(delay_ms=800)
+    try:
+        pid = take()
+        key = (pid, "US", "standard", "USD")
+        first = {}
+        st.tax_reset()
+        t = threading.Thread(target=lambda: first.setdefault("r", quote(px1, *key)))
+        t.start()
+        deadline = time.monotonic() + 0.9
+        while st.tax_stats() < 1:  # px1 holds the lock and its query has run
+            assert time.monotonic() < deadline, "no tax call for the cold load"
+            time.sleep(0.01)
+        old = reference(*key)
+        st.psql("UPDATE regional_prices SET list_price_cents = list_price_cents + 55 "
+                "WHERE product_id = %d AND region = 'US'" % pid)
+        new = reference(*key)
+        s, xc, doc = quote_headers(px2, key, {"Cache-Control": "no-cache"})
+        assert project(s, doc) == new, ("no-cache took another instance's older load", xc, doc)
+        t.join(10)
+        assert project(*first["r"][::2]) == old, first["r"]
+    finally:
+        st.tax_control(delay_ms=0)
+        st.psql_file(os.path.join(qcstack.SRC, "scripts", "sql", "triggers.sql"))
+
+
 def quote_headers(p, key, headers):
     pid, region, tier, currency = key
     st_, h, b = p.get("/quote/%d?region=%s&tier=%s&currency=%s" % (pid, region, tier, currency),
