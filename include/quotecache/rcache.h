@@ -11,7 +11,8 @@
  *
  * Callbacks: a submit function returns 0 and its callback then fires exactly
  * once, later (never before the submit returns); or it returns -1 (Redis is
- * down, nothing was sent) and the callback never fires. */
+ * down, too many commands are in flight, or an argument is unusable; nothing
+ * was sent) and the callback never fires. */
 #ifndef QUOTECACHE_RCACHE_H
 #define QUOTECACHE_RCACHE_H
 
@@ -48,7 +49,9 @@ typedef void rcache_state_cb(void *arg, bool up);
 rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_timeout_ms,
                    rcache_state_cb *state_cb, void *state_arg);
 /* Closes both connections; pending callbacks fire with RCACHE_ERR before it
- * returns (the one exception to "never before returning": shutdown). */
+ * returns (the one exception to "never before returning": shutdown). Not
+ * from inside a reply, message or state callback of this rcache (it aborts
+ * with a log line); from a deadline callback it is fine. */
 void rcache_free(rcache *rc);
 bool rcache_is_up(const rcache *rc);
 

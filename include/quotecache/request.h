@@ -27,8 +27,9 @@ typedef struct quote_req {
  * optional. Percent-decoding is applied to names and values; "+" is not a
  * space. An empty value, a repeated or unknown parameter, a bad escape or an
  * embedded NUL is an error that names the parameter.
- * Returns 0 and fills *out, or -1 and fills *err (status 400, code
- * "bad_request" or "bad_product_id"). */
+ * Returns 0 and fills *out, or -1 and fills *err (status 400; code
+ * "bad_product_id", "missing_parameter", "unknown_parameter",
+ * "duplicate_parameter", or "bad_request" for everything else). */
 int request_parse_quote(const char *id_segment, const char *query, quote_req *out, qc_error *err);
 
 /* Writes the canonical form "P|REGION|tier|CUR" into buf (NUL-terminated).
