@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quotecache/hash.h"
 #include "quotecache/mem.h"
 
 #define INITIAL_BUCKETS 16
@@ -37,17 +38,6 @@ struct flight_table {
     size_t max_per_key;
     size_t max_total;
 };
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 14695981039346656037ULL;
-
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
 
 static flight **bucket_of(const flight_table *t, uint64_t hash)
 {
@@ -106,7 +96,7 @@ void flight_table_free(flight_table *t)
 
 flight *flight_find(flight_table *t, const char *key)
 {
-    uint64_t h = fnv1a(key);
+    uint64_t h = hash_str(key);
 
     for (flight *f = *bucket_of(t, h); f; f = f->chain) {
         if (f->hash == h && strcmp(f->key, key) == 0)
@@ -146,7 +136,7 @@ flight *flight_start(flight_table *t, const char *key)
         grow(t);
     f = xcalloc(1, sizeof(*f));
     f->table = t;
-    f->hash = fnv1a(key);
+    f->hash = hash_str(key);
     f->key = xstrdup(key);
     b = bucket_of(t, f->hash);
     f->chain = *b;

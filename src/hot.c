@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quotecache/hash.h"
 #include "quotecache/mem.h"
 
 typedef struct slot {
@@ -20,16 +21,6 @@ struct hot {
     size_t max_value;
     size_t count;
 };
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 hot *hot_new(size_t slots, size_t max_value)
 {
@@ -70,7 +61,7 @@ void hot_free(hot *h)
 
 const char *hot_get(const hot *h, const char *key, uint64_t stamp, int64_t now_ms, size_t *len)
 {
-    const slot *s = &h->slots[fnv1a(key) & h->mask];
+    const slot *s = &h->slots[hash_str(key) & h->mask];
     if (s->key == NULL || s->stamp != stamp || now_ms >= s->expires_ms || strcmp(s->key, key) != 0)
         return NULL;
     *len = s->len;
@@ -82,7 +73,7 @@ void hot_put(hot *h, const char *key, const char *value, size_t len, uint64_t st
 {
     if (len > h->max_value)
         return;
-    slot *s = &h->slots[fnv1a(key) & h->mask];
+    slot *s = &h->slots[hash_str(key) & h->mask];
     slot_empty(h, s);
     s->key = xstrdup(key);
     s->value = xmalloc(len ? len : 1);
