@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -193,6 +194,7 @@ static void master_on_signal(int sig)
 static int run_workers(qc_config *cfg)
 {
     pid_t pids[64];
+    pid_t master = getpid();
     int n = 0;
     for (; n < cfg->workers; n++) {
         pids[n] = fork();
@@ -202,6 +204,11 @@ static int run_workers(qc_config *cfg)
             break;
         }
         if (pids[n] == 0) {
+            /* A worker outliving its master would hold the port with no one
+             * to stop it: go when the master goes, however it goes. */
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
+            if (getppid() != master)
+                _exit(1);
             int rc = worker_run(cfg);
             config_free(cfg);
             _exit(rc);

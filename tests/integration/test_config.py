@@ -119,6 +119,18 @@ def test_workers_share_the_port():
         assert not qcstack.pid_alive(int(p)), p
 
 
+def test_workers_go_when_the_master_is_killed():
+    """SIGKILL to the master (a crash) must not leave workers holding the
+    port with nobody to stop them."""
+    px = qcstack.Proxy(st, workers=2).ready()
+    out = subprocess.run(["pgrep", "-P", str(px.pid)], capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stdout
+    px.kill()
+    qcstack.wait_until(lambda: not any(qcstack.pid_alive(p) for p in pids), 3,
+                       "workers to exit after their master")
+
+
 def test_sigterm_drains_in_flight_requests():
     px = qcstack.Proxy(st, redis="none")
     px.wait_health(status="ok")
