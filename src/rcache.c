@@ -678,34 +678,32 @@ int rcache_unlock(rcache *rc, const char *lock_key, const char *token, rcache_do
     return op_submit(op, 5, argv, lens);
 }
 
-int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
+/* A command whose answer is an integer, with no script behind it. */
+static int submit_int(rcache *rc, const char *what, const char *key, int argc, const char **argv,
+                      rcache_done_cb *cb, void *arg)
 {
-    const char *argv[] = {"INCR", key};
-    size_t lens[2];
-    struct rc_op *op;
-
-    if (!rcache_is_up(rc))
-        return -1;
-    arg_lens(argv, lens, 2);
-    op = op_new(rc, OP_INT, "INCR", key);
-    op->done_cb = cb;
-    op->arg = arg;
-    return op_submit(op, 2, argv, lens);
-}
-
-int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg)
-{
-    const char *argv[] = {"PUBLISH", channel, msg};
     size_t lens[3];
     struct rc_op *op;
 
     if (!rcache_is_up(rc))
         return -1;
-    arg_lens(argv, lens, 3);
-    op = op_new(rc, OP_INT, "PUBLISH", channel);
+    arg_lens(argv, lens, argc);
+    op = op_new(rc, OP_INT, what, key);
     op->done_cb = cb;
     op->arg = arg;
-    return op_submit(op, 3, argv, lens);
+    return op_submit(op, argc, argv, lens);
+}
+
+int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
+{
+    const char *argv[] = {"INCR", key};
+    return submit_int(rc, "INCR", key, 2, argv, cb, arg);
+}
+
+int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg)
+{
+    const char *argv[] = {"PUBLISH", channel, msg};
+    return submit_int(rc, "PUBLISH", channel, 3, argv, cb, arg);
 }
 
 void rcache_subscribe(rcache *rc, const char *channel, rcache_message_cb *cb, void *arg)

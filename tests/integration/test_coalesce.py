@@ -288,5 +288,6 @@ def test_waiters_are_bounded():
         if p.running():
             p.kill()
 
+
 if __name__ == "__main__":
     qctest.main(globals())

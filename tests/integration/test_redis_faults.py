@@ -248,5 +248,6 @@ def test_write_while_redis_down_is_not_undone_by_a_snapshot():
         if p.running():
             p.kill()
 
+
 if __name__ == "__main__":
     qctest.main(globals())
