@@ -308,7 +308,7 @@ def test_readiness_waits_for_catalog():
             assert health and health[-1][0] == 200 and health[-1][1] in (200, 404), health[-3:]
             assert all(h[0] == 503 and h[2] == "starting" for h in health[:-1]), health[:5]
         finally:
-            p.stop()
+            p.stop_clean()
 
 
 def test_readiness_wait_is_bounded():
@@ -323,7 +323,7 @@ def test_readiness_wait_is_bounded():
             assert code == 503 and json.loads(body)["error"] == "catalog_unavailable", body
             assert 0.8 <= took < 3.0, took
         finally:
-            assert p.stop() == 0
+            p.stop_clean()
 
 
 # ---------------------------------------------------------------- item 12
@@ -367,7 +367,7 @@ def test_fd_limit_clamps_and_never_spins():
         idle = cpu_over(p.pid)
         assert idle <= 10, ("CPU ticks in 2 s idle", idle)
     finally:
-        p.stop()
+        p.stop_clean()
 
 
 def test_emfile_never_spins():
@@ -389,7 +389,7 @@ def test_emfile_never_spins():
         qcstack.wait_until(lambda: p.get("/healthz", timeout=2)[0] == 200, 10, "an answer")
         assert cpu_over(p.pid) <= 10
     finally:
-        p.stop()
+        p.stop_clean()
 
 
 def test_connection_bound_stops_accepting():
@@ -418,7 +418,14 @@ def test_connection_bound_stops_accepting():
             c.close()
         late.close()
     finally:
-        p.stop()
+        p.stop_clean()
+
+
+def test_clean_exit():
+    """Everything above left nothing behind (the sanitizer build checks
+    leaks at exit)."""
+    assert px.get("/healthz")[0] == 200
+    px.stop_clean()
 
 
 if __name__ == "__main__":
