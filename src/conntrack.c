@@ -328,11 +328,6 @@ void conntrack_forget(conntrack *ct)
     ct->lev = NULL;
 }
 
-size_t conntrack_count(const conntrack *ct)
-{
-    return ct->count;
-}
-
 conntrack *conntrack_new(struct event_base *base, struct evconnlistener *lev, size_t max_conns,
                          int header_ms, int busy_ms)
 {

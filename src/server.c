@@ -610,10 +610,11 @@ static struct evhttp *http_listen(server *s, const hostport *hp, size_t max_conn
                                       EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                       EVHTTP_REQ_PATCH);
     *sock = evhttp_accept_socket_with_handle(h, fd);
-    /* A request's whole processing is bounded by the longest wait for a
-     * load; this backstop only catches what escapes that. */
-    int busy_ms = cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms +
-                  cfg->header_timeout_s * 1000 + 1000;
+    /* Answering is bounded by the deadlines of lookup (a wait on another
+     * instance's lock, then a load of our own, perhaps once more after a
+     * fenced store); this backstop only catches what escapes them. */
+    int busy_ms = 2 * (cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms) +
+                  cfg->pg_timeout_ms + 1000;
     *conns = conntrack_new(s->base, evhttp_bound_socket_get_listener(*sock), max_conns,
                            cfg->header_timeout_s * 1000, busy_ms);
     evhttp_set_bevcb(h, conntrack_on_accept, *conns);

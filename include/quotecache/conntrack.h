@@ -56,7 +56,4 @@ void conntrack_on_reply(conntrack *ct, struct evhttp_request *req);
 /* The listener is about to be freed: never touch it again. */
 void conntrack_forget(conntrack *ct);
 
-/* Connections currently open. */
-size_t conntrack_count(const conntrack *ct);
-
 #endif
