@@ -216,6 +216,7 @@ def test_keepalive_second_request_header_timeout():
         assert c.request("GET", "/quote/1?" + Q)[0] == 200
         req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 60 + b"\r\n"
         cut = trickle(c.s, req, 0.1, 8)
+        print("second request cut after %s s (--header-timeout 1)" % cut)
         assert cut is not None and cut < 2.5, cut
     finally:
         c.close()
@@ -302,8 +303,8 @@ def test_readiness_waits_for_catalog():
             s2.start_pg()
             for t in threads:
                 t.join(25)
+            poller.join(10)  # it ends at its first 200
             stop[0] = True
-            poller.join(10)
             assert [e[0] for e in early] == [200] * 5, early
             assert health and health[-1][0] == 200 and health[-1][1] in (200, 404), health[-3:]
             assert all(h[0] == 503 and h[2] == "starting" for h in health[:-1]), health[:5]
@@ -357,6 +358,8 @@ def test_fd_limit_clamps_and_never_spins():
         socks = hold_connections(p.port, 600)
         try:
             held = cpu_over(p.pid)
+            print("ulimit 256: %d CPU ticks in 2 s with 600 connections held, %d fds"
+                  % (held, open_fds(p.pid)))
             assert held <= 20, ("CPU ticks in 2 s with 600 connections held", held)
             assert open_fds(p.pid) < 256
         finally:
@@ -365,9 +368,24 @@ def test_fd_limit_clamps_and_never_spins():
         qcstack.wait_until(lambda: p.get("/healthz", timeout=2)[0] == 200, 10, "an answer")
         assert p.quote(1, tier="gold")[0] == 200
         idle = cpu_over(p.pid)
+        print("ulimit 256: %d CPU ticks in 2 s idle after they closed" % idle)
         assert idle <= 10, ("CPU ticks in 2 s idle", idle)
     finally:
         p.stop_clean()
+
+
+def test_fd_limit_too_low_refuses():
+    """A limit that leaves no room for clients: one clear line, exit 1."""
+    wrapper = os.path.join(st.dir, "ulimit40.sh")
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\nulimit -n 40 || exit 99\nexec %s \"$@\"\n"
+                % os.path.join(qcstack.build_dir(), "quotecache"))
+    os.chmod(wrapper, 0o755)
+    p = qcstack.Proxy(st, binary=wrapper, start=False)
+    r = qcstack.subprocess.run(p.argv(), capture_output=True, timeout=20)
+    err = r.stderr.decode(errors="replace").strip().splitlines()
+    assert r.returncode == 1, (r.returncode, err)
+    assert len(err) == 1 and "RLIMIT_NOFILE" in err[0], err
 
 
 def test_emfile_never_spins():
@@ -381,6 +399,7 @@ def test_emfile_never_spins():
         socks = hold_connections(p.port, 200)
         try:
             busy = cpu_over(p.pid)
+            print("EMFILE: %d CPU ticks in 2 s with 200 connections waiting" % busy)
             assert busy <= 20, ("CPU ticks in 2 s at EMFILE", busy)
         finally:
             for c in socks:
