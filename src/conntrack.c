@@ -324,7 +324,7 @@ void conntrack_forget(conntrack *ct)
     if (ct->lev == NULL)
         return;
     registry_set(ct->lev, NULL);
-    ct->lstate = L_GONE;
+    listen_set(ct, L_GONE);
     ct->lev = NULL;
 }
 

@@ -29,8 +29,6 @@
 #include "quotecache/request.h"
 
 #define INM_MAX 256
-/* Admin connections are few (operators, scripts); bounded all the same. */
-#define ADMIN_MAX_CONNS SERVER_ADMIN_MAX_CONNS
 
 /* A quote request that arrived before the first catalog load. */
 typedef struct ready_wait {
@@ -639,7 +637,7 @@ server *server_new(struct event_base *base, const server_deps *deps, char *err, 
         goto fail;
     evhttp_set_gencb(s->pub, on_public, s);
     if (cfg->admin_enabled) {
-        s->admin = http_listen(s, &cfg->admin_listen, ADMIN_MAX_CONNS, &s->admin_sock,
+        s->admin = http_listen(s, &cfg->admin_listen, SERVER_ADMIN_MAX_CONNS, &s->admin_sock,
                                &s->admin_conns, err, errlen);
         if (s->admin == NULL)
             goto fail;
