@@ -172,7 +172,7 @@ def test_head_on_errors_and_admin():
             assert s == 404 and json.loads(b)["error"] == "no_route"
             s, h, b = a.request("HEAD", "/admin/invalidate")   # admin takes POST only
             assert s == 405 and b == b"" and int(h["content-length"]) > 0, (s, h)
-            s, h2, b = a.request("GET", "/admin/invalidate")
+            s, _, b = a.request("GET", "/admin/invalidate")
             assert s == 405 and h["content-length"] == str(len(b)), (h, b)
             s, h, b = a.request("HEAD", "/admin/nope")
             assert s == 404 and b == b"", (s, h)
