@@ -56,6 +56,9 @@ class Conn:
     def request(self, method, path, headers=None):
         extra = "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
         self.s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (method, path, extra)).encode())
+        return self.read_response(method, path)
+
+    def read_response(self, method, path):
         while b"\r\n\r\n" not in self.buf:
             self._fill()
         head, _, self.buf = self.buf.partition(b"\r\n\r\n")
@@ -156,6 +159,23 @@ def test_head_on_one_keepalive_connection():
         assert s == 405 and h["content-length"] == str(len(b)), (s, h, b)
         s, h, b = c.request("HEAD", "/healthz")
         assert s == 200 and b == b"", (s, h)
+        c.assert_drained()
+    finally:
+        c.close()
+
+
+def test_head_pipelined():
+    """The same, with the four requests written at once (pipelined)."""
+    c = Conn(px.port)
+    try:
+        for path in ("/quote/6?" + Q, "/quote/abc?" + Q, "/nope", "/healthz"):
+            methods = ("HEAD", "GET", "HEAD", "GET")
+            c.s.sendall(b"".join(b"%s %s HTTP/1.1\r\nHost: x\r\n\r\n"
+                                 % (m.encode(), path.encode()) for m in methods))
+            got = [c.read_response(m, path) for m in methods]
+            assert [g[0] for g in got] == [got[1][0]] * 4, (path, got)
+            assert got[0][2] == got[2][2] == b"" and got[1][2] == got[3][2] != b"", path
+            assert got[0][1]["content-length"] == str(len(got[1][2])), (path, got[0][1])
         c.assert_drained()
     finally:
         c.close()
