@@ -4,6 +4,9 @@
 #include "quotecache/pgpool.h"
 
 #include <event2/event.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,10 +18,19 @@
 #define PGPOOL_MAX_PARAMS 8
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+/* Cancel requests being sent by helper threads, all pools of the process
+ * together. PQcancel blocks until the server has the request; against a
+ * host that does not answer that is a TCP connect timeout, so without a
+ * bound a dead server would collect threads. Past it the connection is
+ * only dropped, as before cancels existed. */
+#define MAX_CANCELS 16
 
 /* C_BROKEN: a send failed inside a submit; the failure is handled from the
- * loop (conn_on_timer) so that no callback fires before the submit returns. */
-enum conn_state { C_DOWN, C_CONNECTING, C_PREPARING, C_IDLE, C_BUSY, C_BROKEN };
+ * loop (conn_on_timer) so that no callback fires before the submit returns.
+ * C_CANCELLING: the op passed its deadline and was answered; a cancel
+ * request is on its way and the connection waits (with a deadline of its
+ * own) for the cancelled statement's error before it takes new work. */
+enum conn_state { C_DOWN, C_CONNECTING, C_PREPARING, C_IDLE, C_BUSY, C_BROKEN, C_CANCELLING };
 
 typedef struct pg_conn pg_conn;
 
@@ -109,6 +121,67 @@ static void op_fail(pg_op *op, int status, const char *code, const char *msg)
     op_finish(op, NULL, &err);
 }
 
+static atomic_int cancels_in_flight;
+
+static void *cancel_thread(void *arg)
+{
+    PGcancel *cn = arg;
+    char errbuf[256];
+    /* A failure needs no report: the connection's own deadline in
+     * C_CANCELLING then drops it. */
+    (void)PQcancel(cn, errbuf, sizeof(errbuf));
+    PQfreeCancel(cn);
+    atomic_fetch_sub(&cancels_in_flight, 1);
+    return NULL;
+}
+
+/* Sends a cancel request for c's running statement from a detached thread:
+ * libpq 15 has no asynchronous cancel, and PQcancel (a fresh connection to
+ * the server, one packet, wait for the close) must not stall the loop. The
+ * thread owns only its PGcancel copy, never c. Returns -1 when no thread
+ * could be started. */
+static int conn_send_cancel(pg_conn *c)
+{
+    if (atomic_fetch_add(&cancels_in_flight, 1) >= MAX_CANCELS) {
+        atomic_fetch_sub(&cancels_in_flight, 1);
+        return -1;
+    }
+    PGcancel *cn = PQgetCancel(c->pg);
+    pthread_attr_t attr;
+    pthread_t tid;
+    sigset_t all, old;
+    int rc = -1;
+    if (cn != NULL && pthread_attr_init(&attr) == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        /* Signals stay with the loop thread (libevent's signal events). */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = pthread_create(&tid, &attr, cancel_thread, cn) == 0 ? 0 : -1;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc < 0) {
+        PQfreeCancel(cn);
+        atomic_fetch_sub(&cancels_in_flight, 1);
+    }
+    return rc;
+}
+
+/* The op's deadline passed while c runs it: stop the statement on the
+ * server (it would otherwise go on, holding locks and a backend, until it
+ * ends by itself), and keep the connection if the cancel works. */
+static void conn_cancel(pg_conn *c)
+{
+    c->op = NULL;
+    if (conn_send_cancel(c) < 0) {
+        conn_fail(c, "query deadline passed");
+        return;
+    }
+    c->state = C_CANCELLING;
+    struct timeval tv = ms_to_tv(c->pool->timeout_ms);
+    evtimer_add(c->timer, &tv);
+}
+
 static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -117,10 +190,8 @@ static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
     pgpool *p = op->pool;
     pg_conn *c = op->conn;
     if (c != NULL) {
-        /* The statement is still running: closing the connection is the
-         * only non-blocking way to stop waiting for it. */
-        c->op = NULL;
-        conn_fail(c, "query deadline passed");
+        op->conn = NULL;
+        conn_cancel(c);
     } else {
         queue_remove(p, op);
     }
@@ -260,6 +331,28 @@ static void conn_prepare_next(pg_conn *c)
     conn_flush(c);
 }
 
+/* The cancelled statement has ended. If it ended because of the cancel
+ * (SQLSTATE 57014, query_canceled) the request is used up and the
+ * connection is as good as new. If it ended by itself first, the request
+ * may still be on its way and would cancel whatever runs next: replace the
+ * connection instead. */
+static void conn_cancelled(pg_conn *c)
+{
+    PGresult *r = c->res;
+    c->res = NULL;
+    const char *code = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    bool by_cancel = code != NULL && strcmp(code, "57014") == 0;
+    PQclear(r);
+    if (!by_cancel) {
+        conn_fail(c, "cancelled statement ended by itself; replacing the connection");
+        return;
+    }
+    evtimer_del(c->timer);
+    c->state = C_IDLE;
+    log_debug("postgres: statement cancelled after its deadline; connection kept");
+    pool_dispatch(c->pool);
+}
+
 /* One command finished (PQgetResult gave NULL). */
 static void conn_command_done(pg_conn *c)
 {
@@ -277,6 +370,10 @@ static void conn_command_done(pg_conn *c)
         }
         c->prep_next++;
         conn_prepare_next(c);
+        return;
+    }
+    if (c->state == C_CANCELLING) {
+        conn_cancelled(c);
         return;
     }
     if (c->state != C_BUSY)
@@ -319,7 +416,9 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         conn_fail(c, PQerrorMessage(c->pg));
         return;
     }
-    while (c->pg != NULL && (c->state == C_PREPARING || c->state == C_BUSY) && !PQisBusy(c->pg)) {
+    while (c->pg != NULL &&
+           (c->state == C_PREPARING || c->state == C_BUSY || c->state == C_CANCELLING) &&
+           !PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
         if (r == NULL) {
             conn_command_done(c);
@@ -389,6 +488,8 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_fail(c, "connect deadline passed");
     else if (c->state == C_BROKEN)
         conn_fail(c, "send failed");
+    else if (c->state == C_CANCELLING)
+        conn_fail(c, "cancelled statement did not end in time");
 }
 
 /* libpq prints notices (and a server's FATAL on an idle connection) to

@@ -5,9 +5,11 @@
  *
  * Ownership: each query is an op owned by the pool, with a deadline that
  * covers queueing and execution. A query that passes its deadline is answered
- * with an error and its connection is closed and replaced (the only way to
- * stop a running statement without blocking). Callbacks fire exactly once,
- * never before the submit returns. */
+ * with an error at once, and its statement is cancelled on the server (a
+ * cancel request sent from a short-lived helper thread, since libpq 15's
+ * PQcancel blocks); the connection takes new work once the statement has
+ * ended with "canceled", and is replaced if it has not within another
+ * deadline. Callbacks fire exactly once, never before the submit returns. */
 #ifndef QUOTECACHE_PGPOOL_H
 #define QUOTECACHE_PGPOOL_H
 

@@ -90,9 +90,17 @@ def lingering_quote_backends():
         "AND query LIKE '%s' AND pid <> pg_backend_pid()" % QUOTE_SQL_LIKE).split()]
 
 
+def proxy_backends():
+    """Backend pids of the proxy's connections (psql names itself)."""
+    return set(st.psql("SELECT pid FROM pg_stat_activity WHERE datname = 'pricing' AND "
+                       "application_name <> 'psql' AND backend_type = 'client backend'").split())
+
+
 def test_deadline_cancels_the_backend_query():
     pid = plain_products(1)[0]
     px = qcstack.Proxy(st, pg_timeout=500, workers=1).ready()
+    before = proxy_backends()
+    assert len(before) == 5, before  # --pg-pool 4 and the LISTEN connection
     held = HeldSession(st)
     try:
         held.run("BEGIN; LOCK TABLE regional_prices IN ACCESS EXCLUSIVE MODE;")
@@ -122,6 +130,8 @@ def test_deadline_cancels_the_backend_query():
         s, _, doc = px.quote(pid)
         assert s == 200, (s, doc)
         assert time.monotonic() - t0 < 1.0
+        # Cancelled, not dropped: the same backends serve on.
+        assert proxy_backends() == before, (before, proxy_backends())
     finally:
         held.close()
     px.stop_clean()
