@@ -19,6 +19,10 @@
 #define CHANNEL "quotecache"
 #define MAX_PENDING 256     /* more distinct products than this: drop all */
 #define CATALOG_WAIT_MS 500 /* apply pending invalidations at the latest */
+/* While the LISTEN path is down, how often to look, and how long anything
+ * read before may be trusted: see watch_listen. */
+#define WATCH_EVERY_MS 250
+#define DOWN_TRUST_MS 1000
 
 struct invalidator {
     struct event_base *base;
@@ -37,6 +41,9 @@ struct invalidator {
     int64_t pending[MAX_PENDING];
     size_t npending;
     struct event *wait_timer;
+    struct event *watch_timer; /* WATCH_EVERY_MS, for as long as we live */
+    bool listen_down;          /* this outage has been seen (and logged) */
+    struct timeval last_down_drop;
 };
 
 /* Drops a product's quotes (0: everything) here and bumps its generation in
@@ -213,6 +220,46 @@ static void on_listen_ready(void *arg)
     defer_until_catalog(inv, 0);
 }
 
+static long ms_since(const struct timeval *then, const struct timeval *now)
+{
+    return (long)(now->tv_sec - then->tv_sec) * 1000 + (now->tv_usec - then->tv_usec) / 1000;
+}
+
+/* What a pricing cache must do while it cannot hear of changes: any write
+ * committed meanwhile is unknown to it, so nothing it holds can be trusted
+ * for long. While the LISTEN path is down (after having been up) and
+ * PostgreSQL is reachable over the query pool (so writes can happen, and
+ * loads can replace what we drop), everything is dropped here and in Redis
+ * (the global generation, after a catalog reload so promotions are fresh
+ * too) at once and then every DOWN_TRUST_MS: a write is served at most
+ * about a second late on top of the time the heartbeat takes to notice.
+ * When PostgreSQL is unreachable too, cached copies are the only answers
+ * there are and no write can reach us through our own pool; they keep
+ * being served, and the reconnect drops everything (on_listen_ready). */
+static void watch_listen(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    invalidator *inv = arg;
+    if (!inv->connected_once || invalidate_listening(inv)) {
+        inv->listen_down = false;
+        return;
+    }
+    if (!pgpool_is_up(inv->pool))
+        return;
+    struct timeval now;
+    event_base_gettimeofday_cached(inv->base, &now);
+    if (inv->listen_down && ms_since(&inv->last_down_drop, &now) < DOWN_TRUST_MS)
+        return;
+    if (!inv->listen_down)
+        log_warn("invalidate: not listening for changes; nothing cached is trusted for more "
+                 "than %d ms until the LISTEN connection is back",
+                 DOWN_TRUST_MS);
+    inv->listen_down = true;
+    inv->last_down_drop = now;
+    defer_until_catalog(inv, 0);
+}
+
 invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk, catalog *cat,
                             rcache *rc, pgpool *pool)
 {
@@ -224,6 +271,9 @@ invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, looku
     inv->rc = rc;
     inv->pool = pool;
     inv->wait_timer = evtimer_new(base, on_wait_timer, inv);
+    inv->watch_timer = event_new(base, -1, EV_PERSIST, watch_listen, inv);
+    struct timeval every = {0, WATCH_EVERY_MS * 1000};
+    event_add(inv->watch_timer, &every);
     catalog_on_reload(cat, on_catalog_reloaded, inv);
     inv->listen = pgpool_new(base, cfg->postgres, 1, cfg->pg_timeout_ms, 1, NULL, 0);
     pgpool_listen(inv->listen, CHANNEL, on_notify, on_listen_ready, inv);
@@ -237,6 +287,7 @@ void invalidate_free(invalidator *inv)
     catalog_on_reload(inv->cat, NULL, NULL);
     pgpool_free(inv->listen);
     event_free(inv->wait_timer);
+    event_free(inv->watch_timer);
     free(inv);
 }
 

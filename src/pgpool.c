@@ -18,6 +18,15 @@
 #define PGPOOL_MAX_PARAMS 8
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+/* A listening connection is asked for a round trip this long after its last
+ * answer, and dropped when the answer takes longer than HEARTBEAT_WAIT_MS:
+ * a backend that stopped (SIGSTOP, a hung host behind a live TCP peer)
+ * delivers no notifications and no error, only silence. */
+#define HEARTBEAT_EVERY_MS 1000
+#define HEARTBEAT_WAIT_MS 2000
+/* The listening connection is one per worker and cheap to retry; until it
+ * is back every cached answer is suspect, so it retries sooner. */
+#define LISTEN_BACKOFF_MAX_MS 1000
 /* Cancel requests being sent by helper threads, all pools of the process
  * together. PQcancel blocks until the server has the request; against a
  * host that does not answer that is a TCP connect timeout, so without a
@@ -29,8 +38,19 @@
  * loop (conn_on_timer) so that no callback fires before the submit returns.
  * C_CANCELLING: the op passed its deadline and was answered; a cancel
  * request is on its way and the connection waits (with a deadline of its
- * own) for the cancelled statement's error before it takes new work. */
-enum conn_state { C_DOWN, C_CONNECTING, C_PREPARING, C_IDLE, C_BUSY, C_BROKEN, C_CANCELLING };
+ * own) for the cancelled statement's error before it takes new work.
+ * C_PING: a listening connection's heartbeat is waiting for its answer.
+ * In C_IDLE the timer is a listening connection's next heartbeat. */
+enum conn_state {
+    C_DOWN,
+    C_CONNECTING,
+    C_PREPARING,
+    C_IDLE,
+    C_BUSY,
+    C_BROKEN,
+    C_CANCELLING,
+    C_PING
+};
 
 typedef struct pg_conn pg_conn;
 
@@ -63,6 +83,11 @@ struct pg_conn {
 struct pgpool {
     struct event_base *base;
     char *conninfo;
+    /* conninfo parsed, plus our TCP keepalive defaults where it sets none,
+     * for PQconnectStartParams; NULL when it does not parse (then the raw
+     * string is used and the connect reports the error). */
+    char **kw, **vals;
+    int backoff_max_ms;
     int timeout_ms;
     int queue_max;
     int queued;
@@ -225,7 +250,8 @@ static void conn_close(pg_conn *c)
 static bool pool_any_up(const pgpool *p)
 {
     for (int i = 0; i < p->size; i++) {
-        if (p->conns[i].state == C_IDLE || p->conns[i].state == C_BUSY)
+        enum conn_state st = p->conns[i].state;
+        if (st == C_IDLE || st == C_BUSY || st == C_CANCELLING || st == C_PING)
             return true;
     }
     return false;
@@ -254,7 +280,7 @@ static void conn_fail(pg_conn *c, const char *why)
     /* Reconnect after a backoff that grows while PostgreSQL stays away. */
     struct timeval tv = ms_to_tv(c->backoff_ms);
     evtimer_add(c->timer, &tv);
-    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    c->backoff_ms = c->backoff_ms * 2 > p->backoff_max_ms ? p->backoff_max_ms : c->backoff_ms * 2;
     if (op != NULL) {
         op->conn = NULL;
         op_fail(op, 503, "postgres_unavailable", "PostgreSQL connection lost");
@@ -290,6 +316,54 @@ static void conn_on_write(evutil_socket_t fd, short what, void *arg)
     conn_flush(arg);
 }
 
+/* Ready for work; a listening connection also waits for its next
+ * heartbeat (conn_on_timer). */
+static void conn_set_idle(pg_conn *c)
+{
+    c->state = C_IDLE;
+    if (c->pool->listen != NULL) {
+        struct timeval tv = ms_to_tv(HEARTBEAT_EVERY_MS);
+        evtimer_add(c->timer, &tv);
+    } else {
+        evtimer_del(c->timer);
+    }
+}
+
+/* Sends "LISTEN <channel>" (the set-up step, and the heartbeat: it is
+ * idempotent, one round trip, and keeps pg_stat_activity showing what the
+ * connection is for). */
+static void conn_send_listen(pg_conn *c)
+{
+    char sql[96];
+    snprintf(sql, sizeof(sql), "LISTEN %s", c->pool->listen);
+    if (!PQsendQuery(c->pg, sql))
+        conn_break(c);
+    else
+        conn_flush(c);
+}
+
+static void conn_ping(pg_conn *c)
+{
+    c->state = C_PING;
+    struct timeval tv = ms_to_tv(HEARTBEAT_WAIT_MS);
+    evtimer_add(c->timer, &tv);
+    conn_send_listen(c);
+}
+
+static void conn_ping_done(pg_conn *c)
+{
+    PGresult *r = c->res;
+    c->res = NULL;
+    bool ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        conn_fail(c, "heartbeat failed");
+        return;
+    }
+    conn_set_idle(c);
+    pool_dispatch(c->pool);
+}
+
 /* Set-up is one step per statement to prepare, then LISTEN if asked. */
 static size_t setup_steps(const pgpool *p)
 {
@@ -300,17 +374,11 @@ static void conn_prepare_next(pg_conn *c)
 {
     pgpool *p = c->pool;
     if ((size_t)c->prep_next == p->nstmts && p->listen) {
-        char sql[96];
-        snprintf(sql, sizeof(sql), "LISTEN %s", p->listen);
-        if (!PQsendQuery(c->pg, sql))
-            conn_break(c);
-        else
-            conn_flush(c);
+        conn_send_listen(c);
         return;
     }
     if ((size_t)c->prep_next == setup_steps(p)) {
-        evtimer_del(c->timer); /* the connect deadline covered the set-up too */
-        c->state = C_IDLE;
+        conn_set_idle(c); /* ends the connect deadline, which covered the set-up too */
         c->backoff_ms = BACKOFF_MIN_MS;
         if (c->ever_up)
             metrics_inc(M_PG_RECONNECTS);
@@ -347,8 +415,7 @@ static void conn_cancelled(pg_conn *c)
         conn_fail(c, "cancelled statement ended by itself; replacing the connection");
         return;
     }
-    evtimer_del(c->timer);
-    c->state = C_IDLE;
+    conn_set_idle(c);
     log_debug("postgres: statement cancelled after its deadline; connection kept");
     pool_dispatch(c->pool);
 }
@@ -376,13 +443,17 @@ static void conn_command_done(pg_conn *c)
         conn_cancelled(c);
         return;
     }
+    if (c->state == C_PING) {
+        conn_ping_done(c);
+        return;
+    }
     if (c->state != C_BUSY)
         return;
     pg_op *op = c->op;
     PGresult *r = c->res;
     c->op = NULL;
     c->res = NULL;
-    c->state = C_IDLE;
+    conn_set_idle(c);
     op->conn = NULL;
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
@@ -417,7 +488,8 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         return;
     }
     while (c->pg != NULL &&
-           (c->state == C_PREPARING || c->state == C_BUSY || c->state == C_CANCELLING) &&
+           (c->state == C_PREPARING || c->state == C_BUSY || c->state == C_CANCELLING ||
+            c->state == C_PING) &&
            !PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
         if (r == NULL) {
@@ -476,7 +548,8 @@ static void conn_on_connect_io(evutil_socket_t fd, short what, void *arg)
     conn_poll(c, PQconnectPoll(c->pg));
 }
 
-/* The timer means "connect now" when down, "gave up" when connecting. */
+/* The timer means "connect now" when down, "gave up" when connecting or
+ * cancelling or waiting for a heartbeat, "send a heartbeat" when idle. */
 static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -490,6 +563,10 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_fail(c, "send failed");
     else if (c->state == C_CANCELLING)
         conn_fail(c, "cancelled statement did not end in time");
+    else if (c->state == C_IDLE && c->pool->listen != NULL)
+        conn_ping(c);
+    else if (c->state == C_PING)
+        conn_fail(c, "heartbeat not answered within 2 s; reconnecting");
 }
 
 /* libpq prints notices (and a server's FATAL on an idle connection) to
@@ -502,11 +579,15 @@ static void on_notice(void *arg, const char *message)
 
 static void conn_start(pg_conn *c)
 {
-    c->pg = PQconnectStart(c->pool->conninfo);
+    pgpool *p = c->pool;
+    if (p->kw != NULL)
+        c->pg = PQconnectStartParams((const char *const *)p->kw, (const char *const *)p->vals, 0);
+    else
+        c->pg = PQconnectStart(p->conninfo);
     if (c->pg != NULL)
         PQsetNoticeProcessor(c->pg, on_notice, NULL);
     c->state = C_CONNECTING;
-    struct timeval tv = ms_to_tv(c->pool->timeout_ms);
+    struct timeval tv = ms_to_tv(p->timeout_ms);
     evtimer_add(c->timer, &tv);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
@@ -541,6 +622,45 @@ static void pool_dispatch(pgpool *p)
     }
 }
 
+/* TCP keepalives find a peer that vanished (host down, a dropped route)
+ * on an idle connection in seconds instead of the kernel's two hours; the
+ * user timeout does the same for data sent and never acknowledged. Set only
+ * where the operator's conninfo says nothing. */
+static const char *const keepalive_defaults[][2] = {
+    {"keepalives", "1"},       {"keepalives_idle", "5"},      {"keepalives_interval", "1"},
+    {"keepalives_count", "3"}, {"tcp_user_timeout", "10000"},
+};
+#define NKEEPALIVE (sizeof(keepalive_defaults) / sizeof(keepalive_defaults[0]))
+
+static void pool_parse_conninfo(pgpool *p)
+{
+    PQconninfoOption *opts = PQconninfoParse(p->conninfo, NULL);
+    if (opts == NULL)
+        return;
+    size_t n = 0;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+        n++;
+    p->kw = xcalloc(n + NKEEPALIVE + 1, sizeof(char *));
+    p->vals = xcalloc(n + NKEEPALIVE + 1, sizeof(char *));
+    size_t k = 0;
+    for (size_t i = 0; i < NKEEPALIVE; i++) {
+        bool set = false;
+        for (PQconninfoOption *o = opts; o->keyword != NULL && !set; o++)
+            set = o->val != NULL && strcmp(o->keyword, keepalive_defaults[i][0]) == 0;
+        if (!set) {
+            p->kw[k] = xstrdup(keepalive_defaults[i][0]);
+            p->vals[k++] = xstrdup(keepalive_defaults[i][1]);
+        }
+    }
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val != NULL) {
+            p->kw[k] = xstrdup(o->keyword);
+            p->vals[k++] = xstrdup(o->val);
+        }
+    }
+    PQconninfoFree(opts);
+}
+
 /* ---- public ---- */
 
 pgpool *pgpool_new(struct event_base *base, const char *conninfo, int size, int timeout_ms,
@@ -549,6 +669,8 @@ pgpool *pgpool_new(struct event_base *base, const char *conninfo, int size, int 
     pgpool *p = xcalloc(1, sizeof(*p));
     p->base = base;
     p->conninfo = xstrdup(conninfo);
+    p->backoff_max_ms = BACKOFF_MAX_MS;
+    pool_parse_conninfo(p);
     p->timeout_ms = timeout_ms;
     p->queue_max = queue_max;
     p->stmts = stmts;
@@ -584,6 +706,12 @@ void pgpool_free(pgpool *p)
         op_fail(op, 503, "shutting_down", "the proxy is shutting down");
     }
     free(p->conns);
+    for (size_t i = 0; p->kw != NULL && p->kw[i] != NULL; i++) {
+        free(p->kw[i]);
+        free(p->vals[i]);
+    }
+    free(p->kw);
+    free(p->vals);
     free(p->conninfo);
     free(p->listen);
     free(p);
@@ -600,6 +728,7 @@ void pgpool_listen(pgpool *p, const char *channel, pgpool_notify_cb *on_notify,
     p->listen = xstrdup(channel);
     p->on_notify = on_notify;
     p->on_ready = on_ready;
+    p->backoff_max_ms = LISTEN_BACKOFF_MAX_MS;
     p->listen_arg = arg;
 }
 

@@ -44,7 +44,9 @@ void invalidate_free(invalidator *inv);
 typedef void invalidate_done_cb(void *arg, bool ok);
 void invalidate_purge(invalidator *inv, int64_t product_id, invalidate_done_cb *cb, void *arg);
 
-/* True while the LISTEN connection is up. */
+/* True while the LISTEN connection is up and answers its heartbeat (a
+ * backend that went silent is noticed within about 3 s). While it is not,
+ * nothing cached is trusted for more than about a second (see README). */
 bool invalidate_listening(const invalidator *inv);
 
 #endif
