@@ -80,6 +80,11 @@ int rcache_unlock(rcache *rc, const char *lock_key, const char *token, rcache_do
 /* INCR key. result: the new value. cb may be NULL. */
 int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
 
+/* INCR of each of keys[0..n) in one command (a Lua script, so all or
+ * none). n is 1..RCACHE_INCR_MANY_MAX. result: n. cb may be NULL. */
+#define RCACHE_INCR_MANY_MAX 1024
+int rcache_incr_many(rcache *rc, const char *const *keys, size_t n, rcache_done_cb *cb, void *arg);
+
 /* PUBLISH msg on channel. result: receivers. cb may be NULL. */
 int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg);
 
