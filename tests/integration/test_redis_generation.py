@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""The shared cache survives starts and reconnects (issue 8, item 2): the
+global generation moves only when invalidations may really have been
+missed: this process could not apply a change notification to Redis, or
+Redis lost data (restarted empty, or from a snapshot older than what we saw).
+And the opposite: whatever Redis comes back with, no superseded quote is
+served, and the counters never go back below what a process has seen."""
+
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qctest  # noqa: E402
+from qctest import qcstack  # noqa: E402
+
+GEN = "qc:v1:gen"
+st = None
+products = []
+
+
+def setup_module():
+    global st, products
+    qctest.require_file(os.path.join(qcstack.build_dir(), "quotecache"), "quotecache")
+    st = qcstack.Stack(products=2000)
+    products = [int(x) for x in st.psql(
+        "SELECT p.id FROM products p JOIN regional_prices rp ON rp.product_id = p.id "
+        "AND rp.region = 'US' WHERE p.active AND NOT EXISTS (SELECT 1 FROM promotions pr "
+        "WHERE pr.product_id = p.id) ORDER BY p.id LIMIT 60").split()]
+
+
+def teardown_module():
+    if st is not None:
+        st.stop()
+
+
+def take(n=1):
+    out = products[:n]
+    del products[:n]
+    return out
+
+
+def qpath(pid):
+    return "/quote/%d?region=US&tier=gold" % pid
+
+
+def gen():
+    v = st.redis_cli("GET", GEN).strip()
+    return int(v) if v else 0
+
+
+def warm(p, pids):
+    """Each key loaded once and then a HIT (from Redis or the hot tier)."""
+    bodies = {}
+    for pid in pids:
+        s, _, b = p.get(qpath(pid))
+        assert s == 200, (s, b)
+        bodies[pid] = b
+        qcstack.wait_until(lambda: p.get(qpath(pid))[1].get("x-cache") == "HIT", 5,
+                           "HIT for %d" % pid, p.proc)
+    return bodies
+
+
+def assert_all_hits(p, bodies, what):
+    st.tax_reset()
+    # Past the 500 ms of the in-process tier: these HITs are Redis reads.
+    time.sleep(0.6)
+    for pid, body in bodies.items():
+        s, h, b = p.get(qpath(pid))
+        assert s == 200 and b == body, (what, pid, s, b)
+        assert h.get("x-cache") == "HIT", (what, pid, h.get("x-cache"))
+    assert st.tax_stats() == 0, (what, "tax calls", st.tax_stats())
+
+
+def redis_clients(kind):
+    out = st.redis_cli("CLIENT", "LIST", "TYPE", kind)
+    return [ln for ln in out.splitlines() if ln.strip()]
+
+
+def kill_clients(kind):
+    """Drops every connection of a type (normal: command connections; pubsub:
+    subscribers); returns how many Redis dropped."""
+    n = int(st.redis_cli("CLIENT", "KILL", "TYPE", kind).strip() or 0)
+    return n
+
+
+def wait_reconnected(p, n_normal):
+    qcstack.wait_until(lambda: len(redis_clients("normal")) >= n_normal, 5,
+                       "command connections back")
+    p.wait_health(redis="up", timeout=5)
+
+
+def test_start_restart_and_reconnect_keep_hits():
+    a = qcstack.Proxy(st, workers=2).ready()
+    a.wait_health(redis="up")
+    bodies = warm(a, take(8))
+    g0 = gen()
+    assert_all_hits(a, bodies, "warm")
+
+    b = qcstack.Proxy(st, workers=2).ready()
+    b.wait_health(redis="up")
+    assert_all_hits(a, bodies, "after B started")
+    assert_all_hits(b, bodies, "B reads A's keys")
+    b.stop_clean()
+    b.start()
+    b.ready()
+    b.wait_health(redis="up")
+    assert_all_hits(a, bodies, "after B restarted")
+
+    # Every command and subscriber connection of both instances reconnects.
+    assert kill_clients("normal") >= 4
+    kill_clients("pubsub")
+    wait_reconnected(a, 4)
+    time.sleep(0.3)
+    assert_all_hits(a, bodies, "after A's connections were killed")
+    assert_all_hits(b, bodies, "after B's connections were killed")
+    assert gen() == g0, ("global generation moved", g0, gen())
+    b.stop_clean()
+    a.stop_clean()
+
+
+def test_snapshot_from_before_an_invalidation_is_not_served():
+    """Redis saves, a price changes (the bump reaches Redis), Redis dies and
+    comes back from the snapshot: counters and entries from before the
+    write. The quote served is the new one, on the instance that saw the
+    write and on one started afterwards."""
+    a = qcstack.Proxy(st).ready()
+    try:
+        (pid,) = take()
+        old = warm(a, [pid])[pid]
+        st.redis_cli("SAVE")
+        st.psql("UPDATE regional_prices SET list_price_cents = list_price_cents + 101 "
+                "WHERE product_id = %d AND region = 'US'" % pid)
+        qcstack.wait_until(lambda: a.get(qpath(pid))[2] != old, 2, "write served")
+        new = a.get(qpath(pid))[2]
+        st.stop_redis(kill=True)
+        a.wait_health(redis="down", timeout=5)
+        st.start_redis()  # loads dump.rdb: the pre-write entry, the pre-write counters
+        a.wait_health(redis="up", timeout=10)
+        for _ in range(3):
+            s, h, body = a.get(qpath(pid))
+            assert s == 200 and body == new, ("pre-write quote served", h, body)
+        c = qcstack.Proxy(st).ready()
+        c.wait_health(redis="up")
+        s, h, body = c.get(qpath(pid))
+        assert s == 200 and body == new, ("pre-write quote served to a new instance", h, body)
+        c.stop_clean()
+        a.stop_clean()
+    finally:
+        if a.running():
+            a.kill()
+        dump = os.path.join(st.dir, "redis", "dump.rdb")
+        if os.path.exists(dump):
+            os.unlink(dump)
+
+
+def test_empty_restart_never_takes_counters_back():
+    """Redis comes back empty: the global generation starts above anything
+    the proxy has seen, so no load begun under the old counters can pass
+    the fence, and the answers are correct."""
+    a = qcstack.Proxy(st, workers=2).ready()
+    try:
+        (pid,) = take()
+        warm(a, [pid])
+        for _ in range(5):
+            st.redis_cli("INCR", GEN)  # as five global invalidations would
+        seen = gen()
+        # The proxy sees the new counter on its next read.
+        qcstack.wait_until(lambda: a.get(qpath(pid))[1].get("x-cache") == "HIT", 5,
+                           "reloaded under the new generation", a.proc)
+        time.sleep(0.6)
+        a.get(qpath(pid))
+        a.get(qpath(pid))
+        st.stop_redis(kill=True)
+        a.wait_health(redis="down", timeout=5)
+        dump = os.path.join(st.dir, "redis", "dump.rdb")
+        if os.path.exists(dump):
+            os.unlink(dump)
+        st.start_redis()
+        a.wait_health(redis="up", timeout=10)
+        qcstack.wait_until(lambda: len(redis_clients("normal")) >= 2, 5, "both workers back")
+        time.sleep(0.2)
+        assert gen() > seen, ("global generation went back", seen, gen())
+        s, h, body = a.get(qpath(pid))
+        assert s == 200, (s, body)
+        a.stop_clean()
+    finally:
+        if a.running():
+            a.kill()
+
+
+def redis_cli_auth(password, *args):
+    r = subprocess.run(["redis-cli", "--no-auth-warning", "-a", password, "-h", "127.0.0.1",
+                        "-p", str(st.redis_port)] + [str(x) for x in args],
+                       capture_output=True, timeout=30)
+    return r.stdout.decode(errors="replace").strip()
+
+
+def test_invalidation_missed_while_away_is_paid_on_reconnect():
+    """Redis stays up with its data, but this instance cannot use it (its
+    connections were dropped and new ones are refused): a price changes
+    meanwhile, the bump cannot be applied. Once it reconnects to the same
+    Redis (no restart), the old quote is not served."""
+    a = qcstack.Proxy(st).ready()
+    try:
+        (pid,) = take()
+        old = warm(a, [pid])[pid]
+        st.redis_cli("CONFIG", "SET", "requirepass", "qc-test-secret")
+        try:
+            redis_cli_auth("qc-test-secret", "CLIENT", "KILL", "TYPE", "normal")
+            redis_cli_auth("qc-test-secret", "CLIENT", "KILL", "TYPE", "pubsub")
+            a.wait_health(redis="down", timeout=5)
+            st.psql("UPDATE regional_prices SET list_price_cents = list_price_cents + 77 "
+                    "WHERE product_id = %d AND region = 'US'" % pid)
+            time.sleep(0.5)  # the notification arrives while Redis refuses us
+            assert a.health()["redis"] == "down", a.health()
+        finally:
+            redis_cli_auth("qc-test-secret", "CONFIG", "SET", "requirepass", "")
+        a.wait_health(redis="up", timeout=10)
+        time.sleep(0.6)  # past the in-process tier
+        for _ in range(3):
+            s, h, body = a.get(qpath(pid))
+            assert s == 200 and body != old, ("pre-write quote served", h, body)
+        a.stop_clean()
+    finally:
+        if a.running():
+            a.kill()
+
+
+if __name__ == "__main__":
+    qctest.main(globals())
