@@ -52,7 +52,7 @@ static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *
         key_global_gen(key, inv->cfg->key_version);
     }
     metrics_inc(M_INVALIDATIONS);
-    return inv->rc != NULL ? rcache_incr(inv->rc, key, cb, arg) : -1;
+    return inv->rc != NULL ? rcache_bump(inv->rc, key, cb, arg) : -1;
 }
 
 /* One admin purge waiting for its Redis bump and its announcement. Owned by

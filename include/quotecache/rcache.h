@@ -39,13 +39,17 @@ typedef void rcache_read_cb(void *arg, int status, const rcache_value *v);
 typedef void rcache_done_cb(void *arg, int status, long long result);
 /* A message on a subscribed channel. */
 typedef void rcache_message_cb(void *arg, const char *msg, size_t len);
-/* Connection state changes: up == true after every (re)connect of the
- * command connection, false when it is lost. */
+/* Connection state changes: up == true once a (re)connected command
+ * connection has answered its ready check, false when it is lost or dropped
+ * as hung. */
 typedef void rcache_state_cb(void *arg, bool up);
 
 /* Connects (asynchronously) to host:port and keeps reconnecting with backoff
- * (100 ms doubling to 2 s) whenever a connection is lost. cmd_timeout_ms is
- * the deadline of every command. */
+ * (100 ms doubling to 2 s) whenever a connection is lost (rconn.h). A
+ * connection counts as up only once Redis has answered on it; a hung one
+ * (3 command timeouts in a row, or a second without any answer) is dropped
+ * and reconnected, and reads as down meanwhile. cmd_timeout_ms is the
+ * deadline of every command. */
 rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_timeout_ms,
                    rcache_state_cb *state_cb, void *state_arg);
 /* Closes both connections; pending callbacks fire with RCACHE_ERR before it
@@ -54,6 +58,20 @@ rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_
  * with a log line); from a deadline callback it is fine. */
 void rcache_free(rcache *rc);
 bool rcache_is_up(const rcache *rc);
+
+/* The generation guard; call right after rcache_new. Every command
+ * connection then runs one check (a Lua script) before anything else is
+ * sent on it, which bumps gen_global_key only when invalidations may have
+ * been missed: this process owes a bump (rcache_bump could not be applied),
+ * or Redis lost data (a new run_id since marker_key was set: restarted,
+ * maybe from an older snapshot or empty; or the marker is gone). Then the
+ * counter is also lifted above every global generation this process has
+ * seen, so a load that recorded the old counters can never pass the fence.
+ * A plain reconnect, or another instance starting, bumps nothing. */
+void rcache_guard_generations(rcache *rc, const char *marker_key, const char *gen_global_key);
+/* During state_cb(up): true when that connection's check moved the global
+ * generation (what this process derived from the old counters is void). */
+bool rcache_connect_bumped(const rcache *rc);
 
 /* One round trip: MGET gen_global_key gen_product_key entry_key. */
 int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
@@ -79,6 +97,14 @@ int rcache_unlock(rcache *rc, const char *lock_key, const char *token, rcache_do
 
 /* INCR key. result: the new value. cb may be NULL. */
 int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
+
+/* INCR of a generation counter (an invalidation). Like rcache_incr, and
+ * more: when Redis may not have applied it (refused here: then -1, Redis
+ * down; or the connection lost before its answer), this process owes a
+ * bump, and the next global bump pays it (at once while up, else in the
+ * check of the next connection, before any read on it). Needs
+ * rcache_guard_generations. */
+int rcache_bump(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
 
 /* PUBLISH msg on channel. result: receivers. cb may be NULL. */
 int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg);
