@@ -228,5 +228,62 @@ def test_invalidation_missed_while_away_is_paid_on_reconnect():
             a.kill()
 
 
+def product_gen(pid):
+    v = st.redis_cli("GET", "qc:v1:{%d}:gen" % pid).strip()
+    return int(v) if v else 0
+
+
+def incr_calls():
+    """INCRs Redis has run so far, inside scripts or not."""
+    out = st.redis_cli("INFO", "commandstats")
+    for line in out.splitlines():
+        if line.startswith("cmdstat_incr:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_one_write_costs_one_bump():
+    """2 instances x 2 workers all LISTEN; one committed write to one
+    product bumps its generation once in Redis, not once per worker (the
+    payload names the transaction, and a bump is made once per transaction
+    and product for the whole fleet). A transaction over three products:
+    three bumps. Every worker still drops its own in-process copies."""
+    a = qcstack.Proxy(st, workers=2).ready()
+    b = qcstack.Proxy(st, workers=2).ready()
+    try:
+        pids = take(4)
+        old = warm(a, pids)
+        warm(b, pids)
+        time.sleep(0.5)  # every worker LISTENing (each loaded the catalog)
+        g0, c0 = [product_gen(x) for x in pids], incr_calls()
+        st.psql("UPDATE regional_prices SET list_price_cents = list_price_cents + 3 "
+                "WHERE product_id = %d AND region = 'US'" % pids[0])
+        time.sleep(1.0)
+        one = product_gen(pids[0]) - g0[0]
+        one_incrs = incr_calls() - c0
+        st.psql("BEGIN; UPDATE regional_prices SET list_price_cents = list_price_cents + 5 "
+                "WHERE product_id IN (%d, %d, %d) AND region = 'US'; "
+                "UPDATE tier_discounts SET discount_bp = discount_bp WHERE product_id = %d; "
+                "COMMIT;" % (pids[1], pids[2], pids[3], pids[1]))
+        time.sleep(1.0)
+        three = [product_gen(x) - g for x, g in zip(pids[1:], g0[1:])]
+        incrs = incr_calls() - c0 - one_incrs
+        print("bumps per write with 2 instances x 2 workers: %d (INCRs run: %d); "
+              "3-product transaction: %s (INCRs run: %d)" % (one, one_incrs, three, incrs),
+              flush=True)
+        assert one == 1, ("bumps for one write", one)
+        assert three == [1, 1, 1], ("bumps for a 3-product transaction", three)
+        for p in (a, b):
+            for x in pids:
+                s, h, body = p.get(qpath(x))
+                assert s == 200 and body != old[x], ("pre-write quote served", x, h)
+        a.stop_clean()
+        b.stop_clean()
+    finally:
+        for p in (a, b):
+            if p.running():
+                p.kill()
+
+
 if __name__ == "__main__":
     qctest.main(globals())
