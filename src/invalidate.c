@@ -19,6 +19,8 @@
 #define CHANNEL "quotecache"
 #define MAX_PENDING 256     /* more distinct products than this: drop all */
 #define CATALOG_WAIT_MS 500 /* apply pending invalidations at the latest */
+#define ONCE_TTL_MS 60000   /* how long a (transaction, product) bump is remembered */
+#define TXID_MAX 20
 
 struct invalidator {
     struct event_base *base;
@@ -53,6 +55,44 @@ static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *
     }
     metrics_inc(M_INVALIDATIONS);
     return inv->rc != NULL ? rcache_bump(inv->rc, key, cb, arg) : -1;
+}
+
+/* Like drop, for a change that names its transaction (txid: digits): every
+ * worker of every instance is told of it, and the first to reach Redis
+ * bumps for all of them (rcache_bump_once, keyed by generation and txid). */
+static void drop_once(invalidator *inv, int64_t product_id, const char *txid)
+{
+    char key[KEY_MAX], once[KEY_MAX + TXID_MAX + 2];
+    if (inv->rc == NULL) {
+        drop(inv, product_id, NULL, NULL);
+        return;
+    }
+    if (product_id > 0) {
+        lookup_invalidate_product(inv->lk, product_id);
+        key_product_gen(key, inv->cfg->key_version, product_id);
+    } else {
+        lookup_invalidate_all(inv->lk);
+        key_global_gen(key, inv->cfg->key_version);
+    }
+    metrics_inc(M_INVALIDATIONS);
+    snprintf(once, sizeof(once), "%s:%s", key, txid);
+    rcache_bump_once(inv->rc, key, once, ONCE_TTL_MS, NULL, NULL);
+}
+
+/* "<table>:<txid>" at the head of a payload: copies the txid out and
+ * shortens the table; a head that is not that is left alone. */
+static void split_txid(const char *payload, size_t *tlen, char txid[TXID_MAX + 1])
+{
+    const char *mid = memchr(payload, ':', *tlen);
+    txid[0] = '\0';
+    if (mid == NULL)
+        return;
+    size_t n = *tlen - (size_t)(mid + 1 - payload);
+    if (n == 0 || n > TXID_MAX || strspn(mid + 1, "0123456789") < n)
+        return;
+    memcpy(txid, mid + 1, n);
+    txid[n] = '\0';
+    *tlen = (size_t)(mid - payload);
 }
 
 /* One admin purge waiting for its Redis bump and its announcement. Owned by
@@ -166,7 +206,8 @@ static void defer_until_catalog(invalidator *inv, int64_t product_id)
     catalog_reload(inv->cat);
 }
 
-/* Payload "<table>:<product id>" or "<table>:*" (triggers.sql), or
+/* Payload "<table>:<product id>" or "<table>:*", or the same with the
+ * transaction in between, "<table>:<txid>:<product id>" (triggers.sql), or
  * "admin:..." (invalidate_purge on any instance). */
 static void on_notify(void *arg, const char *payload)
 {
@@ -188,12 +229,16 @@ static void on_notify(void *arg, const char *payload)
         product_id = v;
     }
     size_t tlen = (size_t)(colon - payload);
+    char txid[TXID_MAX + 1];
+    split_txid(payload, &tlen, txid);
     bool in_catalog = (tlen == 10 && strncmp(payload, "promotions", tlen) == 0) ||
                       (tlen == 5 && strncmp(payload, "tiers", tlen) == 0) ||
                       (tlen == 8 && strncmp(payload, "fx_rates", tlen) == 0);
     log_debug("invalidate: %s", payload);
     if (in_catalog)
         defer_until_catalog(inv, product_id);
+    else if (txid[0] != '\0')
+        drop_once(inv, product_id, txid);
     else
         drop(inv, product_id, NULL, NULL);
 }

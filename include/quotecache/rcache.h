@@ -105,6 +105,13 @@ int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
  * check of the next connection, before any read on it). Needs
  * rcache_guard_generations. */
 int rcache_bump(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
+/* rcache_bump once per once_key for every client of this Redis (one Lua
+ * script: SET once_key NX PX ttl_ms, and INCR key only if that set it), so
+ * a change that every worker of every instance is told of costs one bump.
+ * result: the new value, or 0 when another client bumped for once_key
+ * already. Same debt rule as rcache_bump. */
+int rcache_bump_once(rcache *rc, const char *key, const char *once_key, int64_t ttl_ms,
+                     rcache_done_cb *cb, void *arg);
 
 /* PUBLISH msg on channel. result: receivers. cb may be NULL. */
 int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg);

@@ -285,5 +285,25 @@ def test_one_write_costs_one_bump():
                 p.kill()
 
 
+def test_old_payloads_still_invalidate():
+    """Triggers installed by an older quotecache send "<table>:<product>"
+    without the transaction: still one invalidation per notification."""
+    a = qcstack.Proxy(st).ready()
+    try:
+        pids = take(2)
+        warm(a, pids)
+        for pid, payload in ((pids[0], "regional_prices:%d" % pids[0]),
+                             (pids[1], "volume_breaks:x1:%d" % pids[1])):
+            g = product_gen(pid)
+            st.psql("SELECT pg_notify('quotecache', '%s')" % payload)
+            qcstack.wait_until(lambda: product_gen(pid) == g + 1, 2, "bump for " + payload)
+            s, h, _ = a.get(qpath(pid))
+            assert s == 200 and h.get("x-cache") == "MISS", (payload, h.get("x-cache"))
+        a.stop_clean()
+    finally:
+        if a.running():
+            a.kill()
+
+
 if __name__ == "__main__":
     qctest.main(globals())
