@@ -70,9 +70,11 @@ struct rcache {
     uint64_t owed, paid; /* bumps that failed, and how many a global bump covers */
     uint64_t paying;     /* owed as of the global bump in flight, if any */
     bool pay_inflight;
-    bool connect_bumped; /* the generation check of this connection bumped */
-    struct event *pay;   /* pays a debt while up, outside the failing call */
-    time_t last_err_log; /* error lines are rate-limited to one a second */
+    bool connect_bumped;              /* the generation check of this connection bumped */
+    char run_id[RUN_ID_MAX + 1];      /* of the Redis run last checked */
+    char next_run_id[RUN_ID_MAX + 1]; /* of the one being checked */
+    struct event *pay;                /* pays a debt while up, outside the failing call */
+    time_t last_err_log;              /* error lines are rate-limited to one a second */
     unsigned errs_unlogged;
 };
 
@@ -121,8 +123,11 @@ static const char unlock_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\
  * snapshot may be lower than values some process recorded for a load in
  * flight, so every client makes sure the global generation is above what
  * it has seen (ARGV[2]) before its first read or store, and a client that
- * owes a bump (ARGV[3]: a change it could not apply) bumps once.
- * KEYS: marker, global generation. ARGV: run_id, seen, owes.
+ * owes a bump (ARGV[3]: a change it could not apply) bumps once. A client
+ * that saw another Redis run before (ARGV[4]) cannot trust a counter equal
+ * to what it saw either: it may be the first client's bump of a restored,
+ * lower counter.
+ * KEYS: marker, global generation. ARGV: run_id, seen, owes, restarted.
  * Returns {new global generation, 1 if it moved}. */
 static const char guard_lua[] =
     "local g = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
@@ -134,7 +139,7 @@ static const char guard_lua[] =
     "  t = math.max(g, seen) + 1\n"
     "elseif ARGV[3] == '1' then\n"
     "  t = math.max(g, seen) + 1\n"
-    "elseif g < seen then\n"
+    "elseif g < seen or (ARGV[4] == '1' and g == seen) then\n"
     "  t = seen + 1\n"
     "end\n"
     "if t ~= g then redis.call('SET', KEYS[2], string.format('%d', t)) end\n"
@@ -510,6 +515,7 @@ static void guard_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     saw_generation(rc, g);
+    memcpy(rc->run_id, rc->next_run_id, sizeof(rc->run_id));
     if (rc->paying > rc->paid)
         rc->paid = rc->paying;
     rc->connect_bumped = r->element[1]->integer == 1;
@@ -525,10 +531,10 @@ static void guard_on_info(redisAsyncContext *ac, void *reply, void *privdata)
 {
     const redisReply *r = reply;
     rcache *rc = privdata;
-    char run_id[RUN_ID_MAX + 1] = "", seen[24];
+    char *run_id = rc->next_run_id, seen[24];
     const char *p;
-    const char *argv[8];
-    size_t lens[8];
+    const char *argv[9];
+    size_t lens[9];
     size_t n = 0;
 
     if (!r || ac != rconn_context(rc->cmd))
@@ -537,6 +543,7 @@ static void guard_on_info(redisAsyncContext *ac, void *reply, void *privdata)
         rconn_fail(rc->cmd, r->type == REDIS_REPLY_ERROR ? r->str : "bad INFO reply");
         return;
     }
+    run_id[0] = '\0';
     p = strstr(r->str, "run_id:");
     if (p) {
         p += strlen("run_id:");
@@ -555,8 +562,9 @@ static void guard_on_info(redisAsyncContext *ac, void *reply, void *privdata)
     argv[5] = run_id;
     argv[6] = seen;
     argv[7] = rc->owed > rc->paid ? "1" : "0";
-    arg_lens(argv, lens, 8);
-    if (redisAsyncCommandArgv(ac, guard_on_reply, rc, 8, argv, lens) != REDIS_OK)
+    argv[8] = rc->run_id[0] && strcmp(rc->run_id, run_id) != 0 ? "1" : "0";
+    arg_lens(argv, lens, 9);
+    if (redisAsyncCommandArgv(ac, guard_on_reply, rc, 9, argv, lens) != REDIS_OK)
         rconn_fail(rc->cmd, "generation check refused");
 }
 
