@@ -526,32 +526,39 @@ static void guard_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     rconn_ready(rc->cmd);
 }
 
-/* INFO's run_id tells this Redis run from the one before a restart. */
+/* The run_id line of INFO server into out ("" when there is none). */
+static void parse_run_id(const redisReply *r, char out[RUN_ID_MAX + 1])
+{
+    const char *p = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+    size_t n = 0;
+
+    out[0] = '\0';
+    if (!p)
+        return;
+    p += strlen("run_id:");
+    while (n < RUN_ID_MAX && p[n] && p[n] != '\r' && p[n] != '\n')
+        n++;
+    memcpy(out, p, n);
+    out[n] = '\0';
+}
+
+/* INFO's run_id tells this Redis run from the one before a restart. It may
+ * be renamed away: then only a lost marker tells a restart. Whether the
+ * connection is usable at all (not NOAUTH, not LOADING) is the check's to
+ * say: it fails as well then. */
 static void guard_on_info(redisAsyncContext *ac, void *reply, void *privdata)
 {
     const redisReply *r = reply;
     rcache *rc = privdata;
     char *run_id = rc->next_run_id, seen[24];
-    const char *p;
     const char *argv[9];
     size_t lens[9];
-    size_t n = 0;
 
     if (!r || ac != rconn_context(rc->cmd))
         return;
-    if (r->type != REDIS_REPLY_STRING) {
-        rconn_fail(rc->cmd, r->type == REDIS_REPLY_ERROR ? r->str : "bad INFO reply");
-        return;
-    }
-    run_id[0] = '\0';
-    p = strstr(r->str, "run_id:");
-    if (p) {
-        p += strlen("run_id:");
-        while (n < RUN_ID_MAX && p[n] && p[n] != '\r' && p[n] != '\n')
-            n++;
-        memcpy(run_id, p, n);
-        run_id[n] = '\0';
-    }
+    parse_run_id(r, run_id);
+    if (!run_id[0])
+        log_redis_error(rc, "INFO", "server", "no run_id: restarts are told by the marker only");
     snprintf(seen, sizeof(seen), "%" PRIu64, rc->gen_seen);
     rc->paying = rc->owed;
     argv[0] = "EVAL";
