@@ -215,6 +215,25 @@ def test_hung_redis_is_down():
     p.stop_clean()
 
 
+def test_hung_redis_is_down_without_traffic():
+    """No quote traffic at all: the heartbeat finds the hung Redis."""
+    p = qcstack.Proxy(st).ready()
+    p.wait_health(redis="up")
+    time.sleep(1.5)  # quiet connections
+    rpid = st.procs["redis"].pid
+    os.kill(rpid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        p.wait_health(redis="down", timeout=3)
+        print("hung redis, no traffic: down after %.2fs" % (time.monotonic() - t0), flush=True)
+    finally:
+        os.kill(rpid, signal.SIGCONT)
+    t0 = time.monotonic()
+    p.wait_health(redis="up", timeout=5)
+    print("hung redis, no traffic: up %.2fs after SIGCONT" % (time.monotonic() - t0), flush=True)
+    p.stop_clean()
+
+
 def test_redis_down_at_start():
     # A port where a redis will appear later: take one, keep it, stop it.
     late = qcstack.Stack(products=1, redis=True, postgres=False, tax=False)
