@@ -381,15 +381,16 @@ static void op_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct rc_op *op = privdata;
     rcache *rc = op->rc;
+    const redisReply *r = reply;
     (void)ac;
 
     rc->inflight--;
-    if (reply)
+    if (r)
         rconn_replied(rc->cmd, !op->done);
-    if (op->bump && (!reply || ((const redisReply *)reply)->type != REDIS_REPLY_INTEGER))
+    if (r && r->type == REDIS_REPLY_INTEGER && op->is_gg)
+        saw_generation(rc, (uint64_t)r->integer);
+    else if (op->bump && (!r || r->type != REDIS_REPLY_INTEGER))
         owe(rc); /* lost with the connection, or refused: maybe never applied */
-    else if (op->is_gg && !rc->closing)
-        saw_generation(rc, (uint64_t)((const redisReply *)reply)->integer);
     if (!op->done) {
         event_del(op->deadline);
         rc->hiredis_depth++;
@@ -474,8 +475,7 @@ static void owed_pay(rcache *rc)
     op = op_new(rc, OP_INT, "INCR", rc->global_key);
     op->done_cb = on_paid;
     op->arg = rc;
-    op->bump = true;
-    op->is_gg = true;
+    op->is_gg = true; /* not a bump: failing, it stays owed (no retry loop) */
     rc->paying = rc->owed;
     rc->pay_inflight = true;
     if (op_send(op, 2, argv, lens) < 0)
@@ -558,7 +558,10 @@ static void guard_on_info(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     parse_run_id(r, run_id);
     if (!run_id[0])
-        log_redis_error(rc, "INFO", "server", "no run_id: restarts are told by the marker only");
+        log_redis_error(rc, "INFO", "server",
+                        r->type == REDIS_REPLY_ERROR
+                            ? r->str
+                            : "no run_id: restarts are told by the marker only");
     snprintf(seen, sizeof(seen), "%" PRIu64, rc->gen_seen);
     rc->paying = rc->owed;
     argv[0] = "EVAL";
