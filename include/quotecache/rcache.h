@@ -1,6 +1,9 @@
 /* rcache: everything quotecache asks of Redis, over hiredis' async API on the
  * worker's libevent loop: reads, fenced stores, the cross-instance load lock,
- * generation counters, and one shared pub/sub subscriber connection.
+ * generation counters (and the guard that keeps them trustworthy across
+ * Redis restarts), and one shared pub/sub subscriber connection. The two
+ * connections' life (connect, ready check, hung detection, backoff) is
+ * rconn.h's.
  *
  * Ownership: every command in flight is an op owned by this module. The op,
  * not the caller's context, is what hiredis holds. Each op has its own
