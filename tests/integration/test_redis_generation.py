@@ -305,5 +305,32 @@ def test_old_payloads_still_invalidate():
             a.kill()
 
 
+def notified_payloads(pid):
+    """The payloads one UPDATE of pid's US price sends, seen by psql."""
+    sql = ("LISTEN quotecache;\nUPDATE regional_prices SET list_price_cents = list_price_cents "
+           "WHERE product_id = %d AND region = 'US';\nSELECT 1;\n" % pid)
+    r = subprocess.run(["psql", "-X", "-h", "127.0.0.1", "-p", str(st.pg_port), "-U", "postgres",
+                        "-d", "pricing"], input=sql.encode(), capture_output=True, timeout=30)
+    return [ln.split('payload "')[1].split('"')[0] for ln in r.stdout.decode().splitlines()
+            if 'payload "' in ln]
+
+
+def test_install_triggers_upgrades_old_ones():
+    """A database with the older trigger (two-field payload) gets the
+    transaction in its payloads after --install-triggers."""
+    (pid,) = take()
+    st.psql("DROP TRIGGER quotecache_notify ON regional_prices; CREATE TRIGGER "
+            "quotecache_notify AFTER INSERT OR UPDATE OR DELETE ON regional_prices FOR EACH ROW "
+            "EXECUTE FUNCTION quotecache_notify_row('product_id');")
+    assert notified_payloads(pid) == ["regional_prices:%d" % pid], notified_payloads(pid)
+    r = subprocess.run([os.path.join(qcstack.build_dir(), "quotecache"), "--postgres",
+                        st.conninfo, "--install-triggers"], capture_output=True, timeout=30)
+    assert r.returncode == 0, r
+    got = notified_payloads(pid)
+    assert len(got) == 1 and got[0].startswith("regional_prices:"), got
+    table, txid, product = got[0].split(":")
+    assert txid.isdigit() and product == str(pid), got
+
+
 if __name__ == "__main__":
     qctest.main(globals())
