@@ -92,32 +92,38 @@ def wait_reconnected(p, n_normal):
 
 
 def test_start_restart_and_reconnect_keep_hits():
-    a = qcstack.Proxy(st, workers=2).ready()
-    a.wait_health(redis="up")
-    bodies = warm(a, take(8))
-    g0 = gen()
-    assert_all_hits(a, bodies, "warm")
+    a = b = None
+    try:
+        a = qcstack.Proxy(st, workers=2).ready()
+        a.wait_health(redis="up")
+        bodies = warm(a, take(8))
+        g0 = gen()
+        assert_all_hits(a, bodies, "warm")
 
-    b = qcstack.Proxy(st, workers=2).ready()
-    b.wait_health(redis="up")
-    assert_all_hits(a, bodies, "after B started")
-    assert_all_hits(b, bodies, "B reads A's keys")
-    b.stop_clean()
-    b.start()
-    b.ready()
-    b.wait_health(redis="up")
-    assert_all_hits(a, bodies, "after B restarted")
+        b = qcstack.Proxy(st, workers=2).ready()
+        b.wait_health(redis="up")
+        assert_all_hits(a, bodies, "after B started")
+        assert_all_hits(b, bodies, "B reads A's keys")
+        b.stop_clean()
+        b.start()
+        b.ready()
+        b.wait_health(redis="up")
+        assert_all_hits(a, bodies, "after B restarted")
 
-    # Every command and subscriber connection of both instances reconnects.
-    assert kill_clients("normal") >= 4
-    kill_clients("pubsub")
-    wait_reconnected(a, 4)
-    time.sleep(0.3)
-    assert_all_hits(a, bodies, "after A's connections were killed")
-    assert_all_hits(b, bodies, "after B's connections were killed")
-    assert gen() == g0, ("global generation moved", g0, gen())
-    b.stop_clean()
-    a.stop_clean()
+        # Every command and subscriber connection of both instances reconnects.
+        assert kill_clients("normal") >= 4
+        kill_clients("pubsub")
+        wait_reconnected(a, 4)
+        time.sleep(0.3)
+        assert_all_hits(a, bodies, "after A's connections were killed")
+        assert_all_hits(b, bodies, "after B's connections were killed")
+        assert gen() == g0, ("global generation moved", g0, gen())
+        b.stop_clean()
+        a.stop_clean()
+    finally:
+        for p in (a, b):
+            if p is not None and p.running():
+                p.kill()
 
 
 def test_snapshot_from_before_an_invalidation_is_not_served():
