@@ -231,6 +231,10 @@ def test_hung_redis_is_down_without_traffic():
     t0 = time.monotonic()
     p.wait_health(redis="up", timeout=5)
     print("hung redis, no traffic: up %.2fs after SIGCONT" % (time.monotonic() - t0), flush=True)
+    err = p.stderr_text()
+    for conn in ("command", "subscriber"):  # both heartbeats noticed it
+        assert any("redis %s connection" % conn in ln and "hung" in ln
+                   for ln in err.splitlines()), err[-3000:]
     p.stop_clean()
 
 
