@@ -30,6 +30,15 @@
  * while the LISTEN path is down: see on_tick. */
 #define WATCH_EVERY_MS 250
 #define DOWN_TRUST_MS 1000
+#define ONCE_TTL_MS 60000 /* how long a (transaction, product) bump is remembered */
+#define TXID_MAX 20
+
+/* One product bump waiting in the batch; txid "" when the payload named no
+ * transaction (then every worker that hears it bumps). */
+typedef struct batch_item {
+    int64_t product_id;
+    char txid[TXID_MAX + 1];
+} batch_item;
 
 struct invalidator {
     struct event_base *base;
@@ -53,25 +62,18 @@ struct invalidator {
     struct timeval last_down_drop;
     /* Redis bumps of the notifications of this loop turn, sent by flush_ev
      * (made active by the first one). */
-    int64_t batch[BATCH_MAX];
+    batch_item batch[BATCH_MAX];
     size_t nbatch;
     bool batch_all;
     bool flush_armed;
     struct event *flush_ev;
     struct bump_op *bump; /* in flight, at most one; detached on free */
-    /* Redis could not be told of an invalidation: the global generation is
-     * owed (see invalidate_owe_global). owe_seq tells a bump sent after the
-     * debt, which pays it, from one sent before. */
-    bool owe_global;
-    unsigned owe_seq;
 };
-
-static void invalidate_owe_global(invalidator *inv);
 
 /* Drops a product's quotes (0: everything) here and bumps its generation in
  * Redis at once (the admin purge, which waits for the answer). Returns 0
- * when the bump was sent (cb, if any, fires later); a refusal is recorded
- * as an owed global bump. */
+ * when the bump was sent (cb, if any, fires later); a bump Redis may not
+ * have applied is owed by rcache and paid by a later global bump. */
 static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *arg)
 {
     char key[KEY_MAX];
@@ -83,12 +85,7 @@ static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *
         key_global_gen(key, inv->cfg->key_version);
     }
     metrics_inc(M_INVALIDATIONS);
-    if (inv->rc == NULL)
-        return -1;
-    if (rcache_incr(inv->rc, key, cb, arg) == 0)
-        return 0;
-    invalidate_owe_global(inv);
-    return -1;
+    return inv->rc != NULL ? rcache_bump(inv->rc, key, cb, arg) : -1;
 }
 
 /* ---- Redis bumps of change notifications ---- */
@@ -97,56 +94,41 @@ static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *
 typedef struct bump_op {
     invalidator *inv; /* NULL once the invalidator is gone */
     bool global;
-    unsigned owe_seq; /* inv->owe_seq when sent */
 } bump_op;
-
-/* Redis has not been told of an invalidation (the bump was refused, timed
- * out or failed, and so did the global fallback, or Redis is away): other
- * instances may serve the old quote until the global generation is bumped.
- * The debt is recorded here and paid by the next global bump that gets
- * through: the next flush sends one while it is owed, and the tick retries
- * it while Redis is up. (h-redis: a bump on reconnect may read and clear
- * inv->owe_global.) */
-static void invalidate_owe_global(invalidator *inv)
-{
-    if (!inv->owe_global)
-        log_warn("invalidate: Redis missed an invalidation; the global generation is owed");
-    inv->owe_global = true;
-    inv->owe_seq++;
-}
 
 static void on_bumped(void *arg, int status, long long result);
 
-static void bump_send(invalidator *inv, bool global, const int64_t *ids, size_t n)
+/* A global bump that Redis refuses or loses is owed by rcache (rcache_bump)
+ * and paid by its next global bump; a batch that fails falls back to one. */
+static void bump_send(invalidator *inv, bool global, const batch_item *items, size_t n)
 {
     char keys[BATCH_MAX][KEY_MAX];
-    const char *argv[BATCH_MAX];
+    char once[BATCH_MAX][KEY_MAX + TXID_MAX + 2];
+    const char *kv[BATCH_MAX], *ov[BATCH_MAX];
     bump_op *op = xcalloc(1, sizeof(*op));
     op->inv = inv;
     op->global = global;
-    op->owe_seq = inv->owe_seq;
     int rc;
     if (global) {
         key_global_gen(keys[0], inv->cfg->key_version);
-        rc = rcache_incr(inv->rc, keys[0], on_bumped, op);
-    } else if (n == 1) {
-        key_product_gen(keys[0], inv->cfg->key_version, ids[0]);
-        rc = rcache_incr(inv->rc, keys[0], on_bumped, op);
+        rc = rcache_bump(inv->rc, keys[0], on_bumped, op);
     } else {
         for (size_t i = 0; i < n; i++) {
-            key_product_gen(keys[i], inv->cfg->key_version, ids[i]);
-            argv[i] = keys[i];
+            key_product_gen(keys[i], inv->cfg->key_version, items[i].product_id);
+            once[i][0] = '\0';
+            if (items[i].txid[0] != '\0')
+                snprintf(once[i], sizeof(once[i]), "%s:%s", keys[i], items[i].txid);
+            kv[i] = keys[i];
+            ov[i] = once[i];
         }
-        rc = rcache_incr_many(inv->rc, argv, n, on_bumped, op);
+        rc = rcache_bump_many(inv->rc, kv, ov, n, ONCE_TTL_MS, on_bumped, op);
     }
     if (rc == 0) {
         inv->bump = op;
         return;
     }
     free(op);
-    if (global)
-        invalidate_owe_global(inv);
-    else
+    if (!global)
         bump_send(inv, true, NULL, 0); /* refused: never drop one silently */
 }
 
@@ -158,35 +140,31 @@ static void flush(invalidator *inv)
 {
     if (inv->bump != NULL)
         return;
-    int64_t ids[BATCH_MAX];
+    batch_item items[BATCH_MAX];
     size_t n = inv->nbatch;
-    bool all = inv->batch_all || inv->owe_global;
-    memcpy(ids, inv->batch, n * sizeof(ids[0]));
+    bool all = inv->batch_all;
+    memcpy(items, inv->batch, n * sizeof(items[0]));
     inv->nbatch = 0;
     inv->batch_all = false;
     if (inv->rc == NULL || (!all && n == 0))
         return;
-    bump_send(inv, all, ids, n);
+    bump_send(inv, all, items, n);
 }
 
-/* A bump that failed (or timed out: it may still land, but nobody can
- * tell) falls back to the global generation, and that to the debt. */
+/* A batch that failed (or timed out: it may still land, but nobody can
+ * tell) falls back to the global generation; a global one that failed is
+ * owed by rcache. */
 static void on_bumped(void *arg, int status, long long result)
 {
     (void)result;
     bump_op *op = arg;
     invalidator *inv = op->inv;
     bool global = op->global;
-    unsigned seq = op->owe_seq;
     free(op);
     if (inv == NULL)
         return;
     inv->bump = NULL;
-    if (status == RCACHE_OK && global && seq == inv->owe_seq)
-        inv->owe_global = false;
-    else if (status != RCACHE_OK && global)
-        invalidate_owe_global(inv);
-    else if (status != RCACHE_OK)
+    if (status != RCACHE_OK && !global)
         inv->batch_all = true;
     if (inv->nbatch > 0 || inv->batch_all)
         flush(inv);
@@ -203,22 +181,42 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 
 /* Drops a product's quotes (0: everything) here at once, and queues its
  * Redis bump: sent at the end of this loop turn, with every other
- * notification of the turn, or when the bump in flight answers. */
-static void invalidate_soon(invalidator *inv, int64_t product_id)
+ * notification of the turn, or when the bump in flight answers. txid: the
+ * writing transaction ("" if unknown), so the fleet bumps once for it. */
+static void invalidate_soon(invalidator *inv, int64_t product_id, const char *txid)
 {
     if (product_id > 0)
         lookup_invalidate_product(inv->lk, product_id);
     else
         lookup_invalidate_all(inv->lk);
     metrics_inc(M_INVALIDATIONS);
-    if (product_id <= 0 || inv->nbatch == BATCH_MAX)
+    if (product_id <= 0 || inv->nbatch == BATCH_MAX) {
         inv->batch_all = true;
-    else if (!inv->batch_all)
-        inv->batch[inv->nbatch++] = product_id;
+    } else if (!inv->batch_all) {
+        batch_item *it = &inv->batch[inv->nbatch++];
+        it->product_id = product_id;
+        snprintf(it->txid, sizeof(it->txid), "%s", txid);
+    }
     if (!inv->flush_armed && inv->bump == NULL) {
         inv->flush_armed = true;
         event_active(inv->flush_ev, EV_TIMEOUT, 1);
     }
+}
+
+/* "<table>:<txid>" at the head of a payload: copies the txid out and
+ * shortens the table; a head that is not that is left alone. */
+static void split_txid(const char *payload, size_t *tlen, char txid[TXID_MAX + 1])
+{
+    const char *mid = memchr(payload, ':', *tlen);
+    txid[0] = '\0';
+    if (mid == NULL)
+        return;
+    size_t n = *tlen - (size_t)(mid + 1 - payload);
+    if (n == 0 || n > TXID_MAX || strspn(mid + 1, "0123456789") < n)
+        return;
+    memcpy(txid, mid + 1, n);
+    txid[n] = '\0';
+    *tlen = (size_t)(mid - payload);
 }
 
 /* One admin purge waiting for its Redis bump and its announcement. Owned by
@@ -290,10 +288,10 @@ static void apply_pending(invalidator *inv)
 {
     evtimer_del(inv->wait_timer);
     if (inv->pending_all) {
-        invalidate_soon(inv, 0);
+        invalidate_soon(inv, 0, "");
     } else {
         for (size_t i = 0; i < inv->npending; i++)
-            invalidate_soon(inv, inv->pending[i]);
+            invalidate_soon(inv, inv->pending[i], "");
     }
     inv->pending_all = false;
     inv->npending = 0;
@@ -332,7 +330,8 @@ static void defer_until_catalog(invalidator *inv, int64_t product_id)
     catalog_reload(inv->cat);
 }
 
-/* Payload "<table>:<product id>" or "<table>:*" (triggers.sql), or
+/* Payload "<table>:<product id>" or "<table>:*", or the same with the
+ * transaction in between, "<table>:<txid>:<product id>" (triggers.sql), or
  * "admin:..." (invalidate_purge on any instance). */
 static void on_notify(void *arg, const char *payload)
 {
@@ -354,6 +353,8 @@ static void on_notify(void *arg, const char *payload)
         product_id = v;
     }
     size_t tlen = (size_t)(colon - payload);
+    char txid[TXID_MAX + 1];
+    split_txid(payload, &tlen, txid);
     bool in_catalog = (tlen == 10 && strncmp(payload, "promotions", tlen) == 0) ||
                       (tlen == 5 && strncmp(payload, "tiers", tlen) == 0) ||
                       (tlen == 8 && strncmp(payload, "fx_rates", tlen) == 0);
@@ -361,7 +362,7 @@ static void on_notify(void *arg, const char *payload)
     if (in_catalog)
         defer_until_catalog(inv, product_id);
     else
-        invalidate_soon(inv, product_id);
+        invalidate_soon(inv, product_id, txid);
 }
 
 /* Notifications sent while we were not listening are lost for good: after
@@ -394,15 +395,12 @@ static long ms_since(const struct timeval *then, const struct timeval *now)
  * about a second late on top of the time the heartbeat takes to notice.
  * When PostgreSQL is unreachable too, cached copies are the only answers
  * there are and no write can reach us through our own pool; they keep
- * being served, and the reconnect drops everything (on_listen_ready).
- * The tick also retries an owed global bump while Redis is up. */
+ * being served, and the reconnect drops everything (on_listen_ready). */
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     invalidator *inv = arg;
-    if (inv->owe_global && inv->rc != NULL && rcache_is_up(inv->rc))
-        flush(inv);
     if (!inv->connected_once || invalidate_listening(inv)) {
         inv->listen_down = false;
         return;

@@ -62,14 +62,13 @@ static void worker_redis_state(void *arg, bool up)
         lookup_redis_down(w->lk);
         return;
     }
-    /* Invalidations made while we could not reach Redis never bumped its
-     * generations (and Redis may have come back from a snapshot): bump the
-     * global one first, ahead of any read on this connection, so nothing
-     * stored before is served as current. Loads in flight here reload. */
-    char key[KEY_MAX];
-    key_global_gen(key, w->cfg->key_version);
-    rcache_incr(w->rc, key, NULL, NULL);
-    lookup_invalidate_all(w->lk);
+    /* A reconnect bumps nothing by itself (rcache_guard_generations): the
+     * shared cache survives restarts of any instance. When the connection's
+     * check did move the global generation (Redis lost data, or we owed an
+     * invalidation), loads in flight here recorded the old counters: they
+     * reload, and the in-process copies go too. */
+    if (rcache_connect_bumped(w->rc))
+        lookup_invalidate_all(w->lk);
 }
 
 static double ms_until(const struct timespec *t)
@@ -124,9 +123,15 @@ static int worker_start(worker *w, char *err, size_t errlen)
     w->pool = pgpool_new(w->base, cfg->postgres, cfg->pg_pool, cfg->pg_timeout_ms, PG_QUEUE_MAX,
                          sql_statements, SQL_COUNT);
     w->cat = catalog_new(w->base, w->pool, CATALOG_REFRESH_MS);
-    if (cfg->redis_enabled)
+    if (cfg->redis_enabled) {
+        char marker[KEY_MAX + 16], global[KEY_MAX];
         w->rc = rcache_new(w->base, cfg->redis.host, cfg->redis.port, cfg->redis_timeout_ms,
                            worker_redis_state, w);
+        /* key.h's layout: qc:<version>:gen, and its marker next to it. */
+        key_global_gen(global, cfg->key_version);
+        snprintf(marker, sizeof(marker), "%s:checked", global);
+        rcache_guard_generations(w->rc, marker, global);
+    }
     w->lk = lookup_new(w->base, cfg, w->pool, w->tax, w->cat, w->rc);
     w->inv = invalidate_new(w->base, cfg, w->lk, w->cat, w->rc, w->pool);
     server_deps deps = {cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv};
