@@ -38,6 +38,7 @@ struct server {
     struct evhttp_bound_socket *admin_sock;
     size_t inflight;
     conntrack *conns;
+    bool draining; /* stopped accepting: every answer closes its connection */
 };
 
 typedef struct req_ctx {
@@ -273,6 +274,8 @@ static bool method_ok(struct evhttp_request *req, const char *allow, enum evhttp
 static void on_public(struct evhttp_request *req, void *arg)
 {
     server *s = arg;
+    if (s->draining)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     if (!conntrack_on_request(s->conns, req)) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         send_error(req, 503, "too_many_connections", "too many client connections");
@@ -387,6 +390,8 @@ static long long parse_invalidate(struct evbuffer *body)
 static void on_admin(struct evhttp_request *req, void *arg)
 {
     server *s = arg;
+    if (s->draining)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->conns, req); /* restarts its deadline; admin is never refused */
     if (reject_oversized(s, req, R_ADMIN))
         return;
@@ -485,14 +490,15 @@ server *server_new(struct event_base *base, const server_deps *deps, char *err, 
     int load_ms = cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms + 1000;
     s->conns = conntrack_new(base, (size_t)cfg->max_conns, cfg->header_timeout_s * 1000,
                              load_ms + (cfg->idle_timeout_s + cfg->header_timeout_s) * 1000);
-    evutil_socket_t fd = open_listener(&cfg->listen, err, errlen);
+    evutil_socket_t fd =
+        cfg->listen_fd >= 0 ? cfg->listen_fd : open_listener(&cfg->listen, err, errlen);
     if (fd < 0)
         goto fail;
     s->pub = http_new(s, cfg);
     s->pub_sock = evhttp_accept_socket_with_handle(s->pub, fd);
     evhttp_set_gencb(s->pub, on_public, s);
     if (cfg->admin_enabled) {
-        fd = open_listener(&cfg->admin_listen, err, errlen);
+        fd = cfg->admin_fd >= 0 ? cfg->admin_fd : open_listener(&cfg->admin_listen, err, errlen);
         if (fd < 0)
             goto fail;
         s->admin = http_new(s, cfg);
@@ -507,6 +513,7 @@ fail:
 
 void server_stop_accepting(server *s)
 {
+    s->draining = true;
     if (s->pub_sock) {
         evhttp_del_accept_socket(s->pub, s->pub_sock);
         s->pub_sock = NULL;
@@ -520,6 +527,11 @@ void server_stop_accepting(server *s)
 size_t server_inflight(const server *s)
 {
     return s->inflight;
+}
+
+size_t server_connections(const server *s)
+{
+    return conntrack_count(s->conns);
 }
 
 void server_free(server *s)
