@@ -213,6 +213,8 @@ static void on_ready(master *m, wproc *p)
 {
     close(p->ready_fd);
     p->ready_fd = -1;
+    if (p->state == W_RETIRING)
+        return; /* a newer worker of its index was ready first */
     set_state(p, W_RUNNING);
     for (size_t i = 0; i < MAX_PROCS; i++) {
         wproc *o = &m->procs[i];
@@ -250,11 +252,13 @@ static void describe_exit(int status, char *buf, size_t len)
         snprintf(buf, len, "ended (status %d)", status);
 }
 
-static bool index_served(const master *m, int index)
+/* Whether a worker of the current generation is alive for the index: if
+ * not, one must be started (an older worker may serve it meanwhile). */
+static bool index_current(const master *m, int index)
 {
     for (size_t i = 0; i < MAX_PROCS; i++) {
         const wproc *p = &m->procs[i];
-        if (p->pid != 0 && p->index == index && p->state != W_RETIRING)
+        if (p->pid != 0 && p->index == index && p->state != W_RETIRING && p->gen == m->gen)
             return true;
     }
     return false;
@@ -289,9 +293,9 @@ static void on_death(master *m, wproc *dead, int status)
     }
     windex *ix = &m->idx[p.index];
     ix->failures = now_ms() - p.started_ms < MASTER_STABLE_MS ? ix->failures + 1 : 1;
-    if (index_served(m, p.index)) {
-        log_error("worker %d (index %d) %s; a newer worker serves its index", (int)p.pid, p.index,
-                  how);
+    if (index_current(m, p.index)) {
+        log_error("worker %d (index %d, gen %u) %s; a newer worker serves its index", (int)p.pid,
+                  p.index, p.gen, how);
         return;
     }
     int delay = master_restart_delay_ms(ix->failures);
