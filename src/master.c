@@ -189,9 +189,23 @@ static int spawn(master *m, int index, bool defer)
     return 0;
 }
 
+static void close_listeners(master *m)
+{
+    for (int i = 0; i < m->nworkers; i++) {
+        if (m->idx[i].pub_fd >= 0)
+            close(m->idx[i].pub_fd);
+        if (m->idx[i].admin_fd >= 0)
+            close(m->idx[i].admin_fd);
+        m->idx[i].pub_fd = m->idx[i].admin_fd = -1;
+    }
+}
+
+/* Stopping: the master's copies of the sockets go first, so the port
+ * closes as soon as the workers stop accepting. */
 static void stop_all(master *m, int sig)
 {
     m->stopping = true;
+    close_listeners(m);
     for (size_t i = 0; i < MAX_PROCS; i++) {
         if (m->procs[i].pid != 0)
             kill(m->procs[i].pid, sig);
@@ -460,16 +474,6 @@ static int open_listeners(master *m, char *err, size_t errlen)
         }
     }
     return 0;
-}
-
-static void close_listeners(master *m)
-{
-    for (int i = 0; i < m->nworkers; i++) {
-        if (m->idx[i].pub_fd >= 0)
-            close(m->idx[i].pub_fd);
-        if (m->idx[i].admin_fd >= 0)
-            close(m->idx[i].admin_fd);
-    }
 }
 
 int master_run(qc_config *cfg, int argc, char **argv, master_worker_fn run)
