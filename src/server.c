@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/cachestatus.h"
 #include "quotecache/conntrack.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
@@ -109,6 +110,10 @@ static void reply_quote(struct evhttp_request *req, const char *inm, const struc
     const char *x = metrics_xcache_name(a->xcache);
     if (x)
         evhttp_add_header(h, "X-Cache", x);
+    /* No ttl or Age yet: lookup_answer does not carry the copy's store time. */
+    char cs[64];
+    cache_status_render(cs, sizeof(cs), a->xcache, 0, 0, 0);
+    evhttp_add_header(h, "Cache-Status", cs);
     int status = a->status;
     if (a->retry_after_s > 0) {
         char ra[16];

@@ -334,4 +334,38 @@ def test_reload_drops_no_request():
         px.stop_clean()
 
 
+# ---------------------------------------------------------------- Cache-Status
+
+CACHE_STATUS = {"HIT": "quotecache; hit", "MISS": "quotecache; fwd=uri-miss; stored",
+                "COALESCED": "quotecache; fwd=uri-miss; collapsed",
+                "STALE": "quotecache; fwd=stale", "BYPASS": "quotecache; fwd=bypass"}
+
+
+def test_cache_status_on_every_quote_answer():
+    seen = {}
+
+    def check(h):
+        assert h.get("cache-status") == CACHE_STATUS[h["x-cache"]], h
+        seen[h["x-cache"]] = h["cache-status"]
+    px = qcstack.Proxy(st, ttl=1, stale_ttl=60).ready()
+    try:
+        st.tax_control(delay_ms=300)
+        for status, h, _ in qcstack.concurrent_gets(px.port, ["/quote/11?region=US&tier=gold"] * 5):
+            assert status == 200
+            check(h)
+        check(px.quote(11, region="US", tier="gold")[1])
+        check(px.quote(11, region="US", tier="gold", headers={"Cache-Control": "no-cache"})[1])
+        time.sleep(1.3)  # past --ttl, inside --stale-ttl
+        check(px.quote(11, region="US", tier="gold")[1])
+    finally:
+        st.tax_control(delay_ms=0)
+        px.stop_clean()
+    px = qcstack.Proxy(st, redis="none").ready()
+    try:
+        check(px.quote(12, region="US", tier="gold")[1])
+    finally:
+        px.stop_clean()
+    assert set(seen) == set(CACHE_STATUS), seen
+
+
 qctest.main(globals())
