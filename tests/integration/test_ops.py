@@ -275,6 +275,29 @@ def test_a_killed_worker_is_replaced():
         px.stop_clean()
 
 
+def test_a_worker_that_keeps_dying_is_restarted_with_backoff():
+    px = qcstack.Proxy(st, workers=1).ready()
+    try:
+        delays = []
+        for _ in range(3):
+            (pid,) = children(px.pid)
+            os.kill(pid, signal.SIGKILL)
+            qcstack.wait_until(lambda: not qcstack.pid_alive(pid), 2, "worker to die")
+            t0 = time.monotonic()
+            qcstack.wait_until(lambda: len(children(px.pid)) == 1 and
+                               children(px.pid)[0] != pid, 3, "a new worker")
+            delays.append(time.monotonic() - t0)
+        log = px.stderr_text()
+        assert log.count("restarting in 0 ms") == 1, log
+        assert "restarting in 100 ms" in log and "restarting in 200 ms" in log, log
+        assert delays[1] >= 0.1 and delays[2] >= 0.2, delays
+        assert metric_value(px, "quotecache_worker_restarts_total") == 3
+        status, _, _ = px.quote(1, region="US", tier="gold")
+        assert status == 200
+    finally:
+        px.stop_clean()
+
+
 def test_workers_that_cannot_start_stop_the_instance():
     """A worker that fails while starting (here: its tax URL) is not
     restarted forever: the instance exits 1 with the worker's one line."""
@@ -308,8 +331,9 @@ def test_reload_drops_no_request():
         loops = [ClientLoop(px, keepalive=True, threads=2), ClientLoop(px, threads=2)]
         time.sleep(0.3)
         for i in range(5):
-            if i == 4:  # the last reload also changes a setting
-                write_conf("reload.conf", conf_text.replace("max-uri = 100", "max-uri = 200"))
+            if i == 4:  # the last reload also changes two settings
+                write_conf("reload.conf", conf_text.replace("max-uri = 100", "max-uri = 200") +
+                           "log-level = debug\n")
             px.signal(signal.SIGHUP)
             pids = wait_generation(px, pids, 2)
         time.sleep(0.5)
@@ -318,12 +342,13 @@ def test_reload_drops_no_request():
         assert len(results) > 200 and not failed, (len(results), failed[:5])
         assert status_of(px, long_path(150)) == 404  # the new max-uri is in effect
         assert status_of(px, long_path(250)) == 414
+        assert re.search(r"\[(%s)\] debug: " % "|".join(map(str, pids)), px.stderr_text())
         print("%d requests over 5 reloads, none failed" % len(results))
 
         # A setting that cannot change on reload: refused, with a log line,
         # and the old configuration and workers stay.
         write_conf("reload.conf", conf_text.replace("max-uri = 100", "max-uri = 300")
-                   .replace("workers = 2", "workers = 3"))
+                   .replace("workers = 2", "workers = 3") + "log-level = debug\n")
         px.signal(signal.SIGHUP)
         qcstack.wait_until(lambda: "reload refused" in px.stderr_text(), 5, "the refusal")
         time.sleep(0.3)
