@@ -351,8 +351,10 @@ static void run_due_restarts(master *m)
  * problem keeps the old configuration and workers. */
 static void reload(master *m)
 {
-    if (m->stopping || !m->started)
+    if (m->stopping || !m->started) {
+        log_warn("reload ignored: %s", m->stopping ? "stopping" : "still starting");
         return;
+    }
     qc_config *n = xcalloc(1, sizeof(*n));
     config_problems *probs = xcalloc(1, sizeof(*probs));
     char err[256];
