@@ -240,9 +240,12 @@ static void on_ready(master *m, wproc *p)
     }
     if (!m->started) {
         /* The first generation starts one at a time, so a configuration a
-         * worker refuses gives one line, not one per worker. */
+         * worker refuses gives one line, not one per worker. Only the
+         * first listens at once (so /healthz answers, "starting" or
+         * "degraded"); the others take connections once their catalog is
+         * loaded, so no quote they take is refused for want of it. */
         if (p->index + 1 < m->nworkers) {
-            if (spawn(m, p->index + 1, false) < 0) {
+            if (spawn(m, p->index + 1, true) < 0) {
                 m->status = 1;
                 stop_all(m, SIGTERM);
             }
