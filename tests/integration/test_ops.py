@@ -255,6 +255,8 @@ def test_a_killed_worker_is_replaced():
         assert len(pids) == 2, pids
         loop = ClientLoop(px, threads=2)
         time.sleep(0.3)
+        before = scrape(px)[0]
+        assert before > 0
         os.kill(pids[0], signal.SIGKILL)
         qcstack.wait_until(lambda: not qcstack.pid_alive(pids[0]), 2, "killed worker to die")
         dead_at = time.monotonic()
@@ -267,6 +269,9 @@ def test_a_killed_worker_is_replaced():
         assert len(after) > 50, len(after)
         assert all(r == 200 for r in after), [r for r in after if r != 200][:5]
         assert metric_value(px, "quotecache_worker_restarts_total") == 1
+        # The dead worker's counts stay in its slot, which its successor
+        # continues: the instance's counters never went down.
+        assert scrape(px)[0] >= before + len(after), (before, len(after))
         now = children(px.pid)
         assert len(now) == 2 and pids[1] in now, (pids, now)
         print("replaced in %.0f ms; %d requests after the kill, all 200"
