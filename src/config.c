@@ -191,7 +191,10 @@ static int set_value(qc_config *cfg, const opt *o, const char *value)
     case T_HOSTPORT:
         break;
     }
-    return config_parse_hostport(value, (hostport *)field);
+    if (config_parse_hostport(value, (hostport *)field) == 0)
+        return 0;
+    ((hostport *)field)->port = 0; /* not the default either: nothing to bind */
+    return -1;
 }
 
 /* Applies one value to its option and records its source; a bad value is a

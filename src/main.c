@@ -264,11 +264,13 @@ static int check_config(const qc_config *cfg, const config_problems *probs)
         fprintf(stderr, "quotecache: ... and %d more problems\n", probs->dropped);
     int bad = probs->n + probs->dropped;
     char err[512];
-    if (listener_probe(&cfg->listen, err, sizeof(err)) < 0) {
+    /* Port 0: the address itself was bad, already said above. */
+    if (cfg->listen.port != 0 && listener_probe(&cfg->listen, err, sizeof(err)) < 0) {
         fprintf(stderr, "quotecache: --listen: %s\n", err);
         bad++;
     }
-    if (cfg->admin_enabled && listener_probe(&cfg->admin_listen, err, sizeof(err)) < 0) {
+    if (cfg->admin_enabled && cfg->admin_listen.port != 0 &&
+        listener_probe(&cfg->admin_listen, err, sizeof(err)) < 0) {
         fprintf(stderr, "quotecache: --admin-listen: %s\n", err);
         bad++;
     }

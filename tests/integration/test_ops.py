@@ -135,6 +135,10 @@ def test_check_config_lists_every_problem():
     assert any(":6: 'listen' already set on line 1" in l for l in lines), lines
     assert any(":9: log-level: expected debug" in l for l in lines), lines
 
+    # A bad address is one problem, not also a failed bind of the default.
+    r = run(["--listen", "nowhere", "--check-config"])
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+
     good = write_conf("good.conf", "listen = 127.0.0.1:%d\n" % port + backend_lines())
     r = run(["--config", good, "--check-config"])
     assert r.returncode == 0 and r.stderr == "", r.stderr
