@@ -61,7 +61,7 @@ def status_of(px, path):
 
 def children(pid):
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return sorted(int(p) for p in out.stdout.split())
+    return sorted(int(p) for p in out.stdout.split())  # as Proxy.worker_pids()
 
 
 # ---------------------------------------------------------------- config file
