@@ -364,6 +364,32 @@ def test_reload_drops_no_request():
         assert children(px.pid) == pids
         assert "--workers cannot change on reload" in px.stderr_text()
         assert status_of(px, long_path(250)) == 414  # still 200, not 300
+
+        # A file with an error: refused with its line, nothing changes.
+        write_conf("reload.conf", conf_text.replace("max-uri = 100", "max-uri = lots"))
+        px.signal(signal.SIGHUP)
+        want = "reload refused: %s:4: max-uri: expected an integer" % conf
+        qcstack.wait_until(lambda: want in px.stderr_text(), 5, "the refusal")
+        time.sleep(0.3)
+        assert children(px.pid) == pids
+        assert status_of(px, long_path(150)) == 404 and status_of(px, long_path(250)) == 414
+    finally:
+        px.stop_clean()
+
+
+def test_sighup_without_a_config_file_replaces_the_workers():
+    """Nothing to re-read, but the same rolling replacement (e.g. after a
+    library upgrade on disk, or to reconnect everything)."""
+    px = qcstack.Proxy(st, workers=2).ready()
+    try:
+        pids = children(px.pid)
+        loop = ClientLoop(px, keepalive=True, threads=2)
+        time.sleep(0.2)
+        px.signal(signal.SIGHUP)
+        wait_generation(px, pids, 2)
+        time.sleep(0.3)
+        results = [r for _, r in loop.stop()]
+        assert results and all(r == 200 for r in results), [r for r in results if r != 200][:5]
     finally:
         px.stop_clean()
 
