@@ -737,9 +737,16 @@ class Proxy:
         return self.returncode
 
     def kill(self):
-        """SIGKILL (a crash); returns the exit status."""
+        """SIGKILL (a crash) of the workers and the master; returns the
+        master's exit status. The workers go first: killed alone, the master
+        would let them drain gracefully (PR_SET_PDEATHSIG), not crash."""
         if self.proc is None:
             return self.returncode
+        for w in self.worker_pids():
+            try:
+                os.kill(w, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.returncode = kill_pid(self.proc.pid, signal.SIGKILL, 5, self.proc)
         self.proc = None
         return self.returncode
