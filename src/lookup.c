@@ -1,16 +1,27 @@
-/* lookup: owns the per-request lookup state (lk_req) and the per-key loads
- * (load, the owner of a flight). See lookup.h for the contract.
+/* lookup: owns the per-request lookup state (lookup_req, the request side)
+ * and the per-key loads (load, the owner of a flight: the load side). See
+ * lookup.h for the contract; freshness rules are fresh.c's.
  *
  * A request: read Redis (MGET of the two generation counters and the entry)
  * -> hit: answer; stale: answer STALE and make sure a refresh runs;
  * miss: join the key's flight, or start one and become its first waiter.
+ * A request whose client leaves is detached (lookup_cancel) and drops out
+ * of its flight at once; the load goes on without it.
  *
- * A load: take the Redis lock (SET NX PX) -> won: load from the origin,
- * store through the fenced script (which also announces the key), release
- * the lock, wake the waiters. Lost: wait for the announcement on the shared
- * subscriber connection, with a re-check at the lock's deadline; a lock that
- * expired without a value is taken over (SET NX again: exactly one wins).
- * Without Redis the same load runs in process only.
+ * A load is a state machine with one transition function, load_set_state:
+ *
+ *   NEW -> LOCKING -> LOADING -> STORING -> DONE
+ *            |          ^  \______________/ |  (fenced by a write:
+ *            |          |   REFENCING <-----+   re-read the generations)
+ *            v          |
+ *   WAITING_REMOTE <-> CHECKING_REMOTE -> LOCKING (take over) | DONE
+ *
+ * LOCKING: SET NX PX on the key's lock. Won: load from the origin, store
+ * through the fenced script (which also announces the key), release the
+ * lock, wake the waiters. Lost: wait for the announcement on the shared
+ * subscriber connection, with a re-check at the lock's deadline; a lock
+ * that expired without a value is taken over (SET NX again: one wins).
+ * Without Redis the same load runs in process only (ld->local).
  *
  * Fencing: a load remembers the generations it started under (Redis
  * counters, and a local counter bumped by invalidations seen by this
@@ -28,6 +39,7 @@
 #include <time.h>
 
 #include "quotecache/flight.h"
+#include "quotecache/fresh.h"
 #include "quotecache/hot.h"
 #include "quotecache/key.h"
 #include "quotecache/log.h"
@@ -44,31 +56,85 @@
  * carries both database changes and admin purges); this bounds the rest,
  * e.g. a purge made while PostgreSQL was away, seen only in Redis. */
 #define HOT_REDIS_MS 500
+#define REMOTE_SLACK_MS 50 /* past the lock's expiry before re-checking */
 
 typedef struct load load;
 
-typedef struct lk_req {
+/* ---- the request side ---- */
+
+enum req_phase {
+    REQ_READING,  /* the Redis read is in flight (it holds the request) */
+    REQ_DEFERRED, /* no Redis: joins a flight from a zero-delay event */
+    REQ_WAITING,  /* in a flight, with its deadline */
+};
+
+struct lookup_req {
     lookup *lk;
+    enum req_phase phase;
     flight_waiter w;
     quote_req r;
     int64_t promos[CATALOG_MAX_PROMOS_PER_QUOTE];
     size_t npromos;
     char key[KEY_MAX];
-    uint64_t stamp; /* local generation when the request arrived */
+    uint64_t stamp;  /* local generation when the request arrived */
+    fresh_gens gens; /* the Redis counters its read returned */
+    bool has_gens;
     bool no_cache;
     bool too_many_promos; /* more active promotions than a key can name */
     int64_t arrived_us;   /* no-cache: must be answered from a load sent later */
     int64_t arrived_ms;   /* the same on the wall clock, for other instances' loads */
     bool leader;          /* started the flight: answered MISS rather than COALESCED */
-    lookup_cb *cb;
+    lookup_cb *cb;        /* NULL once detached (lookup_cancel while reading) */
     void *arg;
-    struct event *deadline;
-} lk_req;
+    struct event *ev; /* REQ_DEFERRED: the deferred join; REQ_WAITING: the deadline */
+};
+
+typedef struct lookup_req lk_req;
+
+/* ---- the load side ---- */
+
+enum load_state {
+    LS_NEW,             /* created, nothing sent yet */
+    LS_LOCKING,         /* the lock attempt is in flight */
+    LS_LOADING,         /* the origin load is in flight */
+    LS_STORING,         /* the fenced store is in flight */
+    LS_REFENCING,       /* re-reading the generations before a retry */
+    LS_WAITING_REMOTE,  /* another instance holds the lock; nothing in flight */
+    LS_CHECKING_REMOTE, /* re-reading the entry while another instance holds the lock */
+    LS_DONE,            /* answered; freed before load_finish returns */
+    LS_COUNT
+};
+
+static const char *const state_name[LS_COUNT] = {
+    [LS_NEW] = "NEW",
+    [LS_LOCKING] = "LOCKING",
+    [LS_LOADING] = "LOADING",
+    [LS_STORING] = "STORING",
+    [LS_REFENCING] = "REFENCING",
+    [LS_WAITING_REMOTE] = "WAITING_REMOTE",
+    [LS_CHECKING_REMOTE] = "CHECKING_REMOTE",
+    [LS_DONE] = "DONE",
+};
+
+#define B(s) (1u << (s))
+/* The states each state may move to. Anything else is a bug: abort. */
+static const unsigned legal_next[LS_COUNT] = {
+    [LS_NEW] = B(LS_LOCKING) | B(LS_LOADING) | B(LS_DONE),
+    [LS_LOCKING] = B(LS_LOADING) | B(LS_WAITING_REMOTE) | B(LS_CHECKING_REMOTE) | B(LS_DONE),
+    [LS_LOADING] = B(LS_LOADING) | B(LS_STORING) | B(LS_REFENCING) | B(LS_DONE),
+    [LS_STORING] = B(LS_LOADING) | B(LS_REFENCING) | B(LS_DONE),
+    [LS_REFENCING] = B(LS_LOADING) | B(LS_DONE),
+    [LS_WAITING_REMOTE] = B(LS_CHECKING_REMOTE) | B(LS_LOADING) | B(LS_DONE),
+    [LS_CHECKING_REMOTE] =
+        B(LS_CHECKING_REMOTE) | B(LS_WAITING_REMOTE) | B(LS_LOCKING) | B(LS_LOADING) | B(LS_DONE),
+    [LS_DONE] = 0,
+};
 
 struct load {
     load *next, *prev; /* every live load, for shutdown */
     lookup *lk;
     flight *f;
+    enum load_state state; /* changed only by load_set_state */
     quote_req r;
     int64_t promos[CATALOG_MAX_PROMOS_PER_QUOTE];
     size_t npromos;
@@ -76,29 +142,31 @@ struct load {
     char lock_key[KEY_MAX];
     char gen_product_key[KEY_MAX];
     char token[33];
-    bool locked;               /* we hold the Redis lock */
-    bool remote;               /* another instance holds it; waiting for its value */
-    bool busy;                 /* a Redis or origin call for this load is in flight */
-    bool recheck;              /* an announcement or the deadline came while busy */
-    bool bypass;               /* Redis is not part of this load */
-    bool obsolete;             /* the promotion set moved: serve, never store, the result */
-    bool stored;               /* the result is in Redis (and announced) */
-    bool take_over;            /* the pending remote check may take the lock over */
-    int64_t origin_us;         /* when the latest origin query was sent (0: none) */
-    int64_t remote_started_ms; /* wall clock start of the other instance's load */
+    /* Orthogonal to the state: */
+    bool local;    /* Redis is not part of this load: nothing stored, no lock taken */
+    bool locked;   /* we hold the Redis lock (LOADING, STORING, REFENCING) */
+    bool obsolete; /* the promotion set moved: serve, never store, the result */
+    /* Sub-flags of the states that wait on Redis: */
+    bool recheck;            /* CHECKING_REMOTE: an announcement or deadline came meanwhile */
+    bool take_over;          /* CHECKING_REMOTE: an empty answer means the holder is gone */
+    bool taking_over;        /* LOCKING: the lock of a holder that vanished */
+    int wait_ms;             /* WAITING_REMOTE: its deadline, set before entering */
+    struct event *timer;     /* the single deadline of the current state */
+    int64_t origin_us;       /* when the latest origin query was sent (0: none) */
+    int64_t remote_began_ms; /* wall clock start of the other instance's load */
     uint64_t gen_global, gen_product;
     uint64_t local_gen;
     int attempts;
-    struct event *timer; /* deadline of the remote wait */
-    char *stale;         /* an expired copy to serve if the origin fails */
+    char *stale; /* an expired copy to serve if the origin fails */
     size_t stale_len;
-    /* the result being stored */
-    origin_result res;
+    uint64_t stale_local; /* the local generation when that copy was read */
+    origin_result res;    /* the result being stored */
 };
 
 struct lookup {
     struct event_base *base;
     const qc_config *cfg;
+    fresh_policy policy;
     pgpool *pool;
     tax_client *tax;
     catalog *cat;
@@ -118,6 +186,9 @@ struct lookup {
 
 static void load_begin(load *ld);
 static void load_origin(load *ld);
+static void remote_check(load *ld, bool take_over);
+static void req_wait(lk_req *q, const fresh_gens *g, const char *stale, size_t stale_len,
+                     uint64_t stale_local);
 
 static int64_t mono_us(void)
 {
@@ -143,16 +214,52 @@ static bool redis_usable(const lookup *lk)
     return lk->rc != NULL && rcache_is_up(lk->rc);
 }
 
+static fresh_gens gens_of(const rcache_value *v)
+{
+    fresh_gens g = {v->gen_global, v->gen_product};
+    return g;
+}
+
+static struct timeval ms_tv(int64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    return tv;
+}
+
+/* Keeps a copy in the in-process tier under the local generation stamp at
+ * which it was read (or its load began); nothing when a local invalidation
+ * came since. With Redis a copy is kept HOT_REDIS_MS at most; without, until
+ * its horizon (it is then the cache, and serves STALE too). */
+static void hot_keep(lookup *lk, const char *key, const char *value, size_t len, const envelope *e,
+                     uint64_t stamp)
+{
+    if (stamp != local_gen_of(lk, e->product_id))
+        return;
+    int64_t until = fresh_horizon_ms(&lk->policy, e);
+    if (lk->rc != NULL) {
+        int64_t soon = wall_ms() + HOT_REDIS_MS;
+        until = fresh_until_ms(&lk->policy, e);
+        until = until < soon ? until : soon;
+    }
+    hot_put(lk->hot, key, value, len, stamp, until);
+}
+
 /* ---- answering requests ---- */
+
+static void req_release(lk_req *q)
+{
+    if (q->ev)
+        event_free(q->ev);
+    q->lk->pending--;
+    free(q);
+}
 
 static void req_answer(lk_req *q, const lookup_answer *a)
 {
-    lookup *lk = q->lk;
-    if (q->deadline)
-        event_free(q->deadline);
-    lk->pending--;
-    q->cb(q->arg, a);
-    free(q);
+    lookup_cb *cb = q->cb;
+    void *arg = q->arg;
+    req_release(q);
+    cb(arg, a);
 }
 
 static void req_answer_error(lk_req *q, int status, const char *code, const char *msg,
@@ -172,24 +279,67 @@ static void req_answer_envelope(lk_req *q, const envelope *e, const char *body, 
     req_answer(q, &a);
 }
 
-/* ---- loads ---- */
+/* ---- the load state machine ---- */
 
-static load *load_new(lookup *lk, lk_req *q, const rcache_value *v)
+/* The deadline of the state ld is in, or -1 for none (the calls in flight
+ * carry their own: rcache, pgpool and tax time their ops out). */
+static int64_t load_deadline_ms(const load *ld)
+{
+    return ld->state == LS_WAITING_REMOTE ? ld->wait_ms : -1;
+}
+
+static void on_load_timer(evutil_socket_t fd, short what, void *arg);
+
+/* The one place a load changes state: checks the transition is legal, logs
+ * it, disarms the old state's deadline and arms the new one's. Sub-flags of
+ * the old state lapse. */
+static void load_set_state(load *ld, enum load_state to)
+{
+    enum load_state from = ld->state;
+    if (!(legal_next[from] & B(to))) {
+        log_error("lookup %s: illegal load transition %s -> %s", ld->key, state_name[from],
+                  state_name[to]);
+        abort();
+    }
+    log_debug("lookup %s: %s -> %s%s%s", ld->key, state_name[from], state_name[to],
+              ld->locked ? " (locked)" : "", ld->local ? " (local)" : "");
+    evtimer_del(ld->timer);
+    ld->recheck = ld->take_over = ld->taking_over = false;
+    ld->state = to;
+    int64_t ms = load_deadline_ms(ld);
+    if (ms >= 0) {
+        struct timeval tv = ms_tv(ms);
+        evtimer_add(ld->timer, &tv);
+    }
+}
+
+static void on_load_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    load *ld = arg;
+    if (ld->state == LS_WAITING_REMOTE)
+        remote_check(ld, true);
+}
+
+static load *load_new(lookup *lk, lk_req *q, const fresh_gens *g)
 {
     load *ld = xcalloc(1, sizeof(*ld));
     ld->lk = lk;
+    ld->state = LS_NEW;
     ld->r = q->r;
     memcpy(ld->promos, q->promos, sizeof(q->promos));
     ld->npromos = q->npromos;
     memcpy(ld->key, q->key, KEY_MAX);
     key_lock(ld->lock_key, ld->key);
     key_product_gen(ld->gen_product_key, lk->cfg->key_version, q->r.product_id);
-    ld->bypass = v == NULL;
-    if (v != NULL) {
-        ld->gen_global = v->gen_global;
-        ld->gen_product = v->gen_product;
+    ld->local = g == NULL;
+    if (g != NULL) {
+        ld->gen_global = g->global;
+        ld->gen_product = g->product;
     }
     ld->local_gen = local_gen_of(lk, q->r.product_id);
+    ld->timer = evtimer_new(lk->base, on_load_timer, ld);
     ld->f = flight_start(lk->flights, ld->key);
     flight_set_owner(ld->f, ld);
     ld->next = lk->loads;
@@ -211,8 +361,6 @@ static void load_unlink(load *ld)
         ld->next->prev = ld->prev;
 }
 
-static void req_wait(lk_req *q, const rcache_value *v, const char *stale, size_t stale_len);
-
 /* Read your own write: a no-cache request that arrived after this load sent
  * its query may be asking because of a write the query did not see. */
 static bool req_needs_later_load(const lk_req *q, const load *ld, const lookup_answer *a)
@@ -220,27 +368,48 @@ static bool req_needs_later_load(const lk_req *q, const load *ld, const lookup_a
     if (!q->no_cache || ld->lk->closing)
         return false;
     if (a->xcache == X_MISS || a->xcache == X_BYPASS)
-        return ld->origin_us != 0 && q->arrived_us > ld->origin_us;
+        return fresh_needs_later_load(q->arrived_us, ld->origin_us);
     /* A value another instance loaded: its envelope says when that began. */
-    return a->xcache == X_COALESCED && ld->remote_started_ms != 0 &&
-           q->arrived_ms > ld->remote_started_ms;
+    return a->xcache == X_COALESCED && fresh_needs_later_load(q->arrived_ms, ld->remote_began_ms);
 }
 
 static void req_rewait(lk_req *q, const load *ld)
 {
-    rcache_value v = {NULL, 0, ld->gen_global, ld->gen_product};
-    event_free(q->deadline);
-    q->deadline = NULL;
+    fresh_gens g = {ld->gen_global, ld->gen_product};
+    event_free(q->ev);
+    q->ev = NULL;
     q->leader = false;
-    req_wait(q, ld->bypass ? NULL : &v, NULL, 0);
+    req_wait(q, ld->local ? NULL : &g, NULL, 0, 0);
 }
+
+/* The stale copy of a failed load, if q may be given it now: judged at the
+ * moment of serving and for each waiter, never past the horizon, never
+ * after a write or purge superseded it (in Redis, as the load or the
+ * waiter's own read last saw the counters, or here). */
+static bool load_stale_for(const load *ld, const lk_req *q, const envelope *e)
+{
+    const lookup *lk = ld->lk;
+    int64_t now = wall_ms();
+    uint64_t local_now = local_gen_of(lk, ld->r.product_id);
+    fresh_gens lg = {ld->gen_global, ld->gen_product};
+    if (!fresh_may_serve_stale(&lk->policy, e, lg, ld->stale_local, local_now, now))
+        return false;
+    return !q->has_gens ||
+           fresh_may_serve_stale(&lk->policy, e, q->gens, ld->stale_local, local_now, now);
+}
+
+enum {
+    FIN_ANNOUNCED = 1, /* the result was stored and announced */
+    FIN_STALE_OK = 2   /* the origin failed: waiters may get the stale copy */
+};
 
 /* Takes the waiters out of the table first, then answers each: an answer
  * may start a new flight for the same key, which must not find this one. */
-static void load_finish(load *ld, const lookup_answer *a)
+static void load_finish(load *ld, const lookup_answer *a, int flags)
 {
     lookup *lk = ld->lk;
     size_t n;
+    load_set_state(ld, LS_DONE);
     flight_waiter *w = flight_take(lk->flights, ld->f, &n);
     flight_free(ld->f);
     load_unlink(ld);
@@ -248,22 +417,30 @@ static void load_finish(load *ld, const lookup_answer *a)
         rcache_unlock(lk->rc, ld->lock_key, ld->token, NULL, NULL);
         /* Instances waiting on our lock re-check now, not at its deadline:
          * with no value stored, one of them takes over. */
-        if (!ld->stored)
+        if (!(flags & FIN_ANNOUNCED))
             rcache_publish(lk->rc, lk->channel, ld->key, NULL, NULL);
     }
-    if (ld->timer)
-        event_free(ld->timer);
+    event_free(ld->timer);
     metrics_gauge_set(G_FLIGHTS, (int64_t)flight_table_flights(lk->flights));
     metrics_gauge_add(G_WAITERS, -(int64_t)n);
+    envelope se;
+    const char *sbody;
+    size_t slen;
+    bool have_stale = (flags & FIN_STALE_OK) && ld->stale != NULL &&
+                      envelope_decode(ld->stale, ld->stale_len, &se, &sbody, &slen) == 0;
     while (w != NULL) {
         flight_waiter *next = w->next;
         lk_req *q = (lk_req *)((char *)w - offsetof(lk_req, w));
         w = next;
+        if (have_stale && load_stale_for(ld, q, &se)) {
+            req_answer_envelope(q, &se, sbody, slen, X_STALE);
+            continue;
+        }
+        lookup_answer mine = *a;
         if (req_needs_later_load(q, ld, a)) {
             req_rewait(q, ld);
             continue;
         }
-        lookup_answer mine = *a;
         /* Everyone but the request that started the load waited on it. */
         if (!q->leader && (a->xcache == X_MISS || a->xcache == X_BYPASS))
             mine.xcache = X_COALESCED;
@@ -281,23 +458,16 @@ static void load_finish_error(load *ld, int status, const char *code, const char
     size_t len;
     char *body = quote_render_error(code, msg, &len);
     lookup_answer a = {status, body, len, NULL, X_NONE, 0};
-    load_finish(ld, &a);
+    load_finish(ld, &a, 0);
     free(body);
 }
 
-/* The origin failed: serve the stale copy if there is one. */
+/* The origin failed: each waiter gets the stale copy if it may, else the
+ * error. */
 static void load_finish_failed(load *ld, const origin_result *res)
 {
-    envelope e;
-    const char *body;
-    size_t len;
-    if (ld->stale && envelope_decode(ld->stale, ld->stale_len, &e, &body, &len) == 0) {
-        lookup_answer a = {e.status, body, len, e.status == 200 ? e.etag : NULL, X_STALE, 0};
-        load_finish(ld, &a);
-        return;
-    }
     lookup_answer a = {res->status, res->body, res->len, NULL, X_NONE, 0};
-    load_finish(ld, &a);
+    load_finish(ld, &a, FIN_STALE_OK);
 }
 
 /* The load's result as the envelope stored in Redis (caller frees). */
@@ -314,20 +484,13 @@ static char *load_envelope(const load *ld, size_t *len)
     return envelope_encode(&e, ld->res.body, ld->res.len, len);
 }
 
-static int64_t fresh_until_ms(const lookup *lk, const envelope *e)
-{
-    int64_t s = e->status == 200 ? lk->cfg->ttl_s : lk->cfg->neg_ttl_s;
-    return e->stored_at_ms + s * 1000;
-}
-
 /* Without Redis (--redis none) the in-process tier is the cache: keep the
  * result unless a write may have landed during the load. */
 static void load_keep_in_process(load *ld)
 {
     lookup *lk = ld->lk;
     bool cacheable = ld->res.status == 200 || ld->res.status == 404;
-    if (lk->rc != NULL || !cacheable || ld->obsolete ||
-        local_gen_of(lk, ld->r.product_id) != ld->local_gen)
+    if (lk->rc != NULL || !cacheable || ld->obsolete)
         return;
     size_t len;
     char *value = load_envelope(ld, &len);
@@ -335,11 +498,11 @@ static void load_keep_in_process(load *ld)
     const char *body;
     size_t blen;
     if (envelope_decode(value, len, &e, &body, &blen) == 0)
-        hot_put(lk->hot, ld->key, value, len, ld->local_gen, fresh_until_ms(lk, &e));
+        hot_keep(lk, ld->key, value, len, &e, ld->local_gen);
     free(value);
 }
 
-static void load_finish_result(load *ld)
+static void load_finish_result(load *ld, bool stored)
 {
     load_keep_in_process(ld);
     char etag[ENVELOPE_ETAG_LEN + 1];
@@ -348,9 +511,9 @@ static void load_finish_result(load *ld)
                        ld->res.body,
                        ld->res.len,
                        ld->res.status == 200 ? etag : NULL,
-                       ld->bypass ? X_BYPASS : X_MISS,
+                       ld->local ? X_BYPASS : X_MISS,
                        0};
-    load_finish(ld, &a);
+    load_finish(ld, &a, stored ? FIN_ANNOUNCED : 0);
 }
 
 static bool shutting_down(load *ld)
@@ -360,11 +523,6 @@ static bool shutting_down(load *ld)
     load_finish_error(ld, 503, "shutting_down", "the proxy is shutting down");
     return true;
 }
-
-/* A write may have landed since the load began: read the generations again
- * and load again, or give up fencing after MAX_ATTEMPTS (the result is then
- * served, never stored). */
-static void on_regen(void *arg, int status, const rcache_value *v);
 
 /* After a promotion change the request's key no longer names the current
  * promotion set: load with the set that applies now, for the waiters only.
@@ -387,6 +545,11 @@ static void load_refresh_promos(load *ld)
     ld->obsolete = true;
 }
 
+static void on_regen(void *arg, int status, const rcache_value *v);
+
+/* A write may have landed since the load began: read the generations again
+ * and load again, or give up fencing after MAX_ATTEMPTS (the result is then
+ * served, never stored). */
 static void load_retry(load *ld)
 {
     lookup *lk = ld->lk;
@@ -400,26 +563,25 @@ static void load_retry(load *ld)
         return;
     }
     ld->local_gen = local_gen_of(lk, ld->r.product_id);
-    if (!ld->bypass && redis_usable(lk) &&
+    if (!ld->local && redis_usable(lk) &&
         rcache_read(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key, on_regen, ld) == 0) {
-        ld->busy = true;
+        load_set_state(ld, LS_REFENCING);
         return;
     }
-    ld->bypass = true;
+    ld->local = true;
     load_origin(ld);
 }
 
 static void on_regen(void *arg, int status, const rcache_value *v)
 {
     load *ld = arg;
-    ld->busy = false;
     if (shutting_down(ld))
         return;
     if (status == RCACHE_OK) {
         ld->gen_global = v->gen_global;
         ld->gen_product = v->gen_product;
     } else {
-        ld->bypass = true;
+        ld->local = true;
     }
     load_origin(ld);
 }
@@ -427,7 +589,6 @@ static void on_regen(void *arg, int status, const rcache_value *v)
 static void on_store(void *arg, int status, long long stored)
 {
     load *ld = arg;
-    ld->busy = false;
     if (shutting_down(ld))
         return;
     if (status == RCACHE_OK && stored == 0) {
@@ -435,8 +596,7 @@ static void on_store(void *arg, int status, long long stored)
         load_retry(ld);
         return;
     }
-    ld->stored = status == RCACHE_OK;
-    load_finish_result(ld);
+    load_finish_result(ld, status == RCACHE_OK);
 }
 
 static void load_store(load *ld)
@@ -453,16 +613,15 @@ static void load_store(load *ld)
                           ld->gen_product, value, vlen, ttl_ms, lk->channel, on_store, ld);
     free(value);
     if (rc == 0) {
-        ld->busy = true;
+        load_set_state(ld, LS_STORING);
         return;
     }
-    load_finish_result(ld);
+    load_finish_result(ld, false);
 }
 
 static void on_origin(void *arg, origin_result *res)
 {
     load *ld = arg;
-    ld->busy = false;
     ld->res = *res; /* takes the body */
     if (shutting_down(ld))
         return;
@@ -475,8 +634,8 @@ static void on_origin(void *arg, origin_result *res)
         load_retry(ld);
         return;
     }
-    if (ld->bypass || ld->obsolete || ld->attempts >= MAX_ATTEMPTS || !redis_usable(ld->lk)) {
-        load_finish_result(ld);
+    if (ld->local || ld->obsolete || ld->attempts >= MAX_ATTEMPTS || !redis_usable(ld->lk)) {
+        load_finish_result(ld, false);
         return;
     }
     load_store(ld);
@@ -495,84 +654,88 @@ static void load_origin(load *ld)
         load_finish_failed(ld, &res);
         return;
     }
-    ld->busy = true;
+    load_set_state(ld, LS_LOADING);
 }
 
 /* ---- waiting for another instance ---- */
 
 static void on_remote_read(void *arg, int status, const rcache_value *v);
 
+static void load_wait_remote(load *ld)
+{
+    ld->wait_ms = ld->lk->cfg->lock_ttl_ms + REMOTE_SLACK_MS;
+    load_set_state(ld, LS_WAITING_REMOTE);
+}
+
 /* Reads the entry while another instance holds the lock. take_over: the
  * check comes from an announcement or the lock's deadline, so an empty
  * answer means the holder is gone or stored nothing: try the lock again. */
-static void remote_check(load *ld, bool take_over)
+static void remote_read(load *ld, bool take_over)
 {
     lookup *lk = ld->lk;
-    if (ld->busy) {
+    if (!redis_usable(lk) || rcache_read(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key,
+                                         on_remote_read, ld) < 0) {
+        /* Redis went away while we waited: load in process. */
+        ld->local = true;
+        load_origin(ld);
+        return;
+    }
+    load_set_state(ld, LS_CHECKING_REMOTE);
+    ld->take_over = take_over;
+}
+
+/* Answers the load from an entry another instance stored, when it is
+ * current. */
+/* Something says the value may be there: read it now, or once the read in
+ * flight has answered. */
+static void remote_check(load *ld, bool take_over)
+{
+    if (ld->state == LS_CHECKING_REMOTE) {
         ld->recheck = true;
         ld->take_over = ld->take_over || take_over;
         return;
     }
-    ld->take_over = take_over;
-    if (!redis_usable(lk) || rcache_read(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key,
-                                         on_remote_read, ld) < 0) {
-        /* Redis went away while we waited: load in process. */
-        ld->remote = false;
-        ld->bypass = true;
-        load_origin(ld);
-        return;
-    }
-    ld->busy = true;
+    remote_read(ld, take_over);
 }
 
-static void remote_arm(load *ld)
+static bool load_answer_remote(load *ld, int status, const rcache_value *v)
 {
-    int ms = ld->lk->cfg->lock_ttl_ms + 50;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(ld->timer, &tv);
+    envelope e;
+    const char *body;
+    size_t len;
+    if (status != RCACHE_OK || v->entry == NULL ||
+        envelope_decode(v->entry, v->entry_len, &e, &body, &len) < 0 ||
+        !fresh_is_current(&ld->lk->policy, &e, gens_of(v), wall_ms()))
+        return false;
+    lookup_answer a = {e.status, body, len, e.status == 200 ? e.etag : NULL, X_COALESCED, 0};
+    ld->remote_began_ms = fresh_load_began_ms(&e);
+    load_finish(ld, &a, 0);
+    return true;
 }
-
-static bool entry_current(const lookup *lk, const rcache_value *v, envelope *e, const char **body,
-                          size_t *len);
 
 static void on_remote_read(void *arg, int status, const rcache_value *v)
 {
     load *ld = arg;
-    lookup *lk = ld->lk;
-    ld->busy = false;
     if (shutting_down(ld))
         return;
-    envelope e;
-    const char *body;
-    size_t len;
-    if (status == RCACHE_OK && entry_current(lk, v, &e, &body, &len)) {
-        lookup_answer a = {e.status, body, len, e.status == 200 ? e.etag : NULL, X_COALESCED, 0};
-        ld->remote_started_ms = e.stored_at_ms - e.load_ms;
-        load_finish(ld, &a);
+    if (load_answer_remote(ld, status, v))
+        return;
+    bool recheck = ld->recheck, take_over = ld->take_over;
+    if (recheck) {
+        remote_read(ld, take_over);
         return;
     }
-    if (ld->recheck) {
-        ld->recheck = false;
-        remote_check(ld, ld->take_over);
+    if (!take_over && status == RCACHE_OK) {
+        load_wait_remote(ld); /* the holder is still loading: keep waiting */
         return;
     }
-    if (!ld->take_over && status == RCACHE_OK)
-        return; /* the holder is still loading: keep waiting */
     /* No value after an announcement or the lock's deadline: the holder
      * died or stored nothing. Try to take over; SET NX lets one win. */
     if (status == RCACHE_OK) {
         ld->gen_global = v->gen_global;
         ld->gen_product = v->gen_product;
     }
-    ld->remote = false;
     load_begin(ld);
-}
-
-static void on_remote_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    remote_check(arg, true);
 }
 
 static void on_message(void *arg, const char *msg, size_t len)
@@ -587,7 +750,7 @@ static void on_message(void *arg, const char *msg, size_t len)
     if (f == NULL)
         return;
     load *ld = flight_owner(f);
-    if (ld->remote)
+    if (ld->state == LS_WAITING_REMOTE || ld->state == LS_CHECKING_REMOTE)
         remote_check(ld, true);
 }
 
@@ -596,35 +759,29 @@ static void on_message(void *arg, const char *msg, size_t len)
 static void on_lock(void *arg, int status, long long acquired)
 {
     load *ld = arg;
-    ld->busy = false;
     if (shutting_down(ld))
         return;
     if (status != RCACHE_OK) {
-        ld->bypass = true; /* Redis failed us: load in process */
+        ld->local = true; /* Redis failed us: load in process */
         load_origin(ld);
         return;
     }
     if (acquired) {
-        metrics_inc(ld->attempts > 0 || ld->timer ? M_LOCK_EXPIRED : M_LOCK_ACQUIRED);
+        metrics_inc(ld->taking_over ? M_LOCK_EXPIRED : M_LOCK_ACQUIRED);
         ld->locked = true;
-        if (ld->timer)
-            evtimer_del(ld->timer); /* we hold the lock now: no remote wait */
         load_origin(ld);
         return;
     }
     metrics_inc(M_LOCK_WAITED);
-    ld->remote = true;
-    if (ld->timer == NULL)
-        ld->timer = evtimer_new(ld->lk->base, on_remote_deadline, ld);
-    remote_arm(ld);
     /* The value may have landed between our read and our lock attempt. */
+    load_wait_remote(ld);
     remote_check(ld, false);
 }
 
 static void load_begin(load *ld)
 {
     lookup *lk = ld->lk;
-    if (!ld->bypass && redis_usable(lk)) {
+    if (!ld->local && redis_usable(lk)) {
         unsigned char raw[16];
         if (RAND_bytes(raw, sizeof(raw)) != 1) {
             log_error("lookup: RAND_bytes failed");
@@ -633,11 +790,13 @@ static void load_begin(load *ld)
         for (size_t i = 0; i < sizeof(raw); i++)
             snprintf(ld->token + 2 * i, 3, "%02x", raw[i]);
         if (rcache_lock(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, on_lock, ld) == 0) {
-            ld->busy = true;
+            bool was_waiting = ld->state == LS_CHECKING_REMOTE;
+            load_set_state(ld, LS_LOCKING);
+            ld->taking_over = was_waiting;
             return;
         }
     }
-    ld->bypass = true;
+    ld->local = true;
     load_origin(ld);
 }
 
@@ -654,21 +813,28 @@ static void on_waiter_deadline(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Joins the key's flight, starting it (and its load) when there is none.
- * v: what Redis said (NULL when Redis is not in use). stale: an expired
- * copy (envelope bytes) the load may serve if the origin fails. */
-static void req_wait(lk_req *q, const rcache_value *v, const char *stale, size_t stale_len)
+ * g: the counters Redis returned (NULL when Redis is not in use). stale: an
+ * expired copy (envelope bytes, read at local generation stale_local) the
+ * load may serve if the origin fails. */
+static void req_wait(lk_req *q, const fresh_gens *g, const char *stale, size_t stale_len,
+                     uint64_t stale_local)
 {
     lookup *lk = q->lk;
     flight *f = flight_find(lk->flights, q->key);
     load *started = NULL;
+    if (g != NULL) {
+        q->gens = *g;
+        q->has_gens = true;
+    }
     if (f == NULL) {
-        started = load_new(lk, q, v);
+        started = load_new(lk, q, g);
         f = started->f;
         q->leader = true;
         if (stale) {
             started->stale = xmalloc(stale_len);
             memcpy(started->stale, stale, stale_len);
             started->stale_len = stale_len;
+            started->stale_local = stale_local;
         }
     }
     if (flight_join(lk->flights, f, &q->w) < 0) {
@@ -679,89 +845,72 @@ static void req_wait(lk_req *q, const rcache_value *v, const char *stale, size_t
         req_answer_error(q, 503, "too_many_waiters", "too many requests are waiting for this quote",
                          1);
     } else {
+        q->phase = REQ_WAITING;
         metrics_gauge_add(G_WAITERS, 1);
         const qc_config *cfg = lk->cfg;
         int ms = cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms + 1000;
-        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-        q->deadline = evtimer_new(lk->base, on_waiter_deadline, q);
-        evtimer_add(q->deadline, &tv);
+        struct timeval tv = ms_tv(ms);
+        q->ev = evtimer_new(lk->base, on_waiter_deadline, q);
+        evtimer_add(q->ev, &tv);
     }
     if (started)
         load_begin(started);
 }
 
-/* Decodes v's entry and says whether it may be served as fresh. */
-static bool entry_current(const lookup *lk, const rcache_value *v, envelope *e, const char **body,
-                          size_t *len)
-{
-    if (v->entry == NULL || envelope_decode(v->entry, v->entry_len, e, body, len) < 0)
-        return false;
-    if (e->gen_global != v->gen_global || e->gen_product != v->gen_product)
-        return false; /* invalidated since it was stored */
-    int64_t age = wall_ms() - e->stored_at_ms;
-    int64_t fresh_ms = (int64_t)(e->status == 200 ? lk->cfg->ttl_s : lk->cfg->neg_ttl_s) * 1000;
-    return age < fresh_ms;
-}
-
-/* An expired 200 that is still inside --stale-ttl and not invalidated. */
-static bool entry_stale_ok(const lookup *lk, const rcache_value *v)
-{
-    envelope e;
-    const char *body;
-    size_t len;
-    if (v->entry == NULL || envelope_decode(v->entry, v->entry_len, &e, &body, &len) < 0)
-        return false;
-    int64_t age = wall_ms() - e.stored_at_ms;
-    return e.status == 200 && e.gen_global == v->gen_global && e.gen_product == v->gen_product &&
-           age < (int64_t)(lk->cfg->ttl_s + lk->cfg->stale_ttl_s) * 1000;
-}
-
 /* Serves a stale copy now and makes sure a refresh is running. */
-static void req_serve_stale(lk_req *q, const rcache_value *v)
+static void req_serve_stale(lk_req *q, const fresh_gens *g, const char *value, size_t len)
 {
     lookup *lk = q->lk;
     envelope e;
     const char *body;
-    size_t len;
-    envelope_decode(v->entry, v->entry_len, &e, &body, &len);
+    size_t blen;
+    envelope_decode(value, len, &e, &body, &blen);
     if (flight_find(lk->flights, q->key) == NULL) {
-        load *ld = load_new(lk, q, v);
-        ld->stale = xmalloc(v->entry_len);
-        memcpy(ld->stale, v->entry, v->entry_len);
-        ld->stale_len = v->entry_len;
+        load *ld = load_new(lk, q, g);
+        ld->stale = xmalloc(len);
+        memcpy(ld->stale, value, len);
+        ld->stale_len = len;
+        ld->stale_local = q->stamp;
         load_begin(ld);
     }
-    req_answer_envelope(q, &e, body, len, X_STALE);
+    req_answer_envelope(q, &e, body, blen, X_STALE);
 }
 
 static void on_read(void *arg, int status, const rcache_value *v)
 {
     lk_req *q = arg;
     lookup *lk = q->lk;
+    if (q->cb == NULL) { /* detached: the client left */
+        req_release(q);
+        return;
+    }
     if (lk->closing) {
         req_answer_error(q, 503, "shutting_down", "the proxy is shutting down", 0);
         return;
     }
     if (status != RCACHE_OK) {
-        req_wait(q, NULL, NULL, 0);
+        req_wait(q, NULL, NULL, 0, 0);
         return;
     }
     envelope e;
     const char *body;
     size_t len;
-    if (!q->no_cache && entry_current(lk, v, &e, &body, &len)) {
-        int64_t until = wall_ms() + HOT_REDIS_MS;
-        int64_t fresh = fresh_until_ms(lk, &e);
-        hot_put(lk->hot, q->key, v->entry, v->entry_len, q->stamp, fresh < until ? fresh : until);
+    fresh_gens g = gens_of(v);
+    int64_t now = wall_ms();
+    bool decoded =
+        v->entry != NULL && envelope_decode(v->entry, v->entry_len, &e, &body, &len) == 0;
+    if (decoded && !q->no_cache && fresh_is_current(&lk->policy, &e, g, now)) {
+        hot_keep(lk, q->key, v->entry, v->entry_len, &e, q->stamp);
         req_answer_envelope(q, &e, body, len, X_HIT);
         return;
     }
-    if (!q->no_cache && entry_stale_ok(lk, v)) {
-        req_serve_stale(q, v);
+    bool stale_ok = decoded && fresh_may_serve_stale(&lk->policy, &e, g, q->stamp,
+                                                     local_gen_of(lk, q->r.product_id), now);
+    if (stale_ok && !q->no_cache) {
+        req_serve_stale(q, &g, v->entry, v->entry_len);
         return;
     }
-    bool keep_stale = v->entry != NULL && entry_stale_ok(lk, v);
-    req_wait(q, v, keep_stale ? v->entry : NULL, v->entry_len);
+    req_wait(q, &g, stale_ok ? v->entry : NULL, v->entry_len, q->stamp);
 }
 
 /* Without Redis the request still coalesces in process; the answer must
@@ -771,8 +920,8 @@ static void on_deferred(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     lk_req *q = arg;
-    event_free(q->deadline);
-    q->deadline = NULL;
+    event_free(q->ev);
+    q->ev = NULL;
     if (q->lk->closing) {
         req_answer_error(q, 503, "shutting_down", "the proxy is shutting down", 0);
         return;
@@ -782,10 +931,10 @@ static void on_deferred(evutil_socket_t fd, short what, void *arg)
                          "more promotions apply to this quote than the proxy can key", 0);
         return;
     }
-    req_wait(q, NULL, NULL, 0);
+    req_wait(q, NULL, NULL, 0, 0);
 }
 
-void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, void *arg)
+lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, void *arg)
 {
     lk_req *q = xcalloc(1, sizeof(*q));
     q->lk = lk;
@@ -804,11 +953,30 @@ void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, 
     q->stamp = local_gen_of(lk, r->product_id);
     char gp[KEY_MAX];
     key_product_gen(gp, lk->cfg->key_version, r->product_id);
+    q->phase = REQ_READING;
     if (!q->too_many_promos && redis_usable(lk) &&
         rcache_read(lk->rc, q->key, lk->gen_global_key, gp, on_read, q) == 0)
+        return q;
+    q->phase = REQ_DEFERRED;
+    q->ev = event_new(lk->base, -1, 0, on_deferred, q);
+    event_active(q->ev, EV_TIMEOUT, 1);
+    return q;
+}
+
+void lookup_cancel(lookup_req *q)
+{
+    switch (q->phase) {
+    case REQ_READING:
+        q->cb = NULL; /* the read holds q: on_read frees it */
         return;
-    q->deadline = event_new(lk->base, -1, 0, on_deferred, q);
-    event_active(q->deadline, EV_TIMEOUT, 1);
+    case REQ_WAITING:
+        flight_leave(q->lk->flights, &q->w);
+        metrics_gauge_add(G_WAITERS, -1);
+        break;
+    case REQ_DEFERRED:
+        break;
+    }
+    req_release(q);
 }
 
 void lookup_redis_down(lookup *lk)
@@ -817,8 +985,8 @@ void lookup_redis_down(lookup *lk)
      * announcement that cannot come: load in process now instead. */
     load *next;
     for (load *ld = lk->loads; ld != NULL; ld = next) {
-        next = ld->next; /* remote_check may finish (free) ld */
-        if (ld->remote && !ld->busy)
+        next = ld->next; /* the load may finish (free ld) */
+        if (ld->state == LS_WAITING_REMOTE)
             remote_check(ld, true);
     }
 }
@@ -841,7 +1009,8 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
     const char *body;
     const char *v = hot_get(lk->hot, key, local_gen_of(lk, r->product_id), now, &vlen);
     envelope *e = &lk->hot_env;
-    if (v == NULL || envelope_decode(v, vlen, e, &body, &len) < 0)
+    if (v == NULL || envelope_decode(v, vlen, e, &body, &len) < 0 ||
+        now >= fresh_until_ms(&lk->policy, e))
         return false;
     lookup_answer hit = {e->status, body, len, e->status == 200 ? e->etag : NULL, X_HIT, 0};
     *a = hit;
@@ -871,6 +1040,9 @@ lookup *lookup_new(struct event_base *base, const qc_config *cfg, pgpool *pool, 
     lookup *lk = xcalloc(1, sizeof(*lk));
     lk->base = base;
     lk->cfg = cfg;
+    lk->policy.ttl_ms = (int64_t)cfg->ttl_s * 1000;
+    lk->policy.neg_ttl_ms = (int64_t)cfg->neg_ttl_s * 1000;
+    lk->policy.stale_ms = (int64_t)cfg->stale_ttl_s * 1000;
     lk->pool = pool;
     lk->tax = tax;
     lk->cat = cat;
