@@ -33,7 +33,7 @@ bool fresh_may_serve_stale(const fresh_policy *p, const envelope *e, fresh_gens 
 
 bool fresh_needs_later_load(int64_t arrived, int64_t load_began)
 {
-    return arrived != 0 && load_began != 0 && arrived > load_began;
+    return arrived != 0 && load_began != 0 && arrived >= load_began;
 }
 
 int64_t fresh_load_began_ms(const envelope *e)

@@ -147,13 +147,16 @@ struct load {
     bool locked;   /* we hold the Redis lock (LOADING, STORING, REFENCING) */
     bool obsolete; /* the promotion set moved: serve, never store, the result */
     /* Sub-flags of the states that wait on Redis: */
-    bool recheck;            /* CHECKING_REMOTE: an announcement or deadline came meanwhile */
-    bool take_over;          /* CHECKING_REMOTE: an empty answer means the holder is gone */
-    bool taking_over;        /* LOCKING: the lock of a holder that vanished */
-    int wait_ms;             /* WAITING_REMOTE: its deadline, set before entering */
-    struct event *timer;     /* the single deadline of the current state */
-    int64_t origin_us;       /* when the latest origin query was sent (0: none) */
-    int64_t remote_began_ms; /* wall clock start of the other instance's load */
+    bool recheck;              /* CHECKING_REMOTE: an announcement or deadline came meanwhile */
+    bool taking_over;          /* LOCKING: the lock of a holder that vanished */
+    int wait_ms;               /* WAITING_REMOTE: its deadline, set before entering */
+    struct event *timer;       /* the single deadline of the current state */
+    int64_t lock_sent_us;      /* when the latest lock attempt was sent */
+    int64_t lock_renewed_us;   /* when the lock we hold was last set or extended (sent) */
+    uint64_t read_local;       /* local generation when the latest lock or check read was sent */
+    int64_t no_cache_since_ms; /* latest arrival of a no-cache waiter (wall clock; 0: none) */
+    int64_t origin_us;         /* when the latest origin query was sent (0: none) */
+    int64_t remote_began_ms;   /* wall clock start of the other instance's load */
     uint64_t gen_global, gen_product;
     uint64_t local_gen;
     int attempts;
@@ -186,7 +189,8 @@ struct lookup {
 
 static void load_begin(load *ld);
 static void load_origin(load *ld);
-static void remote_check(load *ld, bool take_over);
+static void remote_check(load *ld);
+static void load_extend_lock(load *ld);
 static void req_wait(lk_req *q, const fresh_gens *g, const char *stale, size_t stale_len,
                      uint64_t stale_local);
 
@@ -281,11 +285,49 @@ static void req_answer_envelope(lk_req *q, const envelope *e, const char *body, 
 
 /* ---- the load state machine ---- */
 
+/* How often a held lock is extended: well inside its life, so a slow load
+ * or a fenced reload never outlives it (no second instance loads). */
+static int64_t lock_lease_ms(const lookup *lk)
+{
+    int64_t ms = lk->cfg->lock_ttl_ms / 3;
+    return ms > 0 ? ms : 1;
+}
+
 /* The deadline of the state ld is in, or -1 for none (the calls in flight
- * carry their own: rcache, pgpool and tax time their ops out). */
+ * carry their own: rcache, pgpool and tax time their ops out). Waiting on
+ * another instance: the re-check when its lock expires. Working under our
+ * lock: the next extension, counted from the last one, not from entering
+ * the state, so quick transitions never postpone it. */
 static int64_t load_deadline_ms(const load *ld)
 {
-    return ld->state == LS_WAITING_REMOTE ? ld->wait_ms : -1;
+    switch (ld->state) {
+    case LS_WAITING_REMOTE:
+        return ld->wait_ms;
+    case LS_LOADING:
+    case LS_STORING:
+    case LS_REFENCING:
+        if (!ld->locked)
+            return -1;
+        int64_t due_us = ld->lock_renewed_us + lock_lease_ms(ld->lk) * 1000 - mono_us();
+        return due_us > 0 ? due_us / 1000 : 0;
+    default:
+        return -1;
+    }
+}
+
+/* Token-guarded: a lock that expired and was taken over stays the other's.
+ * Fire and forget: if ours is gone, the fenced store still keeps a result
+ * read before a write out of the cache. */
+static void load_extend_lock(load *ld)
+{
+    lookup *lk = ld->lk;
+    if (!ld->locked || !redis_usable(lk))
+        return;
+    ld->lock_renewed_us = mono_us();
+    rcache_extend(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, NULL, NULL);
+    log_debug("lookup %s: lock extended by %d ms", ld->key, lk->cfg->lock_ttl_ms);
+    struct timeval tv = ms_tv(lock_lease_ms(lk));
+    evtimer_add(ld->timer, &tv);
 }
 
 static void on_load_timer(evutil_socket_t fd, short what, void *arg);
@@ -304,7 +346,7 @@ static void load_set_state(load *ld, enum load_state to)
     log_debug("lookup %s: %s -> %s%s%s", ld->key, state_name[from], state_name[to],
               ld->locked ? " (locked)" : "", ld->local ? " (local)" : "");
     evtimer_del(ld->timer);
-    ld->recheck = ld->take_over = ld->taking_over = false;
+    ld->recheck = ld->taking_over = false;
     ld->state = to;
     int64_t ms = load_deadline_ms(ld);
     if (ms >= 0) {
@@ -319,7 +361,9 @@ static void on_load_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     load *ld = arg;
     if (ld->state == LS_WAITING_REMOTE)
-        remote_check(ld, true);
+        remote_check(ld);
+    else
+        load_extend_lock(ld);
 }
 
 static load *load_new(lookup *lk, lk_req *q, const fresh_gens *g)
@@ -389,6 +433,8 @@ static void req_rewait(lk_req *q, const load *ld)
 static bool load_stale_for(const load *ld, const lk_req *q, const envelope *e)
 {
     const lookup *lk = ld->lk;
+    if (q->no_cache)
+        return false; /* it asked for the origin's answer: never a stored copy */
     int64_t now = wall_ms();
     uint64_t local_now = local_gen_of(lk, ld->r.product_id);
     fresh_gens lg = {ld->gen_global, ld->gen_product};
@@ -484,13 +530,16 @@ static char *load_envelope(const load *ld, size_t *len)
     return envelope_encode(&e, ld->res.body, ld->res.len, len);
 }
 
-/* Without Redis (--redis none) the in-process tier is the cache: keep the
- * result unless a write may have landed during the load. */
-static void load_keep_in_process(load *ld)
+/* Keeps the result in process. Without Redis (--redis none) the
+ * in-process tier is the cache; with Redis, a result just stored replaces
+ * the copy here, so a no-cache load is read by the plain requests after it
+ * (read your own write). Never when a write may have landed during the
+ * load (hot_keep checks the local generation). */
+static void load_keep_in_process(load *ld, bool stored)
 {
     lookup *lk = ld->lk;
     bool cacheable = ld->res.status == 200 || ld->res.status == 404;
-    if (lk->rc != NULL || !cacheable || ld->obsolete)
+    if (lk->rc != NULL ? !stored : !cacheable || ld->obsolete)
         return;
     size_t len;
     char *value = load_envelope(ld, &len);
@@ -504,7 +553,7 @@ static void load_keep_in_process(load *ld)
 
 static void load_finish_result(load *ld, bool stored)
 {
-    load_keep_in_process(ld);
+    load_keep_in_process(ld, stored);
     char etag[ENVELOPE_ETAG_LEN + 1];
     envelope_etag(ld->res.body, ld->res.len, etag);
     lookup_answer a = {ld->res.status,
@@ -659,104 +708,64 @@ static void load_origin(load *ld)
 
 /* ---- waiting for another instance ---- */
 
-static void on_remote_read(void *arg, int status, const rcache_value *v);
+static void on_check(void *arg, int status, const rcache_lock_value *lv);
 
-static void load_wait_remote(load *ld)
-{
-    ld->wait_ms = ld->lk->cfg->lock_ttl_ms + REMOTE_SLACK_MS;
-    load_set_state(ld, LS_WAITING_REMOTE);
-}
-
-/* Reads the entry while another instance holds the lock. take_over: the
- * check comes from an announcement or the lock's deadline, so an empty
- * answer means the holder is gone or stored nothing: try the lock again. */
-static void remote_read(load *ld, bool take_over)
+/* Answers the load from the entry Redis returned, when it is current and,
+ * for the no-cache requests waiting, produced by a load that began after
+ * they arrived. The copy goes to the in-process tier too. */
+static bool load_answer_from_entry(load *ld, const rcache_value *v)
 {
     lookup *lk = ld->lk;
-    if (!redis_usable(lk) || rcache_read(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key,
-                                         on_remote_read, ld) < 0) {
+    envelope e;
+    const char *body;
+    size_t len;
+    if (v->entry == NULL || envelope_decode(v->entry, v->entry_len, &e, &body, &len) < 0 ||
+        !fresh_is_current(&lk->policy, &e, gens_of(v), wall_ms()))
+        return false;
+    int64_t began = fresh_load_began_ms(&e);
+    if (fresh_needs_later_load(ld->no_cache_since_ms, began))
+        return false;
+    hot_keep(lk, ld->key, v->entry, v->entry_len, &e, ld->read_local);
+    lookup_answer a = {e.status, body, len, e.status == 200 ? e.etag : NULL, X_COALESCED, 0};
+    ld->remote_began_ms = began;
+    load_finish(ld, &a, 0);
+    return true;
+}
+
+/* Reads the entry and the lock while another instance holds (or held) it. */
+static void remote_read(load *ld)
+{
+    lookup *lk = ld->lk;
+    ld->read_local = local_gen_of(lk, ld->r.product_id);
+    if (!redis_usable(lk) || rcache_check(lk->rc, ld->lock_key, ld->key, lk->gen_global_key,
+                                          ld->gen_product_key, on_check, ld) < 0) {
         /* Redis went away while we waited: load in process. */
         ld->local = true;
         load_origin(ld);
         return;
     }
     load_set_state(ld, LS_CHECKING_REMOTE);
-    ld->take_over = take_over;
 }
 
-/* Answers the load from an entry another instance stored, when it is
- * current. */
-/* Something says the value may be there: read it now, or once the read in
- * flight has answered. */
-static void remote_check(load *ld, bool take_over)
+/* Something says the value may be there (an announcement, the lock's
+ * deadline, the subscriber back): read now, or again once the read in
+ * flight has answered (it may have been executed before the news). */
+static void remote_check(load *ld)
 {
-    if (ld->state == LS_CHECKING_REMOTE) {
+    if (ld->state == LS_CHECKING_REMOTE)
         ld->recheck = true;
-        ld->take_over = ld->take_over || take_over;
-        return;
-    }
-    remote_read(ld, take_over);
+    else if (ld->state == LS_WAITING_REMOTE)
+        remote_read(ld);
 }
 
-static bool load_answer_remote(load *ld, int status, const rcache_value *v)
+static void load_wait_remote(load *ld, int64_t lock_pttl)
 {
-    envelope e;
-    const char *body;
-    size_t len;
-    if (status != RCACHE_OK || v->entry == NULL ||
-        envelope_decode(v->entry, v->entry_len, &e, &body, &len) < 0 ||
-        !fresh_is_current(&ld->lk->policy, &e, gens_of(v), wall_ms()))
-        return false;
-    lookup_answer a = {e.status, body, len, e.status == 200 ? e.etag : NULL, X_COALESCED, 0};
-    ld->remote_began_ms = fresh_load_began_ms(&e);
-    load_finish(ld, &a, 0);
-    return true;
+    int64_t ms = lock_pttl >= 0 ? lock_pttl : ld->lk->cfg->lock_ttl_ms;
+    ld->wait_ms = (int)ms + REMOTE_SLACK_MS;
+    load_set_state(ld, LS_WAITING_REMOTE);
 }
 
-static void on_remote_read(void *arg, int status, const rcache_value *v)
-{
-    load *ld = arg;
-    if (shutting_down(ld))
-        return;
-    if (load_answer_remote(ld, status, v))
-        return;
-    bool recheck = ld->recheck, take_over = ld->take_over;
-    if (recheck) {
-        remote_read(ld, take_over);
-        return;
-    }
-    if (!take_over && status == RCACHE_OK) {
-        load_wait_remote(ld); /* the holder is still loading: keep waiting */
-        return;
-    }
-    /* No value after an announcement or the lock's deadline: the holder
-     * died or stored nothing. Try to take over; SET NX lets one win. */
-    if (status == RCACHE_OK) {
-        ld->gen_global = v->gen_global;
-        ld->gen_product = v->gen_product;
-    }
-    load_begin(ld);
-}
-
-static void on_message(void *arg, const char *msg, size_t len)
-{
-    lookup *lk = arg;
-    char key[KEY_MAX];
-    if (len >= KEY_MAX)
-        return;
-    memcpy(key, msg, len);
-    key[len] = '\0';
-    flight *f = flight_find(lk->flights, key);
-    if (f == NULL)
-        return;
-    load *ld = flight_owner(f);
-    if (ld->state == LS_WAITING_REMOTE || ld->state == LS_CHECKING_REMOTE)
-        remote_check(ld, true);
-}
-
-/* ---- the lock ---- */
-
-static void on_lock(void *arg, int status, long long acquired)
+static void on_check(void *arg, int status, const rcache_lock_value *lv)
 {
     load *ld = arg;
     if (shutting_down(ld))
@@ -766,16 +775,80 @@ static void on_lock(void *arg, int status, long long acquired)
         load_origin(ld);
         return;
     }
-    if (acquired) {
+    ld->gen_global = lv->v.gen_global;
+    ld->gen_product = lv->v.gen_product;
+    if (load_answer_from_entry(ld, &lv->v))
+        return;
+    if (ld->recheck) {
+        remote_read(ld);
+        return;
+    }
+    if (lv->lock_pttl == -2) {
+        /* No value and no lock: the holder died or stored nothing. Take
+         * over at once; SET NX lets one instance win. */
+        load_begin(ld);
+        return;
+    }
+    load_wait_remote(ld, lv->lock_pttl); /* the holder is still loading */
+}
+
+static void on_message(void *arg, const char *msg, size_t len)
+{
+    lookup *lk = arg;
+    if (msg == NULL) {
+        /* The subscriber is back: announcements may have been missed. */
+        load *next;
+        for (load *ld = lk->loads; ld != NULL; ld = next) {
+            next = ld->next; /* the load may finish (free ld) */
+            remote_check(ld);
+        }
+        return;
+    }
+    char key[KEY_MAX];
+    if (len >= KEY_MAX)
+        return;
+    memcpy(key, msg, len);
+    key[len] = '\0';
+    flight *f = flight_find(lk->flights, key);
+    if (f != NULL)
+        remote_check(flight_owner(f));
+}
+
+/* ---- the lock ---- */
+
+static void on_lock(void *arg, int status, const rcache_lock_value *lv)
+{
+    load *ld = arg;
+    if (status == RCACHE_OK && lv->acquired) {
+        ld->locked = true; /* released by load_finish, whatever comes next */
+        ld->lock_renewed_us = ld->lock_sent_us;
+    }
+    if (shutting_down(ld))
+        return;
+    if (status != RCACHE_OK) {
+        ld->local = true; /* Redis failed us: load in process */
+        load_origin(ld);
+        return;
+    }
+    ld->gen_global = lv->v.gen_global;
+    ld->gen_product = lv->v.gen_product;
+    /* Check after the lock: a value stored before we won it (its holder
+     * stored, then released) is answered, not loaded again. */
+    if (load_answer_from_entry(ld, &lv->v)) {
+        if (lv->acquired)
+            metrics_inc(M_LOADS_AVOIDED);
+        return;
+    }
+    if (lv->acquired) {
         metrics_inc(ld->taking_over ? M_LOCK_EXPIRED : M_LOCK_ACQUIRED);
-        ld->locked = true;
         load_origin(ld);
         return;
     }
     metrics_inc(M_LOCK_WAITED);
-    /* The value may have landed between our read and our lock attempt. */
-    load_wait_remote(ld);
-    remote_check(ld, false);
+    /* Read again now, with the lock: the holder may have gone, or stored,
+     * while our answer travelled (announcements that came meanwhile found
+     * us LOCKING). */
+    remote_read(ld);
 }
 
 static void load_begin(load *ld)
@@ -789,10 +862,13 @@ static void load_begin(load *ld)
         }
         for (size_t i = 0; i < sizeof(raw); i++)
             snprintf(ld->token + 2 * i, 3, "%02x", raw[i]);
-        if (rcache_lock(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, on_lock, ld) == 0) {
-            bool was_waiting = ld->state == LS_CHECKING_REMOTE;
+        ld->read_local = local_gen_of(lk, ld->r.product_id);
+        ld->lock_sent_us = mono_us();
+        if (rcache_lock_read(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, ld->key,
+                             lk->gen_global_key, ld->gen_product_key, on_lock, ld) == 0) {
+            bool taking_over = ld->state == LS_CHECKING_REMOTE;
             load_set_state(ld, LS_LOCKING);
-            ld->taking_over = was_waiting;
+            ld->taking_over = taking_over;
             return;
         }
     }
@@ -846,6 +922,9 @@ static void req_wait(lk_req *q, const fresh_gens *g, const char *stale, size_t s
                          1);
     } else {
         q->phase = REQ_WAITING;
+        load *ld = flight_owner(f);
+        if (q->no_cache && q->arrived_ms > ld->no_cache_since_ms)
+            ld->no_cache_since_ms = q->arrived_ms;
         metrics_gauge_add(G_WAITERS, 1);
         const qc_config *cfg = lk->cfg;
         int ms = cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms + 1000;
@@ -910,7 +989,37 @@ static void on_read(void *arg, int status, const rcache_value *v)
         req_serve_stale(q, &g, v->entry, v->entry_len);
         return;
     }
+    /* A no-cache leader keeps the copy for the others that join it. */
     req_wait(q, &g, stale_ok ? v->entry : NULL, v->entry_len, q->stamp);
+}
+
+/* --redis none: the in-process tier is the cache, kept to the horizon. A
+ * current copy is a HIT (lookup_quote_hot answers most of them before
+ * lookup_quote), a stale one is served STALE while one refresh runs, like
+ * the Redis mode. Returns false when there is no usable copy (a no-cache
+ * request never uses one). */
+static bool req_from_process(lk_req *q)
+{
+    lookup *lk = q->lk;
+    size_t vlen, len;
+    const char *body;
+    envelope e;
+    int64_t now = wall_ms();
+    const char *v = hot_get(lk->hot, q->key, q->stamp, now, &vlen);
+    if (q->no_cache || v == NULL || envelope_decode(v, vlen, &e, &body, &len) < 0)
+        return false;
+    fresh_gens g = {e.gen_global, e.gen_product}; /* no counters: the stamp fences */
+    if (fresh_is_current(&lk->policy, &e, g, now)) {
+        req_answer_envelope(q, &e, body, len, X_HIT);
+        return true;
+    }
+    if (!fresh_may_serve_stale(&lk->policy, &e, g, q->stamp, q->stamp, now))
+        return false;
+    char *copy = xmalloc(vlen); /* hot_put may replace v as the load starts */
+    memcpy(copy, v, vlen);
+    req_serve_stale(q, NULL, copy, vlen);
+    free(copy);
+    return true;
 }
 
 /* Without Redis the request still coalesces in process; the answer must
@@ -931,6 +1040,8 @@ static void on_deferred(evutil_socket_t fd, short what, void *arg)
                          "more promotions apply to this quote than the proxy can key", 0);
         return;
     }
+    if (q->lk->rc == NULL && req_from_process(q))
+        return;
     req_wait(q, NULL, NULL, 0, 0);
 }
 
@@ -987,7 +1098,7 @@ void lookup_redis_down(lookup *lk)
     for (load *ld = lk->loads; ld != NULL; ld = next) {
         next = ld->next; /* the load may finish (free ld) */
         if (ld->state == LS_WAITING_REMOTE)
-            remote_check(ld, true);
+            remote_check(ld);
     }
 }
 
@@ -1053,6 +1164,11 @@ lookup *lookup_new(struct event_base *base, const qc_config *cfg, pgpool *pool, 
     key_channel(lk->channel, cfg->key_version);
     if (rc != NULL)
         rcache_subscribe(rc, lk->channel, on_message, lk);
+    int longest = cfg->pg_timeout_ms + cfg->tax_timeout_ms;
+    if (rc != NULL && cfg->lock_ttl_ms < longest)
+        log_info("lookup: --lock-ttl %d ms is shorter than the longest load (%d ms): a load "
+                 "extends its lock every %d ms while it runs",
+                 cfg->lock_ttl_ms, longest, (int)lock_lease_ms(lk));
     return lk;
 }
 

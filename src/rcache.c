@@ -512,8 +512,8 @@ static void cmd_on_up(struct rc_conn *c)
 
 /* ---- subscriptions ---- */
 
-/* Subscribe confirmations, and the NULL replies of a dying context, carry
- * no message and are dropped. */
+/* The NULL replies of a dying context carry no message and are dropped;
+ * a subscribe confirmation is passed on as a NULL message. */
 static void sub_on_message(redisAsyncContext *ac, void *reply, void *privdata)
 {
     const redisReply *r = reply;
@@ -525,11 +525,15 @@ static void sub_on_message(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     kind = r->element[0];
     payload = r->element[2];
-    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0 ||
-        payload->type != REDIS_REPLY_STRING)
+    if (kind->type != REDIS_REPLY_STRING)
+        return;
+    /* A (re)subscription: the subscriber tells its user that messages may
+     * have been missed while it was down. */
+    bool subscribed = strcmp(kind->str, "subscribe") == 0;
+    if (!subscribed && (strcmp(kind->str, "message") != 0 || payload->type != REDIS_REPLY_STRING))
         return;
     s->rc->hiredis_depth++;
-    s->cb(s->arg, payload->str, payload->len);
+    s->cb(s->arg, subscribed ? NULL : payload->str, subscribed ? 0 : payload->len);
     s->rc->hiredis_depth--;
 }
 
@@ -727,4 +731,172 @@ void rcache_subscribe(rcache *rc, const char *channel, rcache_message_cb *cb, vo
     rc->subs = s;
     if (rc->sub.up)
         sub_send(s);
+}
+
+/* ---- the lock with its check, the re-check, the lease (lookup.c) ----
+ *
+ * These pipeline plain commands on the command connection rather than run
+ * one script: Redis executes a connection's commands in order, so a read
+ * sent right after SET NX sees everything stored before the lock was won
+ * (a holder stores, then releases), in the same round trip. A joint
+ * collects the answers of its ops and calls the caller once, when the
+ * last has answered (or at the first failure, answered later ones are then
+ * only counted). */
+
+struct rc_joint {
+    rcache_lock_cb *cb;
+    void *arg;
+    int pending; /* ops not answered yet */
+    bool failed; /* one of them failed or could not be sent */
+    rcache_lock_value lv;
+    char *entry; /* copy of the entry: the MGET reply is gone by the end */
+};
+
+/* One op answered (or could not be sent): the caller hears once all have. */
+static void joint_answer(struct rc_joint *j, int status)
+{
+    if (status != RCACHE_OK)
+        j->failed = true;
+    if (--j->pending > 0)
+        return;
+    if (j->failed) {
+        j->cb(j->arg, RCACHE_ERR, NULL);
+    } else {
+        j->lv.v.entry = j->entry;
+        j->cb(j->arg, RCACHE_OK, &j->lv);
+    }
+    free(j->entry);
+    free(j);
+}
+
+static void joint_on_lock(void *arg, int status, long long acquired)
+{
+    struct rc_joint *j = arg;
+    j->lv.acquired = status == RCACHE_OK && acquired == 1;
+    joint_answer(j, status);
+}
+
+static void joint_on_read(void *arg, int status, const rcache_value *v)
+{
+    struct rc_joint *j = arg;
+    if (status == RCACHE_OK) {
+        j->lv.v = *v;
+        j->lv.v.entry = NULL;
+        if (v->entry != NULL) {
+            j->entry = xmalloc(v->entry_len + 1);
+            memcpy(j->entry, v->entry, v->entry_len);
+        }
+    }
+    joint_answer(j, status);
+}
+
+static void joint_on_pttl(void *arg, int status, long long pttl)
+{
+    struct rc_joint *j = arg;
+    j->lv.lock_pttl = status == RCACHE_OK ? pttl : -2;
+    joint_answer(j, status);
+}
+
+/* Sends the joint's commands; see rcache_lock_read for the contract. */
+static int joint_submit(rcache *rc, struct rc_joint *j, const char *lock_key, const char *token,
+                        int64_t ttl_ms, const char *entry_key, const char *gen_global_key,
+                        const char *gen_product_key)
+{
+    char ttl[24];
+    const char *set[] = {"SET", lock_key, token, "NX", "PX", ttl};
+    const char *mget[] = {"MGET", gen_global_key, gen_product_key, entry_key};
+    const char *pttl[] = {"PTTL", lock_key};
+    size_t lens[6];
+    int sent = 0;
+    struct rc_op *op;
+
+    /* Room for both, so a lock is never sent without its read. */
+    if (!rcache_is_up(rc) || rc->inflight + 2 > MAX_INFLIGHT) {
+        free(j);
+        return -1;
+    }
+    j->pending = 2;
+    j->lv.lock_pttl = -2;
+    if (token != NULL) {
+        snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+        arg_lens(set, lens, 6);
+        op = op_new(rc, OP_LOCK, "lock", lock_key);
+        op->done_cb = joint_on_lock;
+        op->arg = j;
+        if (op_submit(op, 6, set, lens) < 0) {
+            free(j);
+            return -1;
+        }
+        sent++;
+    }
+    arg_lens(mget, lens, 4);
+    op = op_new(rc, OP_READ, "MGET", entry_key);
+    op->read_cb = joint_on_read;
+    op->arg = j;
+    if (op_submit(op, 4, mget, lens) < 0) {
+        if (sent == 0) {
+            free(j);
+            return -1;
+        }
+        joint_answer(j, RCACHE_ERR); /* the caller hears once the lock answers */
+        return 0;
+    }
+    if (token == NULL) {
+        arg_lens(pttl, lens, 2);
+        op = op_new(rc, OP_INT, "PTTL", lock_key);
+        op->done_cb = joint_on_pttl;
+        op->arg = j;
+        if (op_submit(op, 2, pttl, lens) < 0)
+            joint_answer(j, RCACHE_ERR);
+    }
+    return 0;
+}
+
+int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                     const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                     rcache_lock_cb *cb, void *arg)
+{
+    struct rc_joint *j;
+
+    if (ttl_ms <= 0 || token == NULL)
+        return -1;
+    j = xcalloc(1, sizeof(*j));
+    j->cb = cb;
+    j->arg = arg;
+    return joint_submit(rc, j, lock_key, token, ttl_ms, entry_key, gen_global_key, gen_product_key);
+}
+
+int rcache_check(rcache *rc, const char *lock_key, const char *entry_key,
+                 const char *gen_global_key, const char *gen_product_key, rcache_lock_cb *cb,
+                 void *arg)
+{
+    struct rc_joint *j = xcalloc(1, sizeof(*j));
+
+    j->cb = cb;
+    j->arg = arg;
+    return joint_submit(rc, j, lock_key, NULL, 0, entry_key, gen_global_key, gen_product_key);
+}
+
+static const char extend_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                 "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+                                 "else\n"
+                                 "  return 0\n"
+                                 "end\n";
+
+int rcache_extend(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                  rcache_done_cb *cb, void *arg)
+{
+    char ttl[24];
+    const char *argv[] = {"EVAL", extend_lua, "1", lock_key, token, ttl};
+    size_t lens[6];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc) || ttl_ms <= 0)
+        return -1;
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    arg_lens(argv, lens, 6);
+    op = op_new(rc, OP_INT, "extend", lock_key);
+    op->done_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 6, argv, lens);
 }

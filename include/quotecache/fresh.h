@@ -49,7 +49,8 @@ bool fresh_may_serve_stale(const fresh_policy *p, const envelope *e, fresh_gens 
 /* Read your own write: a no-cache request that arrived at arrived (0: not a
  * no-cache request) must not be answered from a load that began at
  * load_began (same clock) or earlier: that load may have read the database
- * before the write the client is asking about. load_began 0 means no load
+ * before the write the client is asking about (the same tick counts as
+ * earlier: the clock cannot tell them apart). load_began 0 means no load
  * ran (an error answer): nothing to wait for. */
 bool fresh_needs_later_load(int64_t arrived, int64_t load_began);
 

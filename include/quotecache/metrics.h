@@ -24,6 +24,7 @@ enum metrics_counter {
     M_LISTEN_RECONNECTS,
     M_WAITERS_REJECTED, /* waiter bound hit: 503 */
     M_CONNS_REJECTED,   /* connection bound hit */
+    M_LOADS_AVOIDED,    /* lock won, but the value was already stored: no load */
     M_COUNTER_COUNT
 };
 

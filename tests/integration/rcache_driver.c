@@ -142,6 +142,8 @@ static void on_state(void *arg, bool up)
 static void on_msg(void *arg, const char *msg, size_t len)
 {
     (void)arg;
+    if (msg == NULL)
+        return; /* a (re)subscription confirmed, not a message */
     CHECK(len < sizeof(last_msg));
     memcpy(last_msg, msg, len);
     last_msg[len] = '\0';
