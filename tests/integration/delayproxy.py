@@ -1,5 +1,5 @@
 """delayproxy: a TCP proxy between one quotecache instance and a real
-redis-server that can delay the answers to lock attempts (SET ... NX) and
+redis-server that can delay lock attempts (SET ... NX) or their answers and
 refuse reconnects for a while: the races of the cross-instance wait
 (announcement before the lock answer, a subscriber that is down while the
 value lands) become deterministic instead of a matter of luck.
@@ -14,6 +14,7 @@ slow Redis would. Runs in threads of the test process; Python stdlib only.
     dp = DelayProxy(st.redis_port)
     px = qcstack.Proxy(st, redis=dp.addr)
     dp.nx_delay = 0.8          # seconds added to every SET NX answer
+    dp.nx_send_delay = 0.1     # seconds before every SET NX reaches Redis
     dp.blackout(1.5)           # new connections are closed at once for 1.5 s
     dp.times("nx-sent")        # when delayed answers were released
     dp.close()
@@ -111,7 +112,15 @@ class _Conn:
                         break
                     name = args[0].upper() if args else b""
                     upper = [a.upper() for a in args[1:]]
-                    if name == b"SET" and b"NX" in upper and self.dp.nx_delay > 0:
+                    is_nx = name == b"SET" and b"NX" in upper
+                    if is_nx and self.dp.nx_send_delay > 0:
+                        # Hold the lock attempt (and all after it) back.
+                        if out:
+                            self.upstream.sendall(b"".join(out))
+                            out = []
+                        time.sleep(self.dp.nx_send_delay)
+                        self.dp.note("nx-forwarded")
+                    if is_nx and self.dp.nx_delay > 0:
                         flag = "nx"
                         self.dp.note("nx")
                     elif name in (b"SUBSCRIBE", b"PSUBSCRIBE"):
@@ -169,7 +178,8 @@ class _Conn:
 class DelayProxy:
     def __init__(self, upstream_port):
         self.upstream_port = upstream_port
-        self.nx_delay = 0.0
+        self.nx_delay = 0.0       # added to each SET NX answer
+        self.nx_send_delay = 0.0  # added before each SET NX reaches Redis
         self._blackout_until = 0.0
         self.events = []  # (monotonic time, what)
         self._lock = threading.Lock()
