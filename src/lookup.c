@@ -8,20 +8,28 @@
  * A request whose client leaves is detached (lookup_cancel) and drops out
  * of its flight at once; the load goes on without it.
  *
- * A load is a state machine with one transition function, load_set_state:
+ * A load is a state machine with one transition function, load_set_state,
+ * which checks the move, logs it (debug, with the key) and arms the one
+ * deadline of the state entered:
  *
- *   NEW -> LOCKING -> LOADING -> STORING -> DONE
- *            |          ^  \______________/ |  (fenced by a write:
- *            |          |   REFENCING <-----+   re-read the generations)
- *            v          |
- *   WAITING_REMOTE <-> CHECKING_REMOTE -> LOCKING (take over) | DONE
+ *   NEW -> LOCKING ------------> LOADING -> STORING -> DONE
+ *            |                   ^  ^  \          /
+ *            v      (took over)  |  |   REFENCING <   (fenced by a write)
+ *   CHECKING_REMOTE -------------+  |
+ *            ^ |                    | (Redis gone)
+ *            | v                    |
+ *   WAITING_REMOTE -----------------+      and any state -> DONE
  *
- * LOCKING: SET NX PX on the key's lock. Won: load from the origin, store
+ * LOCKING: SET NX PX on the key's lock, with the entry read right after it
+ * in the same round trip (check after the lock: a value stored before we
+ * won is answered, not loaded again). Won: load from the origin, store
  * through the fenced script (which also announces the key), release the
- * lock, wake the waiters. Lost: wait for the announcement on the shared
- * subscriber connection, with a re-check at the lock's deadline; a lock
- * that expired without a value is taken over (SET NX again: one wins).
- * Without Redis the same load runs in process only (ld->local).
+ * lock, wake the waiters; while loading the lock is extended every
+ * lock_ttl/3. Lost: re-read at once (CHECKING_REMOTE: entry and lock in one
+ * script that also takes a free lock), then wait (WAITING_REMOTE) for the
+ * announcement on the shared subscriber connection, for the subscriber to
+ * come back, or for the lock's expiry. Without Redis the same load runs in
+ * process only (ld->local).
  *
  * Fencing: a load remembers the generations it started under (Redis
  * counters, and a local counter bumped by invalidations seen by this
@@ -126,7 +134,7 @@ static const unsigned legal_next[LS_COUNT] = {
     [LS_REFENCING] = B(LS_LOADING) | B(LS_DONE),
     [LS_WAITING_REMOTE] = B(LS_CHECKING_REMOTE) | B(LS_LOADING) | B(LS_DONE),
     [LS_CHECKING_REMOTE] =
-        B(LS_CHECKING_REMOTE) | B(LS_WAITING_REMOTE) | B(LS_LOCKING) | B(LS_LOADING) | B(LS_DONE),
+        B(LS_CHECKING_REMOTE) | B(LS_WAITING_REMOTE) | B(LS_LOADING) | B(LS_DONE),
     [LS_DONE] = 0,
 };
 
@@ -148,7 +156,6 @@ struct load {
     bool obsolete; /* the promotion set moved: serve, never store, the result */
     /* Sub-flags of the states that wait on Redis: */
     bool recheck;              /* CHECKING_REMOTE: an announcement or deadline came meanwhile */
-    bool taking_over;          /* LOCKING: the lock of a holder that vanished */
     int wait_ms;               /* WAITING_REMOTE: its deadline, set before entering */
     struct event *timer;       /* the single deadline of the current state */
     int64_t lock_sent_us;      /* when the latest lock attempt was sent */
@@ -346,7 +353,7 @@ static void load_set_state(load *ld, enum load_state to)
     log_debug("lookup %s: %s -> %s%s%s", ld->key, state_name[from], state_name[to],
               ld->locked ? " (locked)" : "", ld->local ? " (local)" : "");
     evtimer_del(ld->timer);
-    ld->recheck = ld->taking_over = false;
+    ld->recheck = false;
     ld->state = to;
     int64_t ms = load_deadline_ms(ld);
     if (ms >= 0) {
@@ -732,13 +739,30 @@ static bool load_answer_from_entry(load *ld, const rcache_value *v)
     return true;
 }
 
-/* Reads the entry and the lock while another instance holds (or held) it. */
+/* A fresh token for each lock attempt: an extension or release never
+ * touches a lock that expired and is someone else's now. */
+static void load_new_token(load *ld)
+{
+    unsigned char raw[16];
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        log_error("lookup: RAND_bytes failed");
+        abort();
+    }
+    for (size_t i = 0; i < sizeof(raw); i++)
+        snprintf(ld->token + 2 * i, 3, "%02x", raw[i]);
+}
+
+/* Reads the entry and the lock while another instance holds (or held) it;
+ * a free lock is taken in the same step (take-over). */
 static void remote_read(load *ld)
 {
     lookup *lk = ld->lk;
+    load_new_token(ld);
     ld->read_local = local_gen_of(lk, ld->r.product_id);
-    if (!redis_usable(lk) || rcache_check(lk->rc, ld->lock_key, ld->key, lk->gen_global_key,
-                                          ld->gen_product_key, on_check, ld) < 0) {
+    ld->lock_sent_us = mono_us();
+    if (!redis_usable(lk) ||
+        rcache_check(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, ld->key,
+                     lk->gen_global_key, ld->gen_product_key, on_check, ld) < 0) {
         /* Redis went away while we waited: load in process. */
         ld->local = true;
         load_origin(ld);
@@ -768,6 +792,10 @@ static void load_wait_remote(load *ld, int64_t lock_pttl)
 static void on_check(void *arg, int status, const rcache_lock_value *lv)
 {
     load *ld = arg;
+    if (status == RCACHE_OK && lv->acquired) {
+        ld->locked = true; /* the lock was free: ours now, released by load_finish */
+        ld->lock_renewed_us = ld->lock_sent_us;
+    }
     if (shutting_down(ld))
         return;
     if (status != RCACHE_OK) {
@@ -777,16 +805,20 @@ static void on_check(void *arg, int status, const rcache_lock_value *lv)
     }
     ld->gen_global = lv->v.gen_global;
     ld->gen_product = lv->v.gen_product;
-    if (load_answer_from_entry(ld, &lv->v))
-        return;
-    if (ld->recheck) {
-        remote_read(ld);
+    if (load_answer_from_entry(ld, &lv->v)) {
+        if (lv->acquired)
+            metrics_inc(M_LOADS_AVOIDED);
         return;
     }
-    if (lv->lock_pttl == -2) {
-        /* No value and no lock: the holder died or stored nothing. Take
-         * over at once; SET NX lets one instance win. */
-        load_begin(ld);
+    if (lv->acquired) {
+        /* No value and no lock: the holder died or stored nothing. We took
+         * the lock over in the same step; load now. */
+        metrics_inc(M_LOCK_EXPIRED);
+        load_origin(ld);
+        return;
+    }
+    if (ld->recheck) {
+        remote_read(ld);
         return;
     }
     load_wait_remote(ld, lv->lock_pttl); /* the holder is still loading */
@@ -840,7 +872,7 @@ static void on_lock(void *arg, int status, const rcache_lock_value *lv)
         return;
     }
     if (lv->acquired) {
-        metrics_inc(ld->taking_over ? M_LOCK_EXPIRED : M_LOCK_ACQUIRED);
+        metrics_inc(M_LOCK_ACQUIRED);
         load_origin(ld);
         return;
     }
@@ -855,20 +887,12 @@ static void load_begin(load *ld)
 {
     lookup *lk = ld->lk;
     if (!ld->local && redis_usable(lk)) {
-        unsigned char raw[16];
-        if (RAND_bytes(raw, sizeof(raw)) != 1) {
-            log_error("lookup: RAND_bytes failed");
-            abort();
-        }
-        for (size_t i = 0; i < sizeof(raw); i++)
-            snprintf(ld->token + 2 * i, 3, "%02x", raw[i]);
+        load_new_token(ld);
         ld->read_local = local_gen_of(lk, ld->r.product_id);
         ld->lock_sent_us = mono_us();
         if (rcache_lock_read(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, ld->key,
                              lk->gen_global_key, ld->gen_product_key, on_lock, ld) == 0) {
-            bool taking_over = ld->state == LS_CHECKING_REMOTE;
             load_set_state(ld, LS_LOCKING);
-            ld->taking_over = taking_over;
             return;
         }
     }

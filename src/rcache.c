@@ -85,9 +85,10 @@ struct rcache {
 };
 
 enum op_kind {
-    OP_READ, /* MGET gen_global gen_product entry -> rcache_value */
-    OP_INT,  /* integer reply -> result */
-    OP_LOCK, /* +OK -> 1, nil -> 0 */
+    OP_READ,  /* MGET gen_global gen_product entry -> rcache_value */
+    OP_INT,   /* integer reply -> result */
+    OP_LOCK,  /* +OK -> 1, nil -> 0 */
+    OP_CHECK, /* the check script's array -> rcache_lock_value (rcache_check) */
 };
 
 struct rc_op {
@@ -97,6 +98,7 @@ struct rc_op {
     char key[64];     /* first key, truncated, for logs */
     rcache_read_cb *read_cb;
     rcache_done_cb *done_cb; /* may be NULL: nobody to tell */
+    rcache_lock_cb *lock_cb; /* OP_CHECK */
     void *arg;
     struct event *deadline;
     bool done; /* the caller has had its answer; only freeing is left */
@@ -259,6 +261,8 @@ static void op_fail(struct rc_op *op, const char *why)
     }
     if (op->kind == OP_READ)
         op->read_cb(op->arg, RCACHE_ERR, NULL);
+    else if (op->kind == OP_CHECK)
+        op->lock_cb(op->arg, RCACHE_ERR, NULL);
     else if (op->done_cb)
         op->done_cb(op->arg, RCACHE_ERR, 0);
 }
@@ -296,6 +300,8 @@ static void op_answer_read(struct rc_op *op, const redisReply *r)
     op->read_cb(op->arg, RCACHE_OK, &v);
 }
 
+static void op_answer_check(struct rc_op *op, const redisReply *r);
+
 static void op_answer(struct rc_op *op, const redisReply *r)
 {
     if (!r) {
@@ -319,6 +325,9 @@ static void op_answer(struct rc_op *op, const redisReply *r)
             op_succeed(op, r->integer);
         else
             op_fail(op, "expected an integer reply");
+        return;
+    case OP_CHECK:
+        op_answer_check(op, r);
         return;
     case OP_LOCK:
         if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0)
@@ -733,16 +742,14 @@ void rcache_subscribe(rcache *rc, const char *channel, rcache_message_cb *cb, vo
         sub_send(s);
 }
 
-/* ---- the lock with its check, the re-check, the lease (lookup.c) ----
- *
- * These pipeline plain commands on the command connection rather than run
- * one script: Redis executes a connection's commands in order, so a read
- * sent right after SET NX sees everything stored before the lock was won
- * (a holder stores, then releases), in the same round trip. A joint
- * collects the answers of its ops and calls the caller once, when the
- * last has answered (or at the first failure, answered later ones are then
- * only counted). */
+/* ---- the lock with its check, the re-check, the lease (lookup.c) ---- */
 
+/* The lock attempt pipelines SET NX and the read on the command
+ * connection rather than run a script: Redis executes a connection's
+ * commands in order, so the read sent right after SET NX sees everything
+ * stored before the lock was won (a holder stores, then releases), in the
+ * same round trip. A joint collects the two answers and calls the caller
+ * once, when both are in. */
 struct rc_joint {
     rcache_lock_cb *cb;
     void *arg;
@@ -752,7 +759,6 @@ struct rc_joint {
     char *entry; /* copy of the entry: the MGET reply is gone by the end */
 };
 
-/* One op answered (or could not be sent): the caller hears once all have. */
 static void joint_answer(struct rc_joint *j, int status)
 {
     if (status != RCACHE_OK)
@@ -790,91 +796,102 @@ static void joint_on_read(void *arg, int status, const rcache_value *v)
     joint_answer(j, status);
 }
 
-static void joint_on_pttl(void *arg, int status, long long pttl)
-{
-    struct rc_joint *j = arg;
-    j->lv.lock_pttl = status == RCACHE_OK ? pttl : -2;
-    joint_answer(j, status);
-}
-
-/* Sends the joint's commands; see rcache_lock_read for the contract. */
-static int joint_submit(rcache *rc, struct rc_joint *j, const char *lock_key, const char *token,
-                        int64_t ttl_ms, const char *entry_key, const char *gen_global_key,
-                        const char *gen_product_key)
+int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                     const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                     rcache_lock_cb *cb, void *arg)
 {
     char ttl[24];
     const char *set[] = {"SET", lock_key, token, "NX", "PX", ttl};
     const char *mget[] = {"MGET", gen_global_key, gen_product_key, entry_key};
-    const char *pttl[] = {"PTTL", lock_key};
     size_t lens[6];
-    int sent = 0;
     struct rc_op *op;
+    struct rc_joint *j;
 
     /* Room for both, so a lock is never sent without its read. */
-    if (!rcache_is_up(rc) || rc->inflight + 2 > MAX_INFLIGHT) {
-        free(j);
+    if (!rcache_is_up(rc) || ttl_ms <= 0 || rc->inflight + 2 > MAX_INFLIGHT)
         return -1;
-    }
+    j = xcalloc(1, sizeof(*j));
+    j->cb = cb;
+    j->arg = arg;
     j->pending = 2;
     j->lv.lock_pttl = -2;
-    if (token != NULL) {
-        snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
-        arg_lens(set, lens, 6);
-        op = op_new(rc, OP_LOCK, "lock", lock_key);
-        op->done_cb = joint_on_lock;
-        op->arg = j;
-        if (op_submit(op, 6, set, lens) < 0) {
-            free(j);
-            return -1;
-        }
-        sent++;
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    arg_lens(set, lens, 6);
+    op = op_new(rc, OP_LOCK, "lock", lock_key);
+    op->done_cb = joint_on_lock;
+    op->arg = j;
+    if (op_submit(op, 6, set, lens) < 0) {
+        free(j);
+        return -1;
     }
     arg_lens(mget, lens, 4);
     op = op_new(rc, OP_READ, "MGET", entry_key);
     op->read_cb = joint_on_read;
     op->arg = j;
-    if (op_submit(op, 4, mget, lens) < 0) {
-        if (sent == 0) {
-            free(j);
-            return -1;
-        }
+    if (op_submit(op, 4, mget, lens) < 0)
         joint_answer(j, RCACHE_ERR); /* the caller hears once the lock answers */
-        return 0;
-    }
-    if (token == NULL) {
-        arg_lens(pttl, lens, 2);
-        op = op_new(rc, OP_INT, "PTTL", lock_key);
-        op->done_cb = joint_on_pttl;
-        op->arg = j;
-        if (op_submit(op, 2, pttl, lens) < 0)
-            joint_answer(j, RCACHE_ERR);
-    }
     return 0;
 }
 
-int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
-                     const char *entry_key, const char *gen_global_key, const char *gen_product_key,
-                     rcache_lock_cb *cb, void *arg)
-{
-    struct rc_joint *j;
+/* The re-check of a load waiting on another instance: one script, so that
+ * "no lock" and taking it are one step (a take-over never races a second
+ * round trip). A missing counter reads as false, as in MGET. */
+static const char check_lua[] =
+    "local r = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])\n"
+    "local got = 0\n"
+    "if ARGV[1] ~= '' and redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
+    "  got = 1\n"
+    "end\n"
+    "return {r[1], r[2], r[3], got, redis.call('PTTL', KEYS[4])}\n";
 
-    if (ttl_ms <= 0 || token == NULL)
-        return -1;
-    j = xcalloc(1, sizeof(*j));
-    j->cb = cb;
-    j->arg = arg;
-    return joint_submit(rc, j, lock_key, token, ttl_ms, entry_key, gen_global_key, gen_product_key);
+static void op_answer_check(struct rc_op *op, const redisReply *r)
+{
+    rcache_lock_value lv = {0};
+    const redisReply *entry;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+        r->element[3]->type != REDIS_REPLY_INTEGER || r->element[4]->type != REDIS_REPLY_INTEGER) {
+        op_fail(op, "unexpected reply shape");
+        return;
+    }
+    if (parse_gen(r->element[0], &lv.v.gen_global) < 0 ||
+        parse_gen(r->element[1], &lv.v.gen_product) < 0) {
+        op_fail(op, "generation counter is not an unsigned integer");
+        return;
+    }
+    entry = r->element[2];
+    if (entry->type == REDIS_REPLY_STRING) {
+        lv.v.entry = entry->str;
+        lv.v.entry_len = entry->len;
+    } else if (entry->type != REDIS_REPLY_NIL) {
+        op_fail(op, "entry is not a string");
+        return;
+    }
+    lv.acquired = r->element[3]->integer == 1;
+    lv.lock_pttl = r->element[4]->integer;
+    op->done = true;
+    op->lock_cb(op->arg, RCACHE_OK, &lv);
 }
 
-int rcache_check(rcache *rc, const char *lock_key, const char *entry_key,
-                 const char *gen_global_key, const char *gen_product_key, rcache_lock_cb *cb,
-                 void *arg)
+int rcache_check(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                 const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                 rcache_lock_cb *cb, void *arg)
 {
-    struct rc_joint *j = xcalloc(1, sizeof(*j));
+    char ttl[24];
+    const char *argv[] = {"EVAL",         check_lua,          "4",
+                          gen_global_key, gen_product_key,    entry_key,
+                          lock_key,       token ? token : "", ttl};
+    size_t lens[9];
+    struct rc_op *op;
 
-    j->cb = cb;
-    j->arg = arg;
-    return joint_submit(rc, j, lock_key, NULL, 0, entry_key, gen_global_key, gen_product_key);
+    if (!rcache_is_up(rc) || (token != NULL && ttl_ms <= 0))
+        return -1;
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms > 0 ? ttl_ms : 1);
+    arg_lens(argv, lens, 9);
+    op = op_new(rc, OP_CHECK, "check", lock_key);
+    op->lock_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 9, argv, lens);
 }
 
 static const char extend_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"

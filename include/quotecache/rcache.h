@@ -93,7 +93,7 @@ void rcache_subscribe(rcache *rc, const char *channel, rcache_message_cb *cb, vo
 /* What a lock attempt or a lock check returns. */
 typedef struct rcache_lock_value {
     rcache_value v;    /* as rcache_read; pointers valid only during the callback */
-    bool acquired;     /* rcache_lock_read: the lock is ours now */
+    bool acquired;     /* the lock is ours now */
     int64_t lock_pttl; /* rcache_check: ms the lock still lives; -2 none, -1 no expiry */
 } rcache_lock_value;
 typedef void rcache_lock_cb(void *arg, int status, const rcache_lock_value *lv);
@@ -104,11 +104,12 @@ typedef void rcache_lock_cb(void *arg, int status, const rcache_lock_value *lv);
 int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
                      const char *entry_key, const char *gen_global_key, const char *gen_product_key,
                      rcache_lock_cb *cb, void *arg);
-/* The read of rcache_read, then PTTL lock_key, in one round trip (never
- * takes the lock; acquired is false). */
-int rcache_check(rcache *rc, const char *lock_key, const char *entry_key,
-                 const char *gen_global_key, const char *gen_product_key, rcache_lock_cb *cb,
-                 void *arg);
+/* One script: the read of rcache_read and PTTL lock_key; with a token, a
+ * free lock is also taken (SET NX PX ttl_ms) in the same step: no value
+ * and no lock means take over at once. */
+int rcache_check(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                 const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                 rcache_lock_cb *cb, void *arg);
 /* Token-guarded PEXPIRE (Lua): extends lock_key to ttl_ms only if it still
  * holds token. result: 1 extended, 0 not ours any more. cb may be NULL. */
 int rcache_extend(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
