@@ -58,9 +58,9 @@ static void test_read_your_write(void)
 {
     CHECK(!fresh_needs_later_load(0, 500));   /* not a no-cache request */
     CHECK(!fresh_needs_later_load(400, 500)); /* arrived before the load began */
-    CHECK(fresh_needs_later_load(500, 500)); /* the same tick: cannot tell, so wait */
-    CHECK(fresh_needs_later_load(501, 500)); /* the load may predate the write */
-    CHECK(!fresh_needs_later_load(501, 0));  /* no load ran: nothing to wait for */
+    CHECK(fresh_needs_later_load(500, 500));  /* the same tick: cannot tell, so wait */
+    CHECK(fresh_needs_later_load(501, 500));  /* the load may predate the write */
+    CHECK(!fresh_needs_later_load(501, 0));   /* no load ran: nothing to wait for */
     envelope e = entry(200, 1000, 0, 0);
     CHECK(fresh_load_began_ms(&e) == 960);
 }
