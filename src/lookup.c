@@ -265,12 +265,14 @@ static void req_release(lk_req *q)
     free(q);
 }
 
+/* A detached request (its client left) is only released. */
 static void req_answer(lk_req *q, const lookup_answer *a)
 {
     lookup_cb *cb = q->cb;
     void *arg = q->arg;
     req_release(q);
-    cb(arg, a);
+    if (cb != NULL)
+        cb(arg, a);
 }
 
 static void req_answer_error(lk_req *q, int status, const char *code, const char *msg,
@@ -922,6 +924,14 @@ static void req_wait(lk_req *q, const fresh_gens *g, const char *stale, size_t s
     lookup *lk = q->lk;
     flight *f = flight_find(lk->flights, q->key);
     load *started = NULL;
+    if (q->cb == NULL) {
+        /* Its client left before it could join: the load it would have
+         * started still runs and fills the cache, with nobody waiting. */
+        if (f == NULL)
+            load_begin(load_new(lk, q, g));
+        req_release(q);
+        return;
+    }
     if (g != NULL) {
         q->gens = *g;
         q->has_gens = true;
@@ -983,10 +993,6 @@ static void on_read(void *arg, int status, const rcache_value *v)
 {
     lk_req *q = arg;
     lookup *lk = q->lk;
-    if (q->cb == NULL) { /* detached: the client left */
-        req_release(q);
-        return;
-    }
     if (lk->closing) {
         req_answer_error(q, 503, "shutting_down", "the proxy is shutting down", 0);
         return;
@@ -1102,16 +1108,17 @@ void lookup_cancel(lookup_req *q)
 {
     switch (q->phase) {
     case REQ_READING:
-        q->cb = NULL; /* the read holds q: on_read frees it */
+    case REQ_DEFERRED:
+        /* The read (or the deferred join) holds q and goes on, detached:
+         * a miss still starts the load, so the cache is filled. */
+        q->cb = NULL;
         return;
     case REQ_WAITING:
         flight_leave(q->lk->flights, &q->w);
         metrics_gauge_add(G_WAITERS, -1);
-        break;
-    case REQ_DEFERRED:
-        break;
+        req_release(q);
+        return;
     }
-    req_release(q);
 }
 
 void lookup_redis_down(lookup *lk)

@@ -61,7 +61,8 @@ lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_c
 /* The caller has gone (its client closed the connection): the callback will
  * never fire and q is invalid from now on. A waiter leaves its flight at
  * once (it no longer counts against --max-waiters); a request whose Redis
- * read is in flight is released when that read answers. */
+ * read is in flight is released when that read answers, after starting the
+ * load a miss calls for (the cache is still filled). */
 void lookup_cancel(lookup_req *q);
 
 /* The in-process tier: when it holds a current copy for r, fills *a (valid
