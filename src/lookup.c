@@ -151,11 +151,11 @@ struct load {
     char gen_product_key[KEY_MAX];
     char token[33];
     /* Orthogonal to the state: */
-    bool local;    /* Redis is not part of this load: nothing stored, no lock taken */
-    bool locked;   /* we hold the Redis lock (LOADING, STORING, REFENCING) */
+    bool local;    /* Redis is not part of this load: nothing stored */
+    bool locked;   /* we hold the Redis lock: extended while loading, released at DONE */
     bool obsolete; /* the promotion set moved: serve, never store, the result */
-    /* Sub-flags of the states that wait on Redis: */
-    bool recheck;              /* CHECKING_REMOTE: an announcement or deadline came meanwhile */
+    /* Sub-flag and parameter of the states that wait on another instance: */
+    bool recheck;              /* CHECKING_REMOTE: news came while the read was in flight */
     int wait_ms;               /* WAITING_REMOTE: its deadline, set before entering */
     struct event *timer;       /* the single deadline of the current state */
     int64_t lock_sent_us;      /* when the latest lock attempt was sent */
