@@ -341,9 +341,11 @@ def test_remote_wait_rechecks_when_the_subscriber_comes_back():
         subs_before = len(dp.times("subscribe"))
         dp.blackout(t_a + 1.4 - time.monotonic())  # past a's store at ~t_a + 1.0
         killed = int(st.redis_cli("CLIENT", "KILL", "TYPE", "pubsub"))
+        t_kill = time.monotonic()
         assert killed >= 2, killed  # a's and b's subscribers
         res = waiters.get()
         assert lead.get()[0] == 200
+        assert t_kill < lead.done_at, "too slow: a stored before b's subscriber was killed"
         back = [t for t in dp.times("subscribe")[subs_before:] if t > t_a + 1.4]
         assert back, "b's subscriber never came back"
         assert lead.done_at < back[0], "a stored after b's subscriber was back"
