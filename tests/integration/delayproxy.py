@@ -13,7 +13,7 @@ slow Redis would. Runs in threads of the test process; Python stdlib only.
 
     dp = DelayProxy(st.redis_port)
     px = qcstack.Proxy(st, redis=dp.addr)
-    dp.nx_delay = 0.8          # seconds added to every SET NX answer
+    dp.nx_delay = 0.8          # seconds added to the answer of every SET NX sent from now on
     dp.nx_send_delay = 0.1     # seconds before every SET NX reaches Redis
     dp.blackout(1.5)           # new connections are closed at once for 1.5 s
     dp.times("nx-sent")        # when delayed answers were released
@@ -79,7 +79,7 @@ class _Conn:
         self.dp = dp
         self.client = client
         self.upstream = socket.create_connection(("127.0.0.1", dp.upstream_port))
-        self.flags = []  # per command sent upstream, in order: None, "nx", "sub"
+        self.flags = []  # per command sent upstream, in order: None, ("nx", delay), "sub"
         self.cv = threading.Condition()
         self.closed = False
         for fn in (self.c2s, self.s2c):
@@ -121,7 +121,7 @@ class _Conn:
                         time.sleep(self.dp.nx_send_delay)
                         self.dp.note("nx-forwarded")
                     if is_nx and self.dp.nx_delay > 0:
-                        flag = "nx"
+                        flag = ("nx", self.dp.nx_delay)  # fixed when the command is sent
                         self.dp.note("nx")
                     elif name in (b"SUBSCRIBE", b"PSUBSCRIBE"):
                         flag = "sub"
@@ -159,8 +159,8 @@ class _Conn:
                         break
                     with self.cv:
                         flag = self.flags.pop(0) if self.flags else None
-                    if flag == "nx":
-                        time.sleep(self.dp.nx_delay)
+                    if isinstance(flag, tuple):
+                        time.sleep(flag[1])
                         self.dp.note("nx-sent")
                     self.client.sendall(buf[pos:end])
                     pos = end

@@ -228,6 +228,7 @@ def test_no_value_and_no_lock_takes_over_at_once():
         dp.nx_delay = 1.0
         waiters = Bg(lambda: qcstack.concurrent_gets(b.port, [path] * 20, timeout=15))
         wait_for(lambda: dp.times("nx"), 2.0, "b's lock attempt")
+        dp.nx_delay = 0  # only that one: b's takeover is answered at once
         a.kill()
         st.redis_cli("DEL", *lock_keys())  # the lock is gone (expired, say)
         st.tax_control(delay_ms=0)
@@ -238,6 +239,8 @@ def test_no_value_and_no_lock_takes_over_at_once():
         assert dp.times("nx-sent"), "the delayed lock answer was never sent"
         # One delayed lock answer (1 s) and one fresh load; not the lock TTL.
         assert took < 2.0, "b slept %.2fs (lock TTL %d ms)" % (took, LONG_LOCK_MS)
+        after = waiters.done_at - dp.times("nx-sent")[0]
+        assert after < 0.5, "b answered %.2fs after its lock answer" % after
         assert st.tax_stats() == 2, st.tax_stats()
         assert len({r[2] for r in res}) == 1
         b.stop_clean()
@@ -272,6 +275,7 @@ def announcement_before_lock_answer(fail_first):
         t0 = time.monotonic()
         waiters = Bg(lambda: qcstack.concurrent_gets(b.port, [path] * 20, timeout=15))
         wait_for(lambda: dp.times("nx"), 1.0, "b's lock attempt")
+        dp.nx_delay = 0  # only that one: a takeover by b is answered at once
         assert dp.times("nx")[0] - t_a < 0.4, "too slow: b's lock attempt came after a's load"
         res = waiters.get()
         s_lead = lead.get()[0]
@@ -337,9 +341,11 @@ def test_remote_wait_rechecks_when_the_subscriber_comes_back():
         subs_before = len(dp.times("subscribe"))
         dp.blackout(t_a + 1.4 - time.monotonic())  # past a's store at ~t_a + 1.0
         killed = int(st.redis_cli("CLIENT", "KILL", "TYPE", "pubsub"))
+        t_kill = time.monotonic()
         assert killed >= 2, killed  # a's and b's subscribers
         res = waiters.get()
         assert lead.get()[0] == 200
+        assert t_kill < lead.done_at, "too slow: a stored before b's subscriber was killed"
         back = [t for t in dp.times("subscribe")[subs_before:] if t > t_a + 1.4]
         assert back, "b's subscriber never came back"
         assert lead.done_at < back[0], "a stored after b's subscriber was back"
