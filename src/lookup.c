@@ -843,6 +843,10 @@ static void on_message(void *arg, const char *msg, size_t len)
         return;
     memcpy(key, msg, len);
     key[len] = '\0';
+    /* A value was stored for key somewhere (or its load gave up): the copy
+     * in process may be older, e.g. a no-cache load on another worker or
+     * instance read a write this one has not heard of. Redis decides. */
+    hot_drop(lk->hot, key);
     flight *f = flight_find(lk->flights, key);
     if (f != NULL)
         remote_check(flight_owner(f));

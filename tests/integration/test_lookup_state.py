@@ -85,5 +85,37 @@ def test_transitions_logged_and_loads_avoided_counted():
         dp.close()
 
 
+def test_no_cache_reaches_every_worker():
+    """Issue 8 item 8 (read your own write) with --workers 2: both workers
+    hold the key in process; a price change commits (its trigger dropped,
+    so only the no-cache rule can pass this); after a no-cache GET shows
+    the new price, plain GETs on new connections (either worker) never get
+    the older in-process copy: the store's announcement drops the copies of
+    every worker."""
+    p = qcstack.Proxy(st, workers=2).ready()
+    pid = pids[-1]
+    path = "/quote/%d?region=US&tier=silver" % pid
+    st.psql("DROP TRIGGER quotecache_notify ON regional_prices")
+    try:
+        s, h, old = p.get(path)
+        assert s == 200, (s, h)
+        for _ in range(40):  # new connections: both workers copy it in process
+            s, h, b = p.get(path)
+            assert s == 200 and b == old and h.get("x-cache") == "HIT", (s, h)
+        st.psql("UPDATE regional_prices SET list_price_cents = list_price_cents + 100 "
+                "WHERE product_id = %d AND region = 'US'" % pid)
+        s, h, new = p.get(path, headers={"Cache-Control": "no-cache"})
+        assert s == 200 and new != old, ("no-cache did not read its own write", s, h)
+        t_new = time.monotonic()
+        seen = [p.get(path)[2] for _ in range(20)]
+        assert time.monotonic() - t_new < 0.45, "too slow: in-process copies expire by themselves"
+        assert all(b == new for b in seen), "%d of 20 plain GETs got the older copy" % (
+            sum(b == old for b in seen))
+        p.stop_clean()
+    finally:
+        st.psql_file(os.path.join(qcstack.SRC, "scripts", "sql", "triggers.sql"))
+        p.kill()
+
+
 if __name__ == "__main__":
     qctest.main(globals())
