@@ -324,16 +324,35 @@ static int64_t load_deadline_ms(const load *ld)
     }
 }
 
-/* Token-guarded: a lock that expired and was taken over stays the other's.
- * Fire and forget: if ours is gone, the fenced store still keeps a result
- * read before a write out of the cache. */
+/* The answer of one extension. It may come after the load is gone, so it
+ * owns a copy of the key rather than pointing at the load. */
+typedef struct lease_op {
+    char lock_key[KEY_MAX];
+} lease_op;
+
+static void on_extended(void *arg, int status, long long extended)
+{
+    lease_op *op = arg;
+    if (status == RCACHE_OK && extended == 0)
+        log_warn("lookup %s: the lock expired before it was extended; another instance may "
+                 "load the same key (the fenced store still keeps the cache right)",
+                 op->lock_key);
+    free(op);
+}
+
+/* Token-guarded: a lock that expired and was taken over stays the other's;
+ * then the fenced store still keeps a result read before a write out of
+ * the cache. */
 static void load_extend_lock(load *ld)
 {
     lookup *lk = ld->lk;
     if (!ld->locked || !redis_usable(lk))
         return;
     ld->lock_renewed_us = mono_us();
-    rcache_extend(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, NULL, NULL);
+    lease_op *op = xmalloc(sizeof(*op));
+    memcpy(op->lock_key, ld->lock_key, KEY_MAX);
+    if (rcache_extend(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, on_extended, op) < 0)
+        free(op);
     log_debug("lookup %s: lock extended by %d ms", ld->key, lk->cfg->lock_ttl_ms);
     struct timeval tv = ms_tv(lock_lease_ms(lk));
     evtimer_add(ld->timer, &tv);
