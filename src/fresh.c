@@ -3,15 +3,28 @@
  * a given load's answer. Pure; see fresh.h. */
 #include "quotecache/fresh.h"
 
+static int64_t ttl_of(const fresh_policy *p, const envelope *e)
+{
+    return e->status == 200 ? p->ttl_ms : p->neg_ttl_ms;
+}
+
 int64_t fresh_until_ms(const fresh_policy *p, const envelope *e)
 {
-    return e->stored_at_ms + (e->status == 200 ? p->ttl_ms : p->neg_ttl_ms);
+    int64_t ttl = ttl_of(p, e);
+    if (p->trust_ms > 0 && p->trust_ms < ttl)
+        ttl = p->trust_ms;
+    return e->stored_at_ms + ttl;
 }
 
 int64_t fresh_horizon_ms(const fresh_policy *p, const envelope *e)
 {
-    int64_t until = fresh_until_ms(p, e);
+    int64_t until = e->stored_at_ms + ttl_of(p, e);
     return e->status == 200 ? until + p->stale_ms : until;
+}
+
+bool fresh_stale_while_revalidate(const fresh_policy *p)
+{
+    return p->trust_ms <= 0;
 }
 
 static bool gens_match(const envelope *e, fresh_gens g)

@@ -70,7 +70,7 @@ static void req_answer_error(lk_req *q, int status, const char *code, const char
 {
     size_t len;
     char *body = quote_render_error(code, msg, &len);
-    lookup_answer a = {status, body, len, NULL, X_NONE, retry_after};
+    lookup_answer a = {status, body, len, NULL, X_NONE, retry_after, 0};
     req_answer(q, &a);
     free(body);
 }
@@ -78,7 +78,8 @@ static void req_answer_error(lk_req *q, int status, const char *code, const char
 static void req_answer_envelope(lk_req *q, const envelope *e, const char *body, size_t len,
                                 enum metrics_xcache x)
 {
-    lookup_answer a = {e->status, body, len, e->status == 200 ? e->etag : NULL, x, 0};
+    lookup_answer a = {e->status, body,           len, e->status == 200 ? e->etag : NULL, x,
+                       0,         e->stored_at_ms};
     req_answer(q, &a);
 }
 
@@ -250,7 +251,7 @@ static void on_read(void *arg, int status, const rcache_value *v)
     }
     bool stale_ok = decoded && fresh_may_serve_stale(&lk->policy, &e, g, q->stamp,
                                                      local_gen_of(lk, q->r.product_id), now);
-    if (stale_ok && !q->no_cache) {
+    if (stale_ok && !q->no_cache && fresh_stale_while_revalidate(&lk->policy)) {
         req_serve_stale(q, &g, v->entry, v->entry_len);
         return;
     }
@@ -282,7 +283,10 @@ static bool req_from_process(lk_req *q)
         return false;
     char *copy = xmalloc(vlen); /* hot_put may replace v as the load starts */
     memcpy(copy, v, vlen);
-    req_serve_stale(q, NULL, copy, vlen);
+    if (fresh_stale_while_revalidate(&lk->policy))
+        req_serve_stale(q, NULL, copy, vlen);
+    else
+        req_wait(q, NULL, copy, vlen, q->stamp); /* the copy only if the refresh fails */
     free(copy);
     return true;
 }
@@ -382,7 +386,8 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
     if (v == NULL || envelope_decode(v, vlen, e, &body, &len) < 0 ||
         now >= fresh_until_ms(&lk->policy, e))
         return false;
-    lookup_answer hit = {e->status, body, len, e->status == 200 ? e->etag : NULL, X_HIT, 0};
+    lookup_answer hit = {e->status, body,           len, e->status == 200 ? e->etag : NULL, X_HIT,
+                         0,         e->stored_at_ms};
     *a = hit;
     return true;
 }
@@ -392,6 +397,11 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
 void lookup_invalidate_product(lookup *lk, int64_t product_id)
 {
     lk->local_gen[(uint64_t)product_id % LOCAL_GENS]++;
+}
+
+void lookup_set_trust(lookup *lk, int64_t trust_ms)
+{
+    lk->policy.trust_ms = trust_ms;
 }
 
 void lookup_invalidate_all(lookup *lk)

@@ -21,6 +21,8 @@ typedef struct fresh_policy {
     int64_t ttl_ms;     /* a 200 is fresh this long after it was stored */
     int64_t neg_ttl_ms; /* a 404 is fresh this long */
     int64_t stale_ms;   /* past its TTL a 200 may be served STALE this long */
+    int64_t trust_ms;   /* > 0: no copy is fresh past this age (the change feed
+                           is down); the STALE horizon stays as it was */
 } fresh_policy;
 
 /* The generation counters a copy is judged against. */
@@ -29,8 +31,14 @@ typedef struct fresh_gens {
     uint64_t product;
 } fresh_gens;
 
-/* When e stops being fresh (wall clock ms). */
+/* When e stops being fresh (wall clock ms): its TTL, or trust_ms when set
+ * and shorter. */
 int64_t fresh_until_ms(const fresh_policy *p, const envelope *e);
+/* Whether a copy that may be served STALE is answered at once while one
+ * refresh runs (stale-while-revalidate), or only if that refresh fails:
+ * while the change feed is down (trust_ms), a copy past its trusted age may
+ * be superseded by a write nobody heard of, so it waits for the refresh. */
+bool fresh_stale_while_revalidate(const fresh_policy *p);
 /* When e may no longer be served at all, not even STALE. 404s are never
  * served stale: their horizon is their TTL. */
 int64_t fresh_horizon_ms(const fresh_policy *p, const envelope *e);

@@ -36,7 +36,8 @@ typedef struct lookup_answer {
     size_t len;
     const char *etag; /* for 200s, without quotes; NULL otherwise */
     enum metrics_xcache xcache;
-    int retry_after_s; /* > 0: send Retry-After */
+    int retry_after_s;    /* > 0: send Retry-After */
+    int64_t stored_at_ms; /* wall clock of the served copy's store; 0: not a copy */
 } lookup_answer;
 
 typedef void lookup_cb(void *arg, const lookup_answer *a);
@@ -74,6 +75,10 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a);
  * serve what they read before now, and in-process copies are dropped. */
 void lookup_invalidate_product(lookup *lk, int64_t product_id);
 void lookup_invalidate_all(lookup *lk);
+/* While the change feed is down (trust_ms > 0) no copy is fresh past that
+ * age: older ones are refreshed (served STALE meanwhile, within the usual
+ * horizon). 0 restores the TTLs. */
+void lookup_set_trust(lookup *lk, int64_t trust_ms);
 
 /* Redis connection lost: stop waiting on other instances' loads. */
 void lookup_redis_down(lookup *lk);

@@ -65,11 +65,30 @@ static void test_read_your_write(void)
     CHECK(fresh_load_began_ms(&e) == 960);
 }
 
+/* The change feed down: nothing is fresh past trust_ms of age, the STALE
+ * horizon is unchanged, and a stale copy waits for its refresh. */
+static void test_trust_cap(void)
+{
+    fresh_policy t = P;
+    t.trust_ms = 1000;
+    envelope e = entry(200, 1000, 3, 7), n = entry(404, 1000, 3, 7);
+    fresh_gens g = {3, 7};
+    CHECK(fresh_is_current(&t, &e, g, 1999));
+    CHECK(!fresh_is_current(&t, &e, g, 2000)); /* 1 s, not --ttl's 10 */
+    CHECK(fresh_until_ms(&t, &n) == 2000);
+    CHECK(fresh_horizon_ms(&t, &e) == 16000); /* still ttl + stale-ttl */
+    CHECK(fresh_may_serve_stale(&t, &e, g, 5, 5, 15999));
+    CHECK(!fresh_stale_while_revalidate(&t) && fresh_stale_while_revalidate(&P));
+    t.trust_ms = 60000; /* a cap longer than the TTL changes nothing */
+    CHECK(fresh_until_ms(&t, &e) == 11000);
+}
+
 int main(void)
 {
     test_current();
     test_stale_bounded();
     test_stale_never_superseded();
     test_read_your_write();
+    test_trust_cap();
     return CHECK_DONE();
 }
