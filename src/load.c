@@ -319,7 +319,7 @@ static void load_finish_error(load *ld, int status, const char *code, const char
 {
     size_t len;
     char *body = quote_render_error(code, msg, &len);
-    lookup_answer a = {status, body, len, NULL, X_NONE, 0};
+    lookup_answer a = {status, body, len, NULL, X_NONE, 0, 0};
     load_finish(ld, &a, 0);
     free(body);
 }
@@ -328,7 +328,7 @@ static void load_finish_error(load *ld, int status, const char *code, const char
  * error. */
 static void load_finish_failed(load *ld, const origin_result *res)
 {
-    lookup_answer a = {res->status, res->body, res->len, NULL, X_NONE, 0};
+    lookup_answer a = {res->status, res->body, res->len, NULL, X_NONE, 0, 0};
     load_finish(ld, &a, FIN_STALE_OK);
 }
 
@@ -377,6 +377,7 @@ static void load_finish_result(load *ld, bool stored)
                        ld->res.len,
                        ld->res.status == 200 ? etag : NULL,
                        ld->local ? X_BYPASS : X_MISS,
+                       0,
                        0};
     load_finish(ld, &a, stored ? FIN_ANNOUNCED : 0);
 }
@@ -542,7 +543,8 @@ static bool load_answer_from_entry(load *ld, const rcache_value *v)
     if (fresh_needs_later_load(ld->no_cache_since_ms, began))
         return false;
     lookup_hot_keep(lk, ld->key, v->entry, v->entry_len, &e, ld->read_local);
-    lookup_answer a = {e.status, body, len, e.status == 200 ? e.etag : NULL, X_COALESCED, 0};
+    lookup_answer a = {e.status,    body, len,           e.status == 200 ? e.etag : NULL,
+                       X_COALESCED, 0,    e.stored_at_ms};
     ld->remote_began_ms = began;
     load_finish(ld, &a, 0);
     return true;

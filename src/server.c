@@ -157,10 +157,19 @@ static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
     const char *x = metrics_xcache_name(a->xcache);
     if (x)
         evhttp_add_header(h, "X-Cache", x);
-    /* No ttl or Age yet: lookup_answer does not carry the copy's store time. */
+    struct timeval now;
+    event_base_gettimeofday_cached(s->base, &now);
+    int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_usec / 1000;
     char cs[64];
-    cache_status_render(cs, sizeof(cs), a->xcache, 0, 0, 0);
+    int ttl_s = a->status == 200 ? s->d.cfg->ttl_s : s->d.cfg->neg_ttl_s; /* 404s: --neg-ttl */
+    cache_status_render(cs, sizeof(cs), a->xcache, a->stored_at_ms, ttl_s, now_ms);
     evhttp_add_header(h, "Cache-Status", cs);
+    int64_t age = cache_status_age(a->xcache, a->stored_at_ms, now_ms);
+    if (age >= 0) {
+        char agebuf[24];
+        snprintf(agebuf, sizeof(agebuf), "%lld", (long long)age);
+        evhttp_add_header(h, "Age", agebuf);
+    }
     int status = a->status;
     if (a->retry_after_s > 0) {
         char ra[16];
