@@ -239,11 +239,25 @@ static void worker_stop(worker *w)
     catalog_free(w->cat);
     worker_flush(w); /* the 503s just given reach their clients */
     server_free(w->srv);
+    /* Freeing the signal events restores the default actions: a second
+     * SIGTERM (an impatient operator, a supervisor) would then kill a
+     * worker that is already stopping. Block, free, ignore, unblock: one
+     * that arrives meanwhile is discarded. */
+    sigset_t stops, old;
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGTERM);
+    sigaddset(&stops, SIGINT);
+    sigaddset(&stops, SIGQUIT);
+    sigprocmask(SIG_BLOCK, &stops, &old);
     struct event *evs[] = {w->sigterm, w->sigint, w->sigquit, w->drain, w->warmup};
     for (size_t i = 0; i < QC_ARRAY_LEN(evs); i++) {
         if (evs[i])
             event_free(evs[i]);
     }
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     if (w->base)
         event_base_free(w->base);
 }

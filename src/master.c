@@ -516,6 +516,12 @@ int master_run(qc_config *cfg, int argc, char **argv, master_worker_fn run)
     }
     if (m->sfd >= 0)
         close(m->sfd);
+    /* The workers are gone and we are about to exit: a stop signal still
+     * pending (sent again while we stopped) must not kill us with the
+     * default action once unblocked. Ignoring discards it. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
 done:
     close_listeners(m);

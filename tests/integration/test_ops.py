@@ -252,6 +252,26 @@ def metric_value(px, name):
     return int(re.search(r"^%s (\d+)$" % name, text, re.M).group(1))
 
 
+def test_repeated_sigterm_while_stopping_exits_cleanly():
+    """An impatient operator (or supervisor) sends SIGTERM again and again
+    while a worker drains and tears down: the worker still exits 0 (the
+    master says so with its own status), never killed by a default action
+    once its signal events are gone."""
+    for _ in range(3):
+        px = qcstack.Proxy(st).ready()
+        (w,) = children(px.pid)
+        px.signal(signal.SIGTERM)
+        t_end = time.monotonic() + 10
+        while qcstack.pid_alive(w) and time.monotonic() < t_end:
+            try:
+                os.kill(w, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            time.sleep(0.0005)
+        rc = px.stop()
+        assert rc == 0, (rc, px.stderr_text()[-2000:])
+
+
 def test_a_killed_worker_is_replaced():
     px = qcstack.Proxy(st, workers=2).ready()
     try:
