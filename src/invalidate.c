@@ -359,6 +359,11 @@ static void on_notify(void *arg, const char *payload)
                       (tlen == 5 && strncmp(payload, "tiers", tlen) == 0) ||
                       (tlen == 8 && strncmp(payload, "fx_rates", tlen) == 0);
     log_debug("invalidate: %s", payload);
+    /* The catalog holds the set of regions: a price row may add one. The
+     * reload is coalesced (one at a time, one more if asked meanwhile), so a
+     * bulk price update costs one or two catalog queries per worker. */
+    if (tlen == 15 && strncmp(payload, "regional_prices", tlen) == 0)
+        catalog_reload(inv->cat);
     if (in_catalog)
         defer_until_catalog(inv, product_id);
     else

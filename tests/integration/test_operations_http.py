@@ -269,6 +269,26 @@ def test_unknown_region_costs_nothing():
         assert json.loads(body).get("error") != "unknown_region", body
 
 
+def test_new_region_quotable_within_a_second():
+    """A price row in a region nobody sold in before (a committed INSERT,
+    by anyone) makes that region quotable within 1 s: the catalog's region
+    set follows regional_prices changes, not only its 10 s refresh. Removed
+    again, the region is unknown again within 1 s."""
+    s, _, body = px.get("/quote/3?region=MENA&tier=gold")
+    assert s == 400 and json.loads(body)["error"] == "unknown_region", body
+    st.psql("INSERT INTO regional_prices (product_id, region, list_price_cents) "
+            "VALUES (3, 'MENA', 12345)")
+    try:
+        t0 = time.monotonic()
+        qcstack.wait_until(lambda: px.get("/quote/3?region=MENA&tier=gold")[0] == 200, 1.0,
+                           "the new region quotable")
+        print("new region quotable after %.2f s" % (time.monotonic() - t0))
+    finally:
+        st.psql("DELETE FROM regional_prices WHERE region = 'MENA'")
+    qcstack.wait_until(lambda: px.get("/quote/3?region=MENA&tier=gold")[0] == 400, 1.0,
+                       "the removed region unknown again")
+
+
 def test_oversized_headers_get_json_431():
     """Headers past --max-headers (16384 by default) get our JSON 431, also
     well past it (evhttp's own hard limit is further away)."""
