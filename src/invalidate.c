@@ -330,6 +330,19 @@ static void defer_until_catalog(invalidator *inv, int64_t product_id)
     catalog_reload(inv->cat);
 }
 
+/* An admin purge announced by the worker that made it: that worker bumped
+ * Redis already (or owes the bump), so the others only drop what they hold
+ * in process; bumping again from every worker of every instance would
+ * empty the shared cache N x W more times and reload hot keys in between. */
+static void drop_here(invalidator *inv, int64_t product_id)
+{
+    if (product_id > 0)
+        lookup_invalidate_product(inv->lk, product_id);
+    else
+        lookup_invalidate_all(inv->lk);
+    metrics_inc(M_INVALIDATIONS);
+}
+
 /* Payload "<table>:<product id>" or "<table>:*", or the same with the
  * transaction in between, "<table>:<txid>:<product id>" (triggers.sql), or
  * "admin:..." (invalidate_purge on any instance). */
@@ -364,7 +377,9 @@ static void on_notify(void *arg, const char *payload)
      * bulk price update costs one or two catalog queries per worker. */
     if (tlen == 15 && strncmp(payload, "regional_prices", tlen) == 0)
         catalog_reload(inv->cat);
-    if (in_catalog)
+    if (tlen == 5 && strncmp(payload, "admin", tlen) == 0)
+        drop_here(inv, product_id);
+    else if (in_catalog)
         defer_until_catalog(inv, product_id);
     else
         invalidate_soon(inv, product_id, txid);

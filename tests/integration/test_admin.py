@@ -176,6 +176,28 @@ def test_invalidate_all():
     assert_all(keys, "HIT")
 
 
+def test_one_purge_is_one_bump():
+    """A purge is bumped in Redis once, by the worker that was asked; the
+    workers that hear its announcement (2 instances x 2 workers) only drop
+    their in-process copies. Bumping from each of them emptied the shared
+    cache N x W more times, each a reload of every hot key in between."""
+    a = start_proxy(admin_token=TOKEN, workers=2)
+    b = start_proxy(admin_token=TOKEN, workers=2)
+    try:
+        pid = take()
+        gp = "qc:v1:{%d}:gen" % pid
+        g0, p0 = int(st.redis_cli("GET", "qc:v1:gen") or 0), int(st.redis_cli("GET", gp) or 0)
+        assert admin(a, {"product_id": pid})[0] == 200
+        assert admin(b, {"all": True})[0] == 200
+        time.sleep(0.5)  # every announcement heard
+        g1, p1 = int(st.redis_cli("GET", "qc:v1:gen") or 0), int(st.redis_cli("GET", gp) or 0)
+        assert (g1 - g0, p1 - p0) == (1, 1), ("global, product bumps", g1 - g0, p1 - p0)
+        assert miss_soon(a, keys_of(pid)[0]) == "MISS"  # and it still invalidates
+    finally:
+        a.stop_clean()
+        b.stop_clean()
+
+
 def test_purge_reaches_in_process_caches_without_redis():
     """--redis none caches in process only; a purge on one instance still
     reaches the other (and every worker) through PostgreSQL's notification."""
