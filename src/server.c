@@ -36,8 +36,10 @@
 
 /* A quote request that arrived before the first catalog load. */
 typedef struct ready_wait {
-    struct ready_wait *next;
+    struct ready_wait *next, *prev;
+    server *s;
     struct evhttp_request *req;
+    struct event *gone; /* the client's close, while it waits (EV_CLOSED) */
     quote_req r;
     struct timespec deadline;
 } ready_wait;
@@ -201,11 +203,48 @@ static void on_answer(void *arg, const lookup_answer *a)
 /* evhttp 2.1.12 stops reading a connection while its request is handled
  * (evhttp_handle_request disables EV_READ), so it sees a client that closed
  * only when the answer is written, and a close callback would fire only
- * then. Meanwhile the socket is watched here: EOF or an error means the
- * client has gone, so its request leaves its flight at once (the load goes
- * on) and the connection is freed, request included, with no answer. Bytes
- * instead (a pipelined request) end the watch. A client that only
- * half-closes (SHUT_WR) counts as gone, as in nginx. */
+ * then. Meanwhile the socket is watched here for the peer's close alone
+ * (EV_CLOSED: EPOLLRDHUP, seen even behind unread bytes of a pipelined
+ * request, which stay for evhttp): the client has gone, so its request
+ * leaves its flight at once (the load goes on) and the connection is
+ * freed, request included, with no answer. A client that only half-closes
+ * (SHUT_WR) counts as gone, as in nginx. Where the backend cannot report
+ * a close apart from data, readable is peeked instead: EOF or an error is
+ * a close, bytes end the watch. */
+/* Watches req's socket for the client's close alone (EV_CLOSED), where the
+ * backend can tell it from data; NULL where it cannot. */
+static struct event *watch_close(server *s, struct evhttp_request *req, event_callback_fn cb,
+                                 void *arg)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0 || !(event_base_get_features(s->base) & EV_FEATURE_EARLY_CLOSE))
+        return NULL;
+    struct event *ev = event_new(s->base, fd, EV_CLOSED | EV_PERSIST, cb, arg);
+    if (ev)
+        event_add(ev, NULL);
+    return ev;
+}
+
+static void client_gone(req_ctx *c)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
+    event_free(c->gone);
+    c->gone = NULL;
+    lookup_cancel(c->lr);
+    c->s->inflight--;
+    free(c);
+    evhttp_connection_free(evcon);
+}
+
+static void on_client_closed(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    client_gone(arg);
+}
+
 static void on_client_readable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
@@ -214,27 +253,25 @@ static void on_client_readable(evutil_socket_t fd, short what, void *arg)
     ssize_t n = recv(fd, &byte, 1, MSG_PEEK);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
-    event_free(c->gone);
-    c->gone = NULL;
-    if (n > 0)
+    if (n > 0) {
+        event_free(c->gone);
+        c->gone = NULL;
         return;
-    struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
-    lookup_cancel(c->lr);
-    c->s->inflight--;
-    free(c);
-    evhttp_connection_free(evcon);
+    }
+    client_gone(c);
 }
 
 static void watch_client(req_ctx *c)
 {
+    c->gone = watch_close(c->s, c->req, on_client_closed, c);
     struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
     struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    if (fd < 0)
-        return;
-    c->gone = event_new(c->s->base, fd, EV_READ | EV_PERSIST, on_client_readable, c);
-    if (c->gone)
-        event_add(c->gone, NULL);
+    if (c->gone == NULL && fd >= 0) {
+        c->gone = event_new(c->s->base, fd, EV_READ | EV_PERSIST, on_client_readable, c);
+        if (c->gone)
+            event_add(c->gone, NULL);
+    }
 }
 
 static bool header_has_token(const char *value, const char *token)
@@ -314,15 +351,42 @@ static void arm_ready_timer(server *s)
     evtimer_add(s->ready_timer, &tv);
 }
 
+static void unlink_waiting(server *s, ready_wait *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        s->waiting = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        s->waiting_tail = w->prev;
+    if (w->gone)
+        event_free(w->gone);
+    w->gone = NULL;
+    s->nwaiting--;
+    s->inflight--;
+}
+
 static ready_wait *pop_waiting(server *s)
 {
     ready_wait *w = s->waiting;
-    s->waiting = w->next;
-    if (s->waiting == NULL)
-        s->waiting_tail = NULL;
-    s->nwaiting--;
-    s->inflight--;
+    unlink_waiting(s, w);
     return w;
+}
+
+/* A client that left while its quote waited for the catalog gives its
+ * place back at once (the queue is bounded by --max-waiters), and its
+ * connection is freed with the request, unanswered. */
+static void on_waiting_client_closed(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ready_wait *w = arg;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(w->req);
+    unlink_waiting(w->s, w);
+    free(w);
+    evhttp_connection_free(evcon);
 }
 
 static void refuse_waiting(server *s, ready_wait *w)
@@ -341,6 +405,7 @@ static void wait_for_catalog(server *s, struct evhttp_request *req, const quote_
         return;
     }
     ready_wait *w = xcalloc(1, sizeof(*w));
+    w->s = s;
     w->req = req;
     w->r = *r;
     clock_gettime(CLOCK_MONOTONIC, &w->deadline);
@@ -351,11 +416,13 @@ static void wait_for_catalog(server *s, struct evhttp_request *req, const quote_
         w->deadline.tv_sec++;
         w->deadline.tv_nsec -= 1000000000L;
     }
+    w->prev = s->waiting_tail;
     if (s->waiting_tail)
         s->waiting_tail->next = w;
     else
         s->waiting = w;
     s->waiting_tail = w;
+    w->gone = watch_close(s, req, on_waiting_client_closed, w);
     s->nwaiting++;
     s->inflight++;
     if (s->waiting == w)

@@ -13,6 +13,7 @@ refuses reconnects. Each test names the item it covers."""
 
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -556,6 +557,74 @@ def test_abandoned_requests_leave_at_once():
         assert p.running()
         p.stop_clean()
     finally:
+        tax_normal()
+        if p.running():
+            p.kill()
+
+
+def test_pipelined_request_sent_while_waiting_is_answered():
+    """The other side of the watch: a client that pipelines its next
+    request while the first waits for a slow load (the bytes reach the
+    watch, not evhttp) gets both answers, in order, on that connection."""
+    p = start_proxy(tax_timeout=5000)
+    a, b = qpath(take()), qpath(take())
+    try:
+        st.tax_control(delay_ms=600)
+        c = socket.create_connection(("127.0.0.1", p.port))
+        c.settimeout(5)
+        c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % a).encode())
+        time.sleep(0.2)
+        c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % b).encode())
+        f = c.makefile("rb")
+        for path in (a, b):
+            status = f.readline()
+            assert status.startswith(b"HTTP/1.1 200"), (path, status)
+            length = None
+            while True:
+                line = f.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            doc = json.loads(f.read(length))
+            assert doc["product_id"] == int(path.split("/")[2].split("?")[0]), (path, doc)
+        c.close()
+        p.stop_clean()
+    finally:
+        tax_normal()
+        if p.running():
+            p.kill()
+
+
+def test_abandoned_after_a_pipelined_byte_leave_too():
+    """Item 11, the review's variant: each client sends its request, then
+    one byte of a pipelined next request, then closes. The EOF behind that
+    byte must still be seen (the watch reads the byte into evhttp's input
+    and goes on), so 300 of them cannot fill --max-waiters 100."""
+    p = start_proxy(max_waiters=100, tax_timeout=5000)
+    path = qpath(take())
+    req = ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode()
+    socks = []
+    try:
+        st.tax_control(delay_ms=3000)
+        st.tax_reset()
+        for _ in range(300):
+            c = socket.create_connection(("127.0.0.1", p.port))
+            c.sendall(req)
+            socks.append(c)
+        time.sleep(0.3)
+        for c in socks:
+            c.sendall(b"G")
+            c.close()
+        time.sleep(0.3)
+        res = qcstack.concurrent_gets(p.port, [path] * 10, timeout=10)
+        assert [r[0] for r in res] == [200] * 10, "answers: %s, first: %r" % (
+            sorted(r[0] for r in res), res[0][2][:80])
+        assert st.tax_stats() == 1, st.tax_stats()
+        p.stop_clean()
+    finally:
+        for c in socks:
+            c.close()
         tax_normal()
         if p.running():
             p.kill()

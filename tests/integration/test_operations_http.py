@@ -352,6 +352,28 @@ def test_readiness_waits_for_catalog():
             p.stop_clean()
 
 
+def test_readiness_queue_drops_clients_that_left():
+    """Quotes waiting for the first catalog load are bounded by
+    --max-waiters; 300 clients that send and close while PostgreSQL hangs
+    (SIGSTOP) give their places back at once, so the real clients after
+    them wait and get 200 once PostgreSQL answers."""
+    with qcstack.Stack(products=200, seed=3) as s2:
+        pg = s2.procs["postgres"].pid
+        qcstack.stop_process(pg)
+        try:
+            p = qcstack.Proxy(s2, max_waiters=100, pg_timeout=4000)
+            path = "/quote/1?region=US&tier=gold"
+            assert p.get("/healthz")[0] == 503
+            assert qcstack.send_and_close(p.port, path, n=300) == 300
+            time.sleep(0.3)
+            threading.Timer(0.5, lambda: qcstack.cont_process(pg)).start()
+            res = qcstack.concurrent_gets(p.port, [path] * 5, timeout=10)
+            assert [r[0] for r in res] == [200] * 5, [(r[0], r[2][:60]) for r in res]
+            p.stop_clean()
+        finally:
+            qcstack.cont_process(pg)
+
+
 def test_readiness_wait_is_bounded():
     """With no catalog ever, a quote waits --pg-timeout, then 503."""
     with qcstack.Stack(products=100, seed=3, redis=False) as s3:
