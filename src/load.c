@@ -666,7 +666,7 @@ void load_on_message(void *arg, const char *msg, size_t len)
 static void on_lock(void *arg, int status, const rcache_lock_value *lv)
 {
     load *ld = arg;
-    if (status == RCACHE_OK && lv->acquired) {
+    if (lv != NULL && lv->acquired) {
         ld->locked = true; /* released by load_finish, whatever comes next */
         ld->lock_renewed_us = ld->lock_sent_us;
     }

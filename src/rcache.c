@@ -1012,7 +1012,9 @@ static void joint_answer(struct rc_joint *j, int status)
     if (--j->pending > 0)
         return;
     if (j->failed) {
-        j->cb(j->arg, RCACHE_ERR, NULL);
+        /* A lock won whose read failed is still ours to release. */
+        j->lv.v = (rcache_value){0};
+        j->cb(j->arg, RCACHE_ERR, j->lv.acquired ? &j->lv : NULL);
     } else {
         j->lv.v.entry = j->entry;
         j->cb(j->arg, RCACHE_OK, &j->lv);

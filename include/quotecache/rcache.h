@@ -143,7 +143,10 @@ typedef void rcache_lock_cb(void *arg, int status, const rcache_lock_value *lv);
 
 /* SET lock_key token NX PX ttl_ms and, in the same round trip and right
  * after it, the read of rcache_read: when the lock is won, v shows
- * everything stored before (check after the lock). lock_pttl is -2. */
+ * everything stored before (check after the lock). lock_pttl is -2. With
+ * RCACHE_ERR, lv is NULL unless the lock was won but the read failed: then
+ * only lv->acquired (true) is meaningful, and the lock is the caller's to
+ * release. */
 int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
                      const char *entry_key, const char *gen_global_key, const char *gen_product_key,
                      rcache_lock_cb *cb, void *arg);
