@@ -43,7 +43,10 @@
 #include "quotecache/origin.h"
 #include "quotecache/quote.h"
 
-#define MAX_ATTEMPTS 3     /* loads of one flight fenced by concurrent writes */
+#define MAX_ATTEMPTS 3 /* loads of one flight fenced by concurrent writes */
+/* How soon a no-cache wait checks again when the value there is older than
+ * the request (see on_check). */
+#define NO_CACHE_RECHECK_MS 50
 #define REMOTE_SLACK_MS 50 /* past the lock's expiry before re-checking */
 
 enum load_state {
@@ -632,7 +635,15 @@ static void on_check(void *arg, int status, const rcache_lock_value *lv)
         remote_read(ld);
         return;
     }
-    load_wait_remote(ld, lv->lock_pttl); /* the holder is still loading */
+    int64_t pttl = lv->lock_pttl;
+    /* A value is there, only older than a no-cache waiter: the lock may be
+     * held by the load that stored it, about to release it with no
+     * announcement (it announced the store). Check again soon rather than
+     * sleep to the lock's expiry. */
+    if (lv->v.entry != NULL && ld->no_cache_since_ms != 0 &&
+        (pttl < 0 || pttl > NO_CACHE_RECHECK_MS))
+        pttl = NO_CACHE_RECHECK_MS;
+    load_wait_remote(ld, pttl); /* the holder is still loading */
 }
 
 void load_on_message(void *arg, const char *msg, size_t len)
