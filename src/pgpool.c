@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quotecache/backoff.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -74,7 +75,7 @@ struct pg_conn {
     struct event *wio;   /* write readiness while output is pending */
     struct event *timer; /* connect deadline, or reconnect backoff */
     int prep_next;
-    int backoff_ms;
+    backoff bo; /* reconnect delay */
     bool ever_up;
     pg_op *op;
     PGresult *res;
@@ -87,7 +88,6 @@ struct pgpool {
      * for PQconnectStartParams; NULL when it does not parse (then the raw
      * string is used and the connect reports the error). */
     char **kw, **vals;
-    int backoff_max_ms;
     int timeout_ms;
     int queue_max;
     int queued;
@@ -278,9 +278,8 @@ static void conn_fail(pg_conn *c, const char *why)
     c->op = NULL;
     conn_close(c);
     /* Reconnect after a backoff that grows while PostgreSQL stays away. */
-    struct timeval tv = ms_to_tv(c->backoff_ms);
+    struct timeval tv = ms_to_tv(backoff_next(&c->bo));
     evtimer_add(c->timer, &tv);
-    c->backoff_ms = c->backoff_ms * 2 > p->backoff_max_ms ? p->backoff_max_ms : c->backoff_ms * 2;
     if (op != NULL) {
         op->conn = NULL;
         op_fail(op, 503, "postgres_unavailable", "PostgreSQL connection lost");
@@ -379,7 +378,7 @@ static void conn_prepare_next(pg_conn *c)
     }
     if ((size_t)c->prep_next == setup_steps(p)) {
         conn_set_idle(c); /* ends the connect deadline, which covered the set-up too */
-        c->backoff_ms = BACKOFF_MIN_MS;
+        backoff_reset(&c->bo);
         if (c->ever_up)
             metrics_inc(M_PG_RECONNECTS);
         if (!c->ever_up || log_threshold <= LOG_DEBUG)
@@ -669,7 +668,6 @@ pgpool *pgpool_new(struct event_base *base, const char *conninfo, int size, int 
     pgpool *p = xcalloc(1, sizeof(*p));
     p->base = base;
     p->conninfo = xstrdup(conninfo);
-    p->backoff_max_ms = BACKOFF_MAX_MS;
     pool_parse_conninfo(p);
     p->timeout_ms = timeout_ms;
     p->queue_max = queue_max;
@@ -680,7 +678,7 @@ pgpool *pgpool_new(struct event_base *base, const char *conninfo, int size, int 
     for (int i = 0; i < size; i++) {
         pg_conn *c = &p->conns[i];
         c->pool = p;
-        c->backoff_ms = BACKOFF_MIN_MS;
+        backoff_init(&c->bo, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
         c->timer = evtimer_new(base, conn_on_timer, c);
         conn_start(c);
     }
@@ -728,7 +726,8 @@ void pgpool_listen(pgpool *p, const char *channel, pgpool_notify_cb *on_notify,
     p->listen = xstrdup(channel);
     p->on_notify = on_notify;
     p->on_ready = on_ready;
-    p->backoff_max_ms = LISTEN_BACKOFF_MAX_MS;
+    for (int i = 0; i < p->size; i++) /* a LISTEN connection comes back sooner */
+        backoff_init(&p->conns[i].bo, BACKOFF_MIN_MS, LISTEN_BACKOFF_MAX_MS);
     p->listen_arg = arg;
 }
 
