@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "quotecache/conntrack.h"
+#include "quotecache/httphdr.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -85,19 +86,7 @@ static void send_qc_error(struct evhttp_request *req, const qc_error *e)
 /* True when an If-None-Match list contains the tag (or is "*"). */
 static bool etag_matches(const char *inm, const char *etag)
 {
-    char quoted[ENVELOPE_ETAG_LEN + 3];
-    snprintf(quoted, sizeof(quoted), "\"%s\"", etag);
-    if (strcmp(inm, "*") == 0)
-        return true;
-    const char *p = inm;
-    while ((p = strstr(p, quoted)) != NULL) {
-        bool start_ok = p == inm || p[-1] == ' ' || p[-1] == ',' || p[-1] == '/';
-        char after = p[strlen(quoted)];
-        if (start_ok && (after == '\0' || after == ',' || after == ' '))
-            return true;
-        p++;
-    }
-    return false;
+    return httphdr_etag_matches(inm, etag);
 }
 
 /* Replies to a quote request with a lookup answer (exactly once). */
@@ -139,14 +128,7 @@ static void on_answer(void *arg, const lookup_answer *a)
 
 static bool header_has_token(const char *value, const char *token)
 {
-    size_t n = strlen(token);
-    for (const char *p = value; (p = strcasestr(p, token)) != NULL; p += n) {
-        bool start_ok = p == value || p[-1] == ' ' || p[-1] == ',';
-        char after = p[n];
-        if (start_ok && (after == '\0' || after == ',' || after == ' ' || after == ';'))
-            return true;
-    }
-    return false;
+    return httphdr_has_token(value, token);
 }
 
 static void handle_quote(server *s, struct evhttp_request *req, const char *id_segment,
