@@ -1,4 +1,4 @@
-/* catalog: owns the in-process copy of tiers, currencies and promotions,
+/* catalog: owns the in-process copy of regions, tiers, currencies and promotions,
  * and the reload cycle that keeps it current. */
 #include "quotecache/catalog.h"
 
@@ -20,6 +20,8 @@ typedef struct promo {
 
 /* One consistent snapshot; replaced whole on each successful load. */
 typedef struct snapshot {
+    char **regions;
+    size_t nregions;
     char **tiers;
     size_t ntiers;
     char **currencies;
@@ -38,16 +40,21 @@ struct catalog {
     bool again; /* a reload was asked for while one was running */
     catalog_reloaded_cb *on_reload;
     void *on_reload_arg;
+    catalog_ready_cb *on_ready;
+    void *on_ready_arg;
 };
 
 static void snapshot_free(snapshot *s)
 {
     if (s == NULL)
         return;
+    for (size_t i = 0; i < s->nregions; i++)
+        free(s->regions[i]);
     for (size_t i = 0; i < s->ntiers; i++)
         free(s->tiers[i]);
     for (size_t i = 0; i < s->ncurrencies; i++)
         free(s->currencies[i]);
+    free(s->regions);
     free(s->tiers);
     free(s->currencies);
     free(s->promos);
@@ -71,12 +78,15 @@ static snapshot *snapshot_from(const PGresult *r)
 {
     int n = PQntuples(r);
     snapshot *s = xcalloc(1, sizeof(*s));
+    s->regions = xcalloc((size_t)n + 1, sizeof(char *));
     s->tiers = xcalloc((size_t)n + 1, sizeof(char *));
     s->currencies = xcalloc((size_t)n + 1, sizeof(char *));
     s->promos = xcalloc((size_t)n + 1, sizeof(promo));
     for (int i = 0; i < n; i++) {
         char kind = PQgetvalue(r, i, 0)[0];
-        if (kind == 't') {
+        if (kind == 'r') {
+            s->regions[s->nregions++] = xstrdup(PQgetvalue(r, i, 1));
+        } else if (kind == 't') {
             s->tiers[s->ntiers++] = xstrdup(PQgetvalue(r, i, 1));
         } else if (kind == 'c') {
             s->currencies[s->ncurrencies++] = xstrdup(PQgetvalue(r, i, 1));
@@ -120,8 +130,13 @@ static void on_loaded(void *arg, const PGresult *res, const qc_error *err)
     snapshot_free(c->snap);
     c->snap = fresh;
     if (first)
-        log_info("catalog: %zu tiers, %zu currencies, %zu promotions", fresh->ntiers,
-                 fresh->ncurrencies, fresh->npromos);
+        log_info("catalog: %zu regions, %zu tiers, %zu currencies, %zu promotions", fresh->nregions,
+                 fresh->ntiers, fresh->ncurrencies, fresh->npromos);
+    if (first && c->on_ready) {
+        catalog_ready_cb *cb = c->on_ready;
+        c->on_ready = NULL; /* once */
+        cb(c->on_ready_arg);
+    }
     if (c->again) {
         c->again = false;
         catalog_start_load(c);
@@ -147,6 +162,12 @@ void catalog_on_reload(catalog *c, catalog_reloaded_cb *cb, void *arg)
 {
     c->on_reload = cb;
     c->on_reload_arg = arg;
+}
+
+void catalog_on_ready(catalog *c, catalog_ready_cb *cb, void *arg)
+{
+    c->on_ready = cb;
+    c->on_ready_arg = arg;
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -202,6 +223,11 @@ static bool in_set(char *const *set, size_t n, const char *s)
             return true;
     }
     return false;
+}
+
+bool catalog_has_region(const catalog *c, const char *region)
+{
+    return c->snap && in_set(c->snap->regions, c->snap->nregions, region);
 }
 
 bool catalog_has_tier(const catalog *c, const char *tier)

@@ -1,6 +1,8 @@
 /* invalidate: owns the LISTEN connection (a one-connection pgpool), the
- * parsing of change notifications, and the invalidations waiting for the
- * catalog to reload. See invalidate.h for why generations. */
+ * parsing of change notifications, the invalidations waiting for the
+ * catalog to reload, the batch of Redis bumps of the current loop turn and
+ * every bump in flight (a bump_op each). See invalidate.h for why
+ * generations. */
 #include "quotecache/invalidate.h"
 
 #include <errno.h>
@@ -17,8 +19,26 @@
 #include "quotecache/sql.h"
 
 #define CHANNEL "quotecache"
-#define MAX_PENDING 256     /* more distinct products than this: drop all */
+#define MAX_PENDING 256 /* more distinct products than this: drop all */
+/* Products bumped in Redis by one command at the end of a loop turn; more
+ * than this in one turn (a bulk write) bump the global generation instead:
+ * one INCR that drops everything costs less than thousands, and cannot be
+ * refused piecemeal. */
+#define BATCH_MAX 256
 #define CATALOG_WAIT_MS 500 /* apply pending invalidations at the latest */
+/* How often on_tick runs, and how long anything read before may be trusted
+ * while the LISTEN path is down: see on_tick. */
+#define WATCH_EVERY_MS 250
+#define DOWN_TRUST_MS 1000
+#define ONCE_TTL_MS 60000 /* how long a (transaction, product) bump is remembered */
+#define TXID_MAX 20
+
+/* One product bump waiting in the batch; txid "" when the payload named no
+ * transaction (then every worker that hears it bumps). */
+typedef struct batch_item {
+    int64_t product_id;
+    char txid[TXID_MAX + 1];
+} batch_item;
 
 struct invalidator {
     struct event_base *base;
@@ -37,10 +57,23 @@ struct invalidator {
     int64_t pending[MAX_PENDING];
     size_t npending;
     struct event *wait_timer;
+    struct event *tick; /* WATCH_EVERY_MS, for as long as we live */
+    bool listen_down;   /* this outage has been seen (and logged) */
+    struct timeval last_down_drop;
+    /* Redis bumps of the notifications of this loop turn, sent by flush_ev
+     * (made active by the first one). */
+    batch_item batch[BATCH_MAX];
+    size_t nbatch;
+    bool batch_all;
+    bool flush_armed;
+    struct event *flush_ev;
+    struct bump_op *bump; /* in flight, at most one; detached on free */
 };
 
 /* Drops a product's quotes (0: everything) here and bumps its generation in
- * Redis. Returns 0 when the bump was sent (cb, if any, fires later). */
+ * Redis at once (the admin purge, which waits for the answer). Returns 0
+ * when the bump was sent (cb, if any, fires later); a bump Redis may not
+ * have applied is owed by rcache and paid by a later global bump. */
 static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *arg)
 {
     char key[KEY_MAX];
@@ -52,7 +85,138 @@ static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *
         key_global_gen(key, inv->cfg->key_version);
     }
     metrics_inc(M_INVALIDATIONS);
-    return inv->rc != NULL ? rcache_incr(inv->rc, key, cb, arg) : -1;
+    return inv->rc != NULL ? rcache_bump(inv->rc, key, cb, arg) : -1;
+}
+
+/* ---- Redis bumps of change notifications ---- */
+
+/* The bump command in flight: the batch's script or a global INCR. */
+typedef struct bump_op {
+    invalidator *inv; /* NULL once the invalidator is gone */
+    bool global;
+} bump_op;
+
+static void on_bumped(void *arg, int status, long long result);
+
+/* A global bump that Redis refuses or loses is owed by rcache (rcache_bump)
+ * and paid by its next global bump; a batch that fails falls back to one. */
+static void bump_send(invalidator *inv, bool global, const batch_item *items, size_t n)
+{
+    char keys[BATCH_MAX][KEY_MAX];
+    char once[BATCH_MAX][KEY_MAX + TXID_MAX + 2];
+    const char *kv[BATCH_MAX], *ov[BATCH_MAX];
+    bump_op *op = xcalloc(1, sizeof(*op));
+    op->inv = inv;
+    op->global = global;
+    int rc;
+    if (global) {
+        key_global_gen(keys[0], inv->cfg->key_version);
+        rc = rcache_bump(inv->rc, keys[0], on_bumped, op);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            key_product_gen(keys[i], inv->cfg->key_version, items[i].product_id);
+            once[i][0] = '\0';
+            if (items[i].txid[0] != '\0')
+                snprintf(once[i], sizeof(once[i]), "%s:%s", keys[i], items[i].txid);
+            kv[i] = keys[i];
+            ov[i] = once[i];
+        }
+        rc = rcache_bump_many(inv->rc, kv, ov, n, ONCE_TTL_MS, on_bumped, op);
+    }
+    if (rc == 0) {
+        inv->bump = op;
+        return;
+    }
+    free(op);
+    if (!global)
+        bump_send(inv, true, NULL, 0); /* refused: never drop one silently */
+}
+
+/* Sends what the batch holds as one command, unless one is in flight: then
+ * its answer flushes, so a burst costs one command per Redis round trip
+ * (not per notification, nor per loop turn) and the batch never waits
+ * longer than that round trip (or its deadline). */
+static void flush(invalidator *inv)
+{
+    if (inv->bump != NULL)
+        return;
+    batch_item items[BATCH_MAX];
+    size_t n = inv->nbatch;
+    bool all = inv->batch_all;
+    memcpy(items, inv->batch, n * sizeof(items[0]));
+    inv->nbatch = 0;
+    inv->batch_all = false;
+    if (inv->rc == NULL || (!all && n == 0))
+        return;
+    bump_send(inv, all, items, n);
+}
+
+/* A batch that failed (or timed out: it may still land, but nobody can
+ * tell) falls back to the global generation; a global one that failed is
+ * owed by rcache. */
+static void on_bumped(void *arg, int status, long long result)
+{
+    (void)result;
+    bump_op *op = arg;
+    invalidator *inv = op->inv;
+    bool global = op->global;
+    free(op);
+    if (inv == NULL)
+        return;
+    inv->bump = NULL;
+    if (status != RCACHE_OK && !global)
+        inv->batch_all = true;
+    if (inv->nbatch > 0 || inv->batch_all)
+        flush(inv);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    invalidator *inv = arg;
+    inv->flush_armed = false;
+    flush(inv);
+}
+
+/* Drops a product's quotes (0: everything) here at once, and queues its
+ * Redis bump: sent at the end of this loop turn, with every other
+ * notification of the turn, or when the bump in flight answers. txid: the
+ * writing transaction ("" if unknown), so the fleet bumps once for it. */
+static void invalidate_soon(invalidator *inv, int64_t product_id, const char *txid)
+{
+    if (product_id > 0)
+        lookup_invalidate_product(inv->lk, product_id);
+    else
+        lookup_invalidate_all(inv->lk);
+    metrics_inc(M_INVALIDATIONS);
+    if (product_id <= 0 || inv->nbatch == BATCH_MAX) {
+        inv->batch_all = true;
+    } else if (!inv->batch_all) {
+        batch_item *it = &inv->batch[inv->nbatch++];
+        it->product_id = product_id;
+        snprintf(it->txid, sizeof(it->txid), "%s", txid);
+    }
+    if (!inv->flush_armed && inv->bump == NULL) {
+        inv->flush_armed = true;
+        event_active(inv->flush_ev, EV_TIMEOUT, 1);
+    }
+}
+
+/* "<table>:<txid>" at the head of a payload: copies the txid out and
+ * shortens the table; a head that is not that is left alone. */
+static void split_txid(const char *payload, size_t *tlen, char txid[TXID_MAX + 1])
+{
+    const char *mid = memchr(payload, ':', *tlen);
+    txid[0] = '\0';
+    if (mid == NULL)
+        return;
+    size_t n = *tlen - (size_t)(mid + 1 - payload);
+    if (n == 0 || n > TXID_MAX || strspn(mid + 1, "0123456789") < n)
+        return;
+    memcpy(txid, mid + 1, n);
+    txid[n] = '\0';
+    *tlen = (size_t)(mid - payload);
 }
 
 /* One admin purge waiting for its Redis bump and its announcement. Owned by
@@ -124,10 +288,10 @@ static void apply_pending(invalidator *inv)
 {
     evtimer_del(inv->wait_timer);
     if (inv->pending_all) {
-        drop(inv, 0, NULL, NULL);
+        invalidate_soon(inv, 0, "");
     } else {
         for (size_t i = 0; i < inv->npending; i++)
-            drop(inv, inv->pending[i], NULL, NULL);
+            invalidate_soon(inv, inv->pending[i], "");
     }
     inv->pending_all = false;
     inv->npending = 0;
@@ -166,7 +330,8 @@ static void defer_until_catalog(invalidator *inv, int64_t product_id)
     catalog_reload(inv->cat);
 }
 
-/* Payload "<table>:<product id>" or "<table>:*" (triggers.sql), or
+/* Payload "<table>:<product id>" or "<table>:*", or the same with the
+ * transaction in between, "<table>:<txid>:<product id>" (triggers.sql), or
  * "admin:..." (invalidate_purge on any instance). */
 static void on_notify(void *arg, const char *payload)
 {
@@ -188,6 +353,8 @@ static void on_notify(void *arg, const char *payload)
         product_id = v;
     }
     size_t tlen = (size_t)(colon - payload);
+    char txid[TXID_MAX + 1];
+    split_txid(payload, &tlen, txid);
     bool in_catalog = (tlen == 10 && strncmp(payload, "promotions", tlen) == 0) ||
                       (tlen == 5 && strncmp(payload, "tiers", tlen) == 0) ||
                       (tlen == 8 && strncmp(payload, "fx_rates", tlen) == 0);
@@ -195,7 +362,7 @@ static void on_notify(void *arg, const char *payload)
     if (in_catalog)
         defer_until_catalog(inv, product_id);
     else
-        drop(inv, product_id, NULL, NULL);
+        invalidate_soon(inv, product_id, txid);
 }
 
 /* Notifications sent while we were not listening are lost for good: after
@@ -213,6 +380,46 @@ static void on_listen_ready(void *arg)
     defer_until_catalog(inv, 0);
 }
 
+static long ms_since(const struct timeval *then, const struct timeval *now)
+{
+    return (long)(now->tv_sec - then->tv_sec) * 1000 + (now->tv_usec - then->tv_usec) / 1000;
+}
+
+/* What a pricing cache must do while it cannot hear of changes: any write
+ * committed meanwhile is unknown to it, so nothing it holds can be trusted
+ * for long. While the LISTEN path is down (after having been up) and
+ * PostgreSQL is reachable over the query pool (so writes can happen, and
+ * loads can replace what we drop), everything is dropped here and in Redis
+ * (the global generation, after a catalog reload so promotions are fresh
+ * too) at once and then every DOWN_TRUST_MS: a write is served at most
+ * about a second late on top of the time the heartbeat takes to notice.
+ * When PostgreSQL is unreachable too, cached copies are the only answers
+ * there are and no write can reach us through our own pool; they keep
+ * being served, and the reconnect drops everything (on_listen_ready). */
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    invalidator *inv = arg;
+    if (!inv->connected_once || invalidate_listening(inv)) {
+        inv->listen_down = false;
+        return;
+    }
+    if (!pgpool_is_up(inv->pool))
+        return;
+    struct timeval now;
+    event_base_gettimeofday_cached(inv->base, &now);
+    if (inv->listen_down && ms_since(&inv->last_down_drop, &now) < DOWN_TRUST_MS)
+        return;
+    if (!inv->listen_down)
+        log_warn("invalidate: not listening for changes; nothing cached is trusted for more "
+                 "than %d ms until the LISTEN connection is back",
+                 DOWN_TRUST_MS);
+    inv->listen_down = true;
+    inv->last_down_drop = now;
+    defer_until_catalog(inv, 0);
+}
+
 invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk, catalog *cat,
                             rcache *rc, pgpool *pool)
 {
@@ -224,6 +431,10 @@ invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, looku
     inv->rc = rc;
     inv->pool = pool;
     inv->wait_timer = evtimer_new(base, on_wait_timer, inv);
+    inv->flush_ev = event_new(base, -1, 0, on_flush, inv);
+    inv->tick = event_new(base, -1, EV_PERSIST, on_tick, inv);
+    struct timeval every = {0, WATCH_EVERY_MS * 1000};
+    event_add(inv->tick, &every);
     catalog_on_reload(cat, on_catalog_reloaded, inv);
     inv->listen = pgpool_new(base, cfg->postgres, 1, cfg->pg_timeout_ms, 1, NULL, 0);
     pgpool_listen(inv->listen, CHANNEL, on_notify, on_listen_ready, inv);
@@ -237,6 +448,10 @@ void invalidate_free(invalidator *inv)
     catalog_on_reload(inv->cat, NULL, NULL);
     pgpool_free(inv->listen);
     event_free(inv->wait_timer);
+    event_free(inv->tick);
+    event_free(inv->flush_ev); /* a batch not flushed yet: the process is ending */
+    if (inv->bump != NULL)
+        inv->bump->inv = NULL; /* rcache_free answers it later */
     free(inv);
 }
 

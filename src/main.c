@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +30,13 @@
 #define CATALOG_REFRESH_MS 10000
 #define PG_QUEUE_MAX 1024
 #define TAX_MAX_CONNS 256
+/* Descriptors a worker needs besides client, admin, PostgreSQL and tax
+ * connections: stdio, listeners, the event base, Redis, LISTEN, logs. */
+#define FD_RESERVE 48
+/* Below this many client connections, refuse to start rather than clamp. */
+#define FD_MIN_CLIENTS 16
+
+static int tax_max_conns = TAX_MAX_CONNS;
 
 typedef struct worker {
     qc_config *cfg;
@@ -54,14 +62,13 @@ static void worker_redis_state(void *arg, bool up)
         lookup_redis_down(w->lk);
         return;
     }
-    /* Invalidations made while we could not reach Redis never bumped its
-     * generations (and Redis may have come back from a snapshot): bump the
-     * global one first, ahead of any read on this connection, so nothing
-     * stored before is served as current. Loads in flight here reload. */
-    char key[KEY_MAX];
-    key_global_gen(key, w->cfg->key_version);
-    rcache_incr(w->rc, key, NULL, NULL);
-    lookup_invalidate_all(w->lk);
+    /* A reconnect bumps nothing by itself (rcache_guard_generations): the
+     * shared cache survives restarts of any instance. When the connection's
+     * check did move the global generation (Redis lost data, or we owed an
+     * invalidation), loads in flight here recorded the old counters: they
+     * reload, and the in-process copies go too. */
+    if (rcache_connect_bumped(w->rc))
+        lookup_invalidate_all(w->lk);
 }
 
 static double ms_until(const struct timespec *t)
@@ -108,7 +115,7 @@ static int worker_start(worker *w, char *err, size_t errlen)
 {
     const qc_config *cfg = w->cfg;
     w->base = event_base_new();
-    w->tax = tax_client_new(w->base, cfg->tax_url, cfg->tax_timeout_ms, TAX_MAX_CONNS);
+    w->tax = tax_client_new(w->base, cfg->tax_url, cfg->tax_timeout_ms, tax_max_conns);
     if (w->tax == NULL) {
         snprintf(err, errlen, "--tax-url: cannot use '%.100s'", cfg->tax_url);
         return -1;
@@ -116,9 +123,15 @@ static int worker_start(worker *w, char *err, size_t errlen)
     w->pool = pgpool_new(w->base, cfg->postgres, cfg->pg_pool, cfg->pg_timeout_ms, PG_QUEUE_MAX,
                          sql_statements, SQL_COUNT);
     w->cat = catalog_new(w->base, w->pool, CATALOG_REFRESH_MS);
-    if (cfg->redis_enabled)
+    if (cfg->redis_enabled) {
+        char marker[KEY_MAX + 16], global[KEY_MAX];
         w->rc = rcache_new(w->base, cfg->redis.host, cfg->redis.port, cfg->redis_timeout_ms,
                            worker_redis_state, w);
+        /* key.h's layout: qc:<version>:gen, and its marker next to it. */
+        key_global_gen(global, cfg->key_version);
+        snprintf(marker, sizeof(marker), "%s:checked", global);
+        rcache_guard_generations(w->rc, marker, global);
+    }
     w->lk = lookup_new(w->base, cfg, w->pool, w->tax, w->cat, w->rc);
     w->inv = invalidate_new(w->base, cfg, w->lk, w->cat, w->rc, w->pool);
     server_deps deps = {cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv};
@@ -180,6 +193,43 @@ static int worker_run(qc_config *cfg)
     }
     worker_stop(&w);
     return rc;
+}
+
+/* Raises RLIMIT_NOFILE to what --max-conns and the pools need (each worker
+ * inherits it). When the hard limit is lower, clamps the client and tax
+ * connection bounds to it and says so in one line, so that accept() at the
+ * bound is never an EMFILE; refuses (-1, err) when even a small bound does
+ * not fit. */
+static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 0;
+    rlim_t fixed = FD_RESERVE + SERVER_ADMIN_MAX_CONNS + (rlim_t)cfg->pg_pool + 1;
+    rlim_t need = fixed + (rlim_t)cfg->max_conns + TAX_MAX_CONNS;
+    if (rl.rlim_cur < need) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur >= need)
+        return 0;
+    rlim_t room = rl.rlim_cur > fixed ? rl.rlim_cur - fixed : 0;
+    rlim_t tax = room / 4 < TAX_MAX_CONNS ? room / 4 : TAX_MAX_CONNS;
+    rlim_t clients = room - tax;
+    if (clients < FD_MIN_CLIENTS || tax < 4) {
+        snprintf(err, errlen, "RLIMIT_NOFILE is %llu (hard %llu): at least %llu descriptors needed",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+                 (unsigned long long)(fixed + FD_MIN_CLIENTS + 4));
+        return -1;
+    }
+    log_warn("RLIMIT_NOFILE is %llu (hard limit), below the %llu that --max-conns %d needs: "
+             "serving at most %llu client and %llu tax connections",
+             (unsigned long long)rl.rlim_cur, (unsigned long long)need, cfg->max_conns,
+             (unsigned long long)clients, (unsigned long long)tax);
+    cfg->max_conns = (int)clients;
+    tax_max_conns = (int)tax;
+    return 0;
 }
 
 /* ---- several workers ---- */
@@ -271,6 +321,11 @@ int main(int argc, char **argv)
             printf("quotecache: change-notification triggers installed\n");
         config_free(&cfg);
         return rc < 0 ? 1 : 0;
+    }
+    if (fit_fd_limit(&cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "quotecache: %s\n", err);
+        config_free(&cfg);
+        return 1;
     }
     signal(SIGPIPE, SIG_IGN);
     rc = cfg.workers > 1 ? run_workers(&cfg) : worker_run(&cfg);

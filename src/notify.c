@@ -1,7 +1,7 @@
 /* notify: the grammar of change-notification payloads. Anyone who can run
  * NOTIFY on the database can send one, so the payload is hostile: it is
- * bounded, the table must look like a table name and the id must be exactly
- * digits (no sign, no spaces, no overflow). An unknown but well-formed table
+ * bounded, the table must look like a table name, the txid and the id must
+ * be exactly digits (no sign, no spaces, no overflow). An unknown but well-formed table
  * is accepted, as the old parser in invalidate.c did, so that a trigger on a
  * new table invalidates rather than being silently ignored. */
 #include "quotecache/notify.h"
@@ -54,6 +54,14 @@ int notify_parse(const char *payload, notify_msg *out)
     memcpy(m.table, payload, tlen);
     m.table[tlen] = '\0';
     const char *id = payload + tlen + 1;
+    size_t xlen = strspn(id, "0123456789");
+    if (id[xlen] == ':') { /* the txid is there: the id follows it */
+        if (xlen == 0 || xlen > NOTIFY_TXID_MAX)
+            return -1;
+        memcpy(m.txid, id, xlen);
+        m.txid[xlen] = '\0';
+        id += xlen + 1;
+    }
     if (strcmp(id, "*") == 0)
         m.product_id = 0;
     else if (parse_id(id, &m.product_id) < 0)

@@ -55,6 +55,15 @@ static void on_tax(void *arg, int64_t tax_cents, const qc_error *err)
     op->q.tax_cents = tax_cents;
     size_t len;
     char *body = quote_render(&op->q, &len);
+    if (body == NULL) {
+        qc_error e;
+        log_error("origin: product %" PRId64 ": unit %" PRId64 " + tax %" PRId64
+                  " does not fit in 64 bits",
+                  op->q.req.product_id, op->q.unit_price_cents, tax_cents);
+        qc_error_set(&e, 500, "price_overflow", "the quote's total does not fit in 64 bits");
+        finish_error(op, &e);
+        return;
+    }
     finish(op, 200, body, len);
 }
 

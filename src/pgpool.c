@@ -4,6 +4,9 @@
 #include "quotecache/pgpool.h"
 
 #include <event2/event.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,10 +18,39 @@
 #define PGPOOL_MAX_PARAMS 8
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+/* A listening connection is asked for a round trip this long after its last
+ * answer, and dropped when the answer takes longer than HEARTBEAT_WAIT_MS:
+ * a backend that stopped (SIGSTOP, a hung host behind a live TCP peer)
+ * delivers no notifications and no error, only silence. */
+#define HEARTBEAT_EVERY_MS 1000
+#define HEARTBEAT_WAIT_MS 2000
+/* The listening connection is one per worker and cheap to retry; until it
+ * is back every cached answer is suspect, so it retries sooner. */
+#define LISTEN_BACKOFF_MAX_MS 1000
+/* Cancel requests being sent by helper threads, all pools of the process
+ * together. PQcancel blocks until the server has the request; against a
+ * host that does not answer that is a TCP connect timeout, so without a
+ * bound a dead server would collect threads. Past it the connection is
+ * only dropped, as before cancels existed. */
+#define MAX_CANCELS 16
 
 /* C_BROKEN: a send failed inside a submit; the failure is handled from the
- * loop (conn_on_timer) so that no callback fires before the submit returns. */
-enum conn_state { C_DOWN, C_CONNECTING, C_PREPARING, C_IDLE, C_BUSY, C_BROKEN };
+ * loop (conn_on_timer) so that no callback fires before the submit returns.
+ * C_CANCELLING: the op passed its deadline and was answered; a cancel
+ * request is on its way and the connection waits (with a deadline of its
+ * own) for the cancelled statement's error before it takes new work.
+ * C_PING: a listening connection's heartbeat is waiting for its answer.
+ * In C_IDLE the timer is a listening connection's next heartbeat. */
+enum conn_state {
+    C_DOWN,
+    C_CONNECTING,
+    C_PREPARING,
+    C_IDLE,
+    C_BUSY,
+    C_BROKEN,
+    C_CANCELLING,
+    C_PING
+};
 
 typedef struct pg_conn pg_conn;
 
@@ -51,6 +83,11 @@ struct pg_conn {
 struct pgpool {
     struct event_base *base;
     char *conninfo;
+    /* conninfo parsed, plus our TCP keepalive defaults where it sets none,
+     * for PQconnectStartParams; NULL when it does not parse (then the raw
+     * string is used and the connect reports the error). */
+    char **kw, **vals;
+    int backoff_max_ms;
     int timeout_ms;
     int queue_max;
     int queued;
@@ -109,6 +146,67 @@ static void op_fail(pg_op *op, int status, const char *code, const char *msg)
     op_finish(op, NULL, &err);
 }
 
+static atomic_int cancels_in_flight;
+
+static void *cancel_thread(void *arg)
+{
+    PGcancel *cn = arg;
+    char errbuf[256];
+    /* A failure needs no report: the connection's own deadline in
+     * C_CANCELLING then drops it. */
+    (void)PQcancel(cn, errbuf, sizeof(errbuf));
+    PQfreeCancel(cn);
+    atomic_fetch_sub(&cancels_in_flight, 1);
+    return NULL;
+}
+
+/* Sends a cancel request for c's running statement from a detached thread:
+ * libpq 15 has no asynchronous cancel, and PQcancel (a fresh connection to
+ * the server, one packet, wait for the close) must not stall the loop. The
+ * thread owns only its PGcancel copy, never c. Returns -1 when no thread
+ * could be started. */
+static int conn_send_cancel(pg_conn *c)
+{
+    if (atomic_fetch_add(&cancels_in_flight, 1) >= MAX_CANCELS) {
+        atomic_fetch_sub(&cancels_in_flight, 1);
+        return -1;
+    }
+    PGcancel *cn = PQgetCancel(c->pg);
+    pthread_attr_t attr;
+    pthread_t tid;
+    sigset_t all, old;
+    int rc = -1;
+    if (cn != NULL && pthread_attr_init(&attr) == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        /* Signals stay with the loop thread (libevent's signal events). */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = pthread_create(&tid, &attr, cancel_thread, cn) == 0 ? 0 : -1;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc < 0) {
+        PQfreeCancel(cn);
+        atomic_fetch_sub(&cancels_in_flight, 1);
+    }
+    return rc;
+}
+
+/* The op's deadline passed while c runs it: stop the statement on the
+ * server (it would otherwise go on, holding locks and a backend, until it
+ * ends by itself), and keep the connection if the cancel works. */
+static void conn_cancel(pg_conn *c)
+{
+    c->op = NULL;
+    if (conn_send_cancel(c) < 0) {
+        conn_fail(c, "query deadline passed");
+        return;
+    }
+    c->state = C_CANCELLING;
+    struct timeval tv = ms_to_tv(c->pool->timeout_ms);
+    evtimer_add(c->timer, &tv);
+}
+
 static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -117,10 +215,8 @@ static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
     pgpool *p = op->pool;
     pg_conn *c = op->conn;
     if (c != NULL) {
-        /* The statement is still running: closing the connection is the
-         * only non-blocking way to stop waiting for it. */
-        c->op = NULL;
-        conn_fail(c, "query deadline passed");
+        op->conn = NULL;
+        conn_cancel(c);
     } else {
         queue_remove(p, op);
     }
@@ -154,7 +250,8 @@ static void conn_close(pg_conn *c)
 static bool pool_any_up(const pgpool *p)
 {
     for (int i = 0; i < p->size; i++) {
-        if (p->conns[i].state == C_IDLE || p->conns[i].state == C_BUSY)
+        enum conn_state st = p->conns[i].state;
+        if (st == C_IDLE || st == C_BUSY || st == C_CANCELLING || st == C_PING)
             return true;
     }
     return false;
@@ -183,7 +280,7 @@ static void conn_fail(pg_conn *c, const char *why)
     /* Reconnect after a backoff that grows while PostgreSQL stays away. */
     struct timeval tv = ms_to_tv(c->backoff_ms);
     evtimer_add(c->timer, &tv);
-    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    c->backoff_ms = c->backoff_ms * 2 > p->backoff_max_ms ? p->backoff_max_ms : c->backoff_ms * 2;
     if (op != NULL) {
         op->conn = NULL;
         op_fail(op, 503, "postgres_unavailable", "PostgreSQL connection lost");
@@ -219,6 +316,54 @@ static void conn_on_write(evutil_socket_t fd, short what, void *arg)
     conn_flush(arg);
 }
 
+/* Ready for work; a listening connection also waits for its next
+ * heartbeat (conn_on_timer). */
+static void conn_set_idle(pg_conn *c)
+{
+    c->state = C_IDLE;
+    if (c->pool->listen != NULL) {
+        struct timeval tv = ms_to_tv(HEARTBEAT_EVERY_MS);
+        evtimer_add(c->timer, &tv);
+    } else {
+        evtimer_del(c->timer);
+    }
+}
+
+/* Sends "LISTEN <channel>" (the set-up step, and the heartbeat: it is
+ * idempotent, one round trip, and keeps pg_stat_activity showing what the
+ * connection is for). */
+static void conn_send_listen(pg_conn *c)
+{
+    char sql[96];
+    snprintf(sql, sizeof(sql), "LISTEN %s", c->pool->listen);
+    if (!PQsendQuery(c->pg, sql))
+        conn_break(c);
+    else
+        conn_flush(c);
+}
+
+static void conn_ping(pg_conn *c)
+{
+    c->state = C_PING;
+    struct timeval tv = ms_to_tv(HEARTBEAT_WAIT_MS);
+    evtimer_add(c->timer, &tv);
+    conn_send_listen(c);
+}
+
+static void conn_ping_done(pg_conn *c)
+{
+    PGresult *r = c->res;
+    c->res = NULL;
+    bool ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        conn_fail(c, "heartbeat failed");
+        return;
+    }
+    conn_set_idle(c);
+    pool_dispatch(c->pool);
+}
+
 /* Set-up is one step per statement to prepare, then LISTEN if asked. */
 static size_t setup_steps(const pgpool *p)
 {
@@ -229,17 +374,11 @@ static void conn_prepare_next(pg_conn *c)
 {
     pgpool *p = c->pool;
     if ((size_t)c->prep_next == p->nstmts && p->listen) {
-        char sql[96];
-        snprintf(sql, sizeof(sql), "LISTEN %s", p->listen);
-        if (!PQsendQuery(c->pg, sql))
-            conn_break(c);
-        else
-            conn_flush(c);
+        conn_send_listen(c);
         return;
     }
     if ((size_t)c->prep_next == setup_steps(p)) {
-        evtimer_del(c->timer); /* the connect deadline covered the set-up too */
-        c->state = C_IDLE;
+        conn_set_idle(c); /* ends the connect deadline, which covered the set-up too */
         c->backoff_ms = BACKOFF_MIN_MS;
         if (c->ever_up)
             metrics_inc(M_PG_RECONNECTS);
@@ -258,6 +397,27 @@ static void conn_prepare_next(pg_conn *c)
         return;
     }
     conn_flush(c);
+}
+
+/* The cancelled statement has ended. If it ended because of the cancel
+ * (SQLSTATE 57014, query_canceled) the request is used up and the
+ * connection is as good as new. If it ended by itself first, the request
+ * may still be on its way and would cancel whatever runs next: replace the
+ * connection instead. */
+static void conn_cancelled(pg_conn *c)
+{
+    PGresult *r = c->res;
+    c->res = NULL;
+    const char *code = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    bool by_cancel = code != NULL && strcmp(code, "57014") == 0;
+    PQclear(r);
+    if (!by_cancel) {
+        conn_fail(c, "cancelled statement ended by itself; replacing the connection");
+        return;
+    }
+    conn_set_idle(c);
+    log_debug("postgres: statement cancelled after its deadline; connection kept");
+    pool_dispatch(c->pool);
 }
 
 /* One command finished (PQgetResult gave NULL). */
@@ -279,13 +439,21 @@ static void conn_command_done(pg_conn *c)
         conn_prepare_next(c);
         return;
     }
+    if (c->state == C_CANCELLING) {
+        conn_cancelled(c);
+        return;
+    }
+    if (c->state == C_PING) {
+        conn_ping_done(c);
+        return;
+    }
     if (c->state != C_BUSY)
         return;
     pg_op *op = c->op;
     PGresult *r = c->res;
     c->op = NULL;
     c->res = NULL;
-    c->state = C_IDLE;
+    conn_set_idle(c);
     op->conn = NULL;
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
@@ -319,7 +487,10 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         conn_fail(c, PQerrorMessage(c->pg));
         return;
     }
-    while (c->pg != NULL && (c->state == C_PREPARING || c->state == C_BUSY) && !PQisBusy(c->pg)) {
+    while (c->pg != NULL &&
+           (c->state == C_PREPARING || c->state == C_BUSY || c->state == C_CANCELLING ||
+            c->state == C_PING) &&
+           !PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
         if (r == NULL) {
             conn_command_done(c);
@@ -377,7 +548,8 @@ static void conn_on_connect_io(evutil_socket_t fd, short what, void *arg)
     conn_poll(c, PQconnectPoll(c->pg));
 }
 
-/* The timer means "connect now" when down, "gave up" when connecting. */
+/* The timer means "connect now" when down, "gave up" when connecting or
+ * cancelling or waiting for a heartbeat, "send a heartbeat" when idle. */
 static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -389,6 +561,12 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_fail(c, "connect deadline passed");
     else if (c->state == C_BROKEN)
         conn_fail(c, "send failed");
+    else if (c->state == C_CANCELLING)
+        conn_fail(c, "cancelled statement did not end in time");
+    else if (c->state == C_IDLE && c->pool->listen != NULL)
+        conn_ping(c);
+    else if (c->state == C_PING)
+        conn_fail(c, "heartbeat not answered within 2 s; reconnecting");
 }
 
 /* libpq prints notices (and a server's FATAL on an idle connection) to
@@ -401,11 +579,15 @@ static void on_notice(void *arg, const char *message)
 
 static void conn_start(pg_conn *c)
 {
-    c->pg = PQconnectStart(c->pool->conninfo);
+    pgpool *p = c->pool;
+    if (p->kw != NULL)
+        c->pg = PQconnectStartParams((const char *const *)p->kw, (const char *const *)p->vals, 0);
+    else
+        c->pg = PQconnectStart(p->conninfo);
     if (c->pg != NULL)
         PQsetNoticeProcessor(c->pg, on_notice, NULL);
     c->state = C_CONNECTING;
-    struct timeval tv = ms_to_tv(c->pool->timeout_ms);
+    struct timeval tv = ms_to_tv(p->timeout_ms);
     evtimer_add(c->timer, &tv);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
@@ -440,6 +622,45 @@ static void pool_dispatch(pgpool *p)
     }
 }
 
+/* TCP keepalives find a peer that vanished (host down, a dropped route)
+ * on an idle connection in seconds instead of the kernel's two hours; the
+ * user timeout does the same for data sent and never acknowledged. Set only
+ * where the operator's conninfo says nothing. */
+static const char *const keepalive_defaults[][2] = {
+    {"keepalives", "1"},       {"keepalives_idle", "5"},      {"keepalives_interval", "1"},
+    {"keepalives_count", "3"}, {"tcp_user_timeout", "10000"},
+};
+#define NKEEPALIVE (sizeof(keepalive_defaults) / sizeof(keepalive_defaults[0]))
+
+static void pool_parse_conninfo(pgpool *p)
+{
+    PQconninfoOption *opts = PQconninfoParse(p->conninfo, NULL);
+    if (opts == NULL)
+        return;
+    size_t n = 0;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+        n++;
+    p->kw = xcalloc(n + NKEEPALIVE + 1, sizeof(char *));
+    p->vals = xcalloc(n + NKEEPALIVE + 1, sizeof(char *));
+    size_t k = 0;
+    for (size_t i = 0; i < NKEEPALIVE; i++) {
+        bool set = false;
+        for (PQconninfoOption *o = opts; o->keyword != NULL && !set; o++)
+            set = o->val != NULL && strcmp(o->keyword, keepalive_defaults[i][0]) == 0;
+        if (!set) {
+            p->kw[k] = xstrdup(keepalive_defaults[i][0]);
+            p->vals[k++] = xstrdup(keepalive_defaults[i][1]);
+        }
+    }
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val != NULL) {
+            p->kw[k] = xstrdup(o->keyword);
+            p->vals[k++] = xstrdup(o->val);
+        }
+    }
+    PQconninfoFree(opts);
+}
+
 /* ---- public ---- */
 
 pgpool *pgpool_new(struct event_base *base, const char *conninfo, int size, int timeout_ms,
@@ -448,6 +669,8 @@ pgpool *pgpool_new(struct event_base *base, const char *conninfo, int size, int 
     pgpool *p = xcalloc(1, sizeof(*p));
     p->base = base;
     p->conninfo = xstrdup(conninfo);
+    p->backoff_max_ms = BACKOFF_MAX_MS;
+    pool_parse_conninfo(p);
     p->timeout_ms = timeout_ms;
     p->queue_max = queue_max;
     p->stmts = stmts;
@@ -483,6 +706,12 @@ void pgpool_free(pgpool *p)
         op_fail(op, 503, "shutting_down", "the proxy is shutting down");
     }
     free(p->conns);
+    for (size_t i = 0; p->kw != NULL && p->kw[i] != NULL; i++) {
+        free(p->kw[i]);
+        free(p->vals[i]);
+    }
+    free(p->kw);
+    free(p->vals);
     free(p->conninfo);
     free(p->listen);
     free(p);
@@ -499,6 +728,7 @@ void pgpool_listen(pgpool *p, const char *channel, pgpool_notify_cb *on_notify,
     p->listen = xstrdup(channel);
     p->on_notify = on_notify;
     p->on_ready = on_ready;
+    p->backoff_max_ms = LISTEN_BACKOFF_MAX_MS;
     p->listen_arg = arg;
 }
 

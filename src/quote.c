@@ -41,6 +41,12 @@ static char *render(cJSON *doc, size_t *len)
 
 char *quote_render(const quote *q, size_t *len)
 {
+    int64_t total;
+    /* List prices are bigint in the database and the tax service may answer
+     * up to 2^53: their sum can leave int64, and a wrapped total is a wrong
+     * price. Refuse instead; the caller answers 500. */
+    if (__builtin_add_overflow(q->unit_price_cents, q->tax_cents, &total))
+        return NULL;
     cJSON *doc = cJSON_CreateObject();
     add_int(doc, "product_id", q->req.product_id);
     cJSON_AddStringToObject(doc, "region", q->req.region);
@@ -51,7 +57,7 @@ char *quote_render(const quote *q, size_t *len)
         cJSON_AddItemToArray(promos, int_item(q->promo_ids[i]));
     add_int(doc, "unit_price_cents", q->unit_price_cents);
     add_int(doc, "tax_cents", q->tax_cents);
-    add_int(doc, "total_cents", q->unit_price_cents + q->tax_cents);
+    add_int(doc, "total_cents", total);
     cJSON *ladder = cJSON_AddArrayToObject(doc, "volume_pricing");
     for (size_t i = 0; i < q->nbreaks; i++) {
         const quote_break *b = &q->breaks[i];

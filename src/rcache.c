@@ -1,19 +1,16 @@
-/* rcache: owns everything quotecache holds in Redis' direction: the command
- * connection and the one subscriber connection shared by all subscriptions
- * (each with its reconnect timer and backoff), every command in flight (an
- * "op", the privdata hiredis holds, with its own deadline timer), the SHA1s
- * of our two Lua scripts as loaded on the current command connection, and
- * the table of subscriptions. Nothing here outlives rcache_free.
+/* rcache: owns the commands quotecache sends to Redis: every command in
+ * flight (an "op", the privdata hiredis holds, with its own deadline timer),
+ * the SHA1s of our Lua scripts as loaded on the current command connection,
+ * the ready checks of both connections (the generation check on the command
+ * one), the generation guard's memory (highest global generation seen,
+ * bumps owed) and the table of subscriptions. The two connections
+ * themselves (connect, backoff, hung detection) are rconn's. Nothing here
+ * outlives rcache_free.
  *
  * hiredis 0.14.1 behaviour this file is built on (async.c at v0.14.1):
- * - when a context dies (error, or redisAsyncFree) every pending reply
- *   callback runs with a NULL reply, then the disconnect callback (only if
- *   the context had connected), then the context is freed;
- * - a failed connect runs the connect callback with REDIS_ERR and then frees
- *   the context itself: we only forget our pointer;
- * - redisAsyncFree must not run inside a hiredis callback. This module never
- *   does, and rcache_free must not be called from any callback this module
- *   runs on hiredis' behalf (a reply, a message, state_cb): it aborts with a
+ * - when a context dies every pending reply callback runs with a NULL reply;
+ * - rcache_free must not be called from any callback this module runs on
+ *   hiredis' behalf (a reply, a message, state_cb): it aborts with a
  *   message if it is. From a deadline (RCACHE_ERR after a timeout) or any
  *   other libevent callback it is fine;
  * - no command timeouts: each op carries its own evtimer. */
@@ -22,9 +19,9 @@
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
+#include "quotecache/rconn.h"
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -33,25 +30,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 2000
 #define SHA_HEX_LEN 40
+#define RUN_ID_MAX 64
 /* Ops held by hiredis, timed-out ones included. A Redis that hangs without
  * closing the socket never answers them: past this many, submits are refused
  * (callers fall back to the origin) instead of growing memory without end. */
 #define MAX_INFLIGHT 10000
-
-struct rc_conn {
-    rcache *rc;
-    const char *name;      /* "command" or "subscriber", for logs */
-    redisAsyncContext *ac; /* NULL while down; hiredis frees it, we forget it */
-    struct event *retry;   /* reconnect timer */
-    int backoff_ms;        /* delay of the next reconnect attempt */
-    bool up;               /* connected, and no disconnect since */
-    bool ever_up;          /* tells a reconnect from the first connect */
-    bool warned;           /* this outage was logged at warn level already */
-    void (*on_up)(struct rc_conn *c);
-};
 
 struct rc_sub {
     struct rc_sub *next;
@@ -61,7 +45,7 @@ struct rc_sub {
     void *arg;
 };
 
-enum rc_script { SCRIPT_STORE, SCRIPT_UNLOCK, SCRIPT_COUNT };
+enum rc_script { SCRIPT_STORE, SCRIPT_UNLOCK, SCRIPT_GUARD, SCRIPT_BUMP_ONCE, SCRIPT_COUNT };
 
 struct rcache {
     struct event_base *base;
@@ -70,8 +54,8 @@ struct rcache {
     struct timeval cmd_timeout;
     rcache_state_cb *state_cb;
     void *state_arg;
-    struct rc_conn cmd;
-    struct rc_conn sub;
+    rconn *cmd;
+    rconn *sub;
     struct rc_sub *subs;
     /* "" until SCRIPT LOAD answers on the current command connection; EVAL is
      * used meanwhile, so no command ever depends on that answer. */
@@ -80,7 +64,17 @@ struct rcache {
     int inflight;      /* ops hiredis holds */
     bool inflight_warned;
     bool closing;
-    time_t last_err_log; /* error lines are rate-limited to one a second */
+    /* The generation guard (rcache_guard_generations); keys NULL: off. */
+    char *marker_key, *global_key;
+    uint64_t gen_seen;   /* highest global generation this process has seen */
+    uint64_t owed, paid; /* bumps that failed, and how many a global bump covers */
+    uint64_t paying;     /* owed as of the global bump in flight, if any */
+    bool pay_inflight;
+    bool connect_bumped;              /* the generation check of this connection bumped */
+    char run_id[RUN_ID_MAX + 1];      /* of the Redis run last checked */
+    char next_run_id[RUN_ID_MAX + 1]; /* of the one being checked */
+    struct event *pay;                /* pays a debt while up, outside the failing call */
+    time_t last_err_log;              /* error lines are rate-limited to one a second */
     unsigned errs_unlogged;
 };
 
@@ -99,7 +93,9 @@ struct rc_op {
     rcache_done_cb *done_cb; /* may be NULL: nobody to tell */
     void *arg;
     struct event *deadline;
-    bool done; /* the caller has had its answer; only freeing is left */
+    bool done;  /* the caller has had its answer; only freeing is left */
+    bool bump;  /* a generation bump: if Redis may not have applied it, owe one */
+    bool is_gg; /* the bump is of the global generation: its answer is seen */
 };
 
 /* The global generation key lives in another hash slot than the entry and
@@ -119,12 +115,59 @@ static const char unlock_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\
                                  "  return 0\n"
                                  "end\n";
 
+/* The generation check, run once on every command connection before any
+ * other command. Redis has lost data when it restarted (a new run_id: maybe
+ * from a snapshot older than what we saw, or empty), or when the marker is
+ * gone (FLUSHALL): then the first client of this Redis run bumps the global
+ * generation past anything it has seen. Counters restored from an older
+ * snapshot may be lower than values some process recorded for a load in
+ * flight, so every client makes sure the global generation is above what
+ * it has seen (ARGV[2]) before its first read or store, and a client that
+ * owes a bump (ARGV[3]: a change it could not apply) bumps once. A client
+ * that saw another Redis run before (ARGV[4]) cannot trust a counter equal
+ * to what it saw either: it may be the first client's bump of a restored,
+ * lower counter.
+ * KEYS: marker, global generation. ARGV: run_id, seen, owes, restarted.
+ * Returns {new global generation, 1 if it moved}. */
+static const char guard_lua[] =
+    "local g = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
+    "if not g then return redis.error_reply('global generation is not a number') end\n"
+    "local seen = tonumber(ARGV[2])\n"
+    "local t = g\n"
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"
+    "  t = math.max(g, seen) + 1\n"
+    "elseif ARGV[3] == '1' then\n"
+    "  t = math.max(g, seen) + 1\n"
+    "elseif g < seen or (ARGV[4] == '1' and g == seen) then\n"
+    "  t = seen + 1\n"
+    "end\n"
+    "if t ~= g then redis.call('SET', KEYS[2], string.format('%d', t)) end\n"
+    "return {string.format('%d', t), t ~= g and 1 or 0}\n";
+
+/* One bump per change for the whole fleet: the first bumper of once_key
+ * (KEYS[2]) bumps KEYS[1]; later ones find the key and leave the counter. */
+static const char bump_once_lua[] = "if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then\n"
+                                    "  return redis.call('INCR', KEYS[1])\n"
+                                    "end\n"
+                                    "return 0\n";
+
 static const char *const script_src[SCRIPT_COUNT] = {
     [SCRIPT_STORE] = store_lua,
     [SCRIPT_UNLOCK] = unlock_lua,
+    [SCRIPT_GUARD] = guard_lua,
+    [SCRIPT_BUMP_ONCE] = bump_once_lua,
 };
 
-static void conn_start(struct rc_conn *c);
+/* The subscriber's ready check and heartbeat: hiredis 0.14 drops the answer
+ * of a PING in pub/sub mode, but answers a SUBSCRIBE; nobody publishes on
+ * this channel. */
+static const char *const sub_probe[] = {"SUBSCRIBE", "quotecache:heartbeat"};
+static const char *const cmd_probe[] = {"PING"};
+
+static void owe(rcache *rc);
+static void owed_pay(rcache *rc);
+static void saw_generation(rcache *rc, uint64_t gen_global);
 
 /* ---- small helpers ---- */
 
@@ -209,7 +252,7 @@ static void scripts_load(rcache *rc)
         size_t lens[3];
         rc->sha[i][0] = '\0';
         arg_lens(argv, lens, 3);
-        redisAsyncCommandArgv(rc->cmd.ac, script_on_load, rc->sha[i], 3, argv, lens);
+        redisAsyncCommandArgv(rconn_context(rc->cmd), script_on_load, rc->sha[i], 3, argv, lens);
     }
 }
 
@@ -292,6 +335,7 @@ static void op_answer_read(struct rc_op *op, const redisReply *r)
         op_fail(op, "entry is not a string");
         return;
     }
+    saw_generation(op->rc, v.gen_global);
     op->done = true;
     op->read_cb(op->arg, RCACHE_OK, &v);
 }
@@ -305,7 +349,7 @@ static void op_answer(struct rc_op *op, const redisReply *r)
     if (r->type == REDIS_REPLY_ERROR) {
         /* Only after SCRIPT FLUSH: reload, and EVAL until that answers. The
          * command itself is not retried: its caller sees an error. */
-        if (strncmp(r->str, "NOSCRIPT", 8) == 0 && op->rc->cmd.up)
+        if (strncmp(r->str, "NOSCRIPT", 8) == 0 && rconn_is_up(op->rc->cmd))
             scripts_load(op->rc);
         op_fail(op, r->str);
         return;
@@ -337,9 +381,16 @@ static void op_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct rc_op *op = privdata;
     rcache *rc = op->rc;
+    const redisReply *r = reply;
     (void)ac;
 
     rc->inflight--;
+    if (r)
+        rconn_replied(rc->cmd, !op->done);
+    if (r && r->type == REDIS_REPLY_INTEGER && op->is_gg)
+        saw_generation(rc, (uint64_t)r->integer);
+    else if (op->bump && (!r || r->type != REDIS_REPLY_INTEGER))
+        owe(rc); /* lost with the connection, or refused: maybe never applied */
     if (!op->done) {
         event_del(op->deadline);
         rc->hiredis_depth++;
@@ -353,26 +404,22 @@ static void op_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
  * context dies, frees it. The op must not be touched after op_fail. */
 static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
 {
+    struct rc_op *op = arg;
     (void)fd;
     (void)what;
-    op_fail(arg, "timed out");
+    /* Before op_fail: from there the caller may even free rc. */
+    rconn_timed_out(op->rc->cmd);
+    op_fail(op, "timed out");
 }
 
 /* Sends the command; the op then belongs to hiredis until op_on_reply. On
  * failure nothing was sent, the op is freed and the callback never runs. */
-static int op_submit(struct rc_op *op, int argc, const char **argv, const size_t *lens)
+static int op_send(struct rc_op *op, int argc, const char **argv, const size_t *lens)
 {
     rcache *rc = op->rc;
+    redisAsyncContext *ac = rconn_context(rc->cmd);
 
-    if (rc->inflight >= MAX_INFLIGHT) {
-        metrics_inc(M_REDIS_ERRORS);
-        if (!rc->inflight_warned)
-            log_warn("redis: %d commands in flight, refusing more", rc->inflight);
-        rc->inflight_warned = true;
-        op_free(op);
-        return -1;
-    }
-    if (redisAsyncCommandArgv(rc->cmd.ac, op_on_reply, op, argc, argv, lens) != REDIS_OK) {
+    if (!ac || redisAsyncCommandArgv(ac, op_on_reply, op, argc, argv, lens) != REDIS_OK) {
         /* hiredis refuses while its context is dying, which is also when a
          * caller answered with a NULL reply may be submitting again. */
         op_free(op);
@@ -383,131 +430,195 @@ static int op_submit(struct rc_op *op, int argc, const char **argv, const size_t
     return 0;
 }
 
-/* ---- connections ---- */
-
-static void conn_log_down(struct rc_conn *c, const char *why)
+static int op_submit(struct rc_op *op, int argc, const char **argv, const size_t *lens)
 {
-    if (c->warned) {
-        log_debug("redis %s connection to %s:%d: %s", c->name, c->rc->host, c->rc->port, why);
-        return;
+    rcache *rc = op->rc;
+
+    /* A debt goes first on the wire: Redis runs it before this command. */
+    owed_pay(rc);
+    if (rc->inflight >= MAX_INFLIGHT) {
+        metrics_inc(M_REDIS_ERRORS);
+        if (!rc->inflight_warned)
+            log_warn("redis: %d commands in flight, refusing more", rc->inflight);
+        rc->inflight_warned = true;
+        op_free(op);
+        return -1;
     }
-    log_warn("redis %s connection to %s:%d: %s; retrying", c->name, c->rc->host, c->rc->port, why);
-    c->warned = true;
+    return op_send(op, argc, argv, lens);
 }
 
-static void conn_retry_later(struct rc_conn *c)
+/* ---- the generation guard ---- */
+
+static void on_paid(void *arg, int status, long long result)
 {
-    struct timeval tv = ms_to_tv(c->backoff_ms);
-    event_add(c->retry, &tv);
-    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    rcache *rc = arg;
+    (void)result; /* seen by op_on_reply */
+    rc->pay_inflight = false;
+    if (status == RCACHE_OK && rc->paying > rc->paid)
+        rc->paid = rc->paying;
 }
 
-static void conn_on_retry(evutil_socket_t fd, short what, void *arg)
+/* While up, one INCR of the global generation covers every bump that
+ * failed so far. Not bound by MAX_INFLIGHT: a debt is one command, and
+ * refusing it would leave an invalidation unapplied. */
+static void owed_pay(rcache *rc)
+{
+    const char *argv[2];
+    size_t lens[2];
+    struct rc_op *op;
+
+    if (!rc->global_key || rc->owed == rc->paid || rc->pay_inflight || !rcache_is_up(rc))
+        return;
+    argv[0] = "INCR";
+    argv[1] = rc->global_key;
+    arg_lens(argv, lens, 2);
+    op = op_new(rc, OP_INT, "INCR", rc->global_key);
+    op->done_cb = on_paid;
+    op->arg = rc;
+    op->is_gg = true; /* not a bump: failing, it stays owed (no retry loop) */
+    rc->paying = rc->owed;
+    rc->pay_inflight = true;
+    if (op_send(op, 2, argv, lens) < 0)
+        rc->pay_inflight = false;
+}
+
+static void on_pay(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    conn_start(arg);
+    owed_pay(arg);
 }
 
-static void conn_on_connect(const redisAsyncContext *ac, int status)
+/* A bump that Redis may not have applied: until a global bump covers it,
+ * another instance could serve what it invalidated. Paid by the generation
+ * check of the next connection, or at once if this one is up. */
+static void owe(rcache *rc)
 {
-    struct rc_conn *c = ac->data;
+    if (rc->closing || !rc->global_key)
+        return;
+    rc->owed++;
+    if (rcache_is_up(rc))
+        event_active(rc->pay, EV_TIMEOUT, 1);
+}
 
-    if (status != REDIS_OK) {
-        /* hiredis frees ac as soon as we return. */
-        conn_log_down(c, ac->c.errstr);
-        c->ac = NULL;
-        conn_retry_later(c);
+static void guard_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    const redisReply *r = reply;
+    rcache *rc = privdata;
+    uint64_t g;
+
+    if (!r || ac != rconn_context(rc->cmd))
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || parse_gen(r->element[0], &g) < 0 ||
+        r->element[1]->type != REDIS_REPLY_INTEGER) {
+        rconn_fail(rc->cmd, r->type == REDIS_REPLY_ERROR ? r->str : "bad generation check reply");
         return;
     }
-    if (c->ever_up) {
-        metrics_inc(M_REDIS_RECONNECTS);
-        log_info("redis %s connection to %s:%d is back", c->name, c->rc->host, c->rc->port);
-    }
-    c->up = true;
-    c->ever_up = true;
-    c->warned = false;
-    c->backoff_ms = BACKOFF_MIN_MS;
-    c->on_up(c);
+    saw_generation(rc, g);
+    memcpy(rc->run_id, rc->next_run_id, sizeof(rc->run_id));
+    if (rc->paying > rc->paid)
+        rc->paid = rc->paying;
+    rc->connect_bumped = r->element[1]->integer == 1;
+    if (rc->connect_bumped)
+        log_info("redis: global generation moved to %" PRIu64 " (Redis lost data, or changes "
+                 "were missed while it was away)",
+                 g);
+    rconn_ready(rc->cmd);
 }
 
-/* Runs for a context that had connected, right before hiredis frees it:
- * every pending op has already been answered with a NULL reply. */
-static void conn_on_disconnect(const redisAsyncContext *ac, int status)
+/* The run_id line of INFO server into out ("" when there is none). */
+static void parse_run_id(const redisReply *r, char out[RUN_ID_MAX + 1])
 {
-    struct rc_conn *c = ac->data;
-    rcache *rc = c->rc;
-    bool was_up = c->up;
-    (void)status;
+    const char *p = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+    size_t n = 0;
 
-    c->ac = NULL;
-    c->up = false;
-    if (rc->closing)
+    out[0] = '\0';
+    if (!p)
         return;
-    metrics_inc(M_REDIS_ERRORS);
-    conn_log_down(c, ac->c.errstr[0] ? ac->c.errstr : "disconnected");
-    if (c == &rc->cmd && was_up && rc->state_cb) {
-        rc->hiredis_depth++;
-        rc->state_cb(rc->state_arg, false);
-        rc->hiredis_depth--;
-    }
-    conn_retry_later(c);
+    p += strlen("run_id:");
+    while (n < RUN_ID_MAX && p[n] && p[n] != '\r' && p[n] != '\n')
+        n++;
+    memcpy(out, p, n);
+    out[n] = '\0';
 }
 
-static void conn_start(struct rc_conn *c)
+/* INFO's run_id tells this Redis run from the one before a restart. It may
+ * be renamed away: then only a lost marker tells a restart. Whether the
+ * connection is usable at all (not NOAUTH, not LOADING) is the check's to
+ * say: it fails as well then. */
+static void guard_on_info(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    rcache *rc = c->rc;
-    redisAsyncContext *ac = redisAsyncConnect(rc->host, rc->port);
+    const redisReply *r = reply;
+    rcache *rc = privdata;
+    char *run_id = rc->next_run_id, seen[24];
+    const char *argv[9];
+    size_t lens[9];
 
-    if (!ac || ac->err || redisLibeventAttach(ac, rc->base) != REDIS_OK) {
-        /* Not attached to any event yet: no callback can be running. */
-        conn_log_down(c, ac ? ac->c.errstr : "out of memory");
-        if (ac)
-            redisAsyncFree(ac);
-        conn_retry_later(c);
+    if (!r || ac != rconn_context(rc->cmd))
         return;
-    }
-    ac->data = c;
-    redisAsyncSetConnectCallback(ac, conn_on_connect);
-    redisAsyncSetDisconnectCallback(ac, conn_on_disconnect);
-    c->ac = ac;
+    parse_run_id(r, run_id);
+    if (!run_id[0])
+        log_redis_error(rc, "INFO", "server",
+                        r->type == REDIS_REPLY_ERROR
+                            ? r->str
+                            : "no run_id: restarts are told by the marker only");
+    snprintf(seen, sizeof(seen), "%" PRIu64, rc->gen_seen);
+    rc->paying = rc->owed;
+    argv[0] = "EVAL";
+    argv[1] = guard_lua;
+    argv[2] = "2";
+    argv[3] = rc->marker_key;
+    argv[4] = rc->global_key;
+    argv[5] = run_id;
+    argv[6] = seen;
+    argv[7] = rc->owed > rc->paid ? "1" : "0";
+    argv[8] = rc->run_id[0] && strcmp(rc->run_id, run_id) != 0 ? "1" : "0";
+    arg_lens(argv, lens, 9);
+    if (redisAsyncCommandArgv(ac, guard_on_reply, rc, 9, argv, lens) != REDIS_OK)
+        rconn_fail(rc->cmd, "generation check refused");
 }
 
-static void conn_init(struct rc_conn *c, rcache *rc, const char *name,
-                      void (*on_up)(struct rc_conn *c))
-{
-    c->rc = rc;
-    c->name = name;
-    c->on_up = on_up;
-    c->backoff_ms = BACKOFF_MIN_MS;
-    c->retry = timer_new(rc->base, conn_on_retry, c);
-}
+/* ---- connections: the ready checks ---- */
 
-/* Called outside any hiredis callback (rcache_free checks): redisAsyncFree
- * answers every pending op with a NULL reply before it returns. */
-static void conn_close(struct rc_conn *c)
+static void cmd_on_connected(void *arg, rconn *c)
 {
-    redisAsyncContext *ac = c->ac;
-
-    event_free(c->retry);
-    c->retry = NULL;
-    c->ac = NULL;
-    c->up = false;
-    if (ac)
-        redisAsyncFree(ac);
-}
-
-static void cmd_on_up(struct rc_conn *c)
-{
-    rcache *rc = c->rc;
+    rcache *rc = arg;
+    const char *argv[] = {"INFO", "server"};
 
     scripts_load(rc);
+    rc->connect_bumped = false;
+    if (!rc->global_key) {
+        rconn_probe(c);
+        return;
+    }
+    if (redisAsyncCommandArgv(rconn_context(c), guard_on_info, rc, 2, argv, NULL) != REDIS_OK)
+        rconn_fail(c, "INFO refused");
+}
+
+static void cmd_on_up(void *arg, rconn *c)
+{
+    rcache *rc = arg;
+    (void)c;
+
     rc->inflight_warned = false;
     if (rc->state_cb) {
         rc->hiredis_depth++;
         rc->state_cb(rc->state_arg, true);
         rc->hiredis_depth--;
     }
+    owed_pay(rc); /* a bump that failed during the check */
+}
+
+static void cmd_on_down(void *arg, rconn *c, bool was_up)
+{
+    rcache *rc = arg;
+    (void)c;
+
+    if (rc->closing || !was_up || !rc->state_cb)
+        return;
+    rc->hiredis_depth++;
+    rc->state_cb(rc->state_arg, false);
+    rc->hiredis_depth--;
 }
 
 /* ---- subscriptions ---- */
@@ -537,7 +648,7 @@ static void sub_send(struct rc_sub *s)
 {
     const char *argv[] = {"SUBSCRIBE", s->channel};
     size_t lens[2];
-    redisAsyncContext *ac = s->rc->sub.ac;
+    redisAsyncContext *ac = rconn_context(s->rc->sub);
 
     arg_lens(argv, lens, 2);
     /* Refused only while the context dies; the reconnect re-subscribes. */
@@ -545,11 +656,19 @@ static void sub_send(struct rc_sub *s)
         log_warn("redis SUBSCRIBE %s refused; will retry on reconnect", s->channel);
 }
 
-static void sub_on_up(struct rc_conn *c)
+/* Subscribes again on every connection; the probe after the SUBSCRIBEs
+ * answers once they have been. */
+static void sub_on_connected(void *arg, rconn *c)
 {
-    for (struct rc_sub *s = c->rc->subs; s; s = s->next)
+    rcache *rc = arg;
+
+    for (struct rc_sub *s = rc->subs; s; s = s->next)
         sub_send(s);
+    rconn_probe(c);
 }
+
+static const rconn_hooks cmd_hooks = {cmd_on_connected, cmd_on_up, cmd_on_down};
+static const rconn_hooks sub_hooks = {sub_on_connected, NULL, NULL};
 
 /* ---- public API ---- */
 
@@ -564,11 +683,15 @@ rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_
     rc->cmd_timeout = ms_to_tv(cmd_timeout_ms > 0 ? cmd_timeout_ms : 1);
     rc->state_cb = state_cb;
     rc->state_arg = state_arg;
-    conn_init(&rc->cmd, rc, "command", cmd_on_up);
-    conn_init(&rc->sub, rc, "subscriber", sub_on_up);
+    rc->pay = event_new(base, -1, 0, on_pay, rc);
+    if (!rc->pay) {
+        log_error("rcache: out of memory creating an event");
+        abort();
+    }
     /* Both connects are asynchronous: no callback runs before we return. */
-    conn_start(&rc->cmd);
-    conn_start(&rc->sub);
+    rc->cmd = rconn_new(base, "command", host, port, cmd_timeout_ms, cmd_probe, 1, &cmd_hooks, rc);
+    rc->sub =
+        rconn_new(base, "subscriber", host, port, cmd_timeout_ms, sub_probe, 2, &sub_hooks, rc);
     return rc;
 }
 
@@ -582,8 +705,11 @@ void rcache_free(rcache *rc)
         abort();
     }
     rc->closing = true;
-    conn_close(&rc->cmd);
-    conn_close(&rc->sub);
+    rconn_free(rc->cmd);
+    rconn_free(rc->sub);
+    event_free(rc->pay);
+    free(rc->marker_key);
+    free(rc->global_key);
     while (rc->subs) {
         struct rc_sub *s = rc->subs;
         rc->subs = s->next;
@@ -596,7 +722,28 @@ void rcache_free(rcache *rc)
 
 bool rcache_is_up(const rcache *rc)
 {
-    return !rc->closing && rc->cmd.up;
+    return !rc->closing && rconn_is_up(rc->cmd);
+}
+
+void rcache_guard_generations(rcache *rc, const char *marker_key, const char *gen_global_key)
+{
+    free(rc->marker_key);
+    free(rc->global_key);
+    rc->marker_key = xstrdup(marker_key);
+    rc->global_key = xstrdup(gen_global_key);
+}
+
+bool rcache_connect_bumped(const rcache *rc)
+{
+    return rc->connect_bumped;
+}
+
+/* Every global generation read or bumped: the floor the next generation
+ * check lifts the counter above, should Redis come back with lower ones. */
+static void saw_generation(rcache *rc, uint64_t gen_global)
+{
+    if (gen_global > rc->gen_seen)
+        rc->gen_seen = gen_global;
 }
 
 int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
@@ -700,6 +847,56 @@ int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
     return submit_int(rc, "INCR", key, 2, argv, cb, arg);
 }
 
+int rcache_bump(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
+{
+    const char *argv[] = {"INCR", key};
+    size_t lens[2];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc)) {
+        owe(rc);
+        return -1;
+    }
+    arg_lens(argv, lens, 2);
+    op = op_new(rc, OP_INT, "INCR", key);
+    op->done_cb = cb;
+    op->arg = arg;
+    op->bump = true;
+    op->is_gg = rc->global_key && strcmp(key, rc->global_key) == 0;
+    if (op_submit(op, 2, argv, lens) < 0) {
+        owe(rc);
+        return -1;
+    }
+    return 0;
+}
+
+int rcache_bump_once(rcache *rc, const char *key, const char *once_key, int64_t ttl_ms,
+                     rcache_done_cb *cb, void *arg)
+{
+    char ttl[24];
+    const char *argv[] = {NULL, NULL, "2", key, once_key, ttl};
+    size_t lens[6];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc) || ttl_ms <= 0) {
+        owe(rc);
+        return -1;
+    }
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    script_head(rc, SCRIPT_BUMP_ONCE, argv);
+    arg_lens(argv, lens, 6);
+    op = op_new(rc, OP_INT, "bump", key);
+    op->done_cb = cb;
+    op->arg = arg;
+    op->bump = true;
+    op->is_gg = rc->global_key && strcmp(key, rc->global_key) == 0;
+    if (op_submit(op, 6, argv, lens) < 0) {
+        owe(rc);
+        return -1;
+    }
+    return 0;
+}
+
 int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg)
 {
     const char *argv[] = {"PUBLISH", channel, msg};
@@ -725,6 +922,55 @@ void rcache_subscribe(rcache *rc, const char *channel, rcache_message_cb *cb, vo
     s->arg = arg;
     s->next = rc->subs;
     rc->subs = s;
-    if (rc->sub.up)
+    if (rconn_is_up(rc->sub))
         sub_send(s);
+}
+
+/* ---- many counters in one command ---- */
+
+/* The batch of product bumps of one loop turn (invalidate.c): KEYS are the
+ * generation counters, ARGV[1] the once-key TTL, ARGV[1 + i] KEYS[i]'s
+ * once-key ("" for none). */
+static const char bump_many_lua[] =
+    "for i = 1, #KEYS do\n"
+    "  local o = ARGV[i + 1]\n"
+    "  if o == '' or redis.call('SET', o, '1', 'NX', 'PX', ARGV[1]) then\n"
+    "    redis.call('INCR', KEYS[i])\n"
+    "  end\n"
+    "end\n"
+    "return #KEYS\n";
+
+int rcache_bump_many(rcache *rc, const char *const *keys, const char *const *once_keys, size_t n,
+                     int64_t once_ttl_ms, rcache_done_cb *cb, void *arg)
+{
+    char nkeys[24], ttl[24];
+    struct rc_op *op;
+    int r;
+
+    if (!rcache_is_up(rc) || n == 0 || n > RCACHE_BUMP_MANY_MAX || once_ttl_ms <= 0) {
+        owe(rc);
+        return -1;
+    }
+    size_t argc = 2 * n + 4;
+    const char **argv = xcalloc(argc, sizeof(*argv));
+    size_t *lens = xcalloc(argc, sizeof(*lens));
+    snprintf(nkeys, sizeof(nkeys), "%zu", n);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, once_ttl_ms);
+    argv[0] = "EVAL";
+    argv[1] = bump_many_lua;
+    argv[2] = nkeys;
+    memcpy(argv + 3, keys, n * sizeof(*keys));
+    argv[3 + n] = ttl;
+    memcpy(argv + 4 + n, once_keys, n * sizeof(*once_keys));
+    arg_lens(argv, lens, (int)argc);
+    op = op_new(rc, OP_INT, "bump_many", keys[0]);
+    op->done_cb = cb;
+    op->arg = arg;
+    op->bump = true;
+    r = op_submit(op, (int)argc, argv, lens); /* hiredis copied the arguments */
+    free(argv);
+    free(lens);
+    if (r < 0)
+        owe(rc);
+    return r;
 }

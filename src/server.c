@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
@@ -30,6 +31,14 @@
 
 #define INM_MAX 256
 
+/* A quote request that arrived before the first catalog load. */
+typedef struct ready_wait {
+    struct ready_wait *next;
+    struct evhttp_request *req;
+    quote_req r;
+    struct timespec deadline;
+} ready_wait;
+
 struct server {
     struct event_base *base;
     server_deps d;
@@ -37,8 +46,11 @@ struct server {
     struct evhttp *admin;
     struct evhttp_bound_socket *pub_sock;
     struct evhttp_bound_socket *admin_sock;
+    conntrack *pub_conns, *admin_conns;
     size_t inflight;
-    conntrack *conns;
+    ready_wait *waiting, *waiting_tail; /* FIFO: deadlines in order */
+    size_t nwaiting;
+    struct event *ready_timer;
 };
 
 typedef struct req_ctx {
@@ -57,28 +69,58 @@ static double seconds_since(const struct timespec *t0)
     return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
-static void send_body(struct evhttp_request *req, int status, const char *body, size_t len)
+static conntrack *conns_of(server *s, struct evhttp_request *req)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Content-Type", "application/json");
-    struct evbuffer *buf = evbuffer_new();
-    evbuffer_add(buf, body, len);
-    evhttp_send_reply(req, status, NULL, buf);
-    evbuffer_free(buf);
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (evcon != NULL && s->admin != NULL && evhttp_connection_get_server(evcon) == s->admin)
+        return s->admin_conns;
+    return s->pub_conns;
 }
 
-static void send_error(struct evhttp_request *req, int status, const char *code,
-                       const char *message)
+/* Every answer leaves through here, exactly once per request: the status,
+ * the headers already set, Content-Type and Content-Length, and the body.
+ * A HEAD gets the same headers and no body (evhttp 2.1 adds no length to
+ * a HEAD answer but would still write the body it is given, corrupting
+ * the next answer on the connection). 304 has neither body nor length. */
+static void send_reply(server *s, struct evhttp_request *req, int status, const char *ctype,
+                       const char *body, size_t len)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    bool has_body = status != 304 && status != 204;
+    struct evbuffer *buf = NULL;
+    if (has_body) {
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", len);
+        evhttp_add_header(h, "Content-Type", ctype);
+        evhttp_add_header(h, "Content-Length", n);
+        if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
+            buf = evbuffer_new();
+            evbuffer_add(buf, body, len);
+        }
+    }
+    conntrack *ct = conns_of(s, req);
+    if (ct != NULL)
+        conntrack_on_reply(ct, req); /* before the send, which may free req */
+    evhttp_send_reply(req, status, NULL, buf);
+    if (buf)
+        evbuffer_free(buf);
+}
+
+static void send_json(server *s, struct evhttp_request *req, int status, const char *body,
+                      size_t len)
+{
+    send_reply(s, req, status, "application/json", body, len);
+}
+
+/* An error document, counted under route. */
+static void send_error(server *s, struct evhttp_request *req, enum metrics_route route, int status,
+                       const char *code, const char *message)
 {
     size_t len;
     char *body = quote_render_error(code, message, &len);
-    send_body(req, status, body, len);
+    send_json(s, req, status, body, len);
     free(body);
-}
-
-static void send_qc_error(struct evhttp_request *req, const qc_error *e)
-{
-    send_error(req, e->status, e->code, e->message);
+    metrics_request(route, status, X_NONE, 0);
 }
 
 /* ---- /quote ---- */
@@ -90,8 +132,8 @@ static bool etag_matches(const char *inm, const char *etag)
 }
 
 /* Replies to a quote request with a lookup answer (exactly once). */
-static void reply_quote(struct evhttp_request *req, const char *inm, const struct timespec *started,
-                        const lookup_answer *a)
+static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
+                        const struct timespec *started, const lookup_answer *a)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     const char *x = metrics_xcache_name(a->xcache);
@@ -109,19 +151,16 @@ static void reply_quote(struct evhttp_request *req, const char *inm, const struc
         evhttp_add_header(h, "ETag", tag);
         evhttp_add_header(h, "Cache-Control", "no-cache");
     }
-    if (a->etag != NULL && inm != NULL && inm[0] && etag_matches(inm, a->etag)) {
+    if (a->etag != NULL && inm != NULL && inm[0] && etag_matches(inm, a->etag))
         status = 304;
-        evhttp_send_reply(req, 304, "Not Modified", NULL);
-    } else {
-        send_body(req, status, a->body, a->len);
-    }
+    send_json(s, req, status, a->body, a->len);
     metrics_request(R_QUOTE, status, a->xcache, seconds_since(started));
 }
 
 static void on_answer(void *arg, const lookup_answer *a)
 {
     req_ctx *c = arg;
-    reply_quote(c->req, c->inm, &c->started, a);
+    reply_quote(c->s, c->req, c->inm, &c->started, a);
     c->s->inflight--;
     free(c);
 }
@@ -131,32 +170,31 @@ static bool header_has_token(const char *value, const char *token)
     return httphdr_has_token(value, token);
 }
 
-static void handle_quote(server *s, struct evhttp_request *req, const char *id_segment,
-                         const char *query)
+/* Checks what only the catalog knows. Returns true when it answered. */
+static bool reject_unknown(server *s, struct evhttp_request *req, const quote_req *r)
 {
-    qc_error err;
-    quote_req r;
-    if (request_parse_quote(id_segment, query, &r, &err) < 0) {
-        send_qc_error(req, &err);
-        metrics_request(R_QUOTE, err.status, X_NONE, 0);
-        return;
+    const catalog *cat = s->d.cat;
+    if (!catalog_has_region(cat, r->region)) {
+        send_error(s, req, R_QUOTE, 400, "unknown_region", "parameter 'region': no such region");
+        return true;
     }
-    catalog *cat = s->d.cat;
-    if (!catalog_ready(cat)) {
-        send_error(req, 503, "catalog_unavailable", "pricing data is not loaded yet");
-        metrics_request(R_QUOTE, 503, X_NONE, 0);
-        return;
+    if (!catalog_has_tier(cat, r->tier)) {
+        send_error(s, req, R_QUOTE, 400, "unknown_tier", "parameter 'tier': no such tier");
+        return true;
     }
-    if (!catalog_has_tier(cat, r.tier)) {
-        send_error(req, 400, "unknown_tier", "parameter 'tier': no such tier");
-        metrics_request(R_QUOTE, 400, X_NONE, 0);
-        return;
+    if (!catalog_has_currency(cat, r->currency)) {
+        send_error(s, req, R_QUOTE, 400, "unknown_currency",
+                   "parameter 'currency': no such currency");
+        return true;
     }
-    if (!catalog_has_currency(cat, r.currency)) {
-        send_error(req, 400, "unknown_currency", "parameter 'currency': no such currency");
-        metrics_request(R_QUOTE, 400, X_NONE, 0);
+    return false;
+}
+
+/* A parsed quote request, once the catalog is loaded. */
+static void quote_validated(server *s, struct evhttp_request *req, const quote_req *r)
+{
+    if (reject_unknown(s, req, r))
         return;
-    }
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     const char *cc = evhttp_find_header(in, "Cache-Control");
     const char *pragma = evhttp_find_header(in, "Pragma");
@@ -164,10 +202,10 @@ static void handle_quote(server *s, struct evhttp_request *req, const char *id_s
                     (pragma && header_has_token(pragma, "no-cache"));
     const char *inm = evhttp_find_header(in, "If-None-Match");
     lookup_answer hot;
-    if (!no_cache && lookup_quote_hot(s->d.lk, &r, &hot)) {
+    if (!no_cache && lookup_quote_hot(s->d.lk, r, &hot)) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        reply_quote(req, inm, &now, &hot);
+        reply_quote(s, req, inm, &now, &hot);
         return;
     }
     req_ctx *c = xcalloc(1, sizeof(*c));
@@ -177,38 +215,144 @@ static void handle_quote(server *s, struct evhttp_request *req, const char *id_s
     if (inm != NULL && strlen(inm) < INM_MAX)
         snprintf(c->inm, sizeof(c->inm), "%s", inm);
     s->inflight++;
-    lookup_quote(s->d.lk, &r, no_cache, on_answer, c);
+    lookup_quote(s->d.lk, r, no_cache, on_answer, c);
+}
+
+/* ---- readiness: quotes that arrive before the first catalog load ---- */
+
+static void arm_ready_timer(server *s)
+{
+    if (s->waiting == NULL)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t ms = (int64_t)(s->waiting->deadline.tv_sec - now.tv_sec) * 1000 +
+                 (s->waiting->deadline.tv_nsec - now.tv_nsec) / 1000000;
+    if (ms < 0)
+        ms = 0;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(s->ready_timer, &tv);
+}
+
+static ready_wait *pop_waiting(server *s)
+{
+    ready_wait *w = s->waiting;
+    s->waiting = w->next;
+    if (s->waiting == NULL)
+        s->waiting_tail = NULL;
+    s->nwaiting--;
+    s->inflight--;
+    return w;
+}
+
+static void refuse_waiting(server *s, ready_wait *w)
+{
+    send_error(s, w->req, R_QUOTE, 503, "catalog_unavailable", "pricing data is not loaded yet");
+    free(w);
+}
+
+/* Holds a valid quote request until the catalog is ready, for at most
+ * --pg-timeout (the deadline of the load that would make it ready). */
+static void wait_for_catalog(server *s, struct evhttp_request *req, const quote_req *r)
+{
+    if (s->nwaiting >= (size_t)s->d.cfg->max_waiters) {
+        metrics_inc(M_WAITERS_REJECTED);
+        send_error(s, req, R_QUOTE, 503, "catalog_unavailable", "pricing data is not loaded yet");
+        return;
+    }
+    ready_wait *w = xcalloc(1, sizeof(*w));
+    w->req = req;
+    w->r = *r;
+    clock_gettime(CLOCK_MONOTONIC, &w->deadline);
+    int ms = s->d.cfg->pg_timeout_ms;
+    w->deadline.tv_sec += ms / 1000;
+    w->deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (w->deadline.tv_nsec >= 1000000000L) {
+        w->deadline.tv_sec++;
+        w->deadline.tv_nsec -= 1000000000L;
+    }
+    if (s->waiting_tail)
+        s->waiting_tail->next = w;
+    else
+        s->waiting = w;
+    s->waiting_tail = w;
+    s->nwaiting++;
+    s->inflight++;
+    if (s->waiting == w)
+        arm_ready_timer(s);
+}
+
+static void on_ready_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    server *s = arg;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    while (s->waiting != NULL && (s->waiting->deadline.tv_sec < now.tv_sec ||
+                                  (s->waiting->deadline.tv_sec == now.tv_sec &&
+                                   s->waiting->deadline.tv_nsec <= now.tv_nsec)))
+        refuse_waiting(s, pop_waiting(s));
+    arm_ready_timer(s);
+}
+
+static void on_catalog_ready(void *arg)
+{
+    server *s = arg;
+    evtimer_del(s->ready_timer);
+    while (s->waiting != NULL) {
+        ready_wait *w = pop_waiting(s);
+        quote_validated(s, w->req, &w->r);
+        free(w);
+    }
+}
+
+static void handle_quote(server *s, struct evhttp_request *req, const char *id_segment,
+                         const char *query)
+{
+    qc_error err;
+    quote_req r;
+    if (request_parse_quote(id_segment, query, &r, &err) < 0) {
+        send_error(s, req, R_QUOTE, err.status, err.code, err.message);
+        return;
+    }
+    if (!catalog_ready(s->d.cat))
+        wait_for_catalog(s, req, &r);
+    else
+        quote_validated(s, req, &r);
 }
 
 /* ---- /healthz, /metrics ---- */
 
+/* 503 "starting" until the first catalog load (a load balancer must not
+ * send quotes before they can be served), then 200 "ok" or "degraded". */
 static void handle_healthz(server *s, struct evhttp_request *req)
 {
     const char *redis = s->d.rc == NULL ? "disabled" : rcache_is_up(s->d.rc) ? "up" : "down";
     const char *pg = pgpool_is_up(s->d.pool) ? "up" : "down";
     const char *tax = tax_client_state(s->d.tax);
+    const char *inv = invalidate_listening(s->d.inv) ? "up" : "down";
+    bool ready = catalog_ready(s->d.cat);
     bool ok = strcmp(redis, "down") != 0 && strcmp(pg, "up") == 0 && strcmp(tax, "down") != 0 &&
-              catalog_ready(s->d.cat);
-    char body[160];
+              strcmp(inv, "up") == 0;
+    const char *status = !ready ? "starting" : ok ? "ok" : "degraded";
+    int code = ready ? 200 : 503;
+    char body[192];
     int n = snprintf(body, sizeof(body),
-                     "{\"status\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\",\"tax\":\"%s\"}",
-                     ok ? "ok" : "degraded", redis, pg, tax);
+                     "{\"status\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\",\"tax\":\"%s\","
+                     "\"invalidation\":\"%s\"}",
+                     status, redis, pg, tax, inv);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
-    send_body(req, 200, body, (size_t)n);
-    metrics_request(R_HEALTHZ, 200, X_NONE, 0);
+    send_json(s, req, code, body, (size_t)n);
+    metrics_request(R_HEALTHZ, code, X_NONE, 0);
 }
 
-static void handle_metrics(struct evhttp_request *req)
+static void handle_metrics(server *s, struct evhttp_request *req)
 {
     metrics_request(R_METRICS, 200, X_NONE, 0);
     size_t len;
     char *text = metrics_render(&len);
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4");
-    struct evbuffer *buf = evbuffer_new();
-    evbuffer_add(buf, text, len);
-    evhttp_send_reply(req, 200, NULL, buf);
-    evbuffer_free(buf);
+    send_reply(s, req, 200, "text/plain; version=0.0.4", text, len);
     free(text);
 }
 
@@ -228,39 +372,31 @@ static bool reject_oversized(server *s, struct evhttp_request *req, enum metrics
 {
     const char *uri = evhttp_request_get_uri(req);
     if (strlen(uri) > (size_t)s->d.cfg->max_uri) {
-        send_error(req, 414, "uri_too_long", "the request URI is too long");
-        metrics_request(route, 414, X_NONE, 0);
+        send_error(s, req, route, 414, "uri_too_long", "the request URI is too long");
         return true;
     }
     if (headers_size(req) > (size_t)s->d.cfg->max_headers) {
-        send_error(req, 431, "headers_too_large", "the request headers are too large");
-        metrics_request(route, 431, X_NONE, 0);
+        send_error(s, req, route, 431, "headers_too_large", "the request headers are too large");
         return true;
     }
     return false;
 }
 
-static bool method_ok(struct evhttp_request *req, const char *allow, enum evhttp_cmd_type want,
-                      enum metrics_route route)
+static bool method_ok(server *s, struct evhttp_request *req, const char *allow,
+                      enum evhttp_cmd_type want, enum metrics_route route)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     if (m == want || (want == EVHTTP_REQ_GET && m == EVHTTP_REQ_HEAD))
         return true;
     evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
-    send_error(req, 405, "method_not_allowed", "method not allowed on this route");
-    metrics_request(route, 405, X_NONE, 0);
+    send_error(s, req, route, 405, "method_not_allowed", "method not allowed on this route");
     return false;
 }
 
 static void on_public(struct evhttp_request *req, void *arg)
 {
     server *s = arg;
-    if (!conntrack_on_request(s->conns, req)) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        send_error(req, 503, "too_many_connections", "too many client connections");
-        metrics_request(R_OTHER, 503, X_NONE, 0);
-        return;
-    }
+    conntrack_on_request(s->pub_conns, req);
     if (reject_oversized(s, req, R_OTHER))
         return;
     char path[4096 + 1];
@@ -273,24 +409,23 @@ static void on_public(struct evhttp_request *req, void *arg)
     const char *q = strchr(uri, '?');
     size_t plen = q ? (size_t)(q - uri) : strlen(uri);
     if (plen >= sizeof(path)) {
-        send_error(req, 414, "uri_too_long", "the request URI is too long");
+        send_error(s, req, R_OTHER, 414, "uri_too_long", "the request URI is too long");
         return;
     }
     memcpy(path, uri, plen);
     path[plen] = '\0';
     const char *query = q ? q + 1 : NULL;
     if (strncmp(path, "/quote/", 7) == 0 && strchr(path + 7, '/') == NULL) {
-        if (method_ok(req, "GET, HEAD", EVHTTP_REQ_GET, R_QUOTE))
+        if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_QUOTE))
             handle_quote(s, req, path + 7, query);
     } else if (strcmp(path, "/healthz") == 0) {
-        if (method_ok(req, "GET, HEAD", EVHTTP_REQ_GET, R_HEALTHZ))
+        if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_HEALTHZ))
             handle_healthz(s, req);
     } else if (strcmp(path, "/metrics") == 0) {
-        if (method_ok(req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
-            handle_metrics(req);
+        if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
+            handle_metrics(s, req);
     } else {
-        send_error(req, 404, "no_route", "no such route");
-        metrics_request(R_OTHER, 404, X_NONE, 0);
+        send_error(s, req, R_OTHER, 404, "no_route", "no such route");
     }
 }
 
@@ -308,16 +443,15 @@ static void on_purged(void *arg, bool ok)
     purge_ctx *c = arg;
     struct evhttp_request *req = c->req;
     if (!ok) {
-        send_error(req, 503, "invalidation_failed",
+        send_error(c->s, req, R_ADMIN, 503, "invalidation_failed",
                    "dropped here, but could not be announced to other instances");
-        metrics_request(R_ADMIN, 503, X_NONE, 0);
     } else {
         char body[96];
         int n = c->product_id
                     ? snprintf(body, sizeof(body),
                                "{\"invalidated\":\"product\",\"product_id\":%lld}", c->product_id)
                     : snprintf(body, sizeof(body), "{\"invalidated\":\"all\"}");
-        send_body(req, 200, body, (size_t)n);
+        send_json(c->s, req, 200, body, (size_t)n);
         metrics_request(R_ADMIN, 200, X_NONE, 0);
     }
     c->s->inflight--;
@@ -369,26 +503,23 @@ static long long parse_invalidate(struct evbuffer *body)
 static void on_admin(struct evhttp_request *req, void *arg)
 {
     server *s = arg;
-    conntrack_on_request(s->conns, req); /* restarts its deadline; admin is never refused */
+    conntrack_on_request(s->admin_conns, req);
     if (reject_oversized(s, req, R_ADMIN))
         return;
     if (strcmp(evhttp_request_get_uri(req), "/admin/invalidate") != 0) {
-        send_error(req, 404, "no_route", "no such route");
-        metrics_request(R_ADMIN, 404, X_NONE, 0);
+        send_error(s, req, R_ADMIN, 404, "no_route", "no such route");
         return;
     }
     if (!admin_authorized(s, req)) {
-        send_error(req, 401, "unauthorized", "a valid bearer token is required");
-        metrics_request(R_ADMIN, 401, X_NONE, 0);
+        send_error(s, req, R_ADMIN, 401, "unauthorized", "a valid bearer token is required");
         return;
     }
-    if (!method_ok(req, "POST", EVHTTP_REQ_POST, R_ADMIN))
+    if (!method_ok(s, req, "POST", EVHTTP_REQ_POST, R_ADMIN))
         return;
     long long pid = parse_invalidate(evhttp_request_get_input_buffer(req));
     if (pid < 0) {
-        send_error(req, 400, "bad_request",
+        send_error(s, req, R_ADMIN, 400, "bad_request",
                    "body must be {\"product_id\": N} with N > 0, or {\"all\": true}");
-        metrics_request(R_ADMIN, 400, X_NONE, 0);
         return;
     }
     purge_ctx *c = xcalloc(1, sizeof(*c));
@@ -436,19 +567,37 @@ static bool is_loopback(const char *host)
            strcmp(host, "::1") == 0;
 }
 
-static struct evhttp *http_new(server *s, const qc_config *cfg)
+/* Opens one listener served by a new evhttp and its connection tracker.
+ * Returns the evhttp, or NULL with err filled. */
+static struct evhttp *http_listen(server *s, const hostport *hp, size_t max_conns,
+                                  struct evhttp_bound_socket **sock, conntrack **conns, char *err,
+                                  size_t errlen)
 {
+    const qc_config *cfg = s->d.cfg;
+    evutil_socket_t fd = open_listener(hp, err, errlen);
+    if (fd < 0)
+        return NULL;
     struct evhttp *h = evhttp_new(s->base);
-    /* evhttp's own limit is looser so that we answer 414/431 ourselves. */
-    evhttp_set_max_headers_size(h, (ev_ssize_t)(cfg->max_headers + cfg->max_uri + 1024));
+    /* evhttp's own limit is well past ours, so that oversized requests get
+     * our JSON 414/431 (it counts the request line too); only requests far
+     * past both are cut by evhttp itself. */
+    evhttp_set_max_headers_size(h, (ev_ssize_t)(2 * cfg->max_headers + cfg->max_uri + 1024));
     evhttp_set_max_body_size(h, (ev_ssize_t)cfg->max_body);
     /* evhttp's timeout is per read: it cuts idle connections; conntrack
      * cuts slow senders, whatever their pace. */
     evhttp_set_timeout(h, cfg->idle_timeout_s);
-    evhttp_set_bevcb(h, conntrack_on_accept, s->conns);
     evhttp_set_allowed_methods(h, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
                                       EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                       EVHTTP_REQ_PATCH);
+    *sock = evhttp_accept_socket_with_handle(h, fd);
+    /* Answering is bounded by the deadlines of lookup (a wait on another
+     * instance's lock, then a load of our own, perhaps once more after a
+     * fenced store); this backstop only catches what escapes them. */
+    int busy_ms = 2 * (cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms) +
+                  cfg->pg_timeout_ms + 1000;
+    *conns = conntrack_new(s->base, evhttp_bound_socket_get_listener(*sock), max_conns,
+                           cfg->header_timeout_s * 1000, busy_ms);
+    evhttp_set_bevcb(h, conntrack_on_accept, *conns);
     return h;
 }
 
@@ -462,27 +611,23 @@ server *server_new(struct event_base *base, const server_deps *deps, char *err, 
     server *s = xcalloc(1, sizeof(*s));
     s->base = base;
     s->d = *deps;
-    /* A later request on a keep-alive connection may take as long as the
-     * longest wait for a load, plus idling, plus sending. */
-    int load_ms = cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms + 1000;
-    s->conns = conntrack_new(base, (size_t)cfg->max_conns, cfg->header_timeout_s * 1000,
-                             load_ms + (cfg->idle_timeout_s + cfg->header_timeout_s) * 1000);
-    evutil_socket_t fd = open_listener(&cfg->listen, err, errlen);
-    if (fd < 0)
+    s->ready_timer = evtimer_new(base, on_ready_timer, s);
+    catalog_on_ready(s->d.cat, on_catalog_ready, s);
+    s->pub = http_listen(s, &cfg->listen, (size_t)cfg->max_conns, &s->pub_sock, &s->pub_conns, err,
+                         errlen);
+    if (s->pub == NULL)
         goto fail;
-    s->pub = http_new(s, cfg);
-    s->pub_sock = evhttp_accept_socket_with_handle(s->pub, fd);
     evhttp_set_gencb(s->pub, on_public, s);
     if (cfg->admin_enabled) {
-        fd = open_listener(&cfg->admin_listen, err, errlen);
-        if (fd < 0)
+        s->admin = http_listen(s, &cfg->admin_listen, SERVER_ADMIN_MAX_CONNS, &s->admin_sock,
+                               &s->admin_conns, err, errlen);
+        if (s->admin == NULL)
             goto fail;
-        s->admin = http_new(s, cfg);
-        s->admin_sock = evhttp_accept_socket_with_handle(s->admin, fd);
         evhttp_set_gencb(s->admin, on_admin, s);
     }
     return s;
 fail:
+    catalog_on_ready(s->d.cat, NULL, NULL);
     server_free(s);
     return NULL;
 }
@@ -490,10 +635,12 @@ fail:
 void server_stop_accepting(server *s)
 {
     if (s->pub_sock) {
+        conntrack_forget(s->pub_conns);
         evhttp_del_accept_socket(s->pub, s->pub_sock);
         s->pub_sock = NULL;
     }
     if (s->admin_sock) {
+        conntrack_forget(s->admin_conns);
         evhttp_del_accept_socket(s->admin, s->admin_sock);
         s->admin_sock = NULL;
     }
@@ -508,10 +655,15 @@ void server_free(server *s)
 {
     if (s == NULL)
         return;
+    /* The catalog is freed first (main.c): it calls nobody any more. */
+    while (s->waiting != NULL)
+        refuse_waiting(s, pop_waiting(s));
     if (s->pub)
         evhttp_free(s->pub);
     if (s->admin)
         evhttp_free(s->admin);
-    conntrack_free(s->conns);
+    conntrack_free(s->pub_conns);
+    conntrack_free(s->admin_conns);
+    event_free(s->ready_timer);
     free(s);
 }

@@ -35,6 +35,8 @@ static const char catalog_sql[] =
     "SELECT 't', name, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::bigint"
     " FROM tiers "
     "UNION ALL SELECT 'c', currency, NULL, NULL, NULL, NULL, NULL FROM fx_rates "
+    "UNION ALL SELECT 'r', region, NULL, NULL, NULL, NULL, NULL"
+    " FROM (SELECT DISTINCT region FROM regional_prices) rg "
     "UNION ALL SELECT 'p', NULL, id, product_id, region,"
     " (LEAST(GREATEST(COALESCE(extract(epoch FROM starts_at), -1e12), -1e12), 1e12)"
     "  * 1000)::bigint,"

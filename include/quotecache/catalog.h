@@ -1,5 +1,5 @@
 /* catalog: the small, slowly changing sets that validation and cache keys
- * need on every request — tiers, currencies, and the promotions — kept in
+ * need on every request — regions, tiers, currencies, and the promotions — kept in
  * process so that neither a hit nor a validation costs a database query.
  *
  * Loaded at start, reloaded on a timer and whenever catalog_reload is called
@@ -32,11 +32,19 @@ void catalog_free(catalog *c);
 typedef void catalog_reloaded_cb(void *arg, bool ok);
 void catalog_on_reload(catalog *c, catalog_reloaded_cb *cb, void *arg);
 
+/* Called once, when the first load succeeds (not if it already has); cb
+ * NULL unregisters. */
+typedef void catalog_ready_cb(void *arg);
+void catalog_on_ready(catalog *c, catalog_ready_cb *cb, void *arg);
+
 /* True once a load has succeeded. */
 bool catalog_ready(const catalog *c);
 /* Starts a reload now (or right after the one in progress). */
 void catalog_reload(catalog *c);
 
+/* region: upper case, as the request normalizes it; the regions are those
+ * regional_prices names. */
+bool catalog_has_region(const catalog *c, const char *region);
 bool catalog_has_tier(const catalog *c, const char *tier);
 bool catalog_has_currency(const catalog *c, const char *currency);
 

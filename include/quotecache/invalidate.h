@@ -1,10 +1,14 @@
 /* invalidate: turns changes into dropped cache entries. Listens on a
  * dedicated PostgreSQL connection for the notifications that
  * scripts/sql/triggers.sql makes the database send, and serves the admin
- * purge. An invalidation bumps a generation counter in Redis (one INCR: every
+ * purge. An invalidation bumps a generation counter in Redis (every
  * instance sees it on its next read, since a hit requires the entry's
- * generations to equal the counters) and the local one (loads in flight on
- * this instance reload instead of storing what they read before).
+ * generations to equal the counters) and the local one at once (loads in
+ * flight on this instance reload instead of storing what they read before).
+ * The Redis bumps of one loop turn travel as one command; a bulk write (over
+ * 256 products in a batch) or a bump that fails bumps the global counter
+ * instead, and a global bump that fails is owed and retried: an
+ * invalidation is never dropped silently.
  *
  * Why generations rather than deleting keys: a product has one key per
  * (region, tier, currency, promotion set), unknown to any one instance;
@@ -44,7 +48,9 @@ void invalidate_free(invalidator *inv);
 typedef void invalidate_done_cb(void *arg, bool ok);
 void invalidate_purge(invalidator *inv, int64_t product_id, invalidate_done_cb *cb, void *arg);
 
-/* True while the LISTEN connection is up. */
+/* True while the LISTEN connection is up and answers its heartbeat (a
+ * backend that went silent is noticed within about 3 s). While it is not,
+ * nothing cached is trusted for more than about a second (see README). */
 bool invalidate_listening(const invalidator *inv);
 
 #endif

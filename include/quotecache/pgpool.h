@@ -5,9 +5,11 @@
  *
  * Ownership: each query is an op owned by the pool, with a deadline that
  * covers queueing and execution. A query that passes its deadline is answered
- * with an error and its connection is closed and replaced (the only way to
- * stop a running statement without blocking). Callbacks fire exactly once,
- * never before the submit returns. */
+ * with an error at once, and its statement is cancelled on the server (a
+ * cancel request sent from a short-lived helper thread, since libpq 15's
+ * PQcancel blocks); the connection takes new work once the statement has
+ * ended with "canceled", and is replaced if it has not within another
+ * deadline. Callbacks fire exactly once, never before the submit returns. */
 #ifndef QUOTECACHE_PGPOOL_H
 #define QUOTECACHE_PGPOOL_H
 
@@ -54,11 +56,18 @@ typedef void pgpool_ready_cb(void *arg);
  * and '_') as the last step of its set-up. on_ready fires each time a
  * connection becomes ready (so also after every reconnect: notifications
  * sent while it was away are lost); on_notify for each notification on it.
+ * A listening connection also proves it is alive: one second after each
+ * answer it sends the LISTEN again (idempotent, one round trip) and is
+ * dropped and reconnected (backoff up to 1 s) when the answer takes more
+ * than 2 s, so a backend that went silent is replaced within about 3 s.
  * Call right after pgpool_new, before the loop runs. */
 void pgpool_listen(pgpool *p, const char *channel, pgpool_notify_cb *on_notify,
                    pgpool_ready_cb *on_ready, void *arg);
 
-/* True when at least one connection is ready. */
+/* True when at least one connection is ready (for a listening pool: its
+ * heartbeat has not failed). Every connection uses TCP keepalives (idle 5 s,
+ * then 3 probes 1 s apart) and a 10 s TCP user timeout unless the conninfo
+ * sets them. */
 bool pgpool_is_up(const pgpool *p);
 
 /* Runs one SQL script on a fresh blocking connection and returns 0, or -1

@@ -30,7 +30,8 @@ typedef struct quote {
 
 /* Renders q as compact JSON (keys in the documented order; integers exact to
  * 64 bits). Returns a new NUL-terminated buffer (caller frees); *len its
- * length. */
+ * length. Returns NULL when unit_price_cents + tax_cents does not fit in an
+ * int64 (no document is better than a wrapped total). */
 char *quote_render(const quote *q, size_t *len);
 
 /* Renders {"error": code, "message": message} the same way. */

@@ -1,6 +1,9 @@
 /* rcache: everything quotecache asks of Redis, over hiredis' async API on the
  * worker's libevent loop: reads, fenced stores, the cross-instance load lock,
- * generation counters, and one shared pub/sub subscriber connection.
+ * generation counters (and the guard that keeps them trustworthy across
+ * Redis restarts), and one shared pub/sub subscriber connection. The two
+ * connections' life (connect, ready check, hung detection, backoff) is
+ * rconn.h's.
  *
  * Ownership: every command in flight is an op owned by this module. The op,
  * not the caller's context, is what hiredis holds. Each op has its own
@@ -39,13 +42,17 @@ typedef void rcache_read_cb(void *arg, int status, const rcache_value *v);
 typedef void rcache_done_cb(void *arg, int status, long long result);
 /* A message on a subscribed channel. */
 typedef void rcache_message_cb(void *arg, const char *msg, size_t len);
-/* Connection state changes: up == true after every (re)connect of the
- * command connection, false when it is lost. */
+/* Connection state changes: up == true once a (re)connected command
+ * connection has answered its ready check, false when it is lost or dropped
+ * as hung. */
 typedef void rcache_state_cb(void *arg, bool up);
 
 /* Connects (asynchronously) to host:port and keeps reconnecting with backoff
- * (100 ms doubling to 2 s) whenever a connection is lost. cmd_timeout_ms is
- * the deadline of every command. */
+ * (100 ms doubling to 2 s) whenever a connection is lost (rconn.h). A
+ * connection counts as up only once Redis has answered on it; a hung one
+ * (3 command timeouts in a row, or a second without any answer) is dropped
+ * and reconnected, and reads as down meanwhile. cmd_timeout_ms is the
+ * deadline of every command. */
 rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_timeout_ms,
                    rcache_state_cb *state_cb, void *state_arg);
 /* Closes both connections; pending callbacks fire with RCACHE_ERR before it
@@ -54,6 +61,20 @@ rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_
  * with a log line); from a deadline callback it is fine. */
 void rcache_free(rcache *rc);
 bool rcache_is_up(const rcache *rc);
+
+/* The generation guard; call right after rcache_new. Every command
+ * connection then runs one check (a Lua script) before anything else is
+ * sent on it, which bumps gen_global_key only when invalidations may have
+ * been missed: this process owes a bump (rcache_bump could not be applied),
+ * or Redis lost data (a new run_id since marker_key was set: restarted,
+ * maybe from an older snapshot or empty; or the marker is gone). Then the
+ * counter is also lifted above every global generation this process has
+ * seen, so a load that recorded the old counters can never pass the fence.
+ * A plain reconnect, or another instance starting, bumps nothing. */
+void rcache_guard_generations(rcache *rc, const char *marker_key, const char *gen_global_key);
+/* During state_cb(up): true when that connection's check moved the global
+ * generation (what this process derived from the old counters is void). */
+bool rcache_connect_bumped(const rcache *rc);
 
 /* One round trip: MGET gen_global_key gen_product_key entry_key. */
 int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
@@ -79,6 +100,28 @@ int rcache_unlock(rcache *rc, const char *lock_key, const char *token, rcache_do
 
 /* INCR key. result: the new value. cb may be NULL. */
 int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
+
+/* INCR of a generation counter (an invalidation). Like rcache_incr, and
+ * more: when Redis may not have applied it (refused here: then -1, Redis
+ * down; or the connection lost before its answer), this process owes a
+ * bump, and the next global bump pays it (at once while up, else in the
+ * check of the next connection, before any read on it). Needs
+ * rcache_guard_generations. */
+int rcache_bump(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
+/* rcache_bump once per once_key for every client of this Redis (one Lua
+ * script: SET once_key NX PX ttl_ms, and INCR key only if that set it), so
+ * a change that every worker of every instance is told of costs one bump.
+ * result: the new value, or 0 when another client bumped for once_key
+ * already. Same debt rule as rcache_bump. */
+int rcache_bump_once(rcache *rc, const char *key, const char *once_key, int64_t ttl_ms,
+                     rcache_done_cb *cb, void *arg);
+/* Product generation bumps in one command (a Lua script): for each i, INCR
+ * keys[i], unless once_keys[i] is not "" and another client set it already
+ * (SET once_keys[i] NX PX once_ttl_ms), as rcache_bump_once. n is
+ * 1..RCACHE_BUMP_MANY_MAX. result: n. Same debt rule as rcache_bump. */
+#define RCACHE_BUMP_MANY_MAX 1024
+int rcache_bump_many(rcache *rc, const char *const *keys, const char *const *once_keys, size_t n,
+                     int64_t once_ttl_ms, rcache_done_cb *cb, void *arg);
 
 /* PUBLISH msg on channel. result: receivers. cb may be NULL. */
 int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done_cb *cb, void *arg);

@@ -1,6 +1,9 @@
 /* server: the HTTP front of one worker — the public listener (quote,
  * health, metrics) and the admin listener — with request limits, routing,
- * validation against the catalog, and exactly one reply per request. */
+ * validation against the catalog, and exactly one reply per request (HEAD
+ * included: the GET's headers, no body). Quote requests that arrive before
+ * the first catalog load wait for it (at most --pg-timeout); /healthz
+ * says 503 "starting" until then. */
 #ifndef QUOTECACHE_SERVER_H
 #define QUOTECACHE_SERVER_H
 
@@ -17,6 +20,9 @@
 struct event_base;
 
 typedef struct server server;
+
+/* Connections the admin listener takes at once (besides --max-conns). */
+#define SERVER_ADMIN_MAX_CONNS 16
 
 /* What the routes need; all outlive the server. rc may be NULL. */
 typedef struct server_deps {

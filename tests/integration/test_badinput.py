@@ -78,6 +78,8 @@ BAD = [
     ("/quote/1?region=US&tier=ABCDEFGHIJKLMNOP", 400, "unknown_tier"),
     ("/quote/1?" + Q + "&currency=XYZ", 400, "unknown_currency"),
     ("/quote/1?" + Q + "&currency=usx", 400, "unknown_currency"),
+    ("/quote/1?region=ABCDEFGHIJKLMNOP&tier=gold", 400, "unknown_region"),  # 16 letters
+    ("/quote/1?region=XX&tier=gold", 400, "unknown_region"),
     # routes
     ("/quote/1/x?" + Q, 404, "no_route"),
     ("/quote?" + Q, 404, "no_route"),
@@ -95,7 +97,6 @@ GOOD = [
     ("/quote/1?tier=gold&currency=USD&region=us", 200),
     ("/quote/9223372036854775807?" + Q, 404),    # fits int64, does not exist
     ("/quote/00009223372036854775807?" + Q, 404),
-    ("/quote/1?region=ABCDEFGHIJKLMNOP&tier=gold", 404),  # 16 letters: well formed
 ]
 
 
@@ -120,7 +121,7 @@ def error_of(body):
 
 
 def origin_counts():
-    return (st.tax_stats(), st.pg_statements(like="%regional_prices%"),
+    return (st.tax_stats(), st.pg_statements(like="WITH p AS (%"),  # the quote statement
             int(st.redis_cli("DBSIZE")))
 
 
@@ -284,14 +285,16 @@ def test_trickling_sender_cut():
 
 
 def test_too_many_connections():
+    """Past --max-conns the proxy stops accepting: the extra connections
+    wait in the kernel's queue, unanswered, until slots free up."""
     socks, res = [], []
     try:
         for _ in range(MAX_CONNS + 10):
             c = socket.create_connection(("127.0.0.1", px.port))
             c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             socks.append(c)
-        for c in socks:
-            c.settimeout(3)
+        for i, c in enumerate(socks):
+            c.settimeout(3 if i < MAX_CONNS else 0.3)
             try:
                 res.append(qcstack.parse_response(c.recv(65536))[0])
             except OSError:
@@ -299,8 +302,8 @@ def test_too_many_connections():
         ok = res.count(200)
         assert ok <= MAX_CONNS, res
         assert ok >= MAX_CONNS - 2, res  # the limit is not wildly low either
-        assert all(r in (200, 503, None) for r in res), res
-        assert res.count(503) + res.count(None) >= 10, res
+        assert all(r in (200, None) for r in res), res
+        assert res.count(None) >= 10, res
     finally:
         for c in socks:
             c.close()

@@ -70,6 +70,9 @@ def test_rcache_driver():
             assert r.returncode == 0, "rcache_driver exited %d:\n%s" % (r.returncode, out)
             assert "all checks passed" in out, out
             assert "outage checks skipped" not in out, out
+            for line in out.splitlines():
+                if " after " in line and line.startswith("rcache_driver: "):
+                    print(line, flush=True)  # measured times
             for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
                 assert bad not in out, out
         finally:

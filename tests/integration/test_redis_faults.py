@@ -24,7 +24,7 @@ def setup_module():
     st = qcstack.Stack(products=2000)
     products = [int(x) for x in st.psql(
         "SELECT p.id FROM products p JOIN regional_prices rp ON rp.product_id = p.id "
-        "AND rp.region = 'US' WHERE p.active ORDER BY p.id LIMIT 40").split()]
+        "AND rp.region = 'US' WHERE p.active ORDER BY p.id LIMIT 400").split()]
 
 
 def teardown_module():
@@ -165,6 +165,76 @@ def test_redis_hung():
     def hit():
         return p.get(qpath(warm))[1].get("x-cache") == "HIT"
     qcstack.wait_until(hit, 5, "HITs after Redis resumed", p.proc)
+    p.stop_clean()
+
+
+def test_hung_redis_is_down():
+    """SIGSTOP: the connections are dropped as hung, /healthz says down
+    within 3 s, and warm and cold quotes keep answering 200 within 2 s each
+    (from the origin once Redis is known down, not paying --redis-timeout
+    each); SIGCONT: up and HITs again within 5 s."""
+    p = qcstack.Proxy(st)  # --redis-timeout 500 (the default)
+    p.wait_health(status="ok", redis="up")
+    warm = take_product()
+    s, _, body = p.get(qpath(warm))
+    assert s == 200
+    rpid = st.procs["redis"].pid
+    os.kill(rpid, signal.SIGSTOP)
+    times = []
+    try:
+        t0 = time.monotonic()
+        down_at = None
+        while time.monotonic() - t0 < 4.5:
+            for path in (qpath(warm), qpath(take_product())):
+                t1 = time.monotonic()
+                s, h, b = p.get(path, timeout=5)
+                took = time.monotonic() - t1
+                times.append(took)
+                assert s == 200, (s, b)
+                assert took < 2.0, ("answer took", took)
+                if path == qpath(warm):
+                    assert b == body
+            if down_at is None and p.health()["redis"] == "down":
+                down_at = time.monotonic() - t0
+            time.sleep(0.1)
+        assert down_at is not None and down_at < 3.0, ("redis down after", down_at)
+        # Known down: requests no longer wait on Redis at all.
+        late = times[-4:]
+        assert max(late) < 0.4, late
+        print("hung redis: down after %.2fs; answers max %.3fs, last four %s"
+              % (down_at, max(times), ["%.3f" % x for x in late]), flush=True)
+    finally:
+        os.kill(rpid, signal.SIGCONT)
+    t2 = time.monotonic()
+    p.wait_health(redis="up", status="ok", timeout=5)
+
+    def hit():
+        return p.get(qpath(warm))[1].get("x-cache") == "HIT"
+    qcstack.wait_until(hit, 5 - (time.monotonic() - t2), "HITs after Redis resumed", p.proc)
+    print("hung redis: up and HIT %.2fs after SIGCONT" % (time.monotonic() - t2), flush=True)
+    p.stop_clean()
+
+
+def test_hung_redis_is_down_without_traffic():
+    """No quote traffic at all: the heartbeat finds the hung Redis."""
+    p = qcstack.Proxy(st).ready()
+    p.wait_health(redis="up")
+    time.sleep(1.5)  # quiet connections
+    rpid = st.procs["redis"].pid
+    os.kill(rpid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        p.wait_health(redis="down", timeout=3)
+        print("hung redis, no traffic: down after %.2fs" % (time.monotonic() - t0), flush=True)
+    finally:
+        os.kill(rpid, signal.SIGCONT)
+    t0 = time.monotonic()
+    p.wait_health(redis="up", timeout=5)
+    print("hung redis, no traffic: up %.2fs after SIGCONT" % (time.monotonic() - t0), flush=True)
+    err = p.stderr_text()
+    for conn in ("command", "subscriber"):  # both heartbeats noticed it
+        assert any("redis %s connection" % conn in ln and "hung" in ln
+                   for ln in err.splitlines()), err[-3000:]
     p.stop_clean()
 
 

@@ -1,5 +1,6 @@
 /* Unit tests for notify: every payload shape the triggers and the admin
- * purge send, and the junk a hostile NOTIFY can carry. */
+ * purge send (with and without the txid), and the junk a hostile NOTIFY can
+ * carry. */
 #include <stdint.h>
 #include <string.h>
 
@@ -25,6 +26,20 @@ static void test_valid(void)
     CHECK(notify_parse("products:9223372036854775807", &m) == 0 && m.product_id == INT64_MAX);
     CHECK(notify_parse("products:007", &m) == 0 && m.product_id == 7);
     CHECK(notify_parse("new_table_2:3", &m) == 0 && strcmp(m.table, "new_table_2") == 0);
+    CHECK(notify_parse("products:42", &m) == 0 && m.txid[0] == '\0');
+}
+
+static void test_txid(void)
+{
+    notify_msg m;
+
+    CHECK(notify_parse("products:7781:42", &m) == 0);
+    CHECK(strcmp(m.table, "products") == 0 && strcmp(m.txid, "7781") == 0 && m.product_id == 42);
+    CHECK(notify_parse("volume_breaks:1:*", &m) == 0 && strcmp(m.txid, "1") == 0 &&
+          m.product_id == 0);
+    CHECK(notify_parse("tier_discounts:18446744073709551615:9", &m) == 0 &&
+          strlen(m.txid) == NOTIFY_TXID_MAX && m.product_id == 9);
+    CHECK(notify_parse("promotions:5:3", &m) == 0 && m.in_catalog && strcmp(m.txid, "5") == 0);
 }
 
 static void test_invalid(void)
@@ -50,7 +65,17 @@ static void test_invalid(void)
         "Products:1",
         "prod ucts:1",
         "products\n:1",
-        "promotions:1:2",
+        "products::1",
+        "products:1::2",
+        "products:1:2:3",
+        "products:x:1",
+        "products:-5:1",
+        "products: 5:1",
+        "products:5 :1",
+        "products:5:",
+        "products:5:0",
+        "products:*:1",
+        "products:123456789012345678901:1", /* a 21-digit txid */
         /* 64 table characters: one more than PostgreSQL allows */
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:1",
     };
@@ -80,6 +105,7 @@ static void test_longest_table(void)
 int main(void)
 {
     test_valid();
+    test_txid();
     test_invalid();
     test_longest_table();
     return CHECK_DONE();

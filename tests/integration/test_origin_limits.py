@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""The origin at its limits: a PostgreSQL deadline cancels the backend's
+statement (it does not linger, waiting on a lock, after the client got its
+504), and a total that does not fit in 64 bits is a clean 500, never a
+wrapped number.
+
+The slow query is real: a psql session holds LOCK TABLE regional_prices IN
+ACCESS EXCLUSIVE MODE in an open transaction, so the quote statement waits
+on the lock. The huge totals come from a list price near INT64_MAX and a
+stand-in tax service (a few lines of http.server) answering what the test
+tells it."""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qctest  # noqa: E402
+from qctest import qcstack  # noqa: E402
+
+st = None
+INT64_MAX = 2 ** 63 - 1
+QUOTE_SQL_LIKE = "WITH p AS (%"
+
+
+def setup_module():
+    global st
+    qctest.require_file(os.path.join(qcstack.build_dir(), "quotecache"), "quotecache")
+    st = qcstack.Stack(products=500, seed=1)
+    # Without the seed's store-wide promotions a plain product's USD unit
+    # price is its list price, so the test can put it next to INT64_MAX.
+    st.psql("DELETE FROM promotions WHERE product_id IS NULL")
+
+
+def teardown_module():
+    if st is not None:
+        st.stop()
+
+
+class HeldSession:
+    """One psql session kept open across calls (for a transaction that
+    holds a lock while the test does other things)."""
+
+    def __init__(self, stack, db="pricing"):
+        self.p = subprocess.Popen(
+            ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+             "-p", str(stack.pg_port), "-U", "postgres", "-d", db],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1)
+
+    def run(self, sql):
+        self.p.stdin.write(sql + "\n\\echo __done__\n")
+        self.p.stdin.flush()
+        out = []
+        while True:
+            line = self.p.stdout.readline()
+            if not line:
+                raise RuntimeError("psql session ended: %s" % "".join(out))
+            if line.strip() == "__done__":
+                return "".join(out)
+            out.append(line)
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                qcstack.kill_pid(self.p.pid, proc=self.p)
+
+
+def plain_products(n):
+    """Active products priced in US with no tier discount for 'standard'
+    and no promotion (setup_module deleted the store-wide ones): their USD
+    unit price is the list price."""
+    return [int(x) for x in st.psql(
+        "SELECT p.id FROM products p JOIN regional_prices rp ON rp.product_id = p.id "
+        "AND rp.region = 'US' WHERE p.active AND NOT EXISTS (SELECT 1 FROM promotions pr "
+        "WHERE pr.product_id = p.id OR pr.product_id IS NULL) AND NOT EXISTS (SELECT 1 FROM tier_discounts td WHERE "
+        "td.product_id = p.id AND td.tier = 'standard') ORDER BY p.id DESC LIMIT %d" % n).split()]
+
+
+def lingering_quote_backends():
+    return [int(x) for x in st.psql(
+        "SELECT pid FROM pg_stat_activity WHERE datname = 'pricing' AND state = 'active' "
+        "AND query LIKE '%s' AND pid <> pg_backend_pid()" % QUOTE_SQL_LIKE).split()]
+
+
+def proxy_backends():
+    """Backend pids of the proxy's connections (psql names itself)."""
+    return set(st.psql("SELECT pid FROM pg_stat_activity WHERE datname = 'pricing' AND "
+                       "application_name <> 'psql' AND backend_type = 'client backend'").split())
+
+
+def test_deadline_cancels_the_backend_query():
+    pid = plain_products(1)[0]
+    px = qcstack.Proxy(st, pg_timeout=500, workers=1).ready()
+    before = proxy_backends()
+    assert len(before) == 5, before  # --pg-pool 4 and the LISTEN connection
+    held = HeldSession(st)
+    try:
+        held.run("BEGIN; LOCK TABLE regional_prices IN ACCESS EXCLUSIVE MODE;")
+        times = []
+        for i in range(3):
+            t0 = time.monotonic()
+            s, _, doc = px.quote(pid, tier=["standard", "gold", "silver"][i])
+            dt = time.monotonic() - t0
+            times.append(dt)
+            assert s == 504, (s, doc)
+            assert doc["error"] == "postgres_timeout", doc
+            assert dt < 0.75, "504 after %.3fs" % dt
+            # The statement was cancelled, not left waiting on the lock.
+            deadline = time.monotonic() + 0.3
+            while lingering_quote_backends():
+                assert time.monotonic() < deadline, \
+                    "quote statement still running 0.3s after its 504: %s" % \
+                    st.psql("SELECT pid, state, wait_event_type, wait_event, query_start "
+                            "FROM pg_stat_activity WHERE query LIKE '%s'" % QUOTE_SQL_LIKE)
+                time.sleep(0.01)
+        print("  504 after %s ms; no statement left behind" %
+              ", ".join("%.0f" % (t * 1000) for t in times), flush=True)
+        held.run("ROLLBACK;")
+        # The pool is fine afterwards (the cancelled connections were kept or
+        # replaced): the next quote is served.
+        t0 = time.monotonic()
+        s, _, doc = px.quote(pid)
+        assert s == 200, (s, doc)
+        assert time.monotonic() - t0 < 1.0
+        # Cancelled, not dropped: the same backends serve on.
+        assert proxy_backends() == before, (before, proxy_backends())
+    finally:
+        held.close()
+    px.stop_clean()
+
+
+class FakeTax(http.server.BaseHTTPRequestHandler):
+    answer = {"tax_cents": 0}
+
+    def do_GET(self):
+        body = json.dumps(FakeTax.answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_total_overflow_is_a_clean_500():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeTax)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    pids = plain_products(4)
+    px = qcstack.Proxy(st, tax_url="http://127.0.0.1:%d" % srv.server_address[1],
+                       redis="none", workers=1).ready()
+    try:
+        lst = INT64_MAX - 1000
+        st.psql("UPDATE regional_prices SET list_price_cents = %d WHERE region = 'US' AND "
+                "product_id IN (%s)" % (lst, ",".join(map(str, pids))))
+        # Exactly at the top: served, and exact.
+        FakeTax.answer = {"tax_cents": 1000}
+        s, _, doc = px.quote(pids[0], headers={"Cache-Control": "no-cache"})
+        assert s == 200, (s, doc)
+        assert doc["unit_price_cents"] == lst and doc["total_cents"] == INT64_MAX, doc
+        # One cent over: a clean 500, not a negative total.
+        FakeTax.answer = {"tax_cents": 1001}
+        s, _, doc = px.quote(pids[1])
+        assert s == 500, (s, doc)
+        assert doc["error"] == "price_overflow", doc
+        # The largest tax the client accepts (2^53) over a huge unit price.
+        FakeTax.answer = {"tax_cents": 2 ** 53}
+        s, _, doc = px.quote(pids[2])
+        assert s == 500 and doc["error"] == "price_overflow", (s, doc)
+        # A tax beyond what a double holds exactly is a bad answer (502).
+        FakeTax.answer = {"tax_cents": 9.3e18}
+        s, _, doc = px.quote(pids[3])
+        assert s == 502, (s, doc)
+        # Errors are not cached: with a sane tax the same quote is 200.
+        FakeTax.answer = {"tax_cents": 1}
+        s, _, doc = px.quote(pids[1])
+        assert s == 200 and doc["total_cents"] == lst + 1, (s, doc)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    px.stop_clean()
+
+
+qctest.main(globals())
