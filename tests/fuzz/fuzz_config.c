@@ -4,7 +4,6 @@
  * problem was reported; every problem line is a terminated string; an
  * accepted configuration can reload into itself. LeakSanitizer checks that
  * config_free releases what the file set. */
-#define _GNU_SOURCE
 #include "fuzz.h"
 
 #include <sys/mman.h>
