@@ -1,17 +1,12 @@
 /* notify: the grammar of change-notification payloads. Anyone who can run
- * NOTIFY on the database can send one, so the payload is hostile: it is
- * bounded, the table must look like a table name, the txid and the id must
- * be exactly digits (no sign, no spaces, no overflow). An unknown but well-formed table
- * is accepted, as the old parser in invalidate.c did, so that a trigger on a
- * new table invalidates rather than being silently ignored. */
+ * NOTIFY on the database can send one, so the payload is hostile: the
+ * product id must be exactly digits (no sign, no spaces, no overflow) and
+ * nothing is copied without a bound. What precedes the product is read
+ * leniently, as invalidate.c always did: a payload that names a product is
+ * never ignored because of its head. */
 #include "quotecache/notify.h"
 
 #include <string.h>
-
-static bool table_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
-}
 
 /* Digits only, value 1..INT64_MAX (leading zeros allowed: PostgreSQL never
  * sends them, but they do not change the number). */
@@ -34,39 +29,54 @@ static int parse_id(const char *s, int64_t *out)
     return 0;
 }
 
-static bool is_catalog_table(const char *t)
+/* head[0..n) is "table:txid" when what follows its first ':' is 1 to
+ * NOTIFY_TXID_MAX digits; then the table ends at that ':'. */
+static void split_head(const char *head, size_t n, notify_msg *m)
 {
-    return strcmp(t, "promotions") == 0 || strcmp(t, "tiers") == 0 || strcmp(t, "fx_rates") == 0;
+    const char *mid = memchr(head, ':', n);
+    size_t tlen = n;
+
+    if (mid != NULL) {
+        size_t xlen = n - (size_t)(mid + 1 - head);
+        if (xlen > 0 && xlen <= NOTIFY_TXID_MAX && strspn(mid + 1, "0123456789") >= xlen) {
+            memcpy(m->txid, mid + 1, xlen);
+            m->txid[xlen] = '\0';
+            tlen = (size_t)(mid - head);
+        }
+    }
+    m->table_len = tlen;
+    tlen = tlen < NOTIFY_TABLE_MAX ? tlen : NOTIFY_TABLE_MAX;
+    memcpy(m->table, head, tlen);
+    m->table[tlen] = '\0';
+}
+
+static bool is_catalog_table(const notify_msg *m)
+{
+    static const char *const tables[] = {"promotions", "tiers", "fx_rates"};
+
+    for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+        if (m->table_len == strlen(tables[i]) && strcmp(m->table, tables[i]) == 0)
+            return true;
+    }
+    return false;
 }
 
 int notify_parse(const char *payload, notify_msg *out)
 {
     notify_msg m;
-    size_t tlen = 0;
 
     if (payload == NULL)
         return -1;
+    const char *colon = strrchr(payload, ':');
+    if (colon == NULL)
+        return -1;
     memset(&m, 0, sizeof(m));
-    while (tlen <= NOTIFY_TABLE_MAX && table_char(payload[tlen]))
-        tlen++;
-    if (tlen == 0 || tlen > NOTIFY_TABLE_MAX || payload[tlen] != ':')
-        return -1;
-    memcpy(m.table, payload, tlen);
-    m.table[tlen] = '\0';
-    const char *id = payload + tlen + 1;
-    size_t xlen = strspn(id, "0123456789");
-    if (id[xlen] == ':') { /* the txid is there: the id follows it */
-        if (xlen == 0 || xlen > NOTIFY_TXID_MAX)
-            return -1;
-        memcpy(m.txid, id, xlen);
-        m.txid[xlen] = '\0';
-        id += xlen + 1;
-    }
-    if (strcmp(id, "*") == 0)
+    if (strcmp(colon + 1, "*") == 0)
         m.product_id = 0;
-    else if (parse_id(id, &m.product_id) < 0)
+    else if (parse_id(colon + 1, &m.product_id) < 0)
         return -1;
-    m.in_catalog = is_catalog_table(m.table);
+    split_head(payload, (size_t)(colon - payload), &m);
+    m.in_catalog = is_catalog_table(&m);
     *out = m;
     return 0;
 }

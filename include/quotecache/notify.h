@@ -2,11 +2,14 @@
  * channel. Pure code.
  *
  * Grammar (scripts/sql/triggers.sql and invalidate_purge):
- *   payload    = table [ ":" txid ] ":" ( product-id / "*" )
- *   table      = 1*63 of [a-z0-9_]  (a table of legacy-backend.md, or "admin")
- *   txid       = 1*20 DIGIT         (the writing transaction, txid_current())
- *   product-id = decimal digits, no sign or spaces, 1 .. INT64_MAX
- * "*" means every product. */
+ *   payload    = head ":" ( product-id / "*" )
+ *   head       = table ":" txid / table
+ *   txid       = 1*20 DIGIT          (the writing transaction, txid_current())
+ *   product-id = 1*DIGIT, 1 .. INT64_MAX (no sign, no spaces)
+ * The product after the last ':' is what counts; "*" means every product.
+ * A head that is not `table ":" txid` is all table, whatever it holds, so a
+ * payload from an older trigger or a stray NOTIFY that names a product
+ * still invalidates it: a cache may drop too much, never too little. */
 #ifndef QUOTECACHE_NOTIFY_H
 #define QUOTECACHE_NOTIFY_H
 
@@ -18,7 +21,10 @@
 #define NOTIFY_TXID_MAX 20  /* digits of a 64-bit txid */
 
 typedef struct notify_msg {
+    /* The table, for logs: cut to NOTIFY_TABLE_MAX bytes (table_len has the
+     * full length). */
     char table[NOTIFY_TABLE_MAX + 1];
+    size_t table_len;
     /* The transaction that made the change, so the fleet bumps once per
      * (transaction, product); "" when the payload names none. */
     char txid[NOTIFY_TXID_MAX + 1];
@@ -29,8 +35,9 @@ typedef struct notify_msg {
     bool in_catalog;
 } notify_msg;
 
-/* Parses payload (NUL-terminated). Returns 0 and fills *out, or -1 when the
- * payload is not in the grammar above (out is then untouched). */
+/* Parses payload (NUL-terminated). Returns 0 and fills *out, or -1 when it
+ * names no product (no ':', or not a product id or "*" after the last one;
+ * out is then untouched). */
 int notify_parse(const char *payload, notify_msg *out);
 
 #endif
