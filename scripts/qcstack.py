@@ -701,7 +701,14 @@ class Proxy:
 
     @property
     def pid(self):
+        """The master's PID; it serves nothing (see worker_pids)."""
         return self.proc.pid if self.proc else None
+
+    def worker_pids(self):
+        """PIDs of the worker processes (the master's children), sorted:
+        the ones that hold connections, use CPU and open descriptors."""
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
+        return sorted(int(p) for p in out.stdout.split())
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -730,9 +737,16 @@ class Proxy:
         return self.returncode
 
     def kill(self):
-        """SIGKILL (a crash); returns the exit status."""
+        """SIGKILL (a crash) of the workers and the master; returns the
+        master's exit status. The workers go first: killed alone, the master
+        would let them drain gracefully (PR_SET_PDEATHSIG), not crash."""
         if self.proc is None:
             return self.returncode
+        for w in self.worker_pids():
+            try:
+                os.kill(w, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.returncode = kill_pid(self.proc.pid, signal.SIGKILL, 5, self.proc)
         self.proc = None
         return self.returncode

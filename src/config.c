@@ -1,14 +1,22 @@
-/* config: flag and environment parsing, table-driven so that every option has
- * one line saying its name, type, bounds and default. */
+/* config: flags, environment and the --config file, table-driven so that
+ * every option has one line saying its name, type, bounds and default.
+ *
+ * A load applies, in order, the defaults, the file, the environment and
+ * the flags (so flag > environment > file > default), records where each
+ * value came from so that a later check names its source, and collects
+ * every problem rather than stopping at the first (--check-config prints
+ * them all). */
 #include "quotecache/config.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "quotecache/log.h"
 #include "quotecache/mem.h"
 
 enum opt_type { T_INT, T_STR, T_HOSTPORT, T_REDIS, T_ADMIN, T_FLAG };
@@ -63,11 +71,38 @@ static const opt options[] = {
     {"log-level", T_STR, OFF(log_level), 0, 0, "info", "debug, info, warn or error"},
     {"install-triggers", T_FLAG, OFF(install_triggers), 0, 0, NULL,
      "install the change-notification triggers in --postgres and exit"},
+    {"config", T_STR, OFF(config_file), 0, 0, NULL,
+     "file of `name = value` lines (flag > environment > file > default); SIGHUP re-reads it"},
+    {"check-config", T_FLAG, OFF(check_config), 0, 0, NULL,
+     "check the configuration and the listeners, print each problem, exit 0 or 2"},
 };
+
+#define NOPTS QC_ARRAY_LEN(options)
+
+/* One load in progress: the config being filled, where each value came
+ * from (for the messages of checks made after everything is merged), and
+ * the problems found so far. */
+typedef struct loader {
+    qc_config *cfg;
+    config_problems *probs;
+    char source[NOPTS][96];
+} loader;
+
+void config_problem(config_problems *probs, const char *fmt, ...)
+{
+    if (probs->n == CONFIG_PROBLEMS_MAX) {
+        probs->dropped++;
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(probs->line[probs->n++], CONFIG_PROBLEM_LEN, fmt, ap);
+    va_end(ap);
+}
 
 static const opt *find_opt(const char *name, size_t len)
 {
-    for (size_t i = 0; i < QC_ARRAY_LEN(options); i++) {
+    for (size_t i = 0; i < NOPTS; i++) {
         if (strlen(options[i].name) == len && strncmp(options[i].name, name, len) == 0)
             return &options[i];
     }
@@ -126,19 +161,14 @@ static int parse_int(const char *s, long min, long max, long *out)
     return 0;
 }
 
-/* Applies one value to its option. Returns 0, or -1 with err filled. */
-static int apply(qc_config *cfg, const opt *o, const char *value, const char *source, char *err,
-                 size_t errlen)
+static int set_value(qc_config *cfg, const opt *o, const char *value)
 {
     char *field = (char *)cfg + o->offset;
     long v;
     switch (o->type) {
     case T_INT:
-        if (parse_int(value, o->min, o->max, &v) < 0) {
-            snprintf(err, errlen, "%s: expected an integer from %ld to %ld, got '%.64s'", source,
-                     o->min, o->max, value);
+        if (parse_int(value, o->min, o->max, &v) < 0)
             return -1;
-        }
         *(int *)field = (int)v;
         return 0;
     case T_STR:
@@ -161,12 +191,167 @@ static int apply(qc_config *cfg, const opt *o, const char *value, const char *so
     case T_HOSTPORT:
         break;
     }
-    if (config_parse_hostport(value, (hostport *)field) < 0) {
-        snprintf(err, errlen, "%s: expected HOST:PORT, got '%.64s'", source, value);
+    if (config_parse_hostport(value, (hostport *)field) == 0)
+        return 0;
+    ((hostport *)field)->port = 0; /* not the default either: nothing to bind */
+    return -1;
+}
+
+/* Applies one value to its option and records its source; a bad value is a
+ * problem that names the source. Returns 0 or -1. */
+static int apply(loader *ld, const opt *o, const char *value, const char *source)
+{
+    if (set_value(ld->cfg, o, value) < 0) {
+        if (o->type == T_INT)
+            config_problem(ld->probs, "%s: expected an integer from %ld to %ld, got '%.64s'",
+                           source, o->min, o->max, value);
+        else
+            config_problem(ld->probs, "%s: expected HOST:PORT%s, got '%.64s'", source,
+                           o->type == T_REDIS ? " or none" : "", value);
+        return -1;
+    }
+    snprintf(ld->source[o - options], sizeof(ld->source[0]), "%s", source);
+    return 0;
+}
+
+static const char *source_of(const loader *ld, const char *name)
+{
+    return ld->source[find_opt(name, strlen(name)) - options];
+}
+
+/* ---- the file ---- */
+
+#define LINE_MAX_LEN 4096
+
+static bool allowed_in_file(const opt *o)
+{
+    return o->type != T_FLAG && o->offset != OFF(config_file);
+}
+
+/* Reads a quoted value in place: "..." takes \" and \\ escapes, '...' is
+ * literal (libpq conninfo strings quote with single quotes inside double
+ * quotes, and the other way round). Returns 0 or -1 with *why. */
+static int unquote(char *p, char **value, const char **why)
+{
+    char q = *p++;
+    char *out = p;
+    *value = p;
+    for (; *p != q; p++) {
+        if (*p == '\0') {
+            *why = "unterminated quoted value";
+            return -1;
+        }
+        if (q == '"' && *p == '\\' && (p[1] == '"' || p[1] == '\\'))
+            p++;
+        *out++ = *p;
+    }
+    p++;
+    *out = '\0';
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p != '\0' && *p != '#') {
+        *why = "unexpected text after the closing quote";
         return -1;
     }
     return 0;
 }
+
+/* Splits one line in place. Returns 1 for a blank or comment line, 0 with
+ * *name and *value set, or -1 with *why set. An unquoted value ends at a
+ * '#' that follows a blank (a comment), its trailing blanks dropped. */
+static int split_line(char *line, char **name, char **value, const char **why)
+{
+    char *p = line;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '\0' || *p == '#')
+        return 1;
+    *name = p;
+    while (isalnum((unsigned char)*p) || *p == '-' || *p == '_')
+        p++;
+    char *name_end = p;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p != '=' || name_end == *name) {
+        *why = "expected `name = value`";
+        return -1;
+    }
+    *name_end = '\0';
+    p++;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '"' || *p == '\'')
+        return unquote(p, value, why);
+    *value = p;
+    char *end = p;
+    for (char *c = p; *c && !(*c == '#' && (c == p || c[-1] == ' ' || c[-1] == '\t')); c++) {
+        if (*c != ' ' && *c != '\t')
+            end = c + 1;
+    }
+    *end = '\0';
+    if (**value == '\0') {
+        *why = "missing value (write \"\" for an empty one)";
+        return -1;
+    }
+    return 0;
+}
+
+static void load_file_line(loader *ld, const char *path, int lineno, char *line, int seen[])
+{
+    char *name, *value;
+    const char *why = NULL;
+    int rc = split_line(line, &name, &value, &why);
+    if (rc == 1)
+        return;
+    if (rc < 0) {
+        config_problem(ld->probs, "%s:%d: %s", path, lineno, why);
+        return;
+    }
+    const opt *o = find_opt(name, strlen(name));
+    if (o == NULL || !allowed_in_file(o)) {
+        config_problem(ld->probs, "%s:%d: %s '%.64s'", path, lineno,
+                       o ? "not allowed in a config file:" : "unknown option", name);
+        return;
+    }
+    size_t i = (size_t)(o - options);
+    if (seen[i]) {
+        config_problem(ld->probs, "%s:%d: '%s' already set on line %d", path, lineno, o->name,
+                       seen[i]);
+        return;
+    }
+    seen[i] = lineno;
+    char source[96];
+    snprintf(source, sizeof(source), "%.60s:%d: %s", path, lineno, o->name);
+    apply(ld, o, value, source);
+}
+
+static void load_file(loader *ld, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        config_problem(ld->probs, "--config: cannot read '%.200s': %s", path, strerror(errno));
+        return;
+    }
+    int seen[NOPTS] = {0};
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    for (int lineno = 1; (n = getline(&line, &cap, f)) >= 0; lineno++) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        if (n > LINE_MAX_LEN)
+            config_problem(ld->probs, "%s:%d: line longer than %d bytes", path, lineno,
+                           LINE_MAX_LEN);
+        else if (strlen(line) != (size_t)n)
+            config_problem(ld->probs, "%s:%d: NUL byte in line", path, lineno);
+        else
+            load_file_line(ld, path, lineno, line, seen);
+    }
+    free(line);
+    fclose(f);
+}
+
+/* ---- environment and flags ---- */
 
 static void env_name(const opt *o, char *buf, size_t len)
 {
@@ -176,44 +361,50 @@ static void env_name(const opt *o, char *buf, size_t len)
     buf[n] = '\0';
 }
 
-static int load_defaults_and_env(qc_config *cfg, char *err, size_t errlen)
+static void load_env(loader *ld)
 {
-    for (size_t i = 0; i < QC_ARRAY_LEN(options); i++) {
-        const opt *o = &options[i];
-        if (o->def != NULL && apply(cfg, o, o->def, o->name, err, errlen) < 0)
-            return -1;
-    }
-    cfg->admin_enabled = false;
-    for (size_t i = 0; i < QC_ARRAY_LEN(options); i++) {
+    for (size_t i = 0; i < NOPTS; i++) {
         const opt *o = &options[i];
         char name[64];
         env_name(o, name, sizeof(name));
         const char *v = getenv(name);
-        if (v == NULL)
+        if (v == NULL || o->offset == OFF(config_file))
             continue;
         if (o->type == T_FLAG && strcmp(v, "1") != 0 && strcmp(v, "true") != 0)
             continue;
-        if (apply(cfg, o, v, name, err, errlen) < 0)
-            return -1;
+        apply(ld, o, v, name);
     }
-    return 0;
 }
 
 static void print_help(void)
 {
     printf("usage: quotecache [options]\n\n"
            "A caching proxy for price quotes. Every option can also be set with the\n"
-           "environment variable QUOTECACHE_<NAME> (upper case, dashes as underscores).\n\n");
-    for (size_t i = 0; i < QC_ARRAY_LEN(options); i++) {
+           "environment variable QUOTECACHE_<NAME> (upper case, dashes as underscores)\n"
+           "or as a `name = value` line of the --config file; a flag beats the\n"
+           "variable, which beats the file.\n\n");
+    for (size_t i = 0; i < NOPTS; i++) {
         const opt *o = &options[i];
         printf("  --%-20s %s%s%s%s\n", o->name, o->help, o->def ? " (default " : "",
                o->def ? o->def : "", o->def ? ")" : "");
     }
     printf("  --%-20s %s\n  --%-20s %s\n", "help", "this text", "version", "print the version");
+    printf("\nSignals: SIGTERM/SIGINT drain and exit; SIGHUP re-reads --config and\n"
+           "replaces the workers without dropping a request.\n");
 }
 
-static int load_argv(qc_config *cfg, int argc, char **argv, char *err, size_t errlen)
+typedef struct flag_value {
+    const opt *o;
+    const char *value;
+} flag_value;
+
+/* Parses argv into (option, value) pairs without applying them: --config
+ * must be known before the file, and the file applies before the flags.
+ * Returns CONFIG_OK, CONFIG_EXIT after --help or --version, or
+ * CONFIG_ERROR when argv itself is malformed. */
+static int scan_argv(int argc, char **argv, flag_value *out, int *nout, config_problems *probs)
 {
+    *nout = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -225,7 +416,7 @@ static int load_argv(qc_config *cfg, int argc, char **argv, char *err, size_t er
             return CONFIG_EXIT;
         }
         if (strncmp(a, "--", 2) != 0) {
-            snprintf(err, errlen, "unexpected argument '%.64s' (see --help)", a);
+            config_problem(probs, "unexpected argument '%.64s' (see --help)", a);
             return CONFIG_ERROR;
         }
         const char *name = a + 2;
@@ -233,62 +424,131 @@ static int load_argv(qc_config *cfg, int argc, char **argv, char *err, size_t er
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         const opt *o = find_opt(name, nlen);
         if (o == NULL) {
-            snprintf(err, errlen, "unknown option '--%.*s' (see --help)", (int)nlen, name);
+            config_problem(probs, "unknown option '--%.*s' (see --help)", (int)nlen, name);
             return CONFIG_ERROR;
         }
         const char *value = eq ? eq + 1 : NULL;
         if (o->type == T_FLAG) {
             if (value != NULL) {
-                snprintf(err, errlen, "--%s takes no value", o->name);
+                config_problem(probs, "--%s takes no value", o->name);
                 return CONFIG_ERROR;
             }
             value = "1";
         } else if (value == NULL) {
             if (i + 1 >= argc) {
-                snprintf(err, errlen, "--%s needs a value", o->name);
+                config_problem(probs, "--%s needs a value", o->name);
                 return CONFIG_ERROR;
             }
             value = argv[++i];
         }
-        char source[64];
-        snprintf(source, sizeof(source), "--%s", o->name);
-        if (apply(cfg, o, value, source, err, errlen) < 0)
-            return CONFIG_ERROR;
+        out[(*nout)++] = (flag_value){o, value};
     }
     return CONFIG_OK;
 }
 
-static int validate(const qc_config *cfg, char *err, size_t errlen)
+/* ---- checks over the merged result ---- */
+
+static bool is_loopback(const char *host)
 {
+    return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
+           strcmp(host, "::1") == 0;
+}
+
+static void validate(loader *ld)
+{
+    const qc_config *cfg = ld->cfg;
+    config_problems *p = ld->probs;
     size_t vlen = strlen(cfg->key_version);
     if (vlen == 0 || vlen > 32 ||
         strspn(cfg->key_version, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                 "0123456789._-") != vlen) {
-        snprintf(err, errlen, "--key-version: 1 to 32 characters of [A-Za-z0-9._-]");
-        return -1;
+                                 "0123456789._-") != vlen)
+        config_problem(p, "%s: 1 to 32 characters of [A-Za-z0-9._-]", source_of(ld, "key-version"));
+    if (strncmp(cfg->tax_url, "http://", 7) != 0)
+        config_problem(p, "%s: expected http://HOST[:PORT][/PATH]", source_of(ld, "tax-url"));
+    if (cfg->admin_token != NULL && strlen(cfg->admin_token) < 8)
+        config_problem(p, "%s: at least 8 characters", source_of(ld, "admin-token"));
+    if (cfg->admin_enabled && cfg->admin_token == NULL && !is_loopback(cfg->admin_listen.host))
+        config_problem(p, "%s: a non-loopback address needs --admin-token",
+                       source_of(ld, "admin-listen"));
+    enum log_level level;
+    if (log_level_parse(cfg->log_level, &level) < 0)
+        config_problem(p, "%s: expected debug, info, warn or error", source_of(ld, "log-level"));
+}
+
+int config_load_all(qc_config *cfg, int argc, char **argv, config_problems *probs)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    memset(probs, 0, sizeof(*probs));
+    cfg->listen_fd = cfg->admin_fd = -1;
+    loader *ld = xcalloc(1, sizeof(*ld));
+    ld->cfg = cfg;
+    ld->probs = probs;
+    flag_value *flags = xcalloc((size_t)argc + 1, sizeof(*flags));
+    int nflags = 0;
+    int rc = scan_argv(argc, argv, flags, &nflags, probs);
+    if (rc != CONFIG_OK)
+        goto done;
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (options[i].def != NULL) {
+            char source[64];
+            snprintf(source, sizeof(source), "--%s", options[i].name);
+            apply(ld, &options[i], options[i].def, source);
+        }
     }
-    if (strncmp(cfg->tax_url, "http://", 7) != 0) {
-        snprintf(err, errlen, "--tax-url: expected http://HOST[:PORT][/PATH]");
-        return -1;
+    cfg->admin_enabled = false;
+    const char *file = getenv("QUOTECACHE_CONFIG");
+    for (int i = 0; i < nflags; i++) {
+        if (flags[i].o->offset == OFF(config_file))
+            file = flags[i].value;
     }
-    if (cfg->admin_token != NULL && strlen(cfg->admin_token) < 8) {
-        snprintf(err, errlen, "--admin-token: at least 8 characters");
-        return -1;
+    if (file != NULL) {
+        cfg->config_file = xstrdup(file);
+        load_file(ld, file);
     }
-    return 0;
+    load_env(ld);
+    for (int i = 0; i < nflags; i++) {
+        char source[64];
+        snprintf(source, sizeof(source), "--%s", flags[i].o->name);
+        if (flags[i].o->offset != OFF(config_file))
+            apply(ld, flags[i].o, flags[i].value, source);
+    }
+    validate(ld);
+    rc = probs->n > 0 ? CONFIG_ERROR : CONFIG_OK;
+done:
+    free(flags);
+    free(ld);
+    return rc;
 }
 
 int config_load(qc_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
-    memset(cfg, 0, sizeof(*cfg));
-    if (load_defaults_and_env(cfg, err, errlen) < 0)
-        return CONFIG_ERROR;
-    int rc = load_argv(cfg, argc, argv, err, errlen);
-    if (rc != CONFIG_OK)
-        return rc;
-    if (validate(cfg, err, errlen) < 0)
-        return CONFIG_ERROR;
-    return CONFIG_OK;
+    config_problems *probs = xmalloc(sizeof(*probs));
+    int rc = config_load_all(cfg, argc, argv, probs);
+    if (rc == CONFIG_ERROR)
+        snprintf(err, errlen, "%s", probs->line[0]);
+    free(probs);
+    return rc;
+}
+
+static bool same_hostport(const hostport *a, const hostport *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+int config_reloadable(const qc_config *old, const qc_config *new, char *err, size_t errlen)
+{
+    const char *what = NULL;
+    if (!same_hostport(&old->listen, &new->listen))
+        what = "--listen";
+    else if (old->admin_enabled != new->admin_enabled ||
+             (old->admin_enabled && !same_hostport(&old->admin_listen, &new->admin_listen)))
+        what = "--admin-listen";
+    else if (old->workers != new->workers)
+        what = "--workers";
+    if (what == NULL)
+        return 0;
+    snprintf(err, errlen, "%s cannot change on reload (restart instead)", what);
+    return -1;
 }
 
 void config_free(qc_config *cfg)
@@ -298,5 +558,7 @@ void config_free(qc_config *cfg)
     free(cfg->tax_url);
     free(cfg->key_version);
     free(cfg->log_level);
+    free(cfg->config_file);
     memset(cfg, 0, sizeof(*cfg));
+    cfg->listen_fd = cfg->admin_fd = -1;
 }

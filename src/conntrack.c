@@ -346,6 +346,11 @@ conntrack *conntrack_new(struct event_base *base, struct evconnlistener *lev, si
     return ct;
 }
 
+size_t conntrack_count(const conntrack *ct)
+{
+    return ct->count;
+}
+
 void conntrack_free(conntrack *ct)
 {
     if (ct == NULL)

@@ -1,15 +1,15 @@
-/* main: process life cycle. Parses the configuration, forks the workers
- * (each a single-threaded libevent loop sharing the port via SO_REUSEPORT),
- * wires one worker's modules together, and shuts them down in order. */
+/* main: process life cycle. Parses the configuration (or checks it, for
+ * --check-config), hands the process to the master (master.c), which forks
+ * the workers; here each worker (a single-threaded libevent loop) wires its
+ * modules together, starts listening, and shuts them down in order: drained
+ * on SIGTERM/SIGINT, retired on SIGQUIT (a reload replaced it). */
 #include <event2/event.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,8 +17,10 @@
 #include "quotecache/config.h"
 #include "quotecache/invalidate.h"
 #include "quotecache/key.h"
+#include "quotecache/listener.h"
 #include "quotecache/log.h"
 #include "quotecache/lookup.h"
+#include "quotecache/master.h"
 #include "quotecache/mem.h"
 #include "quotecache/pgpool.h"
 #include "quotecache/rcache.h"
@@ -48,9 +50,13 @@ typedef struct worker {
     lookup *lk;
     invalidator *inv;
     server *srv;
-    struct event *sigterm, *sigint, *drain;
+    struct event *sigterm, *sigint, *sigquit, *drain, *warmup;
     struct timespec stop_at;
+    struct timespec listen_by; /* a deferred start listens by then, catalog or not */
+    int ready_fd;              /* tells the master we listen; -1 once told */
     bool stopping;
+    bool retiring; /* SIGQUIT: finish every connection, not only requests */
+    int status;    /* exit status of the worker */
 } worker;
 
 static void worker_redis_state(void *arg, bool up)
@@ -78,13 +84,36 @@ static double ms_until(const struct timespec *t)
     return (double)(t->tv_sec - now.tv_sec) * 1e3 + (double)(t->tv_nsec - now.tv_nsec) / 1e6;
 }
 
-/* Polls until every accepted request is answered or the bound passes. */
+static void deadline_in(struct timespec *t, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, t);
+    t->tv_sec += ms / 1000;
+    t->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+/* A stopping worker is done when every accepted request is answered (and,
+ * when retiring, every connection closed: each answer now closes its
+ * connection, so keep-alive clients move to the new workers without
+ * losing a request), or when --shutdown-timeout passes. */
+static bool drained(const worker *w)
+{
+    if (w->srv == NULL)
+        return true;
+    if (server_inflight(w->srv) > 0)
+        return false;
+    return !w->retiring || server_connections(w->srv) == 0;
+}
+
 static void on_drain(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     worker *w = arg;
-    if (server_inflight(w->srv) == 0 || ms_until(&w->stop_at) <= 0) {
+    if (drained(w) || ms_until(&w->stop_at) <= 0) {
         event_base_loopbreak(w->base);
         return;
     }
@@ -99,19 +128,56 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     if (w->stopping)
         return;
     w->stopping = true;
-    log_info("signal %d: draining (at most %d ms)", (int)sig, w->cfg->shutdown_timeout_ms);
-    server_stop_accepting(w->srv);
-    clock_gettime(CLOCK_MONOTONIC, &w->stop_at);
-    w->stop_at.tv_sec += w->cfg->shutdown_timeout_ms / 1000;
-    w->stop_at.tv_nsec += (long)(w->cfg->shutdown_timeout_ms % 1000) * 1000000L;
-    if (w->stop_at.tv_nsec >= 1000000000L) {
-        w->stop_at.tv_sec++;
-        w->stop_at.tv_nsec -= 1000000000L;
-    }
+    w->retiring = sig == SIGQUIT;
+    log_info("signal %d: %s (at most %d ms)", (int)sig,
+             w->retiring ? "retiring: finishing open connections" : "draining",
+             w->cfg->shutdown_timeout_ms);
+    if (w->srv)
+        server_stop_accepting(w->srv);
+    deadline_in(&w->stop_at, w->cfg->shutdown_timeout_ms);
     on_drain(-1, 0, w);
 }
 
-static int worker_start(worker *w, char *err, size_t errlen)
+/* Opens the server on the inherited sockets and tells the master. */
+static void worker_listen(worker *w)
+{
+    char err[512] = "";
+    server_deps deps = {w->cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv};
+    w->srv = server_new(w->base, &deps, err, sizeof(err));
+    if (w->srv == NULL) {
+        fprintf(stderr, "quotecache: %s\n", err);
+        w->status = 1;
+        event_base_loopbreak(w->base);
+        return;
+    }
+    log_debug("worker listening");
+    if (w->ready_fd >= 0) {
+        (void)!write(w->ready_fd, "R", 1);
+        close(w->ready_fd);
+        w->ready_fd = -1;
+    }
+}
+
+/* A replacement worker takes connections only once its catalog is loaded,
+ * so that the requests it takes over are answered as its predecessor would
+ * have answered them; bounded, so that a PostgreSQL outage cannot keep it
+ * from ever serving. */
+static void on_warmup(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker *w = arg;
+    if (w->stopping)
+        return;
+    if (catalog_ready(w->cat) || ms_until(&w->listen_by) <= 0) {
+        worker_listen(w);
+        return;
+    }
+    struct timeval tv = {0, 10 * 1000};
+    evtimer_add(w->warmup, &tv);
+}
+
+static int worker_start(worker *w, bool defer, char *err, size_t errlen)
 {
     const qc_config *cfg = w->cfg;
     w->base = event_base_new();
@@ -134,15 +200,20 @@ static int worker_start(worker *w, char *err, size_t errlen)
     }
     w->lk = lookup_new(w->base, cfg, w->pool, w->tax, w->cat, w->rc);
     w->inv = invalidate_new(w->base, cfg, w->lk, w->cat, w->rc, w->pool);
-    server_deps deps = {cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv};
-    w->srv = server_new(w->base, &deps, err, errlen);
-    if (w->srv == NULL)
-        return -1;
     w->sigterm = evsignal_new(w->base, SIGTERM, on_signal, w);
     w->sigint = evsignal_new(w->base, SIGINT, on_signal, w);
+    w->sigquit = evsignal_new(w->base, SIGQUIT, on_signal, w);
     w->drain = evtimer_new(w->base, on_drain, w);
+    w->warmup = evtimer_new(w->base, on_warmup, w);
     evsignal_add(w->sigterm, NULL);
     evsignal_add(w->sigint, NULL);
+    evsignal_add(w->sigquit, NULL);
+    if (defer) {
+        deadline_in(&w->listen_by, cfg->pg_timeout_ms + 1000);
+        on_warmup(-1, 0, w);
+    } else {
+        worker_listen(w);
+    }
     return 0;
 }
 
@@ -168,31 +239,32 @@ static void worker_stop(worker *w)
     catalog_free(w->cat);
     worker_flush(w); /* the 503s just given reach their clients */
     server_free(w->srv);
-    if (w->sigterm)
-        event_free(w->sigterm);
-    if (w->sigint)
-        event_free(w->sigint);
-    if (w->drain)
-        event_free(w->drain);
+    struct event *evs[] = {w->sigterm, w->sigint, w->sigquit, w->drain, w->warmup};
+    for (size_t i = 0; i < QC_ARRAY_LEN(evs); i++) {
+        if (evs[i])
+            event_free(evs[i]);
+    }
     if (w->base)
         event_base_free(w->base);
 }
 
-static int worker_run(qc_config *cfg)
+/* master_worker_fn: one worker, in the process the master forked. */
+static int worker_run(qc_config *cfg, int ready_fd, bool defer)
 {
     worker w = {0};
     w.cfg = cfg;
+    w.ready_fd = ready_fd;
     char err[512] = "";
-    int rc = 0;
-    if (worker_start(&w, err, sizeof(err)) < 0) {
+    if (worker_start(&w, defer, err, sizeof(err)) < 0) {
         fprintf(stderr, "quotecache: %s\n", err);
-        rc = 1;
-    } else {
-        log_info("listening on %s:%d", cfg->listen.host, cfg->listen.port);
+        w.status = 1;
+    } else if (w.status == 0) {
         event_base_dispatch(w.base);
     }
+    if (w.ready_fd >= 0)
+        close(w.ready_fd);
     worker_stop(&w);
-    return rc;
+    return w.status;
 }
 
 /* Raises RLIMIT_NOFILE to what --max-conns and the pools need (each worker
@@ -232,103 +304,74 @@ static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
-/* ---- several workers ---- */
-
-static volatile sig_atomic_t master_signal;
-
-static void master_on_signal(int sig)
+/* --check-config: every problem of the configuration, then whether the
+ * listeners can be bound, one line each (like nginx -t). Exit 0 or 2. */
+static int check_config(const qc_config *cfg, const config_problems *probs)
 {
-    master_signal = sig;
-}
-
-static int run_workers(qc_config *cfg)
-{
-    pid_t pids[64];
-    pid_t master = getpid();
-    int n = 0;
-    for (; n < cfg->workers; n++) {
-        pids[n] = fork();
-        if (pids[n] < 0) {
-            fprintf(stderr, "quotecache: cannot start worker %d: %s\n", n + 1, strerror(errno));
-            master_signal = SIGTERM; /* stop the ones already running */
-            break;
-        }
-        if (pids[n] == 0) {
-            /* A worker outliving its master would hold the port with no one
-             * to stop it: go when the master goes, however it goes. */
-            prctl(PR_SET_PDEATHSIG, SIGTERM);
-            if (getppid() != master)
-                _exit(1);
-            int rc = worker_run(cfg);
-            config_free(cfg);
-            _exit(rc);
-        }
+    for (int i = 0; i < probs->n; i++)
+        fprintf(stderr, "quotecache: %s\n", probs->line[i]);
+    if (probs->dropped > 0)
+        fprintf(stderr, "quotecache: ... and %d more problems\n", probs->dropped);
+    int bad = probs->n + probs->dropped;
+    char err[512];
+    /* Port 0: the address itself was bad, already said above. */
+    if (cfg->listen.port != 0 && listener_probe(&cfg->listen, err, sizeof(err)) < 0) {
+        fprintf(stderr, "quotecache: --listen: %s\n", err);
+        bad++;
     }
-    struct sigaction sa = {0};
-    sa.sa_handler = master_on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    int failed = n < cfg->workers, alive = n;
-    bool forwarded = false;
-    while (alive > 0) {
-        int status;
-        pid_t p = waitpid(-1, &status, 0);
-        if (p < 0 && errno == ECHILD)
-            break;
-        if (p > 0) {
-            alive--;
-            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-                failed = 1;
-            if (!master_signal && !forwarded) {
-                /* A worker died on its own: stop the rest rather than
-                 * serve with fewer workers than configured silently. */
-                log_error("worker %d exited unexpectedly; stopping", (int)p);
-                master_signal = SIGTERM;
-            }
-        }
-        if (master_signal && !forwarded) {
-            forwarded = true;
-            for (int i = 0; i < n; i++)
-                kill(pids[i], SIGTERM);
-        }
+    if (cfg->admin_enabled && cfg->admin_listen.port != 0 &&
+        listener_probe(&cfg->admin_listen, err, sizeof(err)) < 0) {
+        fprintf(stderr, "quotecache: --admin-listen: %s\n", err);
+        bad++;
     }
-    return failed;
+    if (bad > 0)
+        return 2;
+    printf("quotecache: configuration ok%s%s\n", cfg->config_file ? ": " : "",
+           cfg->config_file ? cfg->config_file : "");
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    qc_config cfg;
-    char err[512] = "";
-    int rc = config_load(&cfg, argc, argv, err, sizeof(err));
-    if (rc != CONFIG_OK) {
+    qc_config *cfg = xcalloc(1, sizeof(*cfg));
+    config_problems *probs = xcalloc(1, sizeof(*probs));
+    int rc = config_load_all(cfg, argc, argv, probs);
+    if (rc == CONFIG_EXIT || (rc == CONFIG_ERROR && !cfg->check_config)) {
         if (rc == CONFIG_ERROR)
-            fprintf(stderr, "quotecache: %s\n", err);
-        config_free(&cfg);
-        return rc == CONFIG_EXIT ? 0 : 2;
+            fprintf(stderr, "quotecache: %s\n", probs->line[0]);
+        rc = rc == CONFIG_EXIT ? 0 : 2;
+        goto done;
     }
+    if (cfg->check_config) {
+        rc = check_config(cfg, probs);
+        goto done;
+    }
+    free(probs);
+    probs = NULL;
     enum log_level level;
-    if (log_level_parse(cfg.log_level, &level) < 0) {
-        fprintf(stderr, "quotecache: --log-level: expected debug, info, warn or error\n");
-        config_free(&cfg);
-        return 2;
-    }
+    log_level_parse(cfg->log_level, &level); /* checked by config_load_all */
     log_set_level(level);
-    if (cfg.install_triggers) {
-        rc = pgpool_exec_blocking(cfg.postgres, sql_install_triggers, err, sizeof(err));
+    if (cfg->install_triggers) {
+        char err[512] = "";
+        rc = pgpool_exec_blocking(cfg->postgres, sql_install_triggers, err, sizeof(err));
         if (rc < 0)
             fprintf(stderr, "quotecache: --install-triggers: %s\n", err);
         else
             printf("quotecache: change-notification triggers installed\n");
-        config_free(&cfg);
-        return rc < 0 ? 1 : 0;
+        rc = rc < 0 ? 1 : 0;
+        goto done;
     }
-    if (fit_fd_limit(&cfg, err, sizeof(err)) < 0) {
+    char err[512] = "";
+    if (fit_fd_limit(cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "quotecache: %s\n", err);
-        config_free(&cfg);
-        return 1;
+        rc = 1;
+        goto done;
     }
     signal(SIGPIPE, SIG_IGN);
-    rc = cfg.workers > 1 ? run_workers(&cfg) : worker_run(&cfg);
-    config_free(&cfg);
+    return master_run(cfg, argc, argv, worker_run); /* owns cfg from here */
+done:
+    free(probs);
+    config_free(cfg);
+    free(cfg);
     return rc;
 }

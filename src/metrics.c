@@ -1,10 +1,20 @@
-/* metrics: owns this worker's counters, gauges, per-(route, status, X-Cache)
- * request counts and the request-duration histogram, and their rendering in
- * the Prometheus text exposition format. Pure: no I/O; the server serves the
- * rendered text on /metrics.
+/* metrics: owns the counters, gauges, per-(route, status, X-Cache) request
+ * counts and the request-duration histogram, and their rendering in the
+ * Prometheus text exposition format. Pure: no I/O besides one mmap; the
+ * server serves the rendered text on /metrics.
  *
- * All state is one static struct of fixed size: recording a request never
- * allocates. Distinct HTTP statuses get up to STATUS_SLOTS slots; statuses
+ * Each process records into one fixed-size slot, so recording a request
+ * never allocates. Without metrics_shared_init() that slot is a static one
+ * (tests, tools). With it, the master maps one region of slots shared with
+ * the workers it forks (MAP_SHARED|MAP_ANONYMOUS), each worker writes only
+ * its own slot and a scrape on any worker sums every slot: /metrics
+ * describes the instance. Slots are never cleared (only their gauges, by
+ * the master when their worker is gone), so a worker that takes over a slot
+ * counts on from where its predecessor stopped and the sums never go down.
+ * One writer per slot: writes are relaxed atomic stores (no lock prefix),
+ * reads from other processes relaxed atomic loads.
+ *
+ * Distinct HTTP statuses get up to STATUS_SLOTS rows per slot; statuses
  * beyond that (or outside 100..599) are counted under status="other" so a
  * bound is never silently exceeded. */
 #include "quotecache/metrics.h"
@@ -15,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "quotecache/mem.h"
 
@@ -49,12 +60,13 @@ static const metric_desc counter_desc[M_COUNTER_COUNT] = {
                             "Requests refused with 503 because a waiter bound was hit."},
     [M_CONNS_REJECTED] = {"connections_rejected",
                           "Client connections refused because the connection bound was hit."},
+    [M_WORKER_RESTARTS] = {"worker_restarts", "Workers the master restarted after they died."},
 };
 
 static const metric_desc gauge_desc[G_GAUGE_COUNT] = {
-    [G_CONNECTIONS] = {"connections", "Open client connections."},
-    [G_FLIGHTS] = {"flights", "Quote loads in flight in this process."},
-    [G_WAITERS] = {"waiters", "Requests waiting for an in-flight load."},
+    [G_CONNECTIONS] = {"connections", "Open client connections, all workers."},
+    [G_FLIGHTS] = {"flights", "Quote loads in flight, all workers."},
+    [G_WAITERS] = {"waiters", "Requests waiting for an in-flight load, all workers."},
 };
 
 static const char *const route_name[R_ROUTE_COUNT] = {
@@ -81,21 +93,73 @@ static const struct {
 
 typedef uint64_t request_counts[R_ROUTE_COUNT][X_XCACHE_COUNT];
 
-typedef struct status_slot {
+typedef struct status_row {
     int status;
     request_counts counts;
-} status_slot;
+} status_row;
 
-static struct {
+typedef struct metrics_slot {
     uint64_t counters[M_COUNTER_COUNT];
     int64_t gauges[G_GAUGE_COUNT];
-    status_slot slots[STATUS_SLOTS];
-    size_t nslots;
-    request_counts other_status; /* statuses with no slot */
+    status_row rows[STATUS_SLOTS];
+    size_t nrows;                /* published with release after the row's status is set */
+    request_counts other_status; /* statuses with no row */
     uint64_t hist[NBUCKETS + 1]; /* per bucket, not cumulative; last is +Inf */
     double hist_sum;
-    uint64_t hist_count;
-} m;
+    int used; /* set by the master when it hands the slot out */
+} metrics_slot;
+
+static metrics_slot local_slot;
+static metrics_slot *shared;
+static size_t nshared;
+static metrics_slot *m = &local_slot;
+
+/* The one writer of a slot adds without a locked instruction; readers in
+ * other processes see each value whole. */
+#define BUMP(var, n) __atomic_store_n(&(var), (var) + (n), __ATOMIC_RELAXED)
+#define READ(var) __atomic_load_n(&(var), __ATOMIC_RELAXED)
+
+/* ---- slots ---- */
+
+int metrics_shared_init(size_t nslots)
+{
+    void *p = mmap(NULL, nslots * sizeof(metrics_slot), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    shared = p;
+    nshared = nslots;
+    m = &shared[0];
+    m->used = 1;
+    return 0;
+}
+
+void metrics_use_slot(size_t slot)
+{
+    if (slot >= nshared)
+        return;
+    m = &shared[slot];
+    __atomic_store_n(&m->used, 1, __ATOMIC_RELAXED);
+    for (int g = 0; g < G_GAUGE_COUNT; g++)
+        __atomic_store_n(&m->gauges[g], 0, __ATOMIC_RELAXED);
+}
+
+void metrics_release_slot(size_t slot)
+{
+    if (slot >= nshared)
+        return;
+    for (int g = 0; g < G_GAUGE_COUNT; g++)
+        __atomic_store_n(&shared[slot].gauges[g], 0, __ATOMIC_RELAXED);
+}
+
+/* The slots a scrape sums: every used shared slot, or the local one. */
+static metrics_slot *slot_at(size_t i, size_t *n)
+{
+    *n = shared ? nshared : 1;
+    if (shared == NULL)
+        return &local_slot;
+    return __atomic_load_n(&shared[i].used, __ATOMIC_RELAXED) ? &shared[i] : NULL;
+}
 
 /* ---- recording ---- */
 
@@ -107,39 +171,51 @@ void metrics_inc(enum metrics_counter c)
 void metrics_add(enum metrics_counter c, uint64_t n)
 {
     if ((unsigned)c < M_COUNTER_COUNT)
-        m.counters[c] += n;
+        BUMP(m->counters[c], n);
 }
 
 uint64_t metrics_get(enum metrics_counter c)
 {
-    return (unsigned)c < M_COUNTER_COUNT ? m.counters[c] : 0;
+    if ((unsigned)c >= M_COUNTER_COUNT)
+        return 0;
+    uint64_t sum = 0;
+    size_t n = 1;
+    for (size_t i = 0; i < n; i++) {
+        metrics_slot *s = slot_at(i, &n);
+        if (s)
+            sum += READ(s->counters[c]);
+    }
+    return sum;
 }
 
 void metrics_gauge_set(enum metrics_gauge g, int64_t v)
 {
     if ((unsigned)g < G_GAUGE_COUNT)
-        m.gauges[g] = v;
+        __atomic_store_n(&m->gauges[g], v, __ATOMIC_RELAXED);
 }
 
 void metrics_gauge_add(enum metrics_gauge g, int64_t delta)
 {
     if ((unsigned)g < G_GAUGE_COUNT)
-        m.gauges[g] += delta;
+        BUMP(m->gauges[g], delta);
 }
 
-/* The counts of one status: its slot, a new slot, or the overflow row. */
-static request_counts *counts_for(int status)
+/* The counts of one status in slot s: its row, a new row, or the overflow
+ * row. Only the slot's writer (or a private total) calls this. */
+static request_counts *counts_for(metrics_slot *s, int status)
 {
     if (status < 100 || status > 599)
-        return &m.other_status;
-    for (size_t i = 0; i < m.nslots; i++) {
-        if (m.slots[i].status == status)
-            return &m.slots[i].counts;
+        return &s->other_status;
+    size_t n = s->nrows;
+    for (size_t i = 0; i < n; i++) {
+        if (s->rows[i].status == status)
+            return &s->rows[i].counts;
     }
-    if (m.nslots == STATUS_SLOTS)
-        return &m.other_status;
-    m.slots[m.nslots].status = status;
-    return &m.slots[m.nslots++].counts;
+    if (n == STATUS_SLOTS)
+        return &s->other_status;
+    s->rows[n].status = status;
+    __atomic_store_n(&s->nrows, n + 1, __ATOMIC_RELEASE);
+    return &s->rows[n].counts;
 }
 
 static void observe(double seconds)
@@ -151,9 +227,9 @@ static void observe(double seconds)
         seconds = 0;
     while (i < NBUCKETS && seconds > buckets[i].le)
         i++;
-    m.hist[i]++;
-    m.hist_sum += seconds;
-    m.hist_count++;
+    BUMP(m->hist[i], 1);
+    double sum = m->hist_sum + seconds;
+    __atomic_store(&m->hist_sum, &sum, __ATOMIC_RELAXED);
 }
 
 void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, double seconds)
@@ -162,7 +238,7 @@ void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, do
         r = R_OTHER;
     if ((unsigned)x >= X_XCACHE_COUNT)
         x = X_NONE;
-    (*counts_for(status))[r][x]++;
+    BUMP((*counts_for(m, status))[r][x], 1);
     observe(seconds);
 }
 
@@ -173,7 +249,49 @@ const char *metrics_xcache_name(enum metrics_xcache x)
 
 void metrics_reset(void)
 {
-    memset(&m, 0, sizeof(m));
+    memset(&local_slot, 0, sizeof(local_slot));
+    if (shared)
+        memset(shared, 0, nshared * sizeof(*shared));
+}
+
+/* ---- summing ---- */
+
+static void add_counts(request_counts *to, request_counts *from)
+{
+    for (int r = 0; r < R_ROUTE_COUNT; r++) {
+        for (int x = 0; x < X_XCACHE_COUNT; x++)
+            (*to)[r][x] += READ((*from)[r][x]);
+    }
+}
+
+/* Adds slot s into the private total t. */
+static void add_slot(metrics_slot *t, metrics_slot *s)
+{
+    for (int c = 0; c < M_COUNTER_COUNT; c++)
+        t->counters[c] += READ(s->counters[c]);
+    for (int g = 0; g < G_GAUGE_COUNT; g++)
+        t->gauges[g] += READ(s->gauges[g]);
+    size_t n = __atomic_load_n(&s->nrows, __ATOMIC_ACQUIRE);
+    for (size_t i = 0; i < n; i++)
+        add_counts(counts_for(t, s->rows[i].status), &s->rows[i].counts);
+    add_counts(&t->other_status, &s->other_status);
+    for (size_t i = 0; i <= NBUCKETS; i++)
+        t->hist[i] += READ(s->hist[i]);
+    double sum;
+    __atomic_load(&s->hist_sum, &sum, __ATOMIC_RELAXED);
+    t->hist_sum += sum;
+}
+
+static metrics_slot *instance_total(void)
+{
+    metrics_slot *t = xcalloc(1, sizeof(*t));
+    size_t n = 1;
+    for (size_t i = 0; i < n; i++) {
+        metrics_slot *s = slot_at(i, &n);
+        if (s)
+            add_slot(t, s);
+    }
+    return t;
 }
 
 /* ---- rendering ---- */
@@ -210,21 +328,21 @@ static void render_header(sbuf *b, const char *name, const char *help, const cha
     sbuf_printf(b, "# HELP quotecache_%s %s\n# TYPE quotecache_%s %s\n", name, help, name, type);
 }
 
-static void render_counters(sbuf *b)
+static void render_counters(sbuf *b, const metrics_slot *t)
 {
     for (int c = 0; c < M_COUNTER_COUNT; c++) {
         char name[64];
         snprintf(name, sizeof(name), "%s_total", counter_desc[c].name);
         render_header(b, name, counter_desc[c].help, "counter");
-        sbuf_printf(b, "quotecache_%s %llu\n", name, (unsigned long long)m.counters[c]);
+        sbuf_printf(b, "quotecache_%s %llu\n", name, (unsigned long long)t->counters[c]);
     }
 }
 
-static void render_gauges(sbuf *b)
+static void render_gauges(sbuf *b, const metrics_slot *t)
 {
     for (int g = 0; g < G_GAUGE_COUNT; g++) {
         render_header(b, gauge_desc[g].name, gauge_desc[g].help, "gauge");
-        sbuf_printf(b, "quotecache_%s %lld\n", gauge_desc[g].name, (long long)m.gauges[g]);
+        sbuf_printf(b, "quotecache_%s %lld\n", gauge_desc[g].name, (long long)t->gauges[g]);
     }
 }
 
@@ -244,11 +362,11 @@ static void render_status_row(sbuf *b, const char *status, request_counts *count
 }
 
 /* Slot indices ordered by status, so the output is stable between scrapes. */
-static void sorted_slots(size_t order[STATUS_SLOTS])
+static void sorted_rows(const metrics_slot *t, size_t order[STATUS_SLOTS])
 {
-    for (size_t i = 0; i < m.nslots; i++) {
+    for (size_t i = 0; i < t->nrows; i++) {
         size_t j = i;
-        while (j > 0 && m.slots[order[j - 1]].status > m.slots[i].status) {
+        while (j > 0 && t->rows[order[j - 1]].status > t->rows[i].status) {
             order[j] = order[j - 1];
             j--;
         }
@@ -256,23 +374,23 @@ static void sorted_slots(size_t order[STATUS_SLOTS])
     }
 }
 
-static void render_requests(sbuf *b)
+static void render_requests(sbuf *b, metrics_slot *t)
 {
     size_t order[STATUS_SLOTS];
     char status[8];
 
     render_header(b, "requests_total",
                   "Finished requests by route, HTTP status and X-Cache result.", "counter");
-    sorted_slots(order);
-    for (size_t i = 0; i < m.nslots; i++) {
-        status_slot *s = &m.slots[order[i]];
+    sorted_rows(t, order);
+    for (size_t i = 0; i < t->nrows; i++) {
+        status_row *s = &t->rows[order[i]];
         snprintf(status, sizeof(status), "%d", s->status);
         render_status_row(b, status, &s->counts);
     }
-    render_status_row(b, "other", &m.other_status);
+    render_status_row(b, "other", &t->other_status);
 }
 
-static void render_histogram(sbuf *b)
+static void render_histogram(sbuf *b, const metrics_slot *t)
 {
     const char *name = "quotecache_request_duration_seconds";
     uint64_t cumulative = 0;
@@ -280,24 +398,29 @@ static void render_histogram(sbuf *b)
     render_header(b, "request_duration_seconds", "Time from request received to response sent.",
                   "histogram");
     for (size_t i = 0; i < NBUCKETS; i++) {
-        cumulative += m.hist[i];
+        cumulative += t->hist[i];
         sbuf_printf(b, "%s_bucket{le=\"%s\"} %llu\n", name, buckets[i].label,
                     (unsigned long long)cumulative);
     }
-    sbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)m.hist_count);
-    sbuf_printf(b, "%s_sum %.9g\n", name, m.hist_sum);
-    sbuf_printf(b, "%s_count %llu\n", name, (unsigned long long)m.hist_count);
+    /* +Inf and _count come from the same reads as the buckets, so the
+     * three agree even while workers record. */
+    cumulative += t->hist[NBUCKETS];
+    sbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cumulative);
+    sbuf_printf(b, "%s_sum %.9g\n", name, t->hist_sum);
+    sbuf_printf(b, "%s_count %llu\n", name, (unsigned long long)cumulative);
 }
 
 char *metrics_render(size_t *len)
 {
     sbuf b = {xmalloc(8192), 0, 8192};
 
+    metrics_slot *t = instance_total();
     b.p[0] = '\0';
-    render_counters(&b);
-    render_gauges(&b);
-    render_requests(&b);
-    render_histogram(&b);
+    render_counters(&b, t);
+    render_gauges(&b, t);
+    render_requests(&b, t);
+    render_histogram(&b, t);
+    free(t);
     if (len)
         *len = b.len;
     return b.p;

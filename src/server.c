@@ -21,8 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/cachestatus.h"
 #include "quotecache/conntrack.h"
 #include "quotecache/httphdr.h"
+#include "quotecache/listener.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -51,6 +53,7 @@ struct server {
     ready_wait *waiting, *waiting_tail; /* FIFO: deadlines in order */
     size_t nwaiting;
     struct event *ready_timer;
+    bool draining; /* stopped accepting: every answer closes its connection */
 };
 
 typedef struct req_ctx {
@@ -139,6 +142,10 @@ static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
     const char *x = metrics_xcache_name(a->xcache);
     if (x)
         evhttp_add_header(h, "X-Cache", x);
+    /* No ttl or Age yet: lookup_answer does not carry the copy's store time. */
+    char cs[64];
+    cache_status_render(cs, sizeof(cs), a->xcache, 0, 0, 0);
+    evhttp_add_header(h, "Cache-Status", cs);
     int status = a->status;
     if (a->retry_after_s > 0) {
         char ra[16];
@@ -396,6 +403,8 @@ static bool method_ok(server *s, struct evhttp_request *req, const char *allow,
 static void on_public(struct evhttp_request *req, void *arg)
 {
     server *s = arg;
+    if (s->draining)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->pub_conns, req);
     if (reject_oversized(s, req, R_OTHER))
         return;
@@ -503,6 +512,8 @@ static long long parse_invalidate(struct evbuffer *body)
 static void on_admin(struct evhttp_request *req, void *arg)
 {
     server *s = arg;
+    if (s->draining)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->admin_conns, req);
     if (reject_oversized(s, req, R_ADMIN))
         return;
@@ -532,49 +543,21 @@ static void on_admin(struct evhttp_request *req, void *arg)
 
 /* ---- listeners ---- */
 
-static evutil_socket_t open_listener(const hostport *hp, char *err, size_t errlen)
-{
-    struct addrinfo hints = {0}, *ai = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    char port[8];
-    snprintf(port, sizeof(port), "%d", hp->port);
-    int rc = getaddrinfo(hp->host, port, &hints, &ai);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve %s: %s", hp->host, gai_strerror(rc));
-        return -1;
-    }
-    evutil_socket_t fd = socket(ai->ai_family, SOCK_STREAM, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0 ||
-        evutil_make_socket_nonblocking(fd) < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", hp->host, hp->port,
-                 evutil_socket_error_to_string(evutil_socket_geterror(fd)));
-        if (fd >= 0)
-            close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(ai);
-    return fd;
-}
-
 static bool is_loopback(const char *host)
 {
     return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
            strcmp(host, "::1") == 0;
 }
 
-/* Opens one listener served by a new evhttp and its connection tracker.
- * Returns the evhttp, or NULL with err filled. */
-static struct evhttp *http_listen(server *s, const hostport *hp, size_t max_conns,
-                                  struct evhttp_bound_socket **sock, conntrack **conns, char *err,
-                                  size_t errlen)
+/* Serves one listener (fd, inherited from the master; or opened here when
+ * -1) with a new evhttp and its connection tracker. Returns the evhttp, or NULL with err filled. */
+static struct evhttp *http_listen(server *s, const hostport *hp, evutil_socket_t fd,
+                                  size_t max_conns, struct evhttp_bound_socket **sock,
+                                  conntrack **conns, char *err, size_t errlen)
 {
     const qc_config *cfg = s->d.cfg;
-    evutil_socket_t fd = open_listener(hp, err, errlen);
+    if (fd < 0)
+        fd = listener_open(hp, err, errlen);
     if (fd < 0)
         return NULL;
     struct evhttp *h = evhttp_new(s->base);
@@ -613,14 +596,14 @@ server *server_new(struct event_base *base, const server_deps *deps, char *err, 
     s->d = *deps;
     s->ready_timer = evtimer_new(base, on_ready_timer, s);
     catalog_on_ready(s->d.cat, on_catalog_ready, s);
-    s->pub = http_listen(s, &cfg->listen, (size_t)cfg->max_conns, &s->pub_sock, &s->pub_conns, err,
-                         errlen);
+    s->pub = http_listen(s, &cfg->listen, cfg->listen_fd, (size_t)cfg->max_conns, &s->pub_sock,
+                         &s->pub_conns, err, errlen);
     if (s->pub == NULL)
         goto fail;
     evhttp_set_gencb(s->pub, on_public, s);
     if (cfg->admin_enabled) {
-        s->admin = http_listen(s, &cfg->admin_listen, SERVER_ADMIN_MAX_CONNS, &s->admin_sock,
-                               &s->admin_conns, err, errlen);
+        s->admin = http_listen(s, &cfg->admin_listen, cfg->admin_fd, SERVER_ADMIN_MAX_CONNS,
+                               &s->admin_sock, &s->admin_conns, err, errlen);
         if (s->admin == NULL)
             goto fail;
         evhttp_set_gencb(s->admin, on_admin, s);
@@ -634,6 +617,7 @@ fail:
 
 void server_stop_accepting(server *s)
 {
+    s->draining = true;
     if (s->pub_sock) {
         conntrack_forget(s->pub_conns);
         evhttp_del_accept_socket(s->pub, s->pub_sock);
@@ -649,6 +633,11 @@ void server_stop_accepting(server *s)
 size_t server_inflight(const server *s)
 {
     return s->inflight;
+}
+
+size_t server_connections(const server *s)
+{
+    return conntrack_count(s->pub_conns) + (s->admin_conns ? conntrack_count(s->admin_conns) : 0);
 }
 
 void server_free(server *s)

@@ -55,5 +55,7 @@ void conntrack_on_reply(conntrack *ct, struct evhttp_request *req);
 
 /* The listener is about to be freed: never touch it again. */
 void conntrack_forget(conntrack *ct);
+/* Client connections open now. */
+size_t conntrack_count(const conntrack *ct);
 
 #endif

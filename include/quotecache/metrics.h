@@ -1,6 +1,7 @@
-/* metrics: process-wide counters, gauges and the request-duration histogram,
- * rendered in the Prometheus text format. Pure: no I/O, one worker process
- * owns one set (workers are single-threaded). */
+/* metrics: counters, gauges and the request-duration histogram, rendered in
+ * the Prometheus text format for the whole instance. Each process records
+ * into its own slot (workers are single-threaded); with shared slots mapped
+ * by the master before it forks, reads and renders sum every worker's. */
 #ifndef QUOTECACHE_METRICS_H
 #define QUOTECACHE_METRICS_H
 
@@ -24,6 +25,7 @@ enum metrics_counter {
     M_LISTEN_RECONNECTS,
     M_WAITERS_REJECTED, /* waiter bound hit: 503 */
     M_CONNS_REJECTED,   /* connection bound hit */
+    M_WORKER_RESTARTS,  /* workers the master restarted after they died */
     M_COUNTER_COUNT
 };
 
@@ -41,8 +43,18 @@ enum metrics_xcache {
     X_XCACHE_COUNT
 };
 
+/* Maps nslots shared slots (MAP_SHARED|MAP_ANONYMOUS) and records into
+ * slot 0 (the master's). Call before forking. Returns 0 or -1. */
+int metrics_shared_init(size_t nslots);
+/* In a worker after fork: record into this slot from now on. Its counters
+ * carry on from the slot's previous owner; its gauges start at 0. */
+void metrics_use_slot(size_t slot);
+/* In the master once the slot's worker is gone: its gauges drop to 0. */
+void metrics_release_slot(size_t slot);
+
 void metrics_inc(enum metrics_counter c);
 void metrics_add(enum metrics_counter c, uint64_t n);
+/* The instance's value: summed over every slot. */
 uint64_t metrics_get(enum metrics_counter c);
 void metrics_gauge_set(enum metrics_gauge g, int64_t v);
 void metrics_gauge_add(enum metrics_gauge g, int64_t delta);
@@ -50,9 +62,11 @@ void metrics_gauge_add(enum metrics_gauge g, int64_t delta);
 void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, double seconds);
 /* Returns the X-Cache header value ("HIT", ...) or NULL for X_NONE. */
 const char *metrics_xcache_name(enum metrics_xcache x);
-/* Renders everything; returns a new NUL-terminated buffer (caller frees). */
+/* Renders the instance's sums; returns a new NUL-terminated buffer (caller
+ * frees). Gauges are summed too: connections, flights and waiters of the
+ * instance are the sums of its workers'. */
 char *metrics_render(size_t *len);
-/* Zeroes everything (tests). */
+/* Zeroes everything, every slot (tests). */
 void metrics_reset(void);
 
 #endif

@@ -35,13 +35,17 @@ typedef struct server_deps {
     invalidator *inv; /* admin purges */
 } server_deps;
 
-/* Opens the listeners (SO_REUSEPORT, so workers share the port). Returns
+/* Opens the listeners (SO_REUSEPORT, so workers share the port), or uses
+ * cfg->listen_fd / cfg->admin_fd when the master passed them. Returns
  * NULL with one line in err when a listener cannot be opened. */
 server *server_new(struct event_base *base, const server_deps *deps, char *err, size_t errlen);
-/* Stops accepting new connections (graceful shutdown, step one). */
+/* Stops accepting new connections (graceful shutdown, step one); from then
+ * on every answer carries "Connection: close". */
 void server_stop_accepting(server *s);
 /* Requests received and not yet answered. */
 size_t server_inflight(const server *s);
+/* Client connections open (idle keep-alive ones included). */
+size_t server_connections(const server *s);
 void server_free(server *s);
 
 #endif

@@ -208,6 +208,51 @@ static void test_format(void)
     free(s);
 }
 
+/* Shared slots (what the master maps before forking): each writer records
+ * into its own slot, reads and renders sum them all, statuses merge across
+ * slots, and releasing a slot zeroes its gauges but never its counts. Runs
+ * last: from here on the process records into shared slots. */
+static void test_shared_slots(void)
+{
+    char *s;
+
+    CHECK(metrics_shared_init(4) == 0);
+    metrics_inc(M_WORKER_RESTARTS); /* slot 0: the master's */
+    metrics_use_slot(1);
+    metrics_add(M_ORIGIN_LOADS, 5);
+    metrics_gauge_set(G_CONNECTIONS, 3);
+    metrics_request(R_QUOTE, 200, X_HIT, 0.001);
+    metrics_request(R_QUOTE, 404, X_MISS, 0.001);
+    metrics_use_slot(2);
+    metrics_add(M_ORIGIN_LOADS, 7);
+    metrics_gauge_set(G_CONNECTIONS, 4);
+    metrics_request(R_QUOTE, 200, X_HIT, 0.2);
+    CHECK(metrics_get(M_ORIGIN_LOADS) == 12);
+    CHECK(metrics_get(M_WORKER_RESTARTS) == 1);
+    s = render();
+    CHECK(has_line(s, "quotecache_origin_loads_total 12"));
+    CHECK(has_line(s, "quotecache_worker_restarts_total 1"));
+    CHECK(has_line(s, "quotecache_connections 7"));
+    CHECK(has_line(s, "quotecache_requests_total{route=\"quote\",status=\"200\",cache=\"HIT\"} 2"));
+    CHECK(
+        has_line(s, "quotecache_requests_total{route=\"quote\",status=\"404\",cache=\"MISS\"} 1"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_count 3"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
+    free(s);
+
+    /* Slot 1's worker died: its gauges go, its counts stay; a successor in
+     * the same slot counts on from there. */
+    metrics_release_slot(1);
+    metrics_use_slot(1);
+    metrics_inc(M_ORIGIN_LOADS);
+    s = render();
+    CHECK(has_line(s, "quotecache_origin_loads_total 13"));
+    CHECK(has_line(s, "quotecache_connections 4"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_count 3"));
+    free(s);
+    metrics_reset();
+}
+
 int main(void)
 {
     test_counters_and_gauges();
@@ -215,5 +260,6 @@ int main(void)
     test_status_slot_bound();
     test_histogram();
     test_format();
+    test_shared_slots();
     return CHECK_DONE();
 }
