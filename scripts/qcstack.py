@@ -220,6 +220,20 @@ def raw_request(port, data, timeout=5, host="127.0.0.1", shut_write=False):
         return b"".join(out)
 
 
+def send_and_close(port, path, n=1, host="127.0.0.1", timeout=10.0):
+    """Open a connection, write one GET for `path`, close at once (a client
+    that gives up), `n` times in a row. Returns how many were sent before
+    `timeout` seconds passed."""
+    req = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (path, host, port)).encode()
+    deadline = time.monotonic() + timeout
+    sent = 0
+    while sent < n and time.monotonic() < deadline:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(req)
+        sent += 1
+    return sent
+
+
 def parse_response(raw):
     """Parse raw HTTP/1.x response bytes -> (status, headers, body); status
     None when nothing (or garbage) came back."""
@@ -301,6 +315,15 @@ def concurrent_gets(port, paths, n_threads=None, headers=None, timeout=10, host=
         sel.close()
         for s in socks:
             s.close()
+
+
+def stop_process(pid):
+    """SIGSTOP one PID we started (a hung server); resume with cont_process."""
+    os.kill(pid, signal.SIGSTOP)
+
+
+def cont_process(pid):
+    os.kill(pid, signal.SIGCONT)
 
 
 # ---------------------------------------------------------------- the stack

@@ -68,6 +68,13 @@ const char *hot_get(const hot *h, const char *key, uint64_t stamp, int64_t now_m
     return s->value;
 }
 
+void hot_drop(hot *h, const char *key)
+{
+    slot *s = &h->slots[hash_str(key) & h->mask];
+    if (s->key != NULL && strcmp(s->key, key) == 0)
+        slot_empty(h, s);
+}
+
 void hot_put(hot *h, const char *key, const char *value, size_t len, uint64_t stamp,
              int64_t expires_ms)
 {

@@ -59,7 +59,7 @@ struct invalidator {
     struct event *wait_timer;
     struct event *tick; /* WATCH_EVERY_MS, for as long as we live */
     bool listen_down;   /* this outage has been seen (and logged) */
-    struct timeval last_down_drop;
+    struct timeval last_catalog_reload;
     /* Redis bumps of the notifications of this loop turn, sent by flush_ev
      * (made active by the first one). */
     batch_item batch[BATCH_MAX];
@@ -385,39 +385,41 @@ static long ms_since(const struct timeval *then, const struct timeval *now)
     return (long)(now->tv_sec - then->tv_sec) * 1000 + (now->tv_usec - then->tv_usec) / 1000;
 }
 
-/* What a pricing cache must do while it cannot hear of changes: any write
- * committed meanwhile is unknown to it, so nothing it holds can be trusted
- * for long. While the LISTEN path is down (after having been up) and
- * PostgreSQL is reachable over the query pool (so writes can happen, and
- * loads can replace what we drop), everything is dropped here and in Redis
- * (the global generation, after a catalog reload so promotions are fresh
- * too) at once and then every DOWN_TRUST_MS: a write is served at most
- * about a second late on top of the time the heartbeat takes to notice.
- * When PostgreSQL is unreachable too, cached copies are the only answers
- * there are and no write can reach us through our own pool; they keep
- * being served, and the reconnect drops everything (on_listen_ready). */
+/* What a pricing cache must do while it cannot hear of changes: a write
+ * committed meanwhile is unknown to it, so nothing it holds may be trusted
+ * for long. While the LISTEN path is down (after having been up), no copy is
+ * fresh past DOWN_TRUST_MS of age (lookup_set_trust): an older one is
+ * reloaded before it is served, and served STALE only if that load fails
+ * (PostgreSQL down: the spec's stale-if-error, within the usual horizon);
+ * the catalog (promotions, tiers, currencies) is reloaded every
+ * DOWN_TRUST_MS too. The policy is local: the shared cache is not emptied
+ * for instances that still hear of changes and bump the generations. The
+ * reconnect drops everything (on_listen_ready): notifications sent
+ * meanwhile are lost for good. */
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     invalidator *inv = arg;
     if (!inv->connected_once || invalidate_listening(inv)) {
+        if (inv->listen_down)
+            lookup_set_trust(inv->lk, 0);
         inv->listen_down = false;
         return;
     }
-    if (!pgpool_is_up(inv->pool))
-        return;
     struct timeval now;
     event_base_gettimeofday_cached(inv->base, &now);
-    if (inv->listen_down && ms_since(&inv->last_down_drop, &now) < DOWN_TRUST_MS)
+    if (inv->listen_down && ms_since(&inv->last_catalog_reload, &now) < DOWN_TRUST_MS)
         return;
-    if (!inv->listen_down)
+    if (!inv->listen_down) {
         log_warn("invalidate: not listening for changes; nothing cached is trusted for more "
                  "than %d ms until the LISTEN connection is back",
                  DOWN_TRUST_MS);
+        lookup_set_trust(inv->lk, DOWN_TRUST_MS);
+    }
     inv->listen_down = true;
-    inv->last_down_drop = now;
-    defer_until_catalog(inv, 0);
+    inv->last_catalog_reload = now;
+    catalog_reload(inv->cat);
 }
 
 invalidator *invalidate_new(struct event_base *base, const qc_config *cfg, lookup *lk, catalog *cat,

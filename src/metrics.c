@@ -61,6 +61,9 @@ static const metric_desc counter_desc[M_COUNTER_COUNT] = {
     [M_CONNS_REJECTED] = {"connections_rejected",
                           "Client connections refused because the connection bound was hit."},
     [M_WORKER_RESTARTS] = {"worker_restarts", "Workers the master restarted after they died."},
+    [M_LOADS_AVOIDED] = {"loads_avoided",
+                         "Load locks won after another instance stored the value: answered "
+                         "from it, no origin load (check after the lock)."},
 };
 
 static const metric_desc gauge_desc[G_GAUGE_COUNT] = {

@@ -79,9 +79,10 @@ struct rcache {
 };
 
 enum op_kind {
-    OP_READ, /* MGET gen_global gen_product entry -> rcache_value */
-    OP_INT,  /* integer reply -> result */
-    OP_LOCK, /* +OK -> 1, nil -> 0 */
+    OP_READ,  /* MGET gen_global gen_product entry -> rcache_value */
+    OP_INT,   /* integer reply -> result */
+    OP_LOCK,  /* +OK -> 1, nil -> 0 */
+    OP_CHECK, /* the check script's array -> rcache_lock_value (rcache_check) */
 };
 
 struct rc_op {
@@ -91,6 +92,7 @@ struct rc_op {
     char key[64];     /* first key, truncated, for logs */
     rcache_read_cb *read_cb;
     rcache_done_cb *done_cb; /* may be NULL: nobody to tell */
+    rcache_lock_cb *lock_cb; /* OP_CHECK */
     void *arg;
     struct event *deadline;
     bool done;  /* the caller has had its answer; only freeing is left */
@@ -302,6 +304,8 @@ static void op_fail(struct rc_op *op, const char *why)
     }
     if (op->kind == OP_READ)
         op->read_cb(op->arg, RCACHE_ERR, NULL);
+    else if (op->kind == OP_CHECK)
+        op->lock_cb(op->arg, RCACHE_ERR, NULL);
     else if (op->done_cb)
         op->done_cb(op->arg, RCACHE_ERR, 0);
 }
@@ -340,6 +344,8 @@ static void op_answer_read(struct rc_op *op, const redisReply *r)
     op->read_cb(op->arg, RCACHE_OK, &v);
 }
 
+static void op_answer_check(struct rc_op *op, const redisReply *r);
+
 static void op_answer(struct rc_op *op, const redisReply *r)
 {
     if (!r) {
@@ -363,6 +369,9 @@ static void op_answer(struct rc_op *op, const redisReply *r)
             op_succeed(op, r->integer);
         else
             op_fail(op, "expected an integer reply");
+        return;
+    case OP_CHECK:
+        op_answer_check(op, r);
         return;
     case OP_LOCK:
         if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0)
@@ -623,8 +632,8 @@ static void cmd_on_down(void *arg, rconn *c, bool was_up)
 
 /* ---- subscriptions ---- */
 
-/* Subscribe confirmations, and the NULL replies of a dying context, carry
- * no message and are dropped. */
+/* The NULL replies of a dying context carry no message and are dropped;
+ * a subscribe confirmation is passed on as a NULL message. */
 static void sub_on_message(redisAsyncContext *ac, void *reply, void *privdata)
 {
     const redisReply *r = reply;
@@ -636,11 +645,15 @@ static void sub_on_message(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     kind = r->element[0];
     payload = r->element[2];
-    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0 ||
-        payload->type != REDIS_REPLY_STRING)
+    if (kind->type != REDIS_REPLY_STRING)
+        return;
+    /* A (re)subscription: the subscriber tells its user that messages may
+     * have been missed while it was down. */
+    bool subscribed = strcmp(kind->str, "subscribe") == 0;
+    if (!subscribed && (strcmp(kind->str, "message") != 0 || payload->type != REDIS_REPLY_STRING))
         return;
     s->rc->hiredis_depth++;
-    s->cb(s->arg, payload->str, payload->len);
+    s->cb(s->arg, subscribed ? NULL : payload->str, subscribed ? 0 : payload->len);
     s->rc->hiredis_depth--;
 }
 
@@ -973,4 +986,180 @@ int rcache_bump_many(rcache *rc, const char *const *keys, const char *const *onc
     if (r < 0)
         owe(rc);
     return r;
+}
+
+/* ---- the lock with its check, the re-check, the lease (lookup.c) ---- */
+
+/* The lock attempt pipelines SET NX and the read on the command
+ * connection rather than run a script: Redis executes a connection's
+ * commands in order, so the read sent right after SET NX sees everything
+ * stored before the lock was won (a holder stores, then releases), in the
+ * same round trip. A joint collects the two answers and calls the caller
+ * once, when both are in. */
+struct rc_joint {
+    rcache_lock_cb *cb;
+    void *arg;
+    int pending; /* ops not answered yet */
+    bool failed; /* one of them failed or could not be sent */
+    rcache_lock_value lv;
+    char *entry; /* copy of the entry: the MGET reply is gone by the end */
+};
+
+static void joint_answer(struct rc_joint *j, int status)
+{
+    if (status != RCACHE_OK)
+        j->failed = true;
+    if (--j->pending > 0)
+        return;
+    if (j->failed) {
+        j->cb(j->arg, RCACHE_ERR, NULL);
+    } else {
+        j->lv.v.entry = j->entry;
+        j->cb(j->arg, RCACHE_OK, &j->lv);
+    }
+    free(j->entry);
+    free(j);
+}
+
+static void joint_on_lock(void *arg, int status, long long acquired)
+{
+    struct rc_joint *j = arg;
+    j->lv.acquired = status == RCACHE_OK && acquired == 1;
+    joint_answer(j, status);
+}
+
+static void joint_on_read(void *arg, int status, const rcache_value *v)
+{
+    struct rc_joint *j = arg;
+    if (status == RCACHE_OK) {
+        j->lv.v = *v;
+        j->lv.v.entry = NULL;
+        if (v->entry != NULL) {
+            j->entry = xmalloc(v->entry_len + 1);
+            memcpy(j->entry, v->entry, v->entry_len);
+        }
+    }
+    joint_answer(j, status);
+}
+
+int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                     const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                     rcache_lock_cb *cb, void *arg)
+{
+    char ttl[24];
+    const char *set[] = {"SET", lock_key, token, "NX", "PX", ttl};
+    const char *mget[] = {"MGET", gen_global_key, gen_product_key, entry_key};
+    size_t lens[6];
+    struct rc_op *op;
+    struct rc_joint *j;
+
+    /* Room for both, so a lock is never sent without its read. */
+    if (!rcache_is_up(rc) || ttl_ms <= 0 || rc->inflight + 2 > MAX_INFLIGHT)
+        return -1;
+    j = xcalloc(1, sizeof(*j));
+    j->cb = cb;
+    j->arg = arg;
+    j->pending = 2;
+    j->lv.lock_pttl = -2;
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    arg_lens(set, lens, 6);
+    op = op_new(rc, OP_LOCK, "lock", lock_key);
+    op->done_cb = joint_on_lock;
+    op->arg = j;
+    if (op_submit(op, 6, set, lens) < 0) {
+        free(j);
+        return -1;
+    }
+    arg_lens(mget, lens, 4);
+    op = op_new(rc, OP_READ, "MGET", entry_key);
+    op->read_cb = joint_on_read;
+    op->arg = j;
+    if (op_submit(op, 4, mget, lens) < 0)
+        joint_answer(j, RCACHE_ERR); /* the caller hears once the lock answers */
+    return 0;
+}
+
+/* The re-check of a load waiting on another instance: one script, so that
+ * "no lock" and taking it are one step (a take-over never races a second
+ * round trip). A missing counter reads as false, as in MGET. */
+static const char check_lua[] =
+    "local r = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])\n"
+    "local got = 0\n"
+    "if ARGV[1] ~= '' and redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
+    "  got = 1\n"
+    "end\n"
+    "return {r[1], r[2], r[3], got, redis.call('PTTL', KEYS[4])}\n";
+
+static void op_answer_check(struct rc_op *op, const redisReply *r)
+{
+    rcache_lock_value lv = {0};
+    const redisReply *entry;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+        r->element[3]->type != REDIS_REPLY_INTEGER || r->element[4]->type != REDIS_REPLY_INTEGER) {
+        op_fail(op, "unexpected reply shape");
+        return;
+    }
+    if (parse_gen(r->element[0], &lv.v.gen_global) < 0 ||
+        parse_gen(r->element[1], &lv.v.gen_product) < 0) {
+        op_fail(op, "generation counter is not an unsigned integer");
+        return;
+    }
+    entry = r->element[2];
+    if (entry->type == REDIS_REPLY_STRING) {
+        lv.v.entry = entry->str;
+        lv.v.entry_len = entry->len;
+    } else if (entry->type != REDIS_REPLY_NIL) {
+        op_fail(op, "entry is not a string");
+        return;
+    }
+    lv.acquired = r->element[3]->integer == 1;
+    lv.lock_pttl = r->element[4]->integer;
+    op->done = true;
+    op->lock_cb(op->arg, RCACHE_OK, &lv);
+}
+
+int rcache_check(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                 const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                 rcache_lock_cb *cb, void *arg)
+{
+    char ttl[24];
+    const char *argv[] = {"EVAL",         check_lua,          "4",
+                          gen_global_key, gen_product_key,    entry_key,
+                          lock_key,       token ? token : "", ttl};
+    size_t lens[9];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc) || (token != NULL && ttl_ms <= 0))
+        return -1;
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms > 0 ? ttl_ms : 1);
+    arg_lens(argv, lens, 9);
+    op = op_new(rc, OP_CHECK, "check", lock_key);
+    op->lock_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 9, argv, lens);
+}
+
+static const char extend_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                 "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+                                 "else\n"
+                                 "  return 0\n"
+                                 "end\n";
+
+int rcache_extend(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                  rcache_done_cb *cb, void *arg)
+{
+    char ttl[24];
+    const char *argv[] = {"EVAL", extend_lua, "1", lock_key, token, ttl};
+    size_t lens[6];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc) || ttl_ms <= 0)
+        return -1;
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    arg_lens(argv, lens, 6);
+    op = op_new(rc, OP_INT, "extend", lock_key);
+    op->done_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 6, argv, lens);
 }

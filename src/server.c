@@ -5,7 +5,9 @@
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -60,7 +62,9 @@ typedef struct req_ctx {
     server *s;
     struct evhttp_request *req;
     struct timespec started;
-    char inm[INM_MAX]; /* If-None-Match, "" when absent */
+    char inm[INM_MAX];  /* If-None-Match, "" when absent */
+    lookup_req *lr;     /* until answered */
+    struct event *gone; /* watches the client while lookup has the request */
 } req_ctx;
 
 /* ---- replies ---- */
@@ -142,10 +146,19 @@ static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
     const char *x = metrics_xcache_name(a->xcache);
     if (x)
         evhttp_add_header(h, "X-Cache", x);
-    /* No ttl or Age yet: lookup_answer does not carry the copy's store time. */
+    struct timeval now;
+    event_base_gettimeofday_cached(s->base, &now);
+    int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_usec / 1000;
     char cs[64];
-    cache_status_render(cs, sizeof(cs), a->xcache, 0, 0, 0);
+    int ttl_s = a->status == 200 ? s->d.cfg->ttl_s : s->d.cfg->neg_ttl_s; /* 404s: --neg-ttl */
+    cache_status_render(cs, sizeof(cs), a->xcache, a->stored_at_ms, ttl_s, now_ms);
     evhttp_add_header(h, "Cache-Status", cs);
+    int64_t age = cache_status_age(a->xcache, a->stored_at_ms, now_ms);
+    if (age >= 0) {
+        char agebuf[24];
+        snprintf(agebuf, sizeof(agebuf), "%lld", (long long)age);
+        evhttp_add_header(h, "Age", agebuf);
+    }
     int status = a->status;
     if (a->retry_after_s > 0) {
         char ra[16];
@@ -167,9 +180,50 @@ static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
 static void on_answer(void *arg, const lookup_answer *a)
 {
     req_ctx *c = arg;
+    if (c->gone)
+        event_free(c->gone);
     reply_quote(c->s, c->req, c->inm, &c->started, a);
     c->s->inflight--;
     free(c);
+}
+
+/* evhttp 2.1.12 stops reading a connection while its request is handled
+ * (evhttp_handle_request disables EV_READ), so it sees a client that closed
+ * only when the answer is written, and a close callback would fire only
+ * then. Meanwhile the socket is watched here: EOF or an error means the
+ * client has gone, so its request leaves its flight at once (the load goes
+ * on) and the connection is freed, request included, with no answer. Bytes
+ * instead (a pipelined request) end the watch. A client that only
+ * half-closes (SHUT_WR) counts as gone, as in nginx. */
+static void on_client_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    req_ctx *c = arg;
+    char byte;
+    ssize_t n = recv(fd, &byte, 1, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    event_free(c->gone);
+    c->gone = NULL;
+    if (n > 0)
+        return;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
+    lookup_cancel(c->lr);
+    c->s->inflight--;
+    free(c);
+    evhttp_connection_free(evcon);
+}
+
+static void watch_client(req_ctx *c)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return;
+    c->gone = event_new(c->s->base, fd, EV_READ | EV_PERSIST, on_client_readable, c);
+    if (c->gone)
+        event_add(c->gone, NULL);
 }
 
 static bool header_has_token(const char *value, const char *token)
@@ -222,7 +276,8 @@ static void quote_validated(server *s, struct evhttp_request *req, const quote_r
     if (inm != NULL && strlen(inm) < INM_MAX)
         snprintf(c->inm, sizeof(c->inm), "%s", inm);
     s->inflight++;
-    lookup_quote(s->d.lk, r, no_cache, on_answer, c);
+    c->lr = lookup_quote(s->d.lk, r, no_cache, on_answer, c);
+    watch_client(c);
 }
 
 /* ---- readiness: quotes that arrive before the first catalog load ---- */

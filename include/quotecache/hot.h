@@ -25,6 +25,8 @@ const char *hot_get(const hot *h, const char *key, uint64_t stamp, int64_t now_m
 /* Stores a copy of value under key, replacing whatever held its slot. */
 void hot_put(hot *h, const char *key, const char *value, size_t len, uint64_t stamp,
              int64_t expires_ms);
+/* Forgets key's copy, if its slot holds one (another key there stays). */
+void hot_drop(hot *h, const char *key);
 void hot_clear(hot *h);
 /* Entries held (expired ones included until replaced). */
 size_t hot_count(const hot *h);

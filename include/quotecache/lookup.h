@@ -4,11 +4,11 @@
  * instances through the Redis lock and the "loaded" announcements.
  *
  * Ownership: a request handed to lookup_quote is owned by this module until
- * its callback fires, exactly once and never before lookup_quote returns.
- * A load belongs to the flight table, never to the request that started it.
- * The caller's context must stay alive until the callback (evhttp keeps a
- * request whose client went away alive until it is answered, so the server
- * simply answers into the void). */
+ * its callback fires, exactly once and never before lookup_quote returns,
+ * or until the caller detaches it with lookup_cancel (then the callback
+ * never fires). A load belongs to the flight table, never to the request
+ * that started it: a request that leaves only drops out of the flight, and
+ * the load still completes, fills the cache and answers the others. */
 #ifndef QUOTECACHE_LOOKUP_H
 #define QUOTECACHE_LOOKUP_H
 
@@ -36,10 +36,14 @@ typedef struct lookup_answer {
     size_t len;
     const char *etag; /* for 200s, without quotes; NULL otherwise */
     enum metrics_xcache xcache;
-    int retry_after_s; /* > 0: send Retry-After */
+    int retry_after_s;    /* > 0: send Retry-After */
+    int64_t stored_at_ms; /* wall clock of the served copy's store; 0: not a copy */
 } lookup_answer;
 
 typedef void lookup_cb(void *arg, const lookup_answer *a);
+
+/* One request in lookup's hands; opaque. */
+typedef struct lookup_req lookup_req;
 
 /* rc may be NULL (--redis none). */
 lookup *lookup_new(struct event_base *base, const qc_config *cfg, pgpool *pool, tax_client *tax,
@@ -52,8 +56,15 @@ void lookup_close(lookup *lk);
 void lookup_free(lookup *lk);
 
 /* r is validated and normalized. no_cache: skip the cached copy (the fresh
- * result is still stored). The callback always fires later. */
-void lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, void *arg);
+ * result is still stored). The callback always fires later. The handle is
+ * valid until the callback fires or lookup_cancel. */
+lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, void *arg);
+/* The caller has gone (its client closed the connection): the callback will
+ * never fire and q is invalid from now on. A waiter leaves its flight at
+ * once (it no longer counts against --max-waiters); a request whose Redis
+ * read is in flight is released when that read answers, after starting the
+ * load a miss calls for (the cache is still filled). */
+void lookup_cancel(lookup_req *q);
 
 /* The in-process tier: when it holds a current copy for r, fills *a (valid
  * until the next call into lookup) and returns true, answering at once; else
@@ -64,6 +75,10 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a);
  * serve what they read before now, and in-process copies are dropped. */
 void lookup_invalidate_product(lookup *lk, int64_t product_id);
 void lookup_invalidate_all(lookup *lk);
+/* While the change feed is down (trust_ms > 0) no copy is fresh past that
+ * age: older ones are refreshed (served STALE meanwhile, within the usual
+ * horizon). 0 restores the TTLs. */
+void lookup_set_trust(lookup *lk, int64_t trust_ms);
 
 /* Redis connection lost: stop waiting on other instances' loads. */
 void lookup_redis_down(lookup *lk);

@@ -26,6 +26,7 @@ enum metrics_counter {
     M_WAITERS_REJECTED, /* waiter bound hit: 503 */
     M_CONNS_REJECTED,   /* connection bound hit */
     M_WORKER_RESTARTS,  /* workers the master restarted after they died */
+    M_LOADS_AVOIDED,    /* lock won, but the value was already stored: no load */
     M_COUNTER_COUNT
 };
 

@@ -40,7 +40,9 @@ typedef struct rcache_value {
 typedef void rcache_read_cb(void *arg, int status, const rcache_value *v);
 /* status RCACHE_OK: result is the command's integer answer (see each call). */
 typedef void rcache_done_cb(void *arg, int status, long long result);
-/* A message on a subscribed channel. */
+/* A message on a subscribed channel; msg NULL (len 0) each time the
+ * subscription is (re)confirmed on a new subscriber connection: messages
+ * published while it was down were lost. */
 typedef void rcache_message_cb(void *arg, const char *msg, size_t len);
 /* Connection state changes: up == true once a (re)connected command
  * connection has answered its ready check, false when it is lost or dropped
@@ -130,5 +132,30 @@ int rcache_publish(rcache *rc, const char *channel, const char *msg, rcache_done
  * message, across reconnects (the module re-subscribes by itself). One
  * subscription per channel name; call once at start. */
 void rcache_subscribe(rcache *rc, const char *channel, rcache_message_cb *cb, void *arg);
+
+/* What a lock attempt or a lock check returns. */
+typedef struct rcache_lock_value {
+    rcache_value v;    /* as rcache_read; pointers valid only during the callback */
+    bool acquired;     /* the lock is ours now */
+    int64_t lock_pttl; /* rcache_check: ms the lock still lives; -2 none, -1 no expiry */
+} rcache_lock_value;
+typedef void rcache_lock_cb(void *arg, int status, const rcache_lock_value *lv);
+
+/* SET lock_key token NX PX ttl_ms and, in the same round trip and right
+ * after it, the read of rcache_read: when the lock is won, v shows
+ * everything stored before (check after the lock). lock_pttl is -2. */
+int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                     const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                     rcache_lock_cb *cb, void *arg);
+/* One script: the read of rcache_read and PTTL lock_key; with a token, a
+ * free lock is also taken (SET NX PX ttl_ms) in the same step: no value
+ * and no lock means take over at once. */
+int rcache_check(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                 const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                 rcache_lock_cb *cb, void *arg);
+/* Token-guarded PEXPIRE (Lua): extends lock_key to ttl_ms only if it still
+ * holds token. result: 1 extended, 0 not ours any more. cb may be NULL. */
+int rcache_extend(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
+                  rcache_done_cb *cb, void *arg);
 
 #endif

@@ -142,6 +142,8 @@ static void on_state(void *arg, bool up)
 static void on_msg(void *arg, const char *msg, size_t len)
 {
     (void)arg;
+    if (msg == NULL)
+        return; /* a (re)subscription confirmed, not a message */
     CHECK(len < sizeof(last_msg));
     memcpy(last_msg, msg, len);
     last_msg[len] = '\0';
@@ -611,6 +613,100 @@ static void test_free_connecting(void)
     rcache_free(rc);
 }
 
+/* The lock with its read, the re-check (which takes a free lock), the
+ * token-guarded extension: one answer each, the read seen right after the
+ * SET NX, PTTL and ownership as Redis holds them. Runs after test_fence
+ * ("fresh" stored under generations 1/1) with t:lock free. */
+struct lock_res {
+    bool fired;
+    int calls;
+    int status;
+    bool acquired;
+    int64_t pttl;
+    bool has_entry;
+    char entry[16];
+    uint64_t gg, gp;
+};
+
+static void on_lock_value(void *arg, int status, const rcache_lock_value *lv)
+{
+    struct lock_res *l = arg;
+    CHECK(!submitting);
+    l->calls++;
+    l->fired = true;
+    l->status = status;
+    if (status != RCACHE_OK) {
+        CHECK(lv == NULL);
+        return;
+    }
+    l->acquired = lv->acquired;
+    l->pttl = lv->lock_pttl;
+    l->gg = lv->v.gen_global;
+    l->gp = lv->v.gen_product;
+    l->has_entry = lv->v.entry != NULL;
+    if (lv->v.entry && lv->v.entry_len < sizeof(l->entry))
+        memcpy(l->entry, lv->v.entry, lv->v.entry_len);
+}
+
+static struct lock_res do_lock_read(rcache *rc, const char *token)
+{
+    struct lock_res l = {0};
+    submitting = true;
+    int rv = rcache_lock_read(rc, "t:lock", token, 5000, EK, GG, GP, on_lock_value, &l);
+    submitting = false;
+    CHECK(rv == 0);
+    CHECK(wait_flag(&l.fired, 2000));
+    run_for(20);
+    CHECK(l.calls == 1);
+    return l;
+}
+
+static struct lock_res do_check(rcache *rc, const char *token)
+{
+    struct lock_res l = {0};
+    submitting = true;
+    int rv = rcache_check(rc, "t:lock", token, 5000, EK, GG, GP, on_lock_value, &l);
+    submitting = false;
+    CHECK(rv == 0);
+    CHECK(wait_flag(&l.fired, 2000));
+    run_for(20);
+    CHECK(l.calls == 1);
+    return l;
+}
+
+static long long do_extend(rcache *rc, const char *token, int64_t ttl_ms)
+{
+    struct done_res d = {0};
+    submitting = true;
+    return finish(rcache_extend(rc, "t:lock", token, ttl_ms, on_done, &d), &d);
+}
+
+static void test_lock_read_check_extend(rcache *rc)
+{
+    struct lock_res l = do_lock_read(rc, "tokC");
+    CHECK(l.status == RCACHE_OK && l.acquired && l.has_entry && strcmp(l.entry, "fresh") == 0);
+    CHECK(l.gg == 1 && l.gp == 1);
+    l = do_lock_read(rc, "tokD");
+    CHECK(l.status == RCACHE_OK && !l.acquired && l.has_entry);
+    l = do_check(rc, "tokE"); /* held: never taken, its PTTL told */
+    CHECK(l.status == RCACHE_OK && !l.acquired && l.pttl > 0 && l.pttl <= 5000 && l.has_entry);
+    CHECK(do_extend(rc, "tokX", 60000) == 0); /* not ours: untouched */
+    l = do_check(rc, NULL);
+    CHECK(l.pttl > 0 && l.pttl <= 5000);
+    CHECK(do_extend(rc, "tokC", 60000) == 1);
+    l = do_check(rc, NULL);
+    CHECK(l.pttl > 5000 && !l.acquired);
+    CHECK(do_unlock(rc, "tokC") == 1);
+    l = do_check(rc, NULL); /* no token: a free lock is only reported */
+    CHECK(l.status == RCACHE_OK && !l.acquired && l.pttl == -2);
+    l = do_check(rc, "tokE"); /* with one: taken in the same step */
+    CHECK(l.status == RCACHE_OK && l.acquired && l.pttl > 0 && l.pttl <= 5000 && l.has_entry);
+    redisReply *g = admin("GET t:lock");
+    CHECK(g && g->type == REDIS_REPLY_STRING && strcmp(g->str, "tokE") == 0);
+    freeReplyObject(g);
+    CHECK(do_unlock(rc, "tokE") == 1);
+}
+
 int main(int argc, char **argv)
 {
     struct timeval tick = {0, 10000};
@@ -641,6 +737,7 @@ int main(int argc, char **argv)
     test_fence(rc);
     test_bad_generation(rc);
     test_lock(rc);
+    test_lock_read_check_extend(rc);
     test_script_flush(rc);
     expect_message_after_store(rc);
     test_deadline(rc);

@@ -405,8 +405,20 @@ def test_cache_status_on_every_quote_answer():
     seen = {}
 
     def check(h):
-        assert h.get("cache-status") == CACHE_STATUS[h["x-cache"]], h
-        seen[h["x-cache"]] = h["cache-status"]
+        cs, x = h.get("cache-status", ""), h["x-cache"]
+        if x in ("HIT", "STALE"):
+            # a copy: RFC 9211 ttl (seconds of freshness left, negative when
+            # stale) and RFC 9111 Age, both from the copy's store time
+            want, ttl = cs.rsplit("; ttl=", 1)
+            age = int(h["age"])
+            assert 0 <= age <= 2, h
+            assert int(ttl) == 1 - age, h  # --ttl 1
+            assert (int(ttl) < 1) if x == "STALE" else (int(ttl) > 0 or age == 1), h
+            assert want == CACHE_STATUS[x], h
+        else:
+            assert cs == CACHE_STATUS[x], h
+            assert "age" not in h, h
+        seen[x] = cs
     px = qcstack.Proxy(st, ttl=1, stale_ttl=60).ready()
     try:
         st.tax_control(delay_ms=300)

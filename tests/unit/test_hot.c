@@ -63,11 +63,26 @@ static void test_bounds_and_clear(void)
     hot_free(h);
 }
 
+static void test_drop(void)
+{
+    hot *h = hot_new(1, 1024); /* one slot: "b" lives where "a" did */
+    size_t len;
+    hot_put(h, "a", "1", 1, 0, 10);
+    hot_drop(h, "b"); /* another key's slot content stays */
+    CHECK(hot_get(h, "a", 0, 0, &len) != NULL && hot_count(h) == 1);
+    hot_drop(h, "a");
+    CHECK(hot_get(h, "a", 0, 0, &len) == NULL && hot_count(h) == 0);
+    hot_drop(h, "a"); /* dropping nothing is fine */
+    CHECK(hot_count(h) == 0);
+    hot_free(h);
+}
+
 int main(void)
 {
     test_hit_and_miss();
     test_stamp_and_expiry();
     test_collisions_replace();
     test_bounds_and_clear();
+    test_drop();
     return CHECK_DONE();
 }
