@@ -89,16 +89,19 @@ int quote_parse_id_array(const char *text, int64_t *out, size_t max)
     const char *p = text + 1;
     size_t count = 0;
     if (*p == '}')
-        return 0;
+        return n == 2 ? 0 : -1;
     for (;;) {
         char *end;
+        /* strtoll would also take leading spaces and a '+': not ours. */
+        if (!(*p == '-' || (*p >= '0' && *p <= '9')))
+            return -1;
         errno = 0;
         long long v = strtoll(p, &end, 10);
         if (end == p || errno != 0 || count == max)
             return -1;
         out[count++] = v;
         if (*end == '}')
-            return (int)count;
+            return end == text + n - 1 ? (int)count : -1; /* nothing after it */
         if (*end != ',')
             return -1;
         p = end + 1;

@@ -25,6 +25,7 @@
 
 #include "quotecache/cachestatus.h"
 #include "quotecache/conntrack.h"
+#include "quotecache/httphdr.h"
 #include "quotecache/listener.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
@@ -136,19 +137,7 @@ static void send_error(server *s, struct evhttp_request *req, enum metrics_route
 /* True when an If-None-Match list contains the tag (or is "*"). */
 static bool etag_matches(const char *inm, const char *etag)
 {
-    char quoted[ENVELOPE_ETAG_LEN + 3];
-    snprintf(quoted, sizeof(quoted), "\"%s\"", etag);
-    if (strcmp(inm, "*") == 0)
-        return true;
-    const char *p = inm;
-    while ((p = strstr(p, quoted)) != NULL) {
-        bool start_ok = p == inm || p[-1] == ' ' || p[-1] == ',' || p[-1] == '/';
-        char after = p[strlen(quoted)];
-        if (start_ok && (after == '\0' || after == ',' || after == ' '))
-            return true;
-        p++;
-    }
-    return false;
+    return httphdr_etag_matches(inm, etag);
 }
 
 /* Replies to a quote request with a lookup answer (exactly once). */
@@ -276,14 +265,7 @@ static void watch_client(req_ctx *c)
 
 static bool header_has_token(const char *value, const char *token)
 {
-    size_t n = strlen(token);
-    for (const char *p = value; (p = strcasestr(p, token)) != NULL; p += n) {
-        bool start_ok = p == value || p[-1] == ' ' || p[-1] == ',';
-        char after = p[n];
-        if (start_ok && (after == '\0' || after == ',' || after == ' ' || after == ';'))
-            return true;
-    }
-    return false;
+    return httphdr_has_token(value, token);
 }
 
 /* Checks what only the catalog knows. Returns true when it answered. */

@@ -153,13 +153,10 @@ static void op_fail(tax_op *op, int status, const char *code, const char *msg)
     qc_error_set(&op->err, status, code, "%s", msg);
 }
 
-/* Reads {"tax_cents": int >= 0, ...}. Returns 0, or -1 when malformed. */
-static int parse_answer(struct evbuffer *body, int64_t *out)
+int tax_parse_answer(const char *text, size_t len, int64_t *out)
 {
-    size_t len = evbuffer_get_length(body);
-    if (len == 0 || len > TAX_MAX_BODY)
+    if (text == NULL || len == 0 || len > TAX_MAX_BODY)
         return -1;
-    char *text = (char *)evbuffer_pullup(body, (ev_ssize_t)len);
     cJSON *doc = cJSON_ParseWithLength(text, len);
     if (doc == NULL)
         return -1;
@@ -174,6 +171,14 @@ static int parse_answer(struct evbuffer *body, int64_t *out)
     }
     cJSON_Delete(doc);
     return rc;
+}
+
+static int parse_answer(struct evbuffer *body, int64_t *out)
+{
+    size_t len = evbuffer_get_length(body);
+    if (len == 0 || len > TAX_MAX_BODY)
+        return -1;
+    return tax_parse_answer((const char *)evbuffer_pullup(body, (ev_ssize_t)len), len, out);
 }
 
 static void on_response(struct evhttp_request *req, void *arg)

@@ -10,6 +10,7 @@
 #ifndef QUOTECACHE_TAX_H
 #define QUOTECACHE_TAX_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "quotecache/error.h"
@@ -30,6 +31,11 @@ void tax_client_free(tax_client *t);
 /* Returns 0 (callback later) or -1 with err filled (too many calls). */
 int tax_request(tax_client *t, const char *region, int64_t product_id, int64_t amount_cents,
                 const char *currency, tax_cb *cb, void *arg, qc_error *err);
+
+/* Parses the body of a 200 answer, text[0..len) (need not be NUL-terminated):
+ * a JSON object with "tax_cents", an integer 0 .. 2^53. Returns 0 and sets
+ * *out, or -1 when malformed or longer than 4096 bytes. Pure. */
+int tax_parse_answer(const char *text, size_t len, int64_t *out);
 
 /* "up" after a good answer, "down" after a failed call, "unknown" before
  * the first call. */

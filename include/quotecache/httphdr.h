@@ -1,0 +1,21 @@
+/* httphdr: the request headers whose value changes the answer, matched as
+ * pure functions over the raw header value (as evhttp hands it over:
+ * NUL-terminated, outer whitespace trimmed, any other byte possible). */
+#ifndef QUOTECACHE_HTTPHDR_H
+#define QUOTECACHE_HTTPHDR_H
+
+#include <stdbool.h>
+
+/* True when the comma-separated list in value (Cache-Control, Pragma)
+ * contains token, compared case-insensitively, as a whole list element or
+ * the name of a "name=..." / "name;..." one. Optional whitespace (space,
+ * tab) around elements is ignored. NULL value: false. */
+bool httphdr_has_token(const char *value, const char *token);
+
+/* True when the If-None-Match value inm is "*" or lists the entity tag
+ * etag (given without quotes), strong or weak ("W/"): the weak comparison
+ * of RFC 9110 13.1.2, which is the one If-None-Match uses. A malformed
+ * element never matches. NULL inm or etag: false. */
+bool httphdr_etag_matches(const char *inm, const char *etag);
+
+#endif
