@@ -5,7 +5,6 @@
  * generations. */
 #include "quotecache/invalidate.h"
 
-#include <errno.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
+#include "quotecache/notify.h"
 #include "quotecache/pgpool.h"
 #include "quotecache/sql.h"
 
@@ -31,13 +31,12 @@
 #define WATCH_EVERY_MS 250
 #define DOWN_TRUST_MS 1000
 #define ONCE_TTL_MS 60000 /* how long a (transaction, product) bump is remembered */
-#define TXID_MAX 20
 
 /* One product bump waiting in the batch; txid "" when the payload named no
  * transaction (then every worker that hears it bumps). */
 typedef struct batch_item {
     int64_t product_id;
-    char txid[TXID_MAX + 1];
+    char txid[NOTIFY_TXID_MAX + 1];
 } batch_item;
 
 struct invalidator {
@@ -103,7 +102,7 @@ static void on_bumped(void *arg, int status, long long result);
 static void bump_send(invalidator *inv, bool global, const batch_item *items, size_t n)
 {
     char keys[BATCH_MAX][KEY_MAX];
-    char once[BATCH_MAX][KEY_MAX + TXID_MAX + 2];
+    char once[BATCH_MAX][KEY_MAX + NOTIFY_TXID_MAX + 2];
     const char *kv[BATCH_MAX], *ov[BATCH_MAX];
     bump_op *op = xcalloc(1, sizeof(*op));
     op->inv = inv;
@@ -201,22 +200,6 @@ static void invalidate_soon(invalidator *inv, int64_t product_id, const char *tx
         inv->flush_armed = true;
         event_active(inv->flush_ev, EV_TIMEOUT, 1);
     }
-}
-
-/* "<table>:<txid>" at the head of a payload: copies the txid out and
- * shortens the table; a head that is not that is left alone. */
-static void split_txid(const char *payload, size_t *tlen, char txid[TXID_MAX + 1])
-{
-    const char *mid = memchr(payload, ':', *tlen);
-    txid[0] = '\0';
-    if (mid == NULL)
-        return;
-    size_t n = *tlen - (size_t)(mid + 1 - payload);
-    if (n == 0 || n > TXID_MAX || strspn(mid + 1, "0123456789") < n)
-        return;
-    memcpy(txid, mid + 1, n);
-    txid[n] = '\0';
-    *tlen = (size_t)(mid - payload);
 }
 
 /* One admin purge waiting for its Redis bump and its announcement. Owned by
@@ -343,46 +326,33 @@ static void drop_here(invalidator *inv, int64_t product_id)
     metrics_inc(M_INVALIDATIONS);
 }
 
-/* Payload "<table>:<product id>" or "<table>:*", or the same with the
- * transaction in between, "<table>:<txid>:<product id>" (triggers.sql), or
- * "admin:..." (invalidate_purge on any instance). */
+static bool table_is(const notify_msg *m, const char *name)
+{
+    return m->table_len == strlen(name) && strcmp(m->table, name) == 0;
+}
+
+/* A change notification (notify.h says the payload grammar: triggers.sql's,
+ * or "admin:..." from invalidate_purge on any instance). */
 static void on_notify(void *arg, const char *payload)
 {
     invalidator *inv = arg;
-    const char *colon = strrchr(payload, ':');
-    if (colon == NULL) {
+    notify_msg m;
+    if (notify_parse(payload, &m) < 0) {
         log_warn("invalidate: ignoring notification '%.64s'", payload);
         return;
     }
-    int64_t product_id = 0;
-    if (strcmp(colon + 1, "*") != 0) {
-        char *end;
-        errno = 0;
-        long long v = strtoll(colon + 1, &end, 10);
-        if (errno != 0 || *end != '\0' || v <= 0) {
-            log_warn("invalidate: ignoring notification '%.64s'", payload);
-            return;
-        }
-        product_id = v;
-    }
-    size_t tlen = (size_t)(colon - payload);
-    char txid[TXID_MAX + 1];
-    split_txid(payload, &tlen, txid);
-    bool in_catalog = (tlen == 10 && strncmp(payload, "promotions", tlen) == 0) ||
-                      (tlen == 5 && strncmp(payload, "tiers", tlen) == 0) ||
-                      (tlen == 8 && strncmp(payload, "fx_rates", tlen) == 0);
     log_debug("invalidate: %s", payload);
     /* The catalog holds the set of regions: a price row may add one. The
      * reload is coalesced (one at a time, one more if asked meanwhile), so a
      * bulk price update costs one or two catalog queries per worker. */
-    if (tlen == 15 && strncmp(payload, "regional_prices", tlen) == 0)
+    if (table_is(&m, "regional_prices"))
         catalog_reload(inv->cat);
-    if (tlen == 5 && strncmp(payload, "admin", tlen) == 0)
-        drop_here(inv, product_id);
-    else if (in_catalog)
-        defer_until_catalog(inv, product_id);
+    if (table_is(&m, "admin"))
+        drop_here(inv, m.product_id);
+    else if (m.in_catalog)
+        defer_until_catalog(inv, m.product_id);
     else
-        invalidate_soon(inv, product_id, txid);
+        invalidate_soon(inv, m.product_id, m.txid);
 }
 
 /* Notifications sent while we were not listening are lost for good: after
