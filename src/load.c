@@ -603,27 +603,39 @@ static void load_wait_remote(load *ld, int64_t lock_pttl)
     load_set_state(ld, LS_WAITING_REMOTE);
 }
 
-static void on_check(void *arg, int status, const rcache_lock_value *lv)
+/* What a lock attempt (rcache_lock_read) and a re-check (rcache_check)
+ * answers have in common: a lock that became ours is remembered (released
+ * by load_finish, whatever comes next); a Redis failure loads in process;
+ * a current value there is answered (the check after the lock). Returns
+ * true when that settled the load. */
+static bool load_take_lock_answer(load *ld, int status, const rcache_lock_value *lv)
 {
-    load *ld = arg;
-    if (status == RCACHE_OK && lv->acquired) {
-        ld->locked = true; /* the lock was free: ours now, released by load_finish */
+    if (lv != NULL && lv->acquired) {
+        ld->locked = true;
         ld->lock_renewed_us = ld->lock_sent_us;
     }
     if (shutting_down(ld))
-        return;
+        return true;
     if (status != RCACHE_OK) {
         ld->local = true; /* Redis failed us: load in process */
         load_origin(ld);
-        return;
+        return true;
     }
     ld->gen_global = lv->v.gen_global;
     ld->gen_product = lv->v.gen_product;
     if (load_answer_from_entry(ld, &lv->v)) {
         if (lv->acquired)
             metrics_inc(M_LOADS_AVOIDED);
-        return;
+        return true;
     }
+    return false;
+}
+
+static void on_check(void *arg, int status, const rcache_lock_value *lv)
+{
+    load *ld = arg;
+    if (load_take_lock_answer(ld, status, lv))
+        return;
     if (lv->acquired) {
         /* No value and no lock: the holder died or stored nothing. We took
          * the lock over in the same step; load now. */
@@ -677,26 +689,8 @@ void load_on_message(void *arg, const char *msg, size_t len)
 static void on_lock(void *arg, int status, const rcache_lock_value *lv)
 {
     load *ld = arg;
-    if (lv != NULL && lv->acquired) {
-        ld->locked = true; /* released by load_finish, whatever comes next */
-        ld->lock_renewed_us = ld->lock_sent_us;
-    }
-    if (shutting_down(ld))
+    if (load_take_lock_answer(ld, status, lv))
         return;
-    if (status != RCACHE_OK) {
-        ld->local = true; /* Redis failed us: load in process */
-        load_origin(ld);
-        return;
-    }
-    ld->gen_global = lv->v.gen_global;
-    ld->gen_product = lv->v.gen_product;
-    /* Check after the lock: a value stored before we won it (its holder
-     * stored, then released) is answered, not loaded again. */
-    if (load_answer_from_entry(ld, &lv->v)) {
-        if (lv->acquired)
-            metrics_inc(M_LOADS_AVOIDED);
-        return;
-    }
     if (lv->acquired) {
         metrics_inc(M_LOCK_ACQUIRED);
         load_origin(ld);
