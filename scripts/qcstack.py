@@ -637,6 +637,39 @@ class Stack:
 _proxies_this_test = []
 
 
+class HeldSession:
+    """One psql session of stack's PostgreSQL kept open across calls: a
+    transaction that holds a lock while the test does other things, or a
+    session that can still write while new connections are refused."""
+
+    def __init__(self, stack, db="pricing"):
+        self.p = subprocess.Popen(
+            ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+             "-p", str(stack.pg_port), "-U", "postgres", "-d", db],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1)
+
+    def run(self, sql):
+        self.p.stdin.write(sql + "\n\\echo __done__\n")
+        self.p.stdin.flush()
+        out = []
+        while True:
+            line = self.p.stdout.readline()
+            if not line:
+                raise RuntimeError("psql session ended: %s" % "".join(out))
+            if line.strip() == "__done__":
+                return "".join(out)
+            out.append(line)
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                kill_pid(self.p.pid, proc=self.p)
+
+
 def test_started():
     """qctest calls this before each test (to know whose logs to print)."""
     del _proxies_this_test[:]

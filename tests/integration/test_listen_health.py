@@ -16,7 +16,6 @@ second instance would bump the shared generations for it)."""
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -55,38 +54,6 @@ def setup_module():
 def teardown_module():
     if st is not None:
         st.stop()
-
-
-class HeldSession:
-    """One psql session kept open (it can write while new connections are
-    refused)."""
-
-    def __init__(self, stack, db="pricing"):
-        self.p = subprocess.Popen(
-            ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-             "-p", str(stack.pg_port), "-U", "postgres", "-d", db],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1)
-
-    def run(self, sql):
-        self.p.stdin.write(sql + "\n\\echo __done__\n")
-        self.p.stdin.flush()
-        out = []
-        while True:
-            line = self.p.stdout.readline()
-            if not line:
-                raise RuntimeError("psql session ended: %s" % "".join(out))
-            if line.strip() == "__done__":
-                return "".join(out)
-            out.append(line)
-
-    def close(self):
-        if self.p.poll() is None:
-            self.p.stdin.close()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                qcstack.kill_pid(self.p.pid, proc=self.p)
 
 
 def unit(pid):
@@ -188,7 +155,7 @@ def test_stopped_listen_backend_is_replaced():
 def test_listen_down_caps_trust_and_comes_back():
     a, b = pool.pop(0), pool.pop(0)
     price_a, price_b = warm(a), warm(b)
-    session = HeldSession(st)
+    session = qcstack.HeldSession(st)
     bpid = listen_backend()
     mark = len(px.stderr_text())
     refused = False

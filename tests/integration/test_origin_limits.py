@@ -13,7 +13,6 @@ tells it."""
 import http.server
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -39,38 +38,6 @@ def setup_module():
 def teardown_module():
     if st is not None:
         st.stop()
-
-
-class HeldSession:
-    """One psql session kept open across calls (for a transaction that
-    holds a lock while the test does other things)."""
-
-    def __init__(self, stack, db="pricing"):
-        self.p = subprocess.Popen(
-            ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-             "-p", str(stack.pg_port), "-U", "postgres", "-d", db],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1)
-
-    def run(self, sql):
-        self.p.stdin.write(sql + "\n\\echo __done__\n")
-        self.p.stdin.flush()
-        out = []
-        while True:
-            line = self.p.stdout.readline()
-            if not line:
-                raise RuntimeError("psql session ended: %s" % "".join(out))
-            if line.strip() == "__done__":
-                return "".join(out)
-            out.append(line)
-
-    def close(self):
-        if self.p.poll() is None:
-            self.p.stdin.close()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                qcstack.kill_pid(self.p.pid, proc=self.p)
 
 
 def plain_products(n):
@@ -101,7 +68,7 @@ def test_deadline_cancels_the_backend_query():
     px = qcstack.Proxy(st, pg_timeout=500, workers=1).ready()
     before = proxy_backends()
     assert len(before) == 5, before  # --pg-pool 4 and the LISTEN connection
-    held = HeldSession(st)
+    held = qcstack.HeldSession(st)
     try:
         held.run("BEGIN; LOCK TABLE regional_prices IN ACCESS EXCLUSIVE MODE;")
         times = []
