@@ -45,7 +45,7 @@ struct rc_sub {
     void *arg;
 };
 
-enum rc_script { SCRIPT_STORE, SCRIPT_UNLOCK, SCRIPT_GUARD, SCRIPT_BUMP_ONCE, SCRIPT_COUNT };
+enum rc_script { SCRIPT_STORE, SCRIPT_UNLOCK, SCRIPT_GUARD, SCRIPT_COUNT };
 
 struct rcache {
     struct event_base *base;
@@ -147,18 +147,10 @@ static const char guard_lua[] =
     "if t ~= g then redis.call('SET', KEYS[2], string.format('%d', t)) end\n"
     "return {string.format('%d', t), t ~= g and 1 or 0}\n";
 
-/* One bump per change for the whole fleet: the first bumper of once_key
- * (KEYS[2]) bumps KEYS[1]; later ones find the key and leave the counter. */
-static const char bump_once_lua[] = "if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then\n"
-                                    "  return redis.call('INCR', KEYS[1])\n"
-                                    "end\n"
-                                    "return 0\n";
-
 static const char *const script_src[SCRIPT_COUNT] = {
     [SCRIPT_STORE] = store_lua,
     [SCRIPT_UNLOCK] = unlock_lua,
     [SCRIPT_GUARD] = guard_lua,
-    [SCRIPT_BUMP_ONCE] = bump_once_lua,
 };
 
 /* The subscriber's ready check and heartbeat: hiredis 0.14 drops the answer
@@ -877,33 +869,6 @@ int rcache_bump(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
     op->bump = true;
     op->is_gg = rc->global_key && strcmp(key, rc->global_key) == 0;
     if (op_submit(op, 2, argv, lens) < 0) {
-        owe(rc);
-        return -1;
-    }
-    return 0;
-}
-
-int rcache_bump_once(rcache *rc, const char *key, const char *once_key, int64_t ttl_ms,
-                     rcache_done_cb *cb, void *arg)
-{
-    char ttl[24];
-    const char *argv[] = {NULL, NULL, "2", key, once_key, ttl};
-    size_t lens[6];
-    struct rc_op *op;
-
-    if (!rcache_is_up(rc) || ttl_ms <= 0) {
-        owe(rc);
-        return -1;
-    }
-    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
-    script_head(rc, SCRIPT_BUMP_ONCE, argv);
-    arg_lens(argv, lens, 6);
-    op = op_new(rc, OP_INT, "bump", key);
-    op->done_cb = cb;
-    op->arg = arg;
-    op->bump = true;
-    op->is_gg = rc->global_key && strcmp(key, rc->global_key) == 0;
-    if (op_submit(op, 6, argv, lens) < 0) {
         owe(rc);
         return -1;
     }

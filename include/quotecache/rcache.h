@@ -110,16 +110,10 @@ int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
  * check of the next connection, before any read on it). Needs
  * rcache_guard_generations. */
 int rcache_bump(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
-/* rcache_bump once per once_key for every client of this Redis (one Lua
- * script: SET once_key NX PX ttl_ms, and INCR key only if that set it), so
- * a change that every worker of every instance is told of costs one bump.
- * result: the new value, or 0 when another client bumped for once_key
- * already. Same debt rule as rcache_bump. */
-int rcache_bump_once(rcache *rc, const char *key, const char *once_key, int64_t ttl_ms,
-                     rcache_done_cb *cb, void *arg);
 /* Product generation bumps in one command (a Lua script): for each i, INCR
  * keys[i], unless once_keys[i] is not "" and another client set it already
- * (SET once_keys[i] NX PX once_ttl_ms), as rcache_bump_once. n is
+ * (SET once_keys[i] NX PX once_ttl_ms): a change that every worker of
+ * every instance is told of costs one bump for the fleet. n is
  * 1..RCACHE_BUMP_MANY_MAX. result: n. Same debt rule as rcache_bump. */
 #define RCACHE_BUMP_MANY_MAX 1024
 int rcache_bump_many(rcache *rc, const char *const *keys, const char *const *once_keys, size_t n,

@@ -542,17 +542,19 @@ static void test_guard(rcache *rc)
     CHECK(admin_int("GET " GG) >= 9);
     /* one bump per once-key, whoever sends it */
     gp = admin_int("GET " GP);
+    const char *keys[] = {GP}, *once[] = {"t:once:1"};
     d = (struct done_res){0};
     submitting = true;
-    CHECK(rcache_bump_once(g1, GP, "t:once:1", 5000, on_done, &d) == 0);
+    CHECK(rcache_bump_many(g1, keys, once, 1, 5000, on_done, &d) == 0);
     submitting = false;
-    CHECK(wait_flag(&d.fired, 2000) && d.status == RCACHE_OK && d.result == gp + 1);
-    d = (struct done_res){0};
-    submitting = true;
-    CHECK(rcache_bump_once(g2, GP, "t:once:1", 5000, on_done, &d) == 0);
-    submitting = false;
-    CHECK(wait_flag(&d.fired, 2000) && d.status == RCACHE_OK && d.result == 0);
+    CHECK(wait_flag(&d.fired, 2000) && d.status == RCACHE_OK && d.result == 1);
     CHECK(admin_int("GET " GP) == gp + 1);
+    d = (struct done_res){0};
+    submitting = true;
+    CHECK(rcache_bump_many(g2, keys, once, 1, 5000, on_done, &d) == 0);
+    submitting = false;
+    CHECK(wait_flag(&d.fired, 2000) && d.status == RCACHE_OK);
+    CHECK(admin_int("GET " GP) == gp + 1); /* the once-key was taken: no second bump */
     rcache_free(g1);
     rcache_free(g2);
 }
