@@ -18,6 +18,7 @@
 
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
+#include "quotecache/upstream.h"
 
 enum opt_type { T_INT, T_STR, T_HOSTPORT, T_REDIS, T_ADMIN, T_FLAG };
 
@@ -56,7 +57,12 @@ static const opt options[] = {
     {"max-uri", T_INT, OFF(max_uri), 64, 1 << 20, "4096", "longest request URI, bytes (414)"},
     {"max-headers", T_INT, OFF(max_headers), 256, 1 << 22, "16384",
      "largest request headers, bytes (431)"},
-    {"max-body", T_INT, OFF(max_body), 0, 1 << 22, "65536", "largest request body, bytes"},
+    {"max-body", T_INT, OFF(max_body), 0, 1 << 26, "65536",
+     "largest request body, bytes (413); with --upstream also the largest answer (502)"},
+    {"upstream", T_STR, OFF(upstream), 0, 0, NULL,
+     "http://HOST:PORT[/PREFIX] of the application that gets every route not ours"},
+    {"upstream-timeout", T_INT, OFF(upstream_timeout_ms), 1, 600000, "10000",
+     "upstream deadline per request, ms (504)"},
     {"header-timeout", T_INT, OFF(header_timeout_s), 1, 3600, "10",
      "seconds a client may take to send its request"},
     {"idle-timeout", T_INT, OFF(idle_timeout_s), 1, 86400, "60",
@@ -465,6 +471,11 @@ static void validate(loader *ld)
         config_problem(p, "%s: 1 to 32 characters of [A-Za-z0-9._-]", source_of(ld, "key-version"));
     if (strncmp(cfg->tax_url, "http://", 7) != 0)
         config_problem(p, "%s: expected http://HOST[:PORT][/PATH]", source_of(ld, "tax-url"));
+    char host[256], prefix[512];
+    int port;
+    if (cfg->upstream != NULL &&
+        upstream_parse_url(cfg->upstream, host, sizeof(host), &port, prefix, sizeof(prefix)) < 0)
+        config_problem(p, "%s: expected http://HOST[:PORT][/PREFIX]", source_of(ld, "upstream"));
     if (cfg->admin_token != NULL && strlen(cfg->admin_token) < 8)
         config_problem(p, "%s: at least 8 characters", source_of(ld, "admin-token"));
     if (cfg->admin_enabled && cfg->admin_token == NULL && !is_loopback(cfg->admin_listen.host))
@@ -559,6 +570,7 @@ void config_free(qc_config *cfg)
     free(cfg->key_version);
     free(cfg->log_level);
     free(cfg->config_file);
+    free(cfg->upstream);
     memset(cfg, 0, sizeof(*cfg));
     cfg->listen_fd = cfg->admin_fd = -1;
 }

@@ -27,11 +27,13 @@
 #include "quotecache/server.h"
 #include "quotecache/sql.h"
 #include "quotecache/tax.h"
+#include "quotecache/upstream.h"
 
 /* Changes arrive by LISTEN; the periodic reload is only a backstop. */
 #define CATALOG_REFRESH_MS 10000
 #define PG_QUEUE_MAX 1024
 #define TAX_MAX_CONNS 256
+#define UPSTREAM_MAX_CONNS 512
 /* Descriptors a worker needs besides client, admin, PostgreSQL and tax
  * connections: stdio, listeners, the event base, Redis, LISTEN, logs. */
 #define FD_RESERVE 48
@@ -49,6 +51,7 @@ typedef struct worker {
     rcache *rc;
     lookup *lk;
     invalidator *inv;
+    upstream *up;
     server *srv;
     struct event *sigterm, *sigint, *sigquit, *drain, *warmup;
     struct timespec stop_at;
@@ -142,7 +145,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void worker_listen(worker *w)
 {
     char err[512] = "";
-    server_deps deps = {w->cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv};
+    server_deps deps = {w->cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv, w->up};
     w->srv = server_new(w->base, &deps, err, sizeof(err));
     if (w->srv == NULL) {
         fprintf(stderr, "quotecache: %s\n", err);
@@ -185,6 +188,12 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
     if (w->tax == NULL) {
         snprintf(err, errlen, "--tax-url: cannot use '%.100s'", cfg->tax_url);
         return -1;
+    }
+    if (cfg->upstream != NULL) {
+        w->up = upstream_new(w->base, cfg->upstream, cfg->upstream_timeout_ms,
+                             (size_t)cfg->max_body, UPSTREAM_MAX_CONNS, err, errlen);
+        if (w->up == NULL)
+            return -1;
     }
     w->pool = pgpool_new(w->base, cfg->postgres, cfg->pg_pool, cfg->pg_timeout_ms, PG_QUEUE_MAX,
                          sql_statements, SQL_COUNT);
@@ -235,6 +244,7 @@ static void worker_stop(worker *w)
     rcache_free(w->rc);
     pgpool_free(w->pool);
     tax_client_free(w->tax);
+    upstream_free(w->up); /* its 503s go out with the flush below */
     lookup_free(w->lk);
     catalog_free(w->cat);
     worker_flush(w); /* the 503s just given reach their clients */
@@ -292,7 +302,8 @@ static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen)
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0;
     rlim_t fixed = FD_RESERVE + SERVER_ADMIN_MAX_CONNS + (rlim_t)cfg->pg_pool + 1;
-    rlim_t need = fixed + (rlim_t)cfg->max_conns + TAX_MAX_CONNS;
+    rlim_t need = fixed + (rlim_t)cfg->max_conns + TAX_MAX_CONNS +
+                  (cfg->upstream != NULL ? UPSTREAM_MAX_CONNS : 0);
     if (rl.rlim_cur < need) {
         rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)

@@ -30,6 +30,7 @@
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
+#include "quotecache/proxyhdr.h"
 #include "quotecache/quote.h"
 #include "quotecache/request.h"
 
@@ -66,6 +67,7 @@ typedef struct req_ctx {
     struct timespec started;
     char inm[INM_MAX];  /* If-None-Match, "" when absent */
     lookup_req *lr;     /* until answered */
+    upstream_op *up;    /* instead of lr: a request passed to the upstream */
     struct event *gone; /* watches the client while lookup has the request */
 } req_ctx;
 
@@ -221,7 +223,10 @@ static void client_gone(req_ctx *c)
     struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
     event_free(c->gone);
     c->gone = NULL;
-    lookup_cancel(c->lr);
+    if (c->up != NULL)
+        upstream_cancel(c->up);
+    else
+        lookup_cancel(c->lr);
     c->s->inflight--;
     free(c);
     evhttp_connection_free(evcon);
@@ -485,6 +490,45 @@ static void handle_metrics(server *s, struct evhttp_request *req)
     free(text);
 }
 
+/* ---- pass-through (--upstream) ---- */
+
+/* The upstream's answer as it came (status, end-to-end headers, body),
+ * or our JSON 502/503/504 when there is none. */
+static void on_proxied(void *arg, const upstream_answer *a)
+{
+    req_ctx *c = arg;
+    server *s = c->s;
+    struct evhttp_request *req = c->req;
+    if (c->gone)
+        event_free(c->gone);
+    s->inflight--;
+    free(c);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "X-Cache", "BYPASS");
+    evhttp_add_header(h, "Cache-Status", "quotecache; fwd=bypass");
+    if (a->err != NULL) {
+        send_error(s, req, R_OTHER, a->err->status, a->err->code, a->err->message);
+        return;
+    }
+    for (struct evkeyval *kv = a->headers->tqh_first; kv; kv = kv->next.tqe_next)
+        evhttp_add_header(h, kv->key, kv->value);
+    bool head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+    conntrack_on_reply(s->pub_conns, req);
+    evhttp_send_reply(req, a->status, NULL, head ? NULL : a->body);
+    metrics_request(R_OTHER, a->status, X_BYPASS, a->seconds);
+}
+
+static void handle_proxied(server *s, struct evhttp_request *req)
+{
+    req_ctx *c = xcalloc(1, sizeof(*c));
+    c->s = s;
+    c->req = req;
+    clock_gettime(CLOCK_MONOTONIC, &c->started);
+    s->inflight++;
+    c->up = upstream_forward(s->d.up, req, on_proxied, c);
+    watch_client(c);
+}
+
 /* ---- limits and routing ---- */
 
 static size_t headers_size(struct evhttp_request *req)
@@ -530,6 +574,13 @@ static void on_public(struct evhttp_request *req, void *arg)
     conntrack_on_request(s->pub_conns, req);
     if (reject_oversized(s, req, R_OTHER))
         return;
+    const char *why;
+    if (proxyhdr_check_framing(evhttp_request_get_input_headers(req), &why) < 0) {
+        /* The next request's first byte is unknown: close after the 400. */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        send_error(s, req, R_OTHER, 400, "bad_framing", why);
+        return;
+    }
     char path[4096 + 1];
     const char *uri = evhttp_request_get_uri(req);
     /* Absolute form (RFC 7230 5.3.2): route on what follows the authority. */
@@ -555,6 +606,9 @@ static void on_public(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/metrics") == 0) {
         if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
             handle_metrics(s, req);
+    } else if (s->d.up != NULL && strcmp(path, "/quote") != 0 && strncmp(path, "/quote/", 7) != 0 &&
+               strcmp(path, "/admin") != 0 && strncmp(path, "/admin/", 7) != 0) {
+        handle_proxied(s, req); /* every route not ours; admin routes never */
     } else {
         send_error(s, req, R_OTHER, 404, "no_route", "no such route");
     }

@@ -36,7 +36,9 @@ typedef struct qc_config {
     int workers;
     int max_uri;
     int max_headers;
-    int max_body;
+    int max_body;   /* request bodies; with --upstream, answer bodies too */
+    char *upstream; /* --upstream URL, NULL when unset (no pass-through) */
+    int upstream_timeout_ms;
     int header_timeout_s;
     int idle_timeout_s;
     int max_conns;

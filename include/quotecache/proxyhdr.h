@@ -1,0 +1,59 @@
+/* proxyhdr: the header rules of forwarding, as pure functions over evhttp
+ * header lists (no sockets): which fields are hop-by-hop (RFC 9110 7.6.1)
+ * and never cross the proxy, the forwarding fields we add (X-Forwarded-*,
+ * Via), and the framing checks that keep a request from being read one way
+ * by us and another way by the upstream (request smuggling). */
+#ifndef QUOTECACHE_PROXYHDR_H
+#define QUOTECACHE_PROXYHDR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct evkeyvalq;
+
+/* What this proxy calls itself in Via (RFC 9110 7.6.3). */
+#define PROXYHDR_VIA "1.1 quotecache"
+
+/* True when name is hop-by-hop by definition: Connection, Keep-Alive, TE,
+ * Trailer, Transfer-Encoding, Upgrade, Proxy-* (case-insensitive). */
+bool proxyhdr_is_hop_by_hop(const char *name);
+
+/* True when one of the Connection fields of h lists name as a token. */
+bool proxyhdr_connection_lists(const struct evkeyvalq *h, const char *name);
+
+/* Appends to out every field of in that is end-to-end: not hop-by-hop,
+ * not named by in's Connection fields, and not in skip (a NULL-terminated
+ * list of names the caller sets itself; skip may be NULL). Order kept. */
+void proxyhdr_copy_end_to_end(const struct evkeyvalq *in, struct evkeyvalq *out,
+                              const char *const *skip);
+
+/* Every value of the fields called name in h, joined by ", " into buf
+ * (truncated to len-1). Returns the length, 0 when there is none. */
+size_t proxyhdr_join(const struct evkeyvalq *h, const char *name, char *buf, size_t len);
+
+/* Sets the forwarding fields of a request toward the upstream, from the
+ * client's request headers in: X-Forwarded-For (the client's list, then
+ * client_ip), X-Forwarded-Proto (proto), X-Forwarded-Host (the client's
+ * Host, when it sent one) and Via (the client's list, then ours). out must
+ * not hold those fields yet (copy with proxyhdr_request_skip). */
+void proxyhdr_set_forwarded(const struct evkeyvalq *in, struct evkeyvalq *out,
+                            const char *client_ip, const char *proto);
+
+/* Names a request copy skips: the fields proxyhdr_set_forwarded sets, the
+ * framing we redo (Content-Length) and Expect (evhttp already answered
+ * 100-continue and holds the whole body). NULL-terminated. */
+extern const char *const proxyhdr_request_skip[];
+/* Names a response copy skips: Content-Length (we frame the body we hold)
+ * and Via (we append to it). NULL-terminated. */
+extern const char *const proxyhdr_response_skip[];
+
+/* Checks the framing of a request as evhttp parsed it. evhttp honours
+ * Transfer-Encoding only when it is exactly "chunked" and otherwise reads
+ * the first Content-Length, so anything another parser could read
+ * differently is refused: Content-Length together with Transfer-Encoding,
+ * more than one Content-Length or Transfer-Encoding field, a
+ * Transfer-Encoding other than "chunked", a Content-Length that is not
+ * plain digits. Returns 0, or -1 with *why (a static string). */
+int proxyhdr_check_framing(const struct evkeyvalq *in, const char **why);
+
+#endif

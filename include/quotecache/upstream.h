@@ -1,0 +1,59 @@
+/* upstream: the pass-through to the application behind quotecache
+ * (--upstream). Owns a bounded pool of keep-alive evhttp client
+ * connections to it and every forwarded request in flight (an op).
+ *
+ * Contract: upstream_forward never calls its callback before returning;
+ * the callback fires exactly once, later, from the loop, unless the owner
+ * calls upstream_cancel first (then never). */
+#ifndef QUOTECACHE_UPSTREAM_H
+#define QUOTECACHE_UPSTREAM_H
+
+#include <stddef.h>
+
+#include "quotecache/error.h"
+
+struct event_base;
+struct evbuffer;
+struct evkeyvalq;
+struct evhttp_request;
+
+typedef struct upstream upstream;
+typedef struct upstream_op upstream_op;
+
+typedef struct upstream_answer {
+    const qc_error *err;       /* non-NULL: no answer (502, 503, 504); the rest is empty */
+    int status;                /* the upstream's status */
+    struct evkeyvalq *headers; /* its end-to-end fields, plus our Via; the callee may move them */
+    struct evbuffer *body;     /* its body (none for HEAD); the callee may drain it */
+    double seconds;            /* from sending to the answer */
+} upstream_answer;
+
+typedef void upstream_cb(void *arg, const upstream_answer *a);
+
+/* url: http://HOST[:PORT][/PREFIX]. timeout_ms bounds each request from
+ * send to the whole answer; max_body bounds answer bodies (past it: 502);
+ * max_conns bounds connections in use (past it: 503). Returns NULL with
+ * one line in err when the URL is not usable. */
+upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms, size_t max_body,
+                       int max_conns, char *err, size_t errlen);
+
+/* Sends a copy of the client's request req (method, target with the
+ * prefix in front, end-to-end headers plus forwarding fields, the body
+ * re-framed with a Content-Length) to the upstream. Returns the op, which
+ * the caller may cancel until cb fires. req is not used after return. */
+upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_cb *cb, void *arg);
+
+/* The owner is gone (its client closed): cb will not fire. A request still
+ * on the wire is aborted (its connection closed, so the upstream sees it
+ * too); the op frees itself from the loop. */
+void upstream_cancel(upstream_op *op);
+
+/* Answers every op still owned with 503 shutting_down, then frees all. */
+void upstream_free(upstream *u);
+
+/* Parses http://HOST[:PORT][/PREFIX] (port 80 by default; the prefix
+ * without a trailing slash). Returns 0 or -1. */
+int upstream_parse_url(const char *url, char *host, size_t hostlen, int *port, char *prefix,
+                       size_t prefixlen);
+
+#endif

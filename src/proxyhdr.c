@@ -1,0 +1,133 @@
+/* proxyhdr: hop-by-hop removal, forwarding fields and framing checks for
+ * the pass-through to the upstream. Pure: header lists in, header lists
+ * out. */
+#include "quotecache/proxyhdr.h"
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "quotecache/httphdr.h"
+
+#define LIST_MAX 4096
+
+const char *const proxyhdr_request_skip[] = {"Content-Length",
+                                             "X-Forwarded-For",
+                                             "X-Forwarded-Proto",
+                                             "X-Forwarded-Host",
+                                             "Via",
+                                             "Expect",
+                                             NULL};
+const char *const proxyhdr_response_skip[] = {"Content-Length", "Via", NULL};
+
+bool proxyhdr_is_hop_by_hop(const char *name)
+{
+    static const char *const hop[] = {"Connection",        "Keep-Alive", "TE", "Trailer",
+                                      "Transfer-Encoding", "Upgrade",    NULL};
+    for (size_t i = 0; hop[i]; i++) {
+        if (strcasecmp(name, hop[i]) == 0)
+            return true;
+    }
+    return strncasecmp(name, "Proxy-", 6) == 0;
+}
+
+bool proxyhdr_connection_lists(const struct evkeyvalq *h, const char *name)
+{
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, "Connection") == 0 && httphdr_has_token(kv->value, name))
+            return true;
+    }
+    return false;
+}
+
+static bool in_list(const char *name, const char *const *list)
+{
+    for (size_t i = 0; list && list[i]; i++) {
+        if (strcasecmp(name, list[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+void proxyhdr_copy_end_to_end(const struct evkeyvalq *in, struct evkeyvalq *out,
+                              const char *const *skip)
+{
+    for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (proxyhdr_is_hop_by_hop(kv->key) || in_list(kv->key, skip) ||
+            proxyhdr_connection_lists(in, kv->key))
+            continue;
+        evhttp_add_header(out, kv->key, kv->value);
+    }
+}
+
+size_t proxyhdr_join(const struct evkeyvalq *h, const char *name, char *buf, size_t len)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, name) != 0 || kv->value[0] == '\0')
+            continue;
+        int w = snprintf(buf + n, len - n, "%s%s", n ? ", " : "", kv->value);
+        if (w < 0 || (size_t)w >= len - n)
+            return strlen(buf);
+        n += (size_t)w;
+    }
+    return n;
+}
+
+/* out gets name: "<in's list>, value" (or value alone). */
+static void append_list(const struct evkeyvalq *in, struct evkeyvalq *out, const char *name,
+                        const char *value)
+{
+    char prior[LIST_MAX], full[LIST_MAX + 128];
+    if (proxyhdr_join(in, name, prior, sizeof(prior)) > 0)
+        snprintf(full, sizeof(full), "%s, %s", prior, value);
+    else
+        snprintf(full, sizeof(full), "%s", value);
+    evhttp_add_header(out, name, full);
+}
+
+void proxyhdr_set_forwarded(const struct evkeyvalq *in, struct evkeyvalq *out,
+                            const char *client_ip, const char *proto)
+{
+    append_list(in, out, "X-Forwarded-For", client_ip);
+    evhttp_add_header(out, "X-Forwarded-Proto", proto);
+    const char *host = evhttp_find_header(in, "Host");
+    if (host != NULL)
+        evhttp_add_header(out, "X-Forwarded-Host", host);
+    append_list(in, out, "Via", PROXYHDR_VIA);
+}
+
+static int count_fields(const struct evkeyvalq *h, const char *name, const char **value)
+{
+    int n = 0;
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, name) == 0) {
+            *value = kv->value;
+            n++;
+        }
+    }
+    return n;
+}
+
+int proxyhdr_check_framing(const struct evkeyvalq *in, const char **why)
+{
+    const char *cl = NULL, *te = NULL;
+    int ncl = count_fields(in, "Content-Length", &cl);
+    int nte = count_fields(in, "Transfer-Encoding", &te);
+    if (ncl > 0 && nte > 0)
+        *why = "both Content-Length and Transfer-Encoding";
+    else if (ncl > 1)
+        *why = "more than one Content-Length";
+    else if (nte > 1)
+        *why = "more than one Transfer-Encoding";
+    else if (nte == 1 && strcasecmp(te, "chunked") != 0)
+        *why = "a Transfer-Encoding other than chunked";
+    else if (ncl == 1 && (cl[0] == '\0' || strspn(cl, "0123456789") != strlen(cl)))
+        *why = "a Content-Length that is not a number";
+    else
+        return 0;
+    return -1;
+}
