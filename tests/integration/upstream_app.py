@@ -18,6 +18,8 @@ Started with `python3 upstream_app.py PORT`; prints "ready" on stdout.
 """
 
 import json
+import select
+import socket
 import sys
 import threading
 import time
@@ -88,7 +90,16 @@ class Handler(BaseHTTPRequestHandler):
             code = int(path[len("/status/"):])
             return self.send(code, b'{"status":%d}' % code, extra=[("X-Upstream", "yes")])
         if path == "/slow":
-            time.sleep(int(q.get("ms", "1000")) / 1000.0)
+            # Waits watching the socket: a proxy that aborts the request
+            # closes it, which is counted as "abandoned".
+            end = time.monotonic() + int(q.get("ms", "1000")) / 1000.0
+            while time.monotonic() < end:
+                r, _, _ = select.select([self.connection], [], [], end - time.monotonic())
+                if r and not self.connection.recv(1, socket.MSG_PEEK):
+                    with lock:
+                        calls["abandoned"] = calls.get("abandoned", 0) + 1
+                    self.close_connection = True
+                    return
             return self.send(200, b'{"slow":true}')
         if path == "/close":
             self.close_connection = True
@@ -122,6 +133,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # a burst of new pool connections must not hit SYN retries
     allow_reuse_address = True
 
 

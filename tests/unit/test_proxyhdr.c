@@ -1,0 +1,189 @@
+/* Unit tests for proxyhdr: hop-by-hop removal (by name and by Connection),
+ * the forwarding fields, and the framing checks against smuggling. */
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "check.h"
+#include "quotecache/proxyhdr.h"
+#include "quotecache/upstream.h"
+
+static int count(const struct evkeyvalq *h, const char *name)
+{
+    int n = 0;
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next)
+        n += strcasecmp(kv->key, name) == 0;
+    return n;
+}
+
+static void test_hop_by_hop_names(void)
+{
+    const char *hop[] = {"Connection",
+                         "keep-alive",
+                         "TE",
+                         "Trailer",
+                         "transfer-encoding",
+                         "Upgrade",
+                         "Proxy-Authorization",
+                         "proxy-connection",
+                         "Proxy-Authenticate"};
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        CHECK(proxyhdr_is_hop_by_hop(hop[i]));
+    CHECK(!proxyhdr_is_hop_by_hop("Host"));
+    CHECK(!proxyhdr_is_hop_by_hop("Trailers")); /* not Trailer */
+    CHECK(!proxyhdr_is_hop_by_hop("Proxy"));    /* no dash: not Proxy-* */
+    CHECK(!proxyhdr_is_hop_by_hop("Content-Length"));
+    CHECK(!proxyhdr_is_hop_by_hop("X-Connection"));
+}
+
+static void test_copy_drops_hop_and_connection_listed(void)
+{
+    struct evkeyvalq in, out;
+    TAILQ_INIT(&in);
+    TAILQ_INIT(&out);
+    evhttp_add_header(&in, "Host", "shop.example");
+    evhttp_add_header(&in, "Connection", "keep-alive, X-Secret");
+    evhttp_add_header(&in, "Connection", "x-other");
+    evhttp_add_header(&in, "X-Secret", "1");
+    evhttp_add_header(&in, "X-Other", "2");
+    evhttp_add_header(&in, "Keep-Alive", "timeout=5");
+    evhttp_add_header(&in, "Transfer-Encoding", "chunked");
+    evhttp_add_header(&in, "Proxy-Authorization", "Basic x");
+    evhttp_add_header(&in, "Content-Length", "5");
+    evhttp_add_header(&in, "Expect", "100-continue");
+    evhttp_add_header(&in, "Cookie", "a=1");
+    evhttp_add_header(&in, "Cookie", "b=2");
+    proxyhdr_copy_end_to_end(&in, &out, proxyhdr_request_skip);
+    CHECK(count(&out, "Host") == 1);
+    CHECK(count(&out, "Cookie") == 2); /* repeated fields stay repeated */
+    const char *gone[] = {
+        "Connection",          "X-Secret",       "X-Other", "Keep-Alive", "Transfer-Encoding",
+        "Proxy-Authorization", "Content-Length", "Expect"};
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++)
+        CHECK(count(&out, gone[i]) == 0);
+    CHECK(out.tqh_first != NULL && strcmp(out.tqh_first->key, "Host") == 0); /* order kept */
+    evhttp_clear_headers(&in);
+    evhttp_clear_headers(&out);
+}
+
+static void test_response_copy_keeps_end_to_end(void)
+{
+    struct evkeyvalq in, out;
+    TAILQ_INIT(&in);
+    TAILQ_INIT(&out);
+    evhttp_add_header(&in, "Set-Cookie", "s=1");
+    evhttp_add_header(&in, "Content-Length", "10");
+    evhttp_add_header(&in, "Upgrade", "h2c");
+    evhttp_add_header(&in, "Via", "1.1 legacy");
+    evhttp_add_header(&in, "X-Forwarded-For", "kept in answers");
+    proxyhdr_copy_end_to_end(&in, &out, proxyhdr_response_skip);
+    CHECK(count(&out, "Set-Cookie") == 1);
+    CHECK(count(&out, "X-Forwarded-For") == 1);
+    CHECK(count(&out, "Content-Length") == 0);
+    CHECK(count(&out, "Upgrade") == 0);
+    CHECK(count(&out, "Via") == 0);
+    evhttp_clear_headers(&in);
+    evhttp_clear_headers(&out);
+}
+
+static void test_forwarded_fields(void)
+{
+    struct evkeyvalq in, out;
+    TAILQ_INIT(&in);
+    TAILQ_INIT(&out);
+    proxyhdr_set_forwarded(&in, &out, "10.0.0.9", "http");
+    CHECK(strcmp(evhttp_find_header(&out, "X-Forwarded-For"), "10.0.0.9") == 0);
+    CHECK(strcmp(evhttp_find_header(&out, "X-Forwarded-Proto"), "http") == 0);
+    CHECK(evhttp_find_header(&out, "X-Forwarded-Host") == NULL); /* no Host given */
+    CHECK(strcmp(evhttp_find_header(&out, "Via"), PROXYHDR_VIA) == 0);
+    evhttp_clear_headers(&out);
+
+    evhttp_add_header(&in, "Host", "shop.example:8080");
+    evhttp_add_header(&in, "X-Forwarded-For", "1.1.1.1");
+    evhttp_add_header(&in, "X-Forwarded-For", "2.2.2.2, 3.3.3.3");
+    evhttp_add_header(&in, "Via", "1.0 edge");
+    evhttp_add_header(&in, "X-Forwarded-Proto", "https"); /* replaced, not appended */
+    proxyhdr_set_forwarded(&in, &out, "10.0.0.9", "http");
+    CHECK(strcmp(evhttp_find_header(&out, "X-Forwarded-For"),
+                 "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9") == 0);
+    CHECK(strcmp(evhttp_find_header(&out, "X-Forwarded-Host"), "shop.example:8080") == 0);
+    CHECK(strcmp(evhttp_find_header(&out, "Via"), "1.0 edge, " PROXYHDR_VIA) == 0);
+    CHECK(strcmp(evhttp_find_header(&out, "X-Forwarded-Proto"), "http") == 0);
+    CHECK(count(&out, "X-Forwarded-Proto") == 1);
+    evhttp_clear_headers(&in);
+    evhttp_clear_headers(&out);
+}
+
+static int framing(const char *cl1, const char *cl2, const char *te1, const char *te2)
+{
+    struct evkeyvalq in;
+    TAILQ_INIT(&in);
+    if (cl1)
+        evhttp_add_header(&in, "Content-Length", cl1);
+    if (cl2)
+        evhttp_add_header(&in, "content-length", cl2);
+    if (te1)
+        evhttp_add_header(&in, "Transfer-Encoding", te1);
+    if (te2)
+        evhttp_add_header(&in, "transfer-encoding", te2);
+    const char *why = NULL;
+    int rc = proxyhdr_check_framing(&in, &why);
+    CHECK(rc == 0 || (why != NULL && why[0]));
+    evhttp_clear_headers(&in);
+    return rc;
+}
+
+static void test_framing(void)
+{
+    CHECK(framing(NULL, NULL, NULL, NULL) == 0);
+    CHECK(framing("12", NULL, NULL, NULL) == 0);
+    CHECK(framing("0", NULL, NULL, NULL) == 0);
+    CHECK(framing(NULL, NULL, "chunked", NULL) == 0);
+    CHECK(framing(NULL, NULL, "Chunked", NULL) == 0);
+    CHECK(framing("5", NULL, "chunked", NULL) < 0); /* CL.TE / TE.CL */
+    CHECK(framing("5", "5", NULL, NULL) < 0);       /* duplicate, even equal */
+    CHECK(framing("5", "6", NULL, NULL) < 0);
+    CHECK(framing(NULL, NULL, "chunked", "chunked") < 0); /* two TE fields */
+    CHECK(framing(NULL, NULL, "gzip, chunked", NULL) < 0);
+    CHECK(framing(NULL, NULL, "chunked, identity", NULL) < 0);
+    CHECK(framing(NULL, NULL, "xchunked", NULL) < 0);
+    CHECK(framing(NULL, NULL, "identity", NULL) < 0);
+    CHECK(framing("+5", NULL, NULL, NULL) < 0);
+    CHECK(framing("-1", NULL, NULL, NULL) < 0);
+    CHECK(framing("5, 5", NULL, NULL, NULL) < 0);
+    CHECK(framing("0x10", NULL, NULL, NULL) < 0);
+    CHECK(framing("", NULL, NULL, NULL) < 0);
+}
+
+static void test_parse_url(void)
+{
+    char host[256], prefix[512];
+    int port = 0;
+    CHECK(upstream_parse_url("http://127.0.0.1:9000", host, sizeof(host), &port, prefix,
+                             sizeof(prefix)) == 0);
+    CHECK(strcmp(host, "127.0.0.1") == 0 && port == 9000 && prefix[0] == '\0');
+    CHECK(upstream_parse_url("http://app.internal/legacy/", host, sizeof(host), &port, prefix,
+                             sizeof(prefix)) == 0);
+    CHECK(strcmp(host, "app.internal") == 0 && port == 80 && strcmp(prefix, "/legacy") == 0);
+    CHECK(upstream_parse_url("https://x:1", host, sizeof(host), &port, prefix, sizeof(prefix)) < 0);
+    CHECK(upstream_parse_url("http://x:1/?q=1", host, sizeof(host), &port, prefix, sizeof(prefix)) <
+          0);
+    CHECK(upstream_parse_url("http://u:p@x:1", host, sizeof(host), &port, prefix, sizeof(prefix)) <
+          0);
+    CHECK(upstream_parse_url("127.0.0.1:9000", host, sizeof(host), &port, prefix, sizeof(prefix)) <
+          0);
+    CHECK(upstream_parse_url("http://:9000", host, sizeof(host), &port, prefix, sizeof(prefix)) <
+          0);
+}
+
+int main(void)
+{
+    test_hop_by_hop_names();
+    test_copy_drops_hop_and_connection_listed();
+    test_response_copy_keeps_end_to_end();
+    test_forwarded_fields();
+    test_framing();
+    test_parse_url();
+    return CHECK_DONE();
+}
