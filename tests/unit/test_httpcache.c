@@ -1,0 +1,147 @@
+/* Unit tests for httpcache: what may be stored (RFC 9111 3), for how long,
+ * under which Vary fields, and conditional requests (RFC 9110 13). */
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "check.h"
+#include "quotecache/httpcache.h"
+
+/* Builds a header list from "Name: value" strings, NULL-terminated. */
+static void headers(struct evkeyvalq *h, const char *const *lines)
+{
+    TAILQ_INIT(h);
+    for (size_t i = 0; lines && lines[i]; i++) {
+        char name[64];
+        const char *colon = strchr(lines[i], ':');
+        size_t n = (size_t)(colon - lines[i]);
+        memcpy(name, lines[i], n);
+        name[n] = '\0';
+        evhttp_add_header(h, name, colon + 2);
+    }
+}
+
+static httpcache_verdict decide(int status, const char *const *req, const char *const *resp,
+                                bool shared, int ttl)
+{
+    struct evkeyvalq q, r;
+    headers(&q, req);
+    headers(&r, resp);
+    httpcache_verdict v;
+    httpcache_decide(status, &q, &r, shared, ttl, &v);
+    evhttp_clear_headers(&q);
+    evhttp_clear_headers(&r);
+    return v;
+}
+
+#define H(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static void test_statuses(void)
+{
+    CHECK(decide(200, NULL, NULL, false, 60).store);
+    CHECK(decide(404, NULL, NULL, false, 60).store);
+    CHECK(decide(301, NULL, NULL, false, 60).store);
+    CHECK(!decide(201, NULL, NULL, false, 60).store);
+    CHECK(!decide(302, NULL, NULL, false, 60).store);
+    CHECK(!decide(500, NULL, NULL, false, 60).store);
+    CHECK(!decide(503, NULL, NULL, false, 60).store);
+    CHECK(!decide(206, NULL, NULL, false, 60).store);
+}
+
+static void test_never_stored(void)
+{
+    CHECK(!decide(200, NULL, H("Cache-Control: no-store"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Cache-Control: max-age=60, No-Store"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Cache-Control: public", "Cache-Control: no-store"), true, 60)
+               .store); /* a second field is part of the list */
+    CHECK(!decide(200, H("Cache-Control: no-store"), NULL, false, 60).store);
+    CHECK(!decide(200, NULL, H("Cache-Control: no-cache"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Set-Cookie: a=1"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Set-Cookie: a=1"), true, 60).store);
+    CHECK(!decide(200, NULL, H("Vary: *"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Vary: Accept, *"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Cache-Control: max-age=0"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Cache-Control: max-age=junk"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Cache-Control: max-age=10", "Age: 10"), false, 60).store);
+}
+
+static void test_private_and_authorization(void)
+{
+    CHECK(decide(200, NULL, H("Cache-Control: private"), false, 60).store);
+    CHECK(!decide(200, NULL, H("Cache-Control: private"), true, 60).store);
+    CHECK(!decide(200, NULL, H("Cache-Control: private=\"x\", max-age=9"), true, 60).store);
+    CHECK(!decide(200, H("Authorization: Bearer a"), NULL, true, 60).store);
+    CHECK(decide(200, H("Authorization: Bearer a"), NULL, false, 60).store);
+    CHECK(decide(200, H("Authorization: Bearer a"), H("Cache-Control: public"), true, 60).store);
+    CHECK(
+        decide(200, H("Authorization: Bearer a"), H("Cache-Control: s-maxage=5"), true, 60).store);
+    /* "no-cache" inside a quoted private="..." does not count */
+    CHECK(decide(200, NULL, H("Cache-Control: private=\"no-cache, x\""), false, 60).store);
+}
+
+static void test_lifetime(void)
+{
+    CHECK(decide(200, NULL, NULL, false, 60).ttl_s == 60);
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=10"), false, 60).ttl_s == 10);
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=600"), false, 60).ttl_s == 60);
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=\"7\""), false, 60).ttl_s == 7);
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=10, s-maxage=5"), false, 60).ttl_s == 10);
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=10, s-maxage=5"), true, 60).ttl_s == 5);
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=10", "Age: 3"), false, 60).ttl_s == 7);
+    CHECK(decide(200, NULL, H("Age: 50"), false, 60).ttl_s == 10);
+}
+
+static void test_vary(void)
+{
+    httpcache_verdict v = decide(200, NULL, H("Vary: Accept-Encoding, Accept-Language"), false, 60);
+    CHECK(v.store && v.nvary == 2);
+    CHECK(strcmp(v.vary[0], "Accept-Encoding") == 0 && strcmp(v.vary[1], "Accept-Language") == 0);
+    v = decide(200, NULL, H("Vary: a", "Vary: b,c"), false, 60);
+    CHECK(v.store && v.nvary == 3);
+    v = decide(200, NULL, H("Vary: a,b,c,d,e,f,g,h,i"), false, 60);
+    CHECK(!v.store);
+}
+
+static bool nm(const char *const *req, const char *etag, const char *lm)
+{
+    struct evkeyvalq q;
+    headers(&q, req);
+    bool r = httpcache_not_modified(&q, etag, lm);
+    evhttp_clear_headers(&q);
+    return r;
+}
+
+static void test_conditional(void)
+{
+    const char *lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+    CHECK(nm(H("If-None-Match: \"abc\""), "\"abc\"", NULL));
+    CHECK(nm(H("If-None-Match: W/\"abc\""), "\"abc\"", NULL));
+    CHECK(nm(H("If-None-Match: \"x\", \"abc\""), "W/\"abc\"", NULL));
+    CHECK(nm(H("If-None-Match: *"), "\"abc\"", NULL));
+    CHECK(!nm(H("If-None-Match: \"abd\""), "\"abc\"", NULL));
+    CHECK(!nm(H("If-None-Match: \"abc\""), NULL, lm));
+    /* If-None-Match decides when present, If-Modified-Since is ignored */
+    CHECK(!nm(H("If-None-Match: \"zz\"", "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT"),
+              "\"abc\"", lm));
+    CHECK(nm(H("If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT"), NULL, lm));
+    CHECK(nm(H("If-Modified-Since: Mon, 07 Nov 1994 08:49:37 GMT"), NULL, lm));
+    CHECK(!nm(H("If-Modified-Since: Sat, 05 Nov 1994 08:49:37 GMT"), NULL, lm));
+    CHECK(!nm(H("If-Modified-Since: garbage"), NULL, lm));
+    CHECK(!nm(H("If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT"), NULL, NULL));
+    CHECK(!nm(NULL, "\"abc\"", lm));
+    time_t t;
+    CHECK(httpcache_parse_date(lm, &t) == 0 && t == 784111777);
+    CHECK(httpcache_parse_date("Sun, 06 Nov 1994 08:49:37 GMTx", &t) < 0);
+}
+
+int main(void)
+{
+    test_statuses();
+    test_never_stored();
+    test_private_and_authorization();
+    test_lifetime();
+    test_vary();
+    test_conditional();
+    return CHECK_DONE();
+}
