@@ -1,0 +1,270 @@
+/* routes: the route table of the pass-through, from its JSON file. */
+#include "quotecache/routes.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "quotecache/mem.h"
+
+#define ROUTES_FILE_MAX (1 << 20)
+#define LOCAL_TTL_DEFAULT 60
+
+struct routes {
+    int n;
+    route r[ROUTES_MAX];
+};
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} method_names[] = {
+    {"GET", EVHTTP_REQ_GET},         {"HEAD", EVHTTP_REQ_HEAD},     {"POST", EVHTTP_REQ_POST},
+    {"PUT", EVHTTP_REQ_PUT},         {"DELETE", EVHTTP_REQ_DELETE}, {"PATCH", EVHTTP_REQ_PATCH},
+    {"OPTIONS", EVHTTP_REQ_OPTIONS},
+};
+
+bool routes_path_matches(const char *pat, const char *path)
+{
+    while (*pat) {
+        if (pat[0] == '*' && pat[1] == '\0')
+            return true;
+        if (pat[0] == '{') {
+            const char *close = strchr(pat, '}');
+            size_t seg = strcspn(path, "/");
+            if (close == NULL || seg == 0)
+                return false;
+            pat = close + 1;
+            path += seg;
+            continue;
+        }
+        if (*pat != *path)
+            return false;
+        pat++;
+        path++;
+    }
+    return *path == '\0';
+}
+
+/* A pattern is /-separated; {x} fills a whole segment; * only at the end. */
+static bool pattern_ok(const char *p)
+{
+    if (p[0] != '/')
+        return false;
+    for (const char *c = p; *c; c++) {
+        if (*c == '*' && c[1] != '\0')
+            return false;
+        if (*c == '{') {
+            const char *close = strchr(c, '}');
+            if (c[-1] != '/' || close == NULL || close == c + 1 ||
+                (close[1] != '\0' && close[1] != '/'))
+                return false;
+            c = close;
+        } else if (*c == '}' || *c == '?' || *c == '#') {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && n < ROUTE_NAME_MAX &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
+}
+
+static int parse_methods(const cJSON *m, unsigned *out, const char **why)
+{
+    *out = 0;
+    if (m == NULL)
+        return 0;
+    if (!cJSON_IsArray(m) || cJSON_GetArraySize(m) == 0) {
+        *why = "\"methods\" must be a non-empty array of method names";
+        return -1;
+    }
+    const cJSON *e;
+    cJSON_ArrayForEach(e, m)
+    {
+        unsigned bit = 0;
+        for (size_t i = 0; cJSON_IsString(e) && i < QC_ARRAY_LEN(method_names); i++) {
+            if (strcmp(e->valuestring, method_names[i].name) == 0)
+                bit = method_names[i].bit;
+        }
+        if (bit == 0) {
+            *why = "unknown method in \"methods\"";
+            return -1;
+        }
+        *out |= bit;
+    }
+    return 0;
+}
+
+static int parse_identity(const cJSON *id, route *r, const char **why)
+{
+    const char *s = cJSON_IsString(id) ? id->valuestring : NULL;
+    const char *name = NULL;
+    if (s && strncmp(s, "header:", 7) == 0) {
+        r->ident_kind = IDENT_HEADER;
+        name = s + 7;
+    } else if (s && strncmp(s, "cookie:", 7) == 0) {
+        r->ident_kind = IDENT_COOKIE;
+        name = s + 7;
+    }
+    if (name == NULL || name[0] == '\0' || strlen(name) >= sizeof(r->ident) ||
+        strpbrk(name, " \t;,=:") != NULL) {
+        *why = "a local route needs \"identity\": \"header:NAME\" or \"cookie:NAME\"";
+        return -1;
+    }
+    snprintf(r->ident, sizeof(r->ident), "%s", name);
+    return 0;
+}
+
+static int parse_route(const cJSON *o, route *r, const char **why)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
+    const cJSON *path = cJSON_GetObjectItemCaseSensitive(o, "path");
+    const cJSON *policy = cJSON_GetObjectItemCaseSensitive(o, "policy");
+    const cJSON *ttl = cJSON_GetObjectItemCaseSensitive(o, "ttl");
+    memset(r, 0, sizeof(*r));
+    if (!cJSON_IsObject(o))
+        *why = "each route must be an object";
+    else if (!cJSON_IsString(name) || !name_ok(name->valuestring))
+        *why = "\"name\" must be 1 to 47 characters of [A-Za-z0-9_-]";
+    else if (!cJSON_IsString(path) || strlen(path->valuestring) >= sizeof(r->path) ||
+             !pattern_ok(path->valuestring))
+        *why = "\"path\" must be /literal/{param}/... with an optional final *";
+    else if (!cJSON_IsString(policy) || (strcmp(policy->valuestring, "bypass") != 0 &&
+                                         strcmp(policy->valuestring, "local") != 0))
+        *why = "\"policy\" must be \"local\" or \"bypass\" (\"shared\" is not supported yet)";
+    else if (ttl != NULL && (!cJSON_IsNumber(ttl) || ttl->valuedouble < 1 ||
+                             ttl->valuedouble > 86400 || ttl->valuedouble != (int)ttl->valuedouble))
+        *why = "\"ttl\" must be an integer from 1 to 86400";
+    if (*why != NULL)
+        return -1;
+    snprintf(r->name, sizeof(r->name), "%s", name->valuestring);
+    snprintf(r->path, sizeof(r->path), "%s", path->valuestring);
+    r->policy = strcmp(policy->valuestring, "local") == 0 ? ROUTE_LOCAL : ROUTE_BYPASS;
+    r->ttl_s = ttl ? (int)ttl->valuedouble : LOCAL_TTL_DEFAULT;
+    if (parse_methods(cJSON_GetObjectItemCaseSensitive(o, "methods"), &r->methods, why) < 0)
+        return -1;
+    if (r->policy == ROUTE_LOCAL)
+        return parse_identity(cJSON_GetObjectItemCaseSensitive(o, "identity"), r, why);
+    return 0;
+}
+
+routes *routes_parse(const char *text, size_t len, char *err, size_t errlen)
+{
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(doc, "routes");
+    routes *rt = NULL;
+    if (!cJSON_IsObject(doc) || !cJSON_IsArray(list)) {
+        snprintf(err, errlen, "expected a JSON object {\"routes\": [...]}");
+        goto done;
+    }
+    if (cJSON_GetArraySize(list) > ROUTES_MAX) {
+        snprintf(err, errlen, "more than %d routes", ROUTES_MAX);
+        goto done;
+    }
+    rt = xcalloc(1, sizeof(*rt));
+    const cJSON *o;
+    cJSON_ArrayForEach(o, list)
+    {
+        const char *why = NULL;
+        if (parse_route(o, &rt->r[rt->n], &why) < 0) {
+            snprintf(err, errlen, "route %d: %s", rt->n + 1, why);
+            free(rt);
+            rt = NULL;
+            goto done;
+        }
+        rt->n++;
+    }
+done:
+    cJSON_Delete(doc);
+    return rt;
+}
+
+routes *routes_load(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot read '%.200s': %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = xmalloc(ROUTES_FILE_MAX);
+    size_t n = fread(buf, 1, ROUTES_FILE_MAX, f);
+    fclose(f);
+    routes *rt = NULL;
+    if (n == ROUTES_FILE_MAX) {
+        snprintf(err, errlen, "'%.200s': larger than %d bytes", path, ROUTES_FILE_MAX);
+    } else {
+        char why[256];
+        rt = routes_parse(buf, n, why, sizeof(why));
+        if (rt == NULL)
+            snprintf(err, errlen, "'%.200s': %s", path, why);
+    }
+    free(buf);
+    return rt;
+}
+
+void routes_free(routes *rt)
+{
+    free(rt);
+}
+
+const route *routes_match(const routes *rt, unsigned method, const char *path)
+{
+    for (int i = 0; rt != NULL && i < rt->n; i++) {
+        const route *r = &rt->r[i];
+        if ((r->methods == 0 || (r->methods & method)) && routes_path_matches(r->path, path))
+            return r;
+    }
+    return NULL;
+}
+
+/* The value of cookie name in a Cookie field ("a=1; b=2"). */
+static int cookie_value(const char *field, const char *name, char *buf, size_t len)
+{
+    size_t n = strlen(name);
+    for (const char *p = field; *p;) {
+        while (*p == ' ' || *p == ';')
+            p++;
+        const char *end = p + strcspn(p, ";");
+        if ((size_t)(end - p) > n && strncmp(p, name, n) == 0 && p[n] == '=') {
+            size_t vlen = (size_t)(end - (p + n + 1));
+            if (vlen == 0 || vlen >= len)
+                return -1;
+            memcpy(buf, p + n + 1, vlen);
+            buf[vlen] = '\0';
+            return (int)vlen;
+        }
+        p = end;
+    }
+    return -1;
+}
+
+int routes_identity(const route *r, const struct evkeyvalq *h, char *buf, size_t len)
+{
+    int found = -1;
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        int n = -1;
+        if (r->ident_kind == IDENT_HEADER && strcasecmp(kv->key, r->ident) == 0 &&
+            kv->value[0] != '\0' && strlen(kv->value) < len) {
+            snprintf(buf, len, "%s", kv->value);
+            n = (int)strlen(buf);
+        } else if (r->ident_kind == IDENT_COOKIE && strcasecmp(kv->key, "Cookie") == 0) {
+            n = cookie_value(kv->value, r->ident, buf, len);
+        }
+        if (n >= 0) {
+            if (found >= 0)
+                return -1; /* two identities: whose copy would it be? none */
+            found = n;
+        }
+    }
+    return found;
+}

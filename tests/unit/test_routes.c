@@ -1,0 +1,111 @@
+/* Unit tests for routes: the JSON file, path patterns, methods, identity. */
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "check.h"
+#include "quotecache/routes.h"
+
+static routes *parse(const char *json, char *err)
+{
+    return routes_parse(json, strlen(json), err, 256);
+}
+
+static void test_patterns(void)
+{
+    CHECK(routes_path_matches("/catalog/{id}", "/catalog/42"));
+    CHECK(!routes_path_matches("/catalog/{id}", "/catalog/"));
+    CHECK(!routes_path_matches("/catalog/{id}", "/catalog/42/x"));
+    CHECK(!routes_path_matches("/catalog/{id}", "/catalog"));
+    CHECK(routes_path_matches("/a/{x}/b/{y}", "/a/1/b/2"));
+    CHECK(!routes_path_matches("/a/{x}/b/{y}", "/a/1/c/2"));
+    CHECK(routes_path_matches("/static/*", "/static/"));
+    CHECK(routes_path_matches("/static/*", "/static/css/a.css"));
+    CHECK(!routes_path_matches("/static/*", "/static"));
+    CHECK(!routes_path_matches("/static/*", "/staticx/a"));
+    CHECK(routes_path_matches("/exact", "/exact"));
+    CHECK(!routes_path_matches("/exact", "/exact/"));
+    CHECK(routes_path_matches("/*", "/anything/at/all"));
+}
+
+static void test_parse_and_match(void)
+{
+    char err[256] = "";
+    routes *rt = parse("{\"routes\": ["
+                       "{\"name\": \"cart\", \"methods\": [\"GET\", \"HEAD\"], \"path\": "
+                       "\"/cart/{id}\", \"policy\": \"local\", \"ttl\": 30, \"identity\": "
+                       "\"cookie:session\"},"
+                       "{\"name\": \"me\", \"path\": \"/me\", \"policy\": \"local\", "
+                       "\"identity\": \"header:Authorization\"},"
+                       "{\"name\": \"all-cart\", \"path\": \"/cart/*\", \"policy\": \"bypass\"}]}",
+                       err);
+    CHECK(rt != NULL);
+    if (rt == NULL)
+        return;
+    const route *r = routes_match(rt, EVHTTP_REQ_GET, "/cart/7");
+    CHECK(r && strcmp(r->name, "cart") == 0 && r->policy == ROUTE_LOCAL && r->ttl_s == 30);
+    CHECK(r && r->ident_kind == IDENT_COOKIE && strcmp(r->ident, "session") == 0);
+    r = routes_match(rt, EVHTTP_REQ_POST, "/cart/7"); /* not a method of "cart" */
+    CHECK(r && strcmp(r->name, "all-cart") == 0 && r->policy == ROUTE_BYPASS);
+    r = routes_match(rt, EVHTTP_REQ_DELETE, "/me");
+    CHECK(r && strcmp(r->name, "me") == 0 && r->ttl_s == 60 && r->ident_kind == IDENT_HEADER);
+    CHECK(routes_match(rt, EVHTTP_REQ_GET, "/elsewhere") == NULL);
+    CHECK(routes_match(NULL, EVHTTP_REQ_GET, "/cart/7") == NULL);
+
+    struct evkeyvalq h;
+    TAILQ_INIT(&h);
+    char id[128];
+    r = routes_match(rt, EVHTTP_REQ_GET, "/cart/7");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_add_header(&h, "Cookie", "theme=dark; session=abc123; x=1");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) == 6 && strcmp(id, "abc123") == 0);
+    evhttp_add_header(&h, "Cookie", "session=other");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0); /* two: nobody's */
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Cookie", "xsession=abc; session=");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
+    r = routes_match(rt, EVHTTP_REQ_GET, "/me");
+    evhttp_add_header(&h, "authorization", "Bearer u1");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) > 0 && strcmp(id, "Bearer u1") == 0);
+    evhttp_clear_headers(&h);
+    routes_free(rt);
+}
+
+static void test_bad_files(void)
+{
+    const char *bad[] = {
+        "[]",
+        "{\"routes\": {}}",
+        "{\"routes\": [{\"name\": \"a b\", \"path\": \"/x\", \"policy\": \"bypass\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"x\", \"policy\": \"bypass\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x/*/y\", \"policy\": \"bypass\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x{id}\", \"policy\": \"bypass\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x?q\", \"policy\": \"bypass\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"shared\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"local\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"local\", "
+        "\"identity\": \"ip:x\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"bypass\", \"ttl\": 0}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"bypass\", "
+        "\"methods\": [\"FETCH\"]}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"bypass\", "
+        "\"methods\": []}]}",
+        "not json",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char err[256] = "";
+        routes *rt = parse(bad[i], err);
+        CHECK(rt == NULL && err[0] != '\0');
+        routes_free(rt);
+    }
+}
+
+int main(void)
+{
+    test_patterns();
+    test_parse_and_match();
+    test_bad_files();
+    return CHECK_DONE();
+}
