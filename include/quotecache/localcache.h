@@ -1,0 +1,50 @@
+/* localcache: the in-process cache of `local` routes: an LRU bounded in
+ * bytes, entries with a lifetime, one variant per key (a Vary mismatch is
+ * a miss, and the next store replaces it). No I/O, no clock: the caller
+ * passes the time. Keys carry the identity (see proxy.c), so a copy is
+ * only ever found by the identity that stored it. */
+#ifndef QUOTECACHE_LOCALCACHE_H
+#define QUOTECACHE_LOCALCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quotecache/httpcache.h"
+
+struct evkeyvalq;
+
+typedef struct lcache lcache;
+
+/* A stored answer, read-only, valid until the next call on the cache. */
+typedef struct lcache_entry {
+    int status;
+    const struct evkeyvalq *headers; /* end-to-end fields as stored */
+    const char *body;
+    size_t len;
+    int64_t stored_ms, expires_ms;
+    const char *etag, *last_modified; /* NULL when absent */
+} lcache_entry;
+
+lcache *lcache_new(size_t max_bytes);
+void lcache_free(lcache *c);
+
+/* The fresh entry for key whose Vary fields match req, or NULL (an
+ * expired entry is dropped on the way). A hit becomes most recent. */
+const lcache_entry *lcache_get(lcache *c, const char *key, const struct evkeyvalq *req,
+                               int64_t now_ms);
+
+/* Stores a copy (replacing key's entry), fresh until now + v->ttl_s, with
+ * req's values of v's Vary fields. Older entries go, least recent first,
+ * until it fits; an answer over an eighth of the bound is not stored.
+ * Returns 0, or -1 when not stored. */
+int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *headers,
+               const char *body, size_t len, const struct evkeyvalq *req,
+               const httpcache_verdict *v, int64_t now_ms);
+
+/* Drops key's entry, if any. */
+void lcache_delete(lcache *c, const char *key);
+
+size_t lcache_bytes(const lcache *c);
+size_t lcache_count(const lcache *c);
+
+#endif
