@@ -18,6 +18,7 @@
 
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
+#include "quotecache/routes.h"
 #include "quotecache/upstream.h"
 
 enum opt_type { T_INT, T_STR, T_HOSTPORT, T_REDIS, T_ADMIN, T_FLAG };
@@ -63,6 +64,10 @@ static const opt options[] = {
      "http://HOST:PORT[/PREFIX] of the application that gets every route not ours"},
     {"upstream-timeout", T_INT, OFF(upstream_timeout_ms), 1, 600000, "10000",
      "upstream deadline per request, ms (504)"},
+    {"routes", T_STR, OFF(routes_file), 0, 0, NULL,
+     "JSON file of route policies for --upstream (local, bypass); unlisted: bypass"},
+    {"local-cache-bytes", T_INT, OFF(local_cache_bytes), 4096, 1 << 30, "16777216",
+     "bytes the in-process cache of local routes may hold, per worker"},
     {"header-timeout", T_INT, OFF(header_timeout_s), 1, 3600, "10",
      "seconds a client may take to send its request"},
     {"idle-timeout", T_INT, OFF(idle_timeout_s), 1, 86400, "60",
@@ -476,6 +481,13 @@ static void validate(loader *ld)
     if (cfg->upstream != NULL &&
         upstream_parse_url(cfg->upstream, host, sizeof(host), &port, prefix, sizeof(prefix)) < 0)
         config_problem(p, "%s: expected http://HOST[:PORT][/PREFIX]", source_of(ld, "upstream"));
+    if (cfg->routes_file != NULL) {
+        char why[400];
+        routes *rt = routes_load(cfg->routes_file, why, sizeof(why));
+        if (rt == NULL)
+            config_problem(p, "%s: %s", source_of(ld, "routes"), why);
+        routes_free(rt);
+    }
     if (cfg->admin_token != NULL && strlen(cfg->admin_token) < 8)
         config_problem(p, "%s: at least 8 characters", source_of(ld, "admin-token"));
     if (cfg->admin_enabled && cfg->admin_token == NULL && !is_loopback(cfg->admin_listen.host))
@@ -571,6 +583,7 @@ void config_free(qc_config *cfg)
     free(cfg->log_level);
     free(cfg->config_file);
     free(cfg->upstream);
+    free(cfg->routes_file);
     memset(cfg, 0, sizeof(*cfg));
     cfg->listen_fd = cfg->admin_fd = -1;
 }

@@ -27,7 +27,7 @@
 #include "quotecache/server.h"
 #include "quotecache/sql.h"
 #include "quotecache/tax.h"
-#include "quotecache/upstream.h"
+#include "quotecache/proxy.h"
 
 /* Changes arrive by LISTEN; the periodic reload is only a backstop. */
 #define CATALOG_REFRESH_MS 10000
@@ -51,7 +51,7 @@ typedef struct worker {
     rcache *rc;
     lookup *lk;
     invalidator *inv;
-    upstream *up;
+    proxy *px;
     server *srv;
     struct event *sigterm, *sigint, *sigquit, *drain, *warmup;
     struct timespec stop_at;
@@ -145,7 +145,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void worker_listen(worker *w)
 {
     char err[512] = "";
-    server_deps deps = {w->cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv, w->up};
+    server_deps deps = {w->cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv, w->px};
     w->srv = server_new(w->base, &deps, err, sizeof(err));
     if (w->srv == NULL) {
         fprintf(stderr, "quotecache: %s\n", err);
@@ -190,10 +190,21 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
         return -1;
     }
     if (cfg->upstream != NULL) {
-        w->up = upstream_new(w->base, cfg->upstream, cfg->upstream_timeout_ms,
-                             (size_t)cfg->max_body, UPSTREAM_MAX_CONNS, err, errlen);
-        if (w->up == NULL)
+        upstream *up = upstream_new(w->base, cfg->upstream, cfg->upstream_timeout_ms,
+                                    (size_t)cfg->max_body, UPSTREAM_MAX_CONNS, err, errlen);
+        if (up == NULL)
             return -1;
+        routes *rt = NULL;
+        if (cfg->routes_file != NULL) {
+            char why[400];
+            rt = routes_load(cfg->routes_file, why, sizeof(why));
+            if (rt == NULL) {
+                snprintf(err, errlen, "--routes: %s", why);
+                upstream_free(up);
+                return -1;
+            }
+        }
+        w->px = proxy_new(up, rt, (size_t)cfg->local_cache_bytes);
     }
     w->pool = pgpool_new(w->base, cfg->postgres, cfg->pg_pool, cfg->pg_timeout_ms, PG_QUEUE_MAX,
                          sql_statements, SQL_COUNT);
@@ -244,7 +255,7 @@ static void worker_stop(worker *w)
     rcache_free(w->rc);
     pgpool_free(w->pool);
     tax_client_free(w->tax);
-    upstream_free(w->up); /* its 503s go out with the flush below */
+    proxy_free(w->px); /* its 503s go out with the flush below */
     lookup_free(w->lk);
     catalog_free(w->cat);
     worker_flush(w); /* the 503s just given reach their clients */

@@ -67,7 +67,7 @@ typedef struct req_ctx {
     struct timespec started;
     char inm[INM_MAX];  /* If-None-Match, "" when absent */
     lookup_req *lr;     /* until answered */
-    upstream_op *up;    /* instead of lr: a request passed to the upstream */
+    proxy_op *px;       /* instead of lr: a request passed to the upstream */
     struct event *gone; /* watches the client while lookup has the request */
 } req_ctx;
 
@@ -223,8 +223,8 @@ static void client_gone(req_ctx *c)
     struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
     event_free(c->gone);
     c->gone = NULL;
-    if (c->up != NULL)
-        upstream_cancel(c->up);
+    if (c->px != NULL)
+        proxy_cancel(c->px);
     else
         lookup_cancel(c->lr);
     c->s->inflight--;
@@ -492,40 +492,46 @@ static void handle_metrics(server *s, struct evhttp_request *req)
 
 /* ---- pass-through (--upstream) ---- */
 
-/* The upstream's answer as it came (status, end-to-end headers, body),
- * or our JSON 502/503/504 when there is none. */
-static void on_proxied(void *arg, const upstream_answer *a)
+/* A proxied answer as proxy.c built it (every header set there), or our
+ * JSON 502/503/504 with its cache fields. */
+static void send_proxied(server *s, struct evhttp_request *req, const proxy_reply *r)
 {
-    req_ctx *c = arg;
-    server *s = c->s;
-    struct evhttp_request *req = c->req;
-    if (c->gone)
-        event_free(c->gone);
-    s->inflight--;
-    free(c);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "X-Cache", "BYPASS");
-    evhttp_add_header(h, "Cache-Status", "quotecache; fwd=bypass");
-    if (a->err != NULL) {
-        send_error(s, req, R_OTHER, a->err->status, a->err->code, a->err->message);
+    for (const struct evkeyval *kv = r->headers.tqh_first; kv; kv = kv->next.tqe_next)
+        evhttp_add_header(h, kv->key, kv->value);
+    if (r->err != NULL) {
+        send_error(s, req, R_OTHER, r->err->status, r->err->code, r->err->message);
         return;
     }
-    for (struct evkeyval *kv = a->headers->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(h, kv->key, kv->value);
-    bool head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
     conntrack_on_reply(s->pub_conns, req);
-    evhttp_send_reply(req, a->status, NULL, head ? NULL : a->body);
-    metrics_request(R_OTHER, a->status, X_BYPASS, a->seconds);
+    evhttp_send_reply(req, r->status, NULL, r->body);
+    metrics_request(R_OTHER, r->status, r->xcache, r->upstream_seconds);
 }
 
-static void handle_proxied(server *s, struct evhttp_request *req)
+static void on_proxied(void *arg, proxy_reply *r)
 {
+    req_ctx *c = arg;
+    if (c->gone)
+        event_free(c->gone);
+    c->s->inflight--;
+    send_proxied(c->s, c->req, r);
+    free(c);
+}
+
+static void handle_proxied(server *s, struct evhttp_request *req, const char *path)
+{
+    proxy_reply hit;
+    if (proxy_try_local(s->d.px, req, path, &hit)) {
+        send_proxied(s, req, &hit);
+        proxy_reply_release(&hit);
+        return;
+    }
     req_ctx *c = xcalloc(1, sizeof(*c));
     c->s = s;
     c->req = req;
     clock_gettime(CLOCK_MONOTONIC, &c->started);
     s->inflight++;
-    c->up = upstream_forward(s->d.up, req, on_proxied, c);
+    c->px = proxy_forward(s->d.px, req, path, on_proxied, c);
     watch_client(c);
 }
 
@@ -606,9 +612,9 @@ static void on_public(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/metrics") == 0) {
         if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
             handle_metrics(s, req);
-    } else if (s->d.up != NULL && strcmp(path, "/quote") != 0 && strncmp(path, "/quote/", 7) != 0 &&
+    } else if (s->d.px != NULL && strcmp(path, "/quote") != 0 && strncmp(path, "/quote/", 7) != 0 &&
                strcmp(path, "/admin") != 0 && strncmp(path, "/admin/", 7) != 0) {
-        handle_proxied(s, req); /* every route not ours; admin routes never */
+        handle_proxied(s, req, path); /* every route not ours; admin routes never */
     } else {
         send_error(s, req, R_OTHER, 404, "no_route", "no such route");
     }

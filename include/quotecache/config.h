@@ -39,6 +39,8 @@ typedef struct qc_config {
     int max_body;   /* request bodies; with --upstream, answer bodies too */
     char *upstream; /* --upstream URL, NULL when unset (no pass-through) */
     int upstream_timeout_ms;
+    char *routes_file;     /* --routes: the route policies (JSON), NULL: all bypass */
+    int local_cache_bytes; /* bound of the cache of local routes, per worker */
     int header_timeout_s;
     int idle_timeout_s;
     int max_conns;

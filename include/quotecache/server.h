@@ -16,7 +16,7 @@
 #include "quotecache/pgpool.h"
 #include "quotecache/rcache.h"
 #include "quotecache/tax.h"
-#include "quotecache/upstream.h"
+#include "quotecache/proxy.h"
 
 struct event_base;
 
@@ -34,7 +34,7 @@ typedef struct server_deps {
     tax_client *tax;
     rcache *rc;
     invalidator *inv; /* admin purges */
-    upstream *up;     /* --upstream: routes not ours go there; NULL: 404 */
+    proxy *px;        /* --upstream: routes not ours go there; NULL: 404 */
 } server_deps;
 
 /* Opens the listeners (SO_REUSEPORT, so workers share the port), or uses

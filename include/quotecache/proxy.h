@@ -1,0 +1,63 @@
+/* proxy: what happens to a request quotecache does not own: its route's
+ * policy (routes.h), the in-process cache of `local` routes
+ * (localcache.h, under the RFC 9111 rules of httpcache.h), and the
+ * upstream (upstream.h). It builds every header of the answer (the
+ * upstream's, Age, X-Cache, Cache-Status); the server only sends it.
+ *
+ * A local hit is answered at once (proxy_try_local); anything else is an
+ * op (proxy_forward) whose callback fires once, later, unless cancelled. */
+#ifndef QUOTECACHE_PROXY_H
+#define QUOTECACHE_PROXY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/queue.h>
+
+#include <event2/keyvalq_struct.h>
+
+#include "quotecache/error.h"
+#include "quotecache/metrics.h"
+#include "quotecache/routes.h"
+#include "quotecache/upstream.h"
+
+struct evhttp_request;
+
+typedef struct proxy proxy;
+typedef struct proxy_op proxy_op;
+
+typedef struct proxy_reply {
+    const qc_error *err; /* non-NULL: answer this JSON error (headers still apply) */
+    int status;
+    struct evkeyvalq headers; /* every field to send */
+    struct evbuffer *body;    /* NULL: none (HEAD, 304) */
+    const char *route;        /* the route's name, "unlisted" when none matched */
+    enum metrics_xcache xcache;
+    double upstream_seconds; /* 0 for a hit */
+    struct evbuffer *owned;  /* internal */
+} proxy_reply;
+
+typedef void proxy_cb(void *arg, proxy_reply *r);
+
+/* Takes up and rt (NULL: every route bypass); local_bytes bounds the
+ * local cache. */
+proxy *proxy_new(upstream *up, routes *rt, size_t local_bytes);
+void proxy_free(proxy *p);
+
+/* Answers req (path: its path, no query) from the local cache when its
+ * route is local and a fresh copy of this identity is there: returns true
+ * with *out filled (release it after sending). Else false. */
+bool proxy_try_local(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out);
+void proxy_reply_release(proxy_reply *r);
+
+/* Forwards req; cb gets the reply (valid during the call only). */
+proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, proxy_cb *cb,
+                        void *arg);
+/* The client left: cb will not fire; the upstream request is aborted. */
+void proxy_cancel(proxy_op *op);
+
+/* Builds the local cache key (method GET, target with sorted query,
+ * route name, SHA-256 of the identity) into buf. Pure; for tests. */
+void proxy_local_key(const route *r, const char *target, const char *identity, char *buf,
+                     size_t len);
+
+#endif
