@@ -13,7 +13,8 @@ Endpoints (any method unless said):
   /headers?k=v&...    echo whose answer carries the given fields
   /stats              {"calls": {path: n}, "connections": n} (not counted)
   /reset              zeroes the counts (not counted)
-Every other path counts like /echo.
+Every other path counts like /echo, answers ?code=N (200) and adds the
+fields ?h_<Name>=<value> to its answer.
 Started with `python3 upstream_app.py PORT`; prints "ready" on stdout.
 """
 
@@ -126,7 +127,11 @@ class Handler(BaseHTTPRequestHandler):
                 ("Via", "1.1 legacy")])
         if path == "/headers":
             return self.send(200, echo, extra=list(q.items()))
-        return self.send(200, echo, extra=[("X-Upstream", "yes")])
+        # Everything else: an echo, with status ?code=N and the answer
+        # fields given as ?h_<Name>=<value> (Cache-Control, Vary, ...).
+        extra = [("X-Upstream", "yes")] + [(k[2:], v) for k, v in q.items()
+                                           if k.startswith("h_")]
+        return self.send(int(q.get("code", "200")), echo, extra=extra)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
 
