@@ -101,7 +101,20 @@ typedef struct status_row {
     request_counts counts;
 } status_row;
 
+/* Requests of the pass-through by route name (the --routes table, plus
+ * "unlisted"; past PROXY_ROUTES names, "other"), status class and X-Cache,
+ * and the upstream latency of those that reached it. */
+#define PROXY_ROUTES 72
+typedef struct proxy_row {
+    char name[METRICS_ROUTE_NAME_MAX];
+    uint64_t requests[6][X_XCACHE_COUNT]; /* [1..5]: 1xx..5xx, [0]: other statuses */
+    uint64_t hist[NBUCKETS + 1];
+    double hist_sum;
+} proxy_row;
+
 typedef struct metrics_slot {
+    proxy_row proxy[PROXY_ROUTES];
+    size_t nproxy; /* published with release after the row's name is set */
     uint64_t counters[M_COUNTER_COUNT];
     int64_t gauges[G_GAUGE_COUNT];
     status_row rows[STATUS_SLOTS];
@@ -243,6 +256,40 @@ void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, do
         x = X_NONE;
     BUMP((*counts_for(m, status))[r][x], 1);
     observe(seconds);
+}
+
+/* This slot's row for route, made on first use (the name is written
+ * before the count that publishes it). */
+static proxy_row *proxy_row_for(const char *route)
+{
+    for (size_t i = 0; i < m->nproxy; i++) {
+        if (strcmp(m->proxy[i].name, route) == 0)
+            return &m->proxy[i];
+    }
+    if (m->nproxy == PROXY_ROUTES)
+        return &m->proxy[PROXY_ROUTES - 1];
+    proxy_row *r = &m->proxy[m->nproxy];
+    snprintf(r->name, sizeof(r->name), "%s", m->nproxy == PROXY_ROUTES - 1 ? "other" : route);
+    __atomic_store_n(&m->nproxy, m->nproxy + 1, __ATOMIC_RELEASE);
+    return r;
+}
+
+void metrics_proxy_request(const char *route, int status, enum metrics_xcache x,
+                           double upstream_seconds)
+{
+    proxy_row *r = proxy_row_for(route);
+    int cls = status >= 100 && status < 600 ? status / 100 : 0;
+    if ((unsigned)x >= X_XCACHE_COUNT)
+        x = X_NONE;
+    BUMP(r->requests[cls][x], 1);
+    if (upstream_seconds < 0)
+        return; /* answered here: no upstream call to time */
+    size_t i = 0;
+    while (i < NBUCKETS && upstream_seconds > buckets[i].le)
+        i++;
+    BUMP(r->hist[i], 1);
+    double sum = r->hist_sum + upstream_seconds;
+    __atomic_store(&r->hist_sum, &sum, __ATOMIC_RELAXED);
 }
 
 const char *metrics_xcache_name(enum metrics_xcache x)
@@ -413,6 +460,79 @@ static void render_histogram(sbuf *b, const metrics_slot *t)
     sbuf_printf(b, "%s_count %llu\n", name, (unsigned long long)cumulative);
 }
 
+/* The rows of every slot, summed by route name into out (cap rows).
+ * Returns how many. */
+static size_t proxy_totals(proxy_row *out, size_t cap)
+{
+    size_t nout = 0, n = 1;
+    for (size_t si = 0; si < n; si++) {
+        metrics_slot *s = slot_at(si, &n);
+        size_t rows = s ? __atomic_load_n(&s->nproxy, __ATOMIC_ACQUIRE) : 0;
+        for (size_t i = 0; i < rows; i++) {
+            const proxy_row *r = &s->proxy[i];
+            size_t j = 0;
+            while (j < nout && strcmp(out[j].name, r->name) != 0)
+                j++;
+            if (j == nout && nout == cap)
+                continue;
+            if (j == nout)
+                snprintf(out[nout++].name, sizeof(out[0].name), "%s", r->name);
+            for (int c = 0; c < 6; c++) {
+                for (int x = 0; x < X_XCACHE_COUNT; x++)
+                    out[j].requests[c][x] += READ(r->requests[c][x]);
+            }
+            for (size_t k = 0; k <= NBUCKETS; k++)
+                out[j].hist[k] += READ(r->hist[k]);
+            double sum;
+            __atomic_load(&r->hist_sum, &sum, __ATOMIC_RELAXED);
+            out[j].hist_sum += sum;
+        }
+    }
+    return nout;
+}
+
+static void render_proxy(sbuf *b)
+{
+    static const char *const cls[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    size_t cap = PROXY_ROUTES * 4;
+    proxy_row *t = xcalloc(cap, sizeof(*t));
+    size_t n = proxy_totals(t, cap);
+    render_header(b, "proxy_requests_total",
+                  "Pass-through requests by route, status class and X-Cache result.", "counter");
+    for (size_t i = 0; i < n; i++) {
+        for (int c = 0; c < 6; c++) {
+            for (int x = 0; x < X_XCACHE_COUNT; x++) {
+                if (t[i].requests[c][x] == 0)
+                    continue;
+                sbuf_printf(b,
+                            "quotecache_proxy_requests_total{route=\"%s\",status=\"%s\","
+                            "cache=\"%s\"} %llu\n",
+                            t[i].name, cls[c], x == X_NONE ? "NONE" : xcache_name[x],
+                            (unsigned long long)t[i].requests[c][x]);
+            }
+        }
+    }
+    const char *name = "quotecache_upstream_duration_seconds";
+    render_header(b, "upstream_duration_seconds",
+                  "Time from sending a request to the upstream to its whole answer, by route.",
+                  "histogram");
+    for (size_t i = 0; i < n; i++) {
+        uint64_t cumulative = 0;
+        for (size_t k = 0; k < NBUCKETS; k++) {
+            cumulative += t[i].hist[k];
+            sbuf_printf(b, "%s_bucket{route=\"%s\",le=\"%s\"} %llu\n", name, t[i].name,
+                        buckets[k].label, (unsigned long long)cumulative);
+        }
+        cumulative += t[i].hist[NBUCKETS];
+        sbuf_printf(b, "%s_bucket{route=\"%s\",le=\"+Inf\"} %llu\n", name, t[i].name,
+                    (unsigned long long)cumulative);
+        sbuf_printf(b, "%s_sum{route=\"%s\"} %.9g\n", name, t[i].name, t[i].hist_sum);
+        sbuf_printf(b, "%s_count{route=\"%s\"} %llu\n", name, t[i].name,
+                    (unsigned long long)cumulative);
+    }
+    free(t);
+}
+
 char *metrics_render(size_t *len)
 {
     sbuf b = {xmalloc(8192), 0, 8192};
@@ -423,6 +543,7 @@ char *metrics_render(size_t *len)
     render_gauges(&b, t);
     render_requests(&b, t);
     render_histogram(&b, t);
+    render_proxy(&b);
     free(t);
     if (len)
         *len = b.len;

@@ -189,6 +189,7 @@ bool proxy_try_local(proxy *p, struct evhttp_request *req, const char *path, pro
              (long long)((e->expires_ms - now) / 1000));
     add_cache_fields(out, "HIT", buf);
     out->xcache = X_HIT;
+    out->upstream_seconds = -1; /* no upstream call */
     out->status = e->status;
     if (httpcache_not_modified(in, e->etag, e->last_modified)) {
         out->status = 304;

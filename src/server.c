@@ -500,12 +500,15 @@ static void send_proxied(server *s, struct evhttp_request *req, const proxy_repl
     for (const struct evkeyval *kv = r->headers.tqh_first; kv; kv = kv->next.tqe_next)
         evhttp_add_header(h, kv->key, kv->value);
     if (r->err != NULL) {
+        metrics_proxy_request(r->route, r->err->status, r->xcache, r->upstream_seconds);
         send_error(s, req, R_OTHER, r->err->status, r->err->code, r->err->message);
         return;
     }
+    metrics_proxy_request(r->route, r->status, r->xcache, r->upstream_seconds);
     conntrack_on_reply(s->pub_conns, req);
     evhttp_send_reply(req, r->status, NULL, r->body);
-    metrics_request(R_OTHER, r->status, r->xcache, r->upstream_seconds);
+    metrics_request(R_OTHER, r->status, r->xcache,
+                    r->upstream_seconds < 0 ? 0 : r->upstream_seconds);
 }
 
 static void on_proxied(void *arg, proxy_reply *r)

@@ -61,6 +61,12 @@ void metrics_gauge_set(enum metrics_gauge g, int64_t v);
 void metrics_gauge_add(enum metrics_gauge g, int64_t delta);
 /* One finished request: route, HTTP status, X-Cache result, duration. */
 void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, double seconds);
+/* One pass-through request: its route's name (at most
+ * METRICS_ROUTE_NAME_MAX - 1 bytes), status, X-Cache result, and the
+ * upstream's time (negative: answered here, not timed). */
+#define METRICS_ROUTE_NAME_MAX 48
+void metrics_proxy_request(const char *route, int status, enum metrics_xcache x,
+                           double upstream_seconds);
 /* Returns the X-Cache header value ("HIT", ...) or NULL for X_NONE. */
 const char *metrics_xcache_name(enum metrics_xcache x);
 /* Renders the instance's sums; returns a new NUL-terminated buffer (caller

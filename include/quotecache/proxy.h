@@ -32,7 +32,7 @@ typedef struct proxy_reply {
     struct evbuffer *body;    /* NULL: none (HEAD, 304) */
     const char *route;        /* the route's name, "unlisted" when none matched */
     enum metrics_xcache xcache;
-    double upstream_seconds; /* 0 for a hit */
+    double upstream_seconds; /* -1 for a hit (no upstream call) */
     struct evbuffer *owned;  /* internal */
 } proxy_reply;
 

@@ -229,6 +229,18 @@ def test_bad_routes_file_refused():
     assert r.returncode == 2 and "--upstream" in r.stderr, r.stderr
 
 
+def test_metrics_by_route():
+    s, _, b = get("/metrics")
+    text = b.decode()
+    hits = [l for l in text.splitlines() if l.startswith(
+        'quotecache_proxy_requests_total{route="me",status="2xx",cache="HIT"}')]
+    assert hits and int(hits[0].split()[-1]) >= 5, hits
+    assert 'quotecache_proxy_requests_total{route="orders",status="2xx",cache="BYPASS"} 2' in text
+    count = [l for l in text.splitlines() if l.startswith(
+        'quotecache_upstream_duration_seconds_count{route="unlisted"}')]
+    assert count and int(count[0].split()[-1]) >= 2, count
+
+
 def test_clean_exit():
     px.stop_clean()
 

@@ -253,8 +253,35 @@ static void test_shared_slots(void)
     metrics_reset();
 }
 
+/* Pass-through rows: by route name, status class and X-Cache, and the
+ * upstream histogram only for requests that reached the upstream. */
+static void test_proxy_routes(void)
+{
+    metrics_reset();
+    metrics_proxy_request("cart", 200, X_HIT, -1);
+    metrics_proxy_request("cart", 200, X_MISS, 0.003);
+    metrics_proxy_request("cart", 204, X_MISS, 0.02);
+    metrics_proxy_request("unlisted", 502, X_BYPASS, 0.7);
+    size_t len;
+    char *text = metrics_render(&len);
+    CHECK(strstr(text, "quotecache_proxy_requests_total{route=\"cart\",status=\"2xx\","
+                       "cache=\"HIT\"} 1\n") != NULL);
+    CHECK(strstr(text, "quotecache_proxy_requests_total{route=\"cart\",status=\"2xx\","
+                       "cache=\"MISS\"} 2\n") != NULL);
+    CHECK(strstr(text, "quotecache_proxy_requests_total{route=\"unlisted\",status=\"5xx\","
+                       "cache=\"BYPASS\"} 1\n") != NULL);
+    CHECK(strstr(text, "quotecache_upstream_duration_seconds_count{route=\"cart\"} 2\n") != NULL);
+    CHECK(strstr(text, "quotecache_upstream_duration_seconds_bucket{route=\"cart\",le=\"0.005\"} "
+                       "1\n") != NULL);
+    CHECK(strstr(text, "quotecache_upstream_duration_seconds_bucket{route=\"unlisted\","
+                       "le=\"0.5\"} 0\n") != NULL);
+    free(text);
+    metrics_reset();
+}
+
 int main(void)
 {
+    test_proxy_routes();
     test_counters_and_gauges();
     test_requests();
     test_status_slot_bound();
