@@ -169,6 +169,46 @@ static void test_restart_backoff(void)
     CHECK(master_restart_delay_ms(1000) == 10000);
 }
 
+/* The pass-through's settings from the file, and their checks. */
+static void test_upstream_settings(void)
+{
+    qc_config cfg;
+    config_problems p;
+    char routes[256];
+    snprintf(routes, sizeof(routes), "%s",
+             write_file("routes.json", "{\"routes\": [{\"name\": \"cart\", \"path\": "
+                                       "\"/cart/{id}\", \"policy\": \"bypass\"}]}"));
+    char text[512];
+    snprintf(text, sizeof(text),
+             "upstream = http://127.0.0.1:9000/app\nupstream-timeout = 1500\nmax-body = 1000000\n"
+             "routes = %s\nlocal-cache-bytes = 65536\n",
+             routes);
+    const char *path = write_file("up.conf", text);
+    const char *args[] = {"--config", path};
+    CHECK(load(&cfg, &p, 2, args) == CONFIG_OK && p.n == 0);
+    CHECK(strcmp(cfg.upstream, "http://127.0.0.1:9000/app") == 0);
+    CHECK(cfg.upstream_timeout_ms == 1500 && cfg.max_body == 1000000);
+    CHECK(strcmp(cfg.routes_file, routes) == 0 && cfg.local_cache_bytes == 65536);
+    config_free(&cfg);
+
+    const char *none[] = {"--ttl", "5"};
+    CHECK(load(&cfg, &p, 2, none) == CONFIG_OK);
+    CHECK(cfg.upstream == NULL && cfg.routes_file == NULL && cfg.upstream_timeout_ms == 10000);
+    config_free(&cfg);
+
+    write_file("bad-routes.json", "{\"routes\": [{\"name\": \"x\", \"path\": \"/x\", "
+                                  "\"policy\": \"shared\"}]}");
+    snprintf(text, sizeof(text), "upstream = https://x\nroutes = %s/bad-routes.json\n", dir);
+    path = write_file("bad-up.conf", text);
+    CHECK(load(&cfg, &p, 2, args) == CONFIG_ERROR);
+    snprintf(text, sizeof(text), "%s:1: upstream: expected http://HOST[:PORT][/PREFIX]", path);
+    CHECK(has_problem(&p, text));
+    snprintf(text, sizeof(text), "%s:2: routes: '%s/bad-routes.json': route 1: \"policy\"", path,
+             dir);
+    CHECK(has_problem(&p, text));
+    config_free(&cfg);
+}
+
 int main(void)
 {
     CHECK(mkdtemp(dir) != NULL);
@@ -177,6 +217,7 @@ int main(void)
     test_problems_carry_lines();
     test_reloadable();
     test_restart_backoff();
+    test_upstream_settings();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
