@@ -561,6 +561,10 @@ static bool reject_oversized(server *s, struct evhttp_request *req, enum metrics
         send_error(s, req, route, 431, "headers_too_large", "the request headers are too large");
         return true;
     }
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > (size_t)s->d.cfg->max_body) {
+        send_error(s, req, route, 413, "body_too_large", "the request body is over --max-body");
+        return true;
+    }
     return false;
 }
 
@@ -750,7 +754,9 @@ static struct evhttp *http_listen(server *s, const hostport *hp, evutil_socket_t
      * our JSON 414/431 (it counts the request line too); only requests far
      * past both are cut by evhttp itself. */
     evhttp_set_max_headers_size(h, (ev_ssize_t)(2 * cfg->max_headers + cfg->max_uri + 1024));
-    evhttp_set_max_body_size(h, (ev_ssize_t)cfg->max_body);
+    /* The same for bodies: up to twice --max-body evhttp reads them and we
+     * answer our JSON 413; past that evhttp refuses (413, closed). */
+    evhttp_set_max_body_size(h, (ev_ssize_t)(2 * (size_t)cfg->max_body + 1024));
     /* evhttp's timeout is per read: it cuts idle connections; conntrack
      * cuts slow senders, whatever their pace. */
     evhttp_set_timeout(h, cfg->idle_timeout_s);

@@ -204,8 +204,13 @@ def test_deadline_504_and_no_hang():
 
 def test_request_body_over_max_body_413():
     n = calls("/status/201")
-    s, _, _ = req("POST", "/status/201", body=b"x" * (MAX_BODY + 1))
-    assert s == 413
+    s, _, b = req("POST", "/status/201", body=b"x" * (MAX_BODY + 1))
+    assert s == 413 and json.loads(b)["error"] == "body_too_large"
+    s, _, b = req("POST", "/status/201", body=b"x" * (2 * MAX_BODY))  # still ours
+    assert s == 413 and json.loads(b)["error"] == "body_too_large"
+    out = qcstack.raw_request(px.port, b"POST /status/201 HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: 999999\r\n\r\n", timeout=2)
+    assert qcstack.parse_response(out)[0] == 413, out  # evhttp's, without reading it
     s, _, b = req("POST", "/status/201", body=b"x" * MAX_BODY)
     assert s == 201
     assert calls("/status/201") == n + 1
