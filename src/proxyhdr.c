@@ -20,7 +20,7 @@ const char *const proxyhdr_request_skip[] = {"Content-Length",
                                              "Via",
                                              "Expect",
                                              NULL};
-const char *const proxyhdr_response_skip[] = {"Content-Length", "Via", NULL};
+const char *const proxyhdr_response_skip[] = {"Content-Length", "Via", "X-Cache", NULL};
 
 bool proxyhdr_is_hop_by_hop(const char *name)
 {

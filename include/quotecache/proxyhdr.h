@@ -43,8 +43,10 @@ void proxyhdr_set_forwarded(const struct evkeyvalq *in, struct evkeyvalq *out,
  * framing we redo (Content-Length) and Expect (evhttp already answered
  * 100-continue and holds the whole body). NULL-terminated. */
 extern const char *const proxyhdr_request_skip[];
-/* Names a response copy skips: Content-Length (we frame the body we hold)
- * and Via (we append to it). NULL-terminated. */
+/* Names a response copy skips: Content-Length (we frame the body we hold),
+ * Via (we append to it) and X-Cache (ours replaces the upstream's, which
+ * would be read as ours; Cache-Status is a list and keeps its entries
+ * before ours). NULL-terminated. */
 extern const char *const proxyhdr_response_skip[];
 
 /* Checks the framing of a request as evhttp parsed it. evhttp honours

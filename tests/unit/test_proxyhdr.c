@@ -77,7 +77,11 @@ static void test_response_copy_keeps_end_to_end(void)
     evhttp_add_header(&in, "Upgrade", "h2c");
     evhttp_add_header(&in, "Via", "1.1 legacy");
     evhttp_add_header(&in, "X-Forwarded-For", "kept in answers");
+    evhttp_add_header(&in, "X-Cache", "HIT");
+    evhttp_add_header(&in, "Cache-Status", "legacy; hit");
     proxyhdr_copy_end_to_end(&in, &out, proxyhdr_response_skip);
+    CHECK(count(&out, "X-Cache") == 0);
+    CHECK(count(&out, "Cache-Status") == 1);
     CHECK(count(&out, "Set-Cookie") == 1);
     CHECK(count(&out, "X-Forwarded-For") == 1);
     CHECK(count(&out, "Content-Length") == 0);
