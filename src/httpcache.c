@@ -156,6 +156,22 @@ static const char *refusal(int status, const struct evkeyvalq *req, const httpca
     return NULL;
 }
 
+/* RFC 9111 5.3: without max-age, Expires - Date caps the lifetime; an
+ * Expires that is not a date means already expired. -1: no cap. */
+static int64_t expires_cap(const struct evkeyvalq *resp)
+{
+    const char *expires = evhttp_find_header(resp, "Expires");
+    const char *date = evhttp_find_header(resp, "Date");
+    time_t e, d;
+    if (expires == NULL)
+        return -1;
+    if (httpcache_parse_date(expires, &e) < 0)
+        return 0;
+    if (date == NULL || httpcache_parse_date(date, &d) < 0)
+        return -1; /* no clock of the origin's to compare with */
+    return e > d ? (int64_t)(e - d) : 0;
+}
+
 void httpcache_decide(int status, const struct evkeyvalq *req, const struct evkeyvalq *resp,
                       bool shared, int64_t route_ttl_s, httpcache_verdict *out)
 {
@@ -171,6 +187,8 @@ void httpcache_decide(int status, const struct evkeyvalq *req, const struct evke
         return;
     int64_t ttl = route_ttl_s;
     int64_t cap = shared && cc.s_maxage >= 0 ? cc.s_maxage : cc.max_age;
+    if (cap < 0)
+        cap = expires_cap(resp);
     if (cap >= 0 && cap < ttl)
         ttl = cap;
     ttl -= age_of(resp);

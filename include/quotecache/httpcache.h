@@ -38,7 +38,8 @@ typedef struct httpcache_verdict {
 
 /* Whether an answer to a GET may be stored, by a shared cache (Redis,
  * across users) or a private one (per identity). route_ttl_s caps the
- * lifetime, max-age (s-maxage when shared) lowers it, Age is taken off.
+ * lifetime, max-age (s-maxage when shared; else Expires - Date, an
+ * invalid Expires counting as expired) lowers it, Age is taken off.
  * Never stored: other statuses, no-store (request or answer), no-cache
  * (we do not revalidate), Set-Cookie (in any cache: a cookie is a state
  * change meant for one response), private in a shared cache, Vary: *,

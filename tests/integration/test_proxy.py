@@ -352,6 +352,25 @@ def test_obs_fold_never_reaches_upstream_as_a_line():
     assert " b" not in hh
 
 
+def test_sigterm_lets_a_proxied_request_finish():
+    import threading
+    with qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port) as p2:
+        out = {}
+
+        def slow():
+            out["r"] = req("GET", "/slow?ms=600", port=p2.port)
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.25)  # on the wire
+        os.kill(p2.pid, 15)
+        t.join(5)
+        assert out["r"][0] == 200 and json.loads(out["r"][2]) == {"slow": True}, out
+        assert p2.proc.wait(10) == 0
+        err = p2.stderr_text()
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            assert bad not in err, err[-4000:]
+
+
 def test_clean_exit():
     px.stop_clean()
 

@@ -90,6 +90,19 @@ static void test_lifetime(void)
     CHECK(decide(200, NULL, H("Cache-Control: max-age=10, s-maxage=5"), true, 60).ttl_s == 5);
     CHECK(decide(200, NULL, H("Cache-Control: max-age=10", "Age: 3"), false, 60).ttl_s == 7);
     CHECK(decide(200, NULL, H("Age: 50"), false, 60).ttl_s == 10);
+    CHECK(decide(200, NULL,
+                 H("Date: Sun, 06 Nov 1994 08:49:37 GMT", "Expires: Sun, 06 Nov 1994 08:50:07 GMT"),
+                 false, 60)
+              .ttl_s == 30);
+    CHECK(!decide(200, NULL, H("Expires: 0"), false, 60).store); /* invalid: expired */
+    CHECK(
+        !decide(200, NULL,
+                H("Date: Sun, 06 Nov 1994 08:49:37 GMT", "Expires: Thu, 19 Nov 1981 08:52:00 GMT"),
+                false, 60)
+             .store);
+    CHECK(decide(200, NULL, H("Expires: Sun, 06 Nov 1994 08:50:07 GMT"), false, 60).ttl_s == 60);
+    /* max-age wins over Expires */
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=5", "Expires: 0"), false, 60).ttl_s == 5);
 }
 
 static void test_vary(void)
