@@ -769,6 +769,8 @@ static struct evhttp *http_listen(server *s, const hostport *hp, evutil_socket_t
      * fenced store); this backstop only catches what escapes them. */
     int busy_ms = 2 * (cfg->lock_ttl_ms + cfg->pg_timeout_ms + cfg->tax_timeout_ms) +
                   cfg->pg_timeout_ms + 1000;
+    if (cfg->upstream != NULL && busy_ms < cfg->upstream_timeout_ms + 1000)
+        busy_ms = cfg->upstream_timeout_ms + 1000; /* a proxied request ends by its deadline */
     *conns = conntrack_new(s->base, evhttp_bound_socket_get_listener(*sock), max_conns,
                            cfg->header_timeout_s * 1000, busy_ms);
     evhttp_set_bevcb(h, conntrack_on_accept, *conns);
