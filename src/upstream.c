@@ -130,10 +130,12 @@ static void conn_release(upstream *u, struct evhttp_connection *conn, bool reusa
     event_active(u->reap, EV_TIMEOUT, 1);
 }
 
-static struct evhttp_connection *conn_get(upstream *u, bool *reused)
+/* An idle connection, or a new one (always when fresh: a retry must not
+ * meet another stale one). */
+static struct evhttp_connection *conn_get(upstream *u, bool fresh, bool *reused)
 {
-    *reused = u->idle != NULL;
-    if (u->idle != NULL) {
+    *reused = !fresh && u->idle != NULL;
+    if (*reused) {
         conn_node *n = u->idle;
         struct evhttp_connection *c = n->conn;
         u->idle = n->next;
@@ -313,7 +315,7 @@ static int op_send(upstream_op *op)
         op_error(op, 503, "upstream_busy", "too many requests to the upstream in flight");
         return -1;
     }
-    struct evhttp_connection *conn = conn_get(u, &op->reused_conn);
+    struct evhttp_connection *conn = conn_get(u, op->retried, &op->reused_conn);
     if (conn == NULL) {
         op_error(op, 502, "upstream_unavailable", "cannot open a connection to the upstream");
         return -1;
