@@ -270,6 +270,21 @@ def test_load_balancer_keepalive_mixes_quotes_and_proxied():
     assert stats()["connections"] <= 3, stats()
 
 
+def test_stale_keepalive_connection_retried_once_for_idempotent():
+    with qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port) as p2:
+        n = calls("dropped")
+        assert req("GET", "/drop-next", port=p2.port)[0] == 200  # its connection idles
+        s, _, b = req("GET", "/echo?after=drop", port=p2.port)
+        assert s == 200 and json.loads(b)["target"] == "/echo?after=drop"
+        assert calls("dropped") == n + 1  # the first try met the dropped connection
+        # a POST is not retried: the upstream may have acted on it
+        assert req("POST", "/drop-next", port=p2.port, body=b"x")[0] == 200
+        s, _, b = req("POST", "/echo", port=p2.port, body=b"x")
+        assert s == 502 and json.loads(b)["error"] == "upstream_unavailable"
+        assert calls("dropped") == n + 2
+        p2.stop_clean()
+
+
 def test_concurrent_pass_through():
     paths = ["/echo?i=%d" % i for i in range(100)]
     res = qcstack.concurrent_gets(px.port, paths)

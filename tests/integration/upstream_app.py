@@ -7,6 +7,8 @@ Endpoints (any method unless said):
   /status/N           answers status N with a small body (none for 204/304)
   /slow?ms=N          answers after N ms
   /close              closes the connection without answering
+  /drop-next          answers, then closes the connection on its next request
+                      unanswered (a keep-alive close racing a new request)
   /big?n=N            N bytes of body
   /chunked            a chunked answer (Transfer-Encoding: chunked)
   /hop                an answer full of hop-by-hop fields
@@ -73,6 +75,13 @@ class Handler(BaseHTTPRequestHandler):
         u = urllib.parse.urlsplit(self.path)
         path, q = u.path, dict(urllib.parse.parse_qsl(u.query))
         body = self.read_body()
+        if getattr(self, "drop_next", False):
+            # A keep-alive connection the server closes as the next request
+            # arrives (an idle timeout racing the client): no answer.
+            with lock:
+                calls["dropped"] = calls.get("dropped", 0) + 1
+            self.close_connection = True
+            return
         if path == "/stats":
             with lock:
                 doc = {"calls": dict(calls), "connections": connections}
@@ -107,6 +116,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(2)
             return
+        if path == "/drop-next":
+            self.drop_next = True
+            return self.send(200, b"{}")
         if path == "/big":
             return self.send(200, b"x" * int(q.get("n", "1000")), ctype="text/plain")
         if path == "/chunked":
