@@ -189,7 +189,8 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
     for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
         evhttp_add_header(&e->headers, kv->key, kv->value);
     e->body = xmalloc(len + 1);
-    memcpy(e->body, body, len);
+    if (len > 0) /* an empty evbuffer pulls up to NULL */
+        memcpy(e->body, body, len);
     e->nvary = v->nvary;
     for (int i = 0; i < v->nvary; i++) {
         memcpy(e->vary[i], v->vary[i], sizeof(e->vary[i]));

@@ -79,8 +79,10 @@ static void normalized_target(const char *target, char *buf, size_t len)
     int n = 0;
     for (const char *p = q + 1; *p && n < QUERY_PARTS_MAX;) {
         size_t plen = strcspn(p, "&");
-        if (plen > 0)
-            parts[n++] = (qpart){p, plen, strcspn(p, "=&"), n};
+        if (plen > 0) {
+            parts[n] = (qpart){p, plen, strcspn(p, "=&"), n};
+            n++;
+        }
         p += plen + (p[plen] == '&');
     }
     if (n == QUERY_PARTS_MAX) { /* too many to sort: as given */

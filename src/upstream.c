@@ -261,8 +261,10 @@ static void on_response(struct evhttp_request *req, void *arg)
     op->conn = NULL;
     u->active--;
     conn_release(u, conn, code != 0);
+    bool too_long_or_slow =
+        op->failed && (op->fail == EVREQ_HTTP_DATA_TOO_LONG || op->fail == EVREQ_HTTP_TIMEOUT);
     if (code == 0 && op->reused_conn && !op->retried && idempotent(op->method) &&
-        op->fail != EVREQ_HTTP_DATA_TOO_LONG && op->fail != EVREQ_HTTP_TIMEOUT) {
+        !too_long_or_slow) {
         /* The upstream may have closed an idle keep-alive connection as we
          * wrote to it: once, on a fresh one (idempotent methods only). */
         op->retried = true;

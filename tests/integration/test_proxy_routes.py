@@ -136,6 +136,12 @@ def test_no_store_set_cookie_and_statuses_never_stored():
     assert h["x-cache"] == "MISS"
 
 
+def test_empty_answers_are_stored_too():
+    s, h, b = twice("/me/empty?code=204")
+    assert s == 204 and b == b"" and h["x-cache"] == "HIT"
+    assert calls("/me/empty") == 1
+
+
 def test_private_is_stored_in_the_local_cache():
     s, h, _ = twice("/me/p?h_Cache-Control=private")
     assert h["x-cache"] == "HIT"
