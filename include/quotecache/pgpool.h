@@ -1,7 +1,11 @@
 /* pgpool: a small pool of asynchronous PostgreSQL connections on the
  * worker's libevent loop. Nothing here blocks: connections are opened with
  * PQconnectStart/PQconnectPoll, queries go out with PQsendQueryPrepared and
- * results are read when libevent says the socket is readable.
+ * results are read when libevent says the socket is readable. A query
+ * pool's connections run in libpq pipeline mode: one connection carries up
+ * to 32 statements at once, each followed by its own Sync so that a failed
+ * statement fails only its own query; queries go to the connection with the
+ * fewest in flight. A listening pool's connections stay plain.
  *
  * Ownership: each query is an op owned by the pool, with a deadline that
  * covers queueing and execution. A query that passes its deadline is answered
