@@ -40,6 +40,8 @@
  * that a miss-path burst does not wait in our queue for a round trip per
  * statement; shallow enough that a slow statement at the head delays few. */
 #define PIPE_MAX 32
+/* How often a cancel request is repeated while its statement runs on. */
+#define CANCEL_RESEND_MS 100
 
 /* C_BUSY: statements in flight (the ring of pg_conn), more may be added
  * while the ring has room on a pipelined connection.
@@ -93,7 +95,8 @@ struct pg_conn {
      * read and dropped. */
     pg_op *ring[PIPE_MAX];
     int ring_head, ring_n;
-    PGresult *res; /* first result of the statement at the head */
+    int cancel_left_ms; /* C_CANCELLING: until the connection gives up */
+    PGresult *res;      /* first result of the statement at the head */
 };
 
 struct pgpool {
@@ -197,6 +200,19 @@ static void queue_remove(pgpool *p, pg_op *op)
     p->queued--;
 }
 
+/* Puts an op back at the head of the queue (its deadline runs on). */
+static void queue_push_front(pgpool *p, pg_op *op)
+{
+    op->prev = NULL;
+    op->next = p->head;
+    if (p->head)
+        p->head->prev = op;
+    else
+        p->tail = op;
+    p->head = op;
+    p->queued++;
+}
+
 /* Fires the op's callback once and frees the op. res may be NULL. */
 static void op_finish(pg_op *op, const PGresult *res, const qc_error *err)
 {
@@ -270,7 +286,24 @@ static void conn_cancel(pg_conn *c)
         return;
     }
     c->state = C_CANCELLING;
-    struct timeval tv = ms_to_tv(c->pool->timeout_ms);
+    c->cancel_left_ms = c->pool->timeout_ms;
+    struct timeval tv = ms_to_tv(CANCEL_RESEND_MS);
+    evtimer_add(c->timer, &tv);
+}
+
+/* Still cancelling: the server ignores a cancel that reaches it between
+ * two messages (in a pipeline, right as the statement before ends), so the
+ * request is sent again until the statement ends or the connection's own
+ * deadline passes. A resend refused by the thread bound waits a tick. */
+static void conn_cancel_tick(pg_conn *c)
+{
+    c->cancel_left_ms -= CANCEL_RESEND_MS;
+    if (c->cancel_left_ms <= 0) {
+        conn_fail(c, "cancelled statement did not end in time");
+        return;
+    }
+    (void)conn_send_cancel(c);
+    struct timeval tv = ms_to_tv(CANCEL_RESEND_MS);
     evtimer_add(c->timer, &tv);
 }
 
@@ -469,27 +502,30 @@ static void conn_prepare_next(pg_conn *c)
     conn_flush(c);
 }
 
-/* The cancelled statement has ended. If it ended because of the cancel
- * (SQLSTATE 57014, query_canceled) the request is used up and the
- * connection is as good as new. If it ended by itself first, the request
- * may still be on its way and would cancel whatever runs next: replace the
- * connection instead. */
-static void conn_cancelled(pg_conn *c, PGresult *r)
+static bool ended_by_cancel(const PGresult *r)
 {
     const char *code = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    bool by_cancel = code != NULL && strcmp(code, "57014") == 0;
+    return code != NULL && strcmp(code, "57014") == 0; /* query_canceled */
+}
+
+/* The cancelled statement has ended, by the cancel or by itself first. The
+ * connection is kept either way: a cancel request still on its way (or one
+ * the server deferred past a message boundary, as it does in a pipeline)
+ * can only end some later statement with query_canceled, and a live op
+ * that meets one is run again (conn_statement_done), within its own
+ * deadline. */
+static void conn_cancelled(pg_conn *c, PGresult *r)
+{
+    bool by_cancel = ended_by_cancel(r);
     PQclear(r);
-    if (!by_cancel) {
-        conn_fail(c, "cancelled statement ended by itself; replacing the connection");
-        return;
-    }
     if (c->ring_n == 0) {
         conn_set_idle(c);
     } else {
         c->state = C_BUSY; /* the statements behind it run on */
         evtimer_del(c->timer);
     }
-    log_debug("postgres: statement cancelled after its deadline; connection kept");
+    log_debug("postgres: statement after its deadline ended %s; connection kept",
+              by_cancel ? "by the cancel" : "by itself");
     pool_dispatch(c->pool);
 }
 
@@ -510,6 +546,15 @@ static void conn_statement_done(pg_conn *c)
         conn_set_idle(c);
     if (op == NULL) {
         PQclear(r);
+        pool_dispatch(c->pool);
+        return;
+    }
+    if (ended_by_cancel(r)) {
+        /* A cancel meant for a statement before it: not this op's failure. */
+        log_debug("postgres: %s met a cancel meant for another statement; run again",
+                  c->pool->stmts[op->stmt].name);
+        PQclear(r);
+        queue_push_front(c->pool, op);
         pool_dispatch(c->pool);
         return;
     }
@@ -700,7 +745,7 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     else if (c->state == C_BROKEN)
         conn_fail(c, "send failed");
     else if (c->state == C_CANCELLING)
-        conn_fail(c, "cancelled statement did not end in time");
+        conn_cancel_tick(c);
     else if (c->state == C_IDLE && c->pool->listen != NULL)
         conn_ping(c);
     else if (c->state == C_PING)
