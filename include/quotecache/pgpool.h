@@ -11,9 +11,12 @@
  * covers queueing and execution. A query that passes its deadline is answered
  * with an error at once, and its statement is cancelled on the server (a
  * cancel request sent from a short-lived helper thread, since libpq 15's
- * PQcancel blocks); the connection takes new work once the statement has
- * ended with "canceled", and is replaced if it has not within another
- * deadline. Callbacks fire exactly once, never before the submit returns. */
+ * PQcancel blocks, repeated every 100 ms since the server ignores one that
+ * arrives between two messages); the connection takes new work once the
+ * statement has ended, and is replaced if it has not within another
+ * deadline. A query whose statement ends "canceled" by a cancel meant for
+ * another is queued again. Callbacks fire exactly once, never before the
+ * submit returns. */
 #ifndef QUOTECACHE_PGPOOL_H
 #define QUOTECACHE_PGPOOL_H
 
