@@ -15,8 +15,9 @@
  * arrives between two messages); the connection takes new work once the
  * statement has ended, and is replaced if it has not within another
  * deadline. A query whose statement ends "canceled" by a cancel meant for
- * another is queued again. Callbacks fire exactly once, never before the
- * submit returns. */
+ * another is queued again, so every statement must be safe to run twice
+ * (sql.c's are reads and pg_notify). Callbacks fire exactly once, never
+ * before the submit returns. */
 #ifndef QUOTECACHE_PGPOOL_H
 #define QUOTECACHE_PGPOOL_H
 
