@@ -53,6 +53,12 @@ static const metric_desc counter_desc[M_COUNTER_COUNT] = {
     [M_REDIS_RECONNECTS] = {"redis_reconnects", "Redis reconnections."},
     [M_PG_ERRORS] = {"pg_errors", "PostgreSQL errors."},
     [M_PG_RECONNECTS] = {"pg_reconnects", "PostgreSQL reconnections."},
+    [M_PG_STATEMENTS] = {"pg_statements",
+                         "Statements PostgreSQL answered on query connections (quote and "
+                         "catalog loads, notifies)."},
+    [M_PG_ROUND_TRIPS] = {"pg_round_trips",
+                          "Reads from PostgreSQL that ended at least one statement; in pipeline "
+                          "mode one read can end several (statements per round trip)."},
     [M_TAX_ERRORS] = {"tax_errors", "Tax service errors."},
     [M_LISTEN_RECONNECTS] = {"listen_reconnects",
                              "PostgreSQL LISTEN connection re-establishments."},

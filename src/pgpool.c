@@ -34,12 +34,24 @@
  * bound a dead server would collect threads. Past it the connection is
  * only dropped, as before cancels existed. */
 #define MAX_CANCELS 16
+/* Statements one connection of a query pool carries at once, in libpq's
+ * pipeline mode: each is followed by its own Sync, so each runs in its own
+ * implicit transaction and an error aborts only that statement. Deep enough
+ * that a miss-path burst does not wait in our queue for a round trip per
+ * statement; shallow enough that a slow statement at the head delays few. */
+#define PIPE_MAX 32
+/* How often a cancel request is repeated while its statement runs on. */
+#define CANCEL_RESEND_MS 100
 
-/* C_BROKEN: a send failed inside a submit; the failure is handled from the
+/* C_BUSY: statements in flight (the ring of pg_conn), more may be added
+ * while the ring has room on a pipelined connection.
+ * C_BROKEN: a send failed inside a submit; the failure is handled from the
  * loop (conn_on_timer) so that no callback fires before the submit returns.
- * C_CANCELLING: the op passed its deadline and was answered; a cancel
- * request is on its way and the connection waits (with a deadline of its
- * own) for the cancelled statement's error before it takes new work.
+ * C_CANCELLING: the statement at the head of the ring passed its deadline
+ * and was answered; a cancel request is on its way and the connection
+ * waits (with a deadline of its own) for that statement's error before it
+ * takes new work. Statements behind it stay in flight and keep their own
+ * deadlines.
  * C_PING: a listening connection's heartbeat is waiting for its answer.
  * In C_IDLE the timer is a listening connection's next heartbeat. */
 enum conn_state {
@@ -77,8 +89,14 @@ struct pg_conn {
     int prep_next;
     backoff bo; /* reconnect delay */
     bool ever_up;
-    pg_op *op;
-    PGresult *res;
+    bool pipelined; /* in libpq pipeline mode (query pools, once set up) */
+    /* Statements in flight, in the order the server answers them; a NULL
+     * slot is one whose op was already answered (deadline): its result is
+     * read and dropped. */
+    pg_op *ring[PIPE_MAX];
+    int ring_head, ring_n;
+    int cancel_left_ms; /* C_CANCELLING: until the connection gives up */
+    PGresult *res;      /* first result of the statement at the head */
 };
 
 struct pgpool {
@@ -113,6 +131,59 @@ static struct timeval ms_to_tv(int ms)
     return tv;
 }
 
+/* ---- the ring of statements in flight on one connection ---- */
+
+static int ring_depth(const pg_conn *c)
+{
+    return c->pipelined ? PIPE_MAX : 1;
+}
+
+static void ring_push(pg_conn *c, pg_op *op)
+{
+    c->ring[(c->ring_head + c->ring_n++) % PIPE_MAX] = op;
+    op->conn = c;
+}
+
+/* Takes the head statement's op out (NULL when it was answered already). */
+static pg_op *ring_pop(pg_conn *c)
+{
+    pg_op *op = c->ring[c->ring_head];
+    c->ring[c->ring_head] = NULL;
+    c->ring_head = (c->ring_head + 1) % PIPE_MAX;
+    c->ring_n--;
+    if (op != NULL)
+        op->conn = NULL;
+    return op;
+}
+
+/* Detaches op, answered at its deadline, from its slot; its statement's
+ * result will be dropped. Returns true when it is the head (running). */
+static bool ring_abandon(pg_conn *c, pg_op *op)
+{
+    for (int i = 0; i < c->ring_n; i++) {
+        int k = (c->ring_head + i) % PIPE_MAX;
+        if (c->ring[k] == op) {
+            c->ring[k] = NULL;
+            op->conn = NULL;
+            return i == 0;
+        }
+    }
+    return false;
+}
+
+/* Empties the ring into ops (PIPE_MAX slots); returns how many were live. */
+static int ring_take(pg_conn *c, pg_op **ops)
+{
+    int n = 0;
+    while (c->ring_n > 0) {
+        pg_op *op = ring_pop(c);
+        if (op != NULL)
+            ops[n++] = op;
+    }
+    c->ring_head = 0;
+    return n;
+}
+
 /* ---- ops ---- */
 
 static void queue_remove(pgpool *p, pg_op *op)
@@ -127,6 +198,19 @@ static void queue_remove(pgpool *p, pg_op *op)
         p->tail = op->prev;
     op->next = op->prev = NULL;
     p->queued--;
+}
+
+/* Puts an op back at the head of the queue (its deadline runs on). */
+static void queue_push_front(pgpool *p, pg_op *op)
+{
+    op->prev = NULL;
+    op->next = p->head;
+    if (p->head)
+        p->head->prev = op;
+    else
+        p->tail = op;
+    p->head = op;
+    p->queued++;
 }
 
 /* Fires the op's callback once and frees the op. res may be NULL. */
@@ -192,18 +276,34 @@ static int conn_send_cancel(pg_conn *c)
     return rc;
 }
 
-/* The op's deadline passed while c runs it: stop the statement on the
- * server (it would otherwise go on, holding locks and a backend, until it
- * ends by itself), and keep the connection if the cancel works. */
+/* The head statement's op was answered at its deadline: stop the statement
+ * on the server (it would otherwise go on, holding locks and a backend,
+ * until it ends by itself), and keep the connection if the cancel works. */
 static void conn_cancel(pg_conn *c)
 {
-    c->op = NULL;
     if (conn_send_cancel(c) < 0) {
         conn_fail(c, "query deadline passed");
         return;
     }
     c->state = C_CANCELLING;
-    struct timeval tv = ms_to_tv(c->pool->timeout_ms);
+    c->cancel_left_ms = c->pool->timeout_ms;
+    struct timeval tv = ms_to_tv(CANCEL_RESEND_MS);
+    evtimer_add(c->timer, &tv);
+}
+
+/* Still cancelling: the server ignores a cancel that reaches it between
+ * two messages (in a pipeline, right as the statement before ends), so the
+ * request is sent again until the statement ends or the connection's own
+ * deadline passes. A resend refused by the thread bound waits a tick. */
+static void conn_cancel_tick(pg_conn *c)
+{
+    c->cancel_left_ms -= CANCEL_RESEND_MS;
+    if (c->cancel_left_ms <= 0) {
+        conn_fail(c, "cancelled statement did not end in time");
+        return;
+    }
+    (void)conn_send_cancel(c);
+    struct timeval tv = ms_to_tv(CANCEL_RESEND_MS);
     evtimer_add(c->timer, &tv);
 }
 
@@ -215,8 +315,10 @@ static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
     pgpool *p = op->pool;
     pg_conn *c = op->conn;
     if (c != NULL) {
-        op->conn = NULL;
-        conn_cancel(c);
+        /* Statements behind the head are not running yet: only dropped
+         * (conn_cancel_stale_head cancels one that reaches the head). */
+        if (ring_abandon(c, op) && c->state == C_BUSY)
+            conn_cancel(c);
     } else {
         queue_remove(p, op);
     }
@@ -245,6 +347,7 @@ static void conn_close(pg_conn *c)
     }
     evtimer_del(c->timer);
     c->state = C_DOWN;
+    c->pipelined = false;
 }
 
 static bool pool_any_up(const pgpool *p)
@@ -274,16 +377,14 @@ static void conn_fail(pg_conn *c, const char *why)
     if (c->state != C_CONNECTING || c->ever_up)
         log_warn("postgres: connection lost: %s", why);
     metrics_inc(M_PG_ERRORS);
-    pg_op *op = c->op;
-    c->op = NULL;
+    pg_op *ops[PIPE_MAX];
+    int n = ring_take(c, ops);
     conn_close(c);
     /* Reconnect after a backoff that grows while PostgreSQL stays away. */
     struct timeval tv = ms_to_tv(backoff_next(&c->bo));
     evtimer_add(c->timer, &tv);
-    if (op != NULL) {
-        op->conn = NULL;
-        op_fail(op, 503, "postgres_unavailable", "PostgreSQL connection lost");
-    }
+    for (int i = 0; i < n; i++)
+        op_fail(ops[i], 503, "postgres_unavailable", "PostgreSQL connection lost");
     if (!pool_any_up(p))
         pool_fail_queue(p);
 }
@@ -378,6 +479,9 @@ static void conn_prepare_next(pg_conn *c)
     }
     if ((size_t)c->prep_next == setup_steps(p)) {
         conn_set_idle(c); /* ends the connect deadline, which covered the set-up too */
+        /* A query pool pipelines; a listening one keeps its LISTEN round
+         * trips plain. Without pipeline mode a connection runs one at a time. */
+        c->pipelined = p->listen == NULL && PQenterPipelineMode(c->pg) == 1;
         backoff_reset(&c->bo);
         if (c->ever_up)
             metrics_inc(M_PG_RECONNECTS);
@@ -398,25 +502,82 @@ static void conn_prepare_next(pg_conn *c)
     conn_flush(c);
 }
 
-/* The cancelled statement has ended. If it ended because of the cancel
- * (SQLSTATE 57014, query_canceled) the request is used up and the
- * connection is as good as new. If it ended by itself first, the request
- * may still be on its way and would cancel whatever runs next: replace the
- * connection instead. */
-static void conn_cancelled(pg_conn *c)
+static bool ended_by_cancel(const PGresult *r)
+{
+    const char *code = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return code != NULL && strcmp(code, "57014") == 0; /* query_canceled */
+}
+
+/* The cancelled statement has ended, by the cancel or by itself first. The
+ * connection is kept either way: a cancel request still on its way (or one
+ * the server deferred past a message boundary, as it does in a pipeline)
+ * can only end some later statement with query_canceled, and a live op
+ * that meets one is run again (conn_statement_done), within its own
+ * deadline. */
+static void conn_cancelled(pg_conn *c, PGresult *r)
+{
+    bool by_cancel = ended_by_cancel(r);
+    PQclear(r);
+    if (c->ring_n == 0) {
+        conn_set_idle(c);
+    } else {
+        c->state = C_BUSY; /* the statements behind it run on */
+        evtimer_del(c->timer);
+    }
+    log_debug("postgres: statement after its deadline ended %s; connection kept",
+              by_cancel ? "by the cancel" : "by itself");
+    pool_dispatch(c->pool);
+}
+
+/* The statement at the head of the ring has ended (its Sync came back, or
+ * without pipeline mode its last result): its op, if not yet answered at
+ * its deadline, gets the result. */
+static void conn_statement_done(pg_conn *c)
 {
     PGresult *r = c->res;
     c->res = NULL;
-    const char *code = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    bool by_cancel = code != NULL && strcmp(code, "57014") == 0;
-    PQclear(r);
-    if (!by_cancel) {
-        conn_fail(c, "cancelled statement ended by itself; replacing the connection");
+    pg_op *op = ring_pop(c);
+    metrics_inc(M_PG_STATEMENTS);
+    if (c->state == C_CANCELLING) { /* op is NULL: the cancelled head */
+        conn_cancelled(c, r);
         return;
     }
-    conn_set_idle(c);
-    log_debug("postgres: statement cancelled after its deadline; connection kept");
+    if (c->ring_n == 0)
+        conn_set_idle(c);
+    if (op == NULL) {
+        PQclear(r);
+        pool_dispatch(c->pool);
+        return;
+    }
+    if (ended_by_cancel(r)) {
+        /* A cancel meant for a statement before it: not this op's failure. */
+        log_debug("postgres: %s met a cancel meant for another statement; run again",
+                  c->pool->stmts[op->stmt].name);
+        PQclear(r);
+        queue_push_front(c->pool, op);
+        pool_dispatch(c->pool);
+        return;
+    }
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        op_finish(op, r, NULL);
+    } else {
+        metrics_inc(M_PG_ERRORS);
+        log_error("postgres: %s: %s", c->pool->stmts[op->stmt].name,
+                  r ? PQresultErrorMessage(r) : "no result");
+        op_fail(op, 500, "postgres_error", "PostgreSQL query failed");
+    }
+    PQclear(r);
     pool_dispatch(c->pool);
+}
+
+/* An op answered at its deadline while behind the head has reached the
+ * head, and the server is still on it (every result that had arrived was
+ * read): cancel it as conn_cancel does for a running op. */
+static void conn_cancel_stale_head(pg_conn *c)
+{
+    if (c->pg != NULL && c->state == C_BUSY && c->ring_n > 0 && c->ring[c->ring_head] == NULL)
+        conn_cancel(c);
 }
 
 /* One command finished (PQgetResult gave NULL). */
@@ -438,33 +599,49 @@ static void conn_command_done(pg_conn *c)
         conn_prepare_next(c);
         return;
     }
-    if (c->state == C_CANCELLING) {
-        conn_cancelled(c);
-        return;
-    }
     if (c->state == C_PING) {
         conn_ping_done(c);
         return;
     }
-    if (c->state != C_BUSY)
-        return;
-    pg_op *op = c->op;
-    PGresult *r = c->res;
-    c->op = NULL;
-    c->res = NULL;
-    conn_set_idle(c);
-    op->conn = NULL;
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
-        op_finish(op, r, NULL);
-    } else {
-        metrics_inc(M_PG_ERRORS);
-        log_error("postgres: %s: %s", c->pool->stmts[op->stmt].name,
-                  r ? PQresultErrorMessage(r) : "no result");
-        op_fail(op, 500, "postgres_error", "PostgreSQL query failed");
+    if (c->state == C_BUSY || c->state == C_CANCELLING)
+        conn_statement_done(c);
+}
+
+static bool conn_awaits_results(const pg_conn *c)
+{
+    return c->state == C_PREPARING || c->state == C_BUSY || c->state == C_CANCELLING ||
+           c->state == C_PING;
+}
+
+/* Pipeline mode: each statement's results end with NULL, then its Sync
+ * (PGRES_PIPELINE_SYNC) ends the statement. Returns the statements ended. */
+static int conn_read_pipeline(pg_conn *c)
+{
+    int done = 0;
+    bool after_null = false;
+    while (c->pg != NULL && c->pipelined && (c->state == C_BUSY || c->state == C_CANCELLING) &&
+           !PQisBusy(c->pg)) {
+        PGresult *r = PQgetResult(c->pg);
+        if (r == NULL) {
+            /* Between a statement and its Sync; two in a row or an empty
+             * ring mean nothing more is here yet. */
+            if (after_null || c->ring_n == 0)
+                break;
+            after_null = true;
+            continue;
+        }
+        after_null = false;
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            done++;
+            conn_statement_done(c);
+        } else if (c->res == NULL) {
+            c->res = r;
+        } else {
+            PQclear(r);
+        }
     }
-    PQclear(r);
-    pool_dispatch(c->pool);
+    return done;
 }
 
 static void conn_on_read(evutil_socket_t fd, short what, void *arg)
@@ -486,12 +663,19 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         conn_fail(c, PQerrorMessage(c->pg));
         return;
     }
-    while (c->pg != NULL &&
-           (c->state == C_PREPARING || c->state == C_BUSY || c->state == C_CANCELLING ||
-            c->state == C_PING) &&
-           !PQisBusy(c->pg)) {
+    if (c->pg != NULL && c->pipelined) {
+        /* One read, however many statements it ended: the round trips
+         * pipelining saves show as statements per round trip. */
+        if (conn_read_pipeline(c) > 0)
+            metrics_inc(M_PG_ROUND_TRIPS);
+        conn_cancel_stale_head(c);
+        return;
+    }
+    while (c->pg != NULL && conn_awaits_results(c) && !PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
         if (r == NULL) {
+            if (c->state == C_BUSY || c->state == C_CANCELLING)
+                metrics_inc(M_PG_ROUND_TRIPS);
             conn_command_done(c);
             return; /* the next command, if any, starts from its own event */
         }
@@ -561,7 +745,7 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     else if (c->state == C_BROKEN)
         conn_fail(c, "send failed");
     else if (c->state == C_CANCELLING)
-        conn_fail(c, "cancelled statement did not end in time");
+        conn_cancel_tick(c);
     else if (c->state == C_IDLE && c->pool->listen != NULL)
         conn_ping(c);
     else if (c->state == C_PING)
@@ -598,23 +782,38 @@ static void conn_start(pg_conn *c)
 static void conn_run(pg_conn *c, pg_op *op)
 {
     const pgpool_stmt *s = &c->pool->stmts[op->stmt];
+    if (c->state == C_IDLE)
+        evtimer_del(c->timer); /* a listening connection's heartbeat waits */
     c->state = C_BUSY;
-    c->op = op;
-    op->conn = c;
+    ring_push(c, op);
     if (!PQsendQueryPrepared(c->pg, s->name, op->nparams, (const char *const *)op->params, NULL,
-                             NULL, 0)) {
+                             NULL, 0) ||
+        (c->pipelined && !PQpipelineSync(c->pg))) {
         conn_break(c);
         return;
     }
     conn_flush(c);
 }
 
+/* The connection with the fewest statements in flight that takes one more:
+ * idle ones first, so the server's backends work in parallel before any
+ * connection queues statements behind another. */
+static pg_conn *pool_pick(pgpool *p)
+{
+    pg_conn *best = NULL;
+    for (int i = 0; i < p->size; i++) {
+        pg_conn *c = &p->conns[i];
+        bool open = c->state == C_IDLE || (c->state == C_BUSY && c->pipelined);
+        if (open && c->ring_n < ring_depth(c) && (best == NULL || c->ring_n < best->ring_n))
+            best = c;
+    }
+    return best;
+}
+
 static void pool_dispatch(pgpool *p)
 {
-    for (int i = 0; i < p->size && p->head != NULL; i++) {
-        pg_conn *c = &p->conns[i];
-        if (c->state != C_IDLE)
-            continue;
+    pg_conn *c;
+    while (p->head != NULL && (c = pool_pick(p)) != NULL) {
         pg_op *op = p->head;
         queue_remove(p, op);
         conn_run(c, op);
@@ -691,12 +890,12 @@ void pgpool_free(pgpool *p)
         return;
     for (int i = 0; i < p->size; i++) {
         pg_conn *c = &p->conns[i];
-        pg_op *op = c->op;
-        c->op = NULL;
+        pg_op *ops[PIPE_MAX];
+        int n = ring_take(c, ops);
         conn_close(c);
         event_free(c->timer);
-        if (op != NULL)
-            op_fail(op, 503, "shutting_down", "the proxy is shutting down");
+        for (int k = 0; k < n; k++)
+            op_fail(ops[k], 503, "shutting_down", "the proxy is shutting down");
     }
     while (p->head != NULL) {
         pg_op *op = p->head;

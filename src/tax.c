@@ -25,7 +25,6 @@
 #include "quotecache/metrics.h"
 
 #define TAX_MAX_BODY 4096
-#define TAX_MAX_IDLE 64
 
 enum op_state { OP_PENDING, OP_DONE, OP_ORPHAN };
 
@@ -93,9 +92,15 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     conn_list_free(g);
 }
 
+/* A connection that answered well stays open for the next call. The idle
+ * set is bounded by the in-flight bound (whose descriptors main.c's
+ * RLIMIT_NOFILE budget already counts), not by a smaller constant: after a
+ * burst of N concurrent calls N connections stay open, so a miss-path load
+ * of that size reuses them instead of connecting (and closing, into
+ * TIME_WAIT) for every call past the constant. */
 static void conn_release(tax_client *t, struct evhttp_connection *conn, bool reusable)
 {
-    if (!reusable || t->nidle >= TAX_MAX_IDLE) {
+    if (!reusable || t->nidle >= t->max_conns) {
         conn_bury(t, conn);
         return;
     }

@@ -21,6 +21,8 @@ enum metrics_counter {
     M_REDIS_RECONNECTS,
     M_PG_ERRORS,
     M_PG_RECONNECTS,
+    M_PG_STATEMENTS,  /* statements answered on query connections */
+    M_PG_ROUND_TRIPS, /* reads that ended >= 1 of them (pipelining: several) */
     M_TAX_ERRORS,
     M_LISTEN_RECONNECTS,
     M_WAITERS_REJECTED, /* waiter bound hit: 503 */

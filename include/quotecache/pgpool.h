@@ -1,15 +1,23 @@
 /* pgpool: a small pool of asynchronous PostgreSQL connections on the
  * worker's libevent loop. Nothing here blocks: connections are opened with
  * PQconnectStart/PQconnectPoll, queries go out with PQsendQueryPrepared and
- * results are read when libevent says the socket is readable.
+ * results are read when libevent says the socket is readable. A query
+ * pool's connections run in libpq pipeline mode: one connection carries up
+ * to 32 statements at once, each followed by its own Sync so that a failed
+ * statement fails only its own query; queries go to the connection with the
+ * fewest in flight. A listening pool's connections stay plain.
  *
  * Ownership: each query is an op owned by the pool, with a deadline that
  * covers queueing and execution. A query that passes its deadline is answered
  * with an error at once, and its statement is cancelled on the server (a
  * cancel request sent from a short-lived helper thread, since libpq 15's
- * PQcancel blocks); the connection takes new work once the statement has
- * ended with "canceled", and is replaced if it has not within another
- * deadline. Callbacks fire exactly once, never before the submit returns. */
+ * PQcancel blocks, repeated every 100 ms since the server ignores one that
+ * arrives between two messages); the connection takes new work once the
+ * statement has ended, and is replaced if it has not within another
+ * deadline. A query whose statement ends "canceled" by a cancel meant for
+ * another is queued again, so every statement must be safe to run twice
+ * (sql.c's are reads and pg_notify). Callbacks fire exactly once, never
+ * before the submit returns. */
 #ifndef QUOTECACHE_PGPOOL_H
 #define QUOTECACHE_PGPOOL_H
 

@@ -157,4 +157,99 @@ def test_total_overflow_is_a_clean_500():
     px.stop_clean()
 
 
+def pg_counters(px):
+    """(statements, round trips) from /metrics: pgpool's pipelining counters."""
+    text = px.get("/metrics")[2].decode()
+    vals = {}
+    for line in text.splitlines():
+        name, _, v = line.partition(" ")
+        vals[name] = v
+    return (int(vals["quotecache_pg_statements_total"]),
+            int(vals["quotecache_pg_round_trips_total"]))
+
+
+def quote_path(pid, tier="standard", currency="USD"):
+    return "/quote/%d?region=US&tier=%s&currency=%s" % (pid, tier, currency)
+
+
+def test_pipelined_error_fails_only_its_own_load():
+    """Many loads at once share pipelined connections; a statement that
+    fails on the server (a JPY unit price beyond bigint) answers its own
+    load 500 and no other, and the statements shared round trips."""
+    pids = plain_products(60)[10:]
+    bad = pids[:3]
+    st.psql("UPDATE regional_prices SET list_price_cents = %d WHERE region = 'US' AND "
+            "product_id IN (%s)" % (INT64_MAX // 2, ",".join(map(str, bad))))
+    px = qcstack.Proxy(st, redis="none", workers=1).ready()
+    try:
+        paths = [quote_path(p, currency="JPY") for p in pids]
+        stmts0, trips0 = pg_counters(px)
+        res = qcstack.concurrent_gets(px.port, paths, headers={"Cache-Control": "no-cache"},
+                                      timeout=20)
+        stmts1, trips1 = pg_counters(px)
+        for p, (status, _, body) in zip(pids, res):
+            if p in bad:
+                assert status == 500, (p, status, body)
+                assert json.loads(body)["error"] == "postgres_error", body
+            else:
+                assert status == 200, (p, status, body)
+                assert json.loads(body)["product_id"] == p, body
+        assert stmts1 - stmts0 >= len(pids), (stmts0, stmts1)
+        # 50 statements on 4 connections: pipelined, fewer reads than statements.
+        assert trips1 - trips0 < stmts1 - stmts0, (trips1 - trips0, stmts1 - stmts0)
+        print("  %d statements in %d round trips" % (stmts1 - stmts0, trips1 - trips0),
+              flush=True)
+        # The connections are fine afterwards: the same loads again, all 200
+        # for the good ones.
+        res = qcstack.concurrent_gets(px.port, paths, headers={"Cache-Control": "no-cache"},
+                                      timeout=20)
+        assert all(r[0] == (500 if p in bad else 200) for p, r in zip(pids, res)), \
+            [(p, r[0]) for p, r in zip(pids, res)]
+    finally:
+        st.psql("UPDATE regional_prices SET list_price_cents = 1000 WHERE region = 'US' AND "
+                "product_id IN (%s)" % ",".join(map(str, bad)))
+    px.stop_clean()
+
+
+def test_pipelined_deadlines_cancel_every_statement():
+    """Statements queued behind one another on pipelined connections all
+    wait on a lock: each load gets its 504 at its deadline, none of their
+    statements lingers on the server afterwards, and the pool serves on."""
+    pids = plain_products(60)[20:44]
+    px = qcstack.Proxy(st, redis="none", pg_timeout=500, workers=1).ready()
+    held = qcstack.HeldSession(st)
+    try:
+        held.run("BEGIN; LOCK TABLE regional_prices IN ACCESS EXCLUSIVE MODE;")
+        paths = [quote_path(p, tier="gold") for p in pids]
+        t0 = time.monotonic()
+        res = qcstack.concurrent_gets(px.port, paths, headers={"Cache-Control": "no-cache"},
+                                      timeout=10)
+        dt = time.monotonic() - t0
+        for status, _, body in res:
+            assert status == 504, (status, body)
+            assert json.loads(body)["error"] == "postgres_timeout", body
+        assert dt < 1.5, "%d answers took %.3fs for a 500 ms deadline" % (len(res), dt)
+        # Every statement was cancelled (at the head, one after another),
+        # none left waiting on the lock.
+        deadline = time.monotonic() + 2.0
+        while lingering_quote_backends():
+            assert time.monotonic() < deadline, \
+                "quote statements still running 2 s after their 504s: %s" % \
+                st.psql("SELECT pid, state, wait_event, query_start FROM pg_stat_activity "
+                        "WHERE query LIKE '%s'" % QUOTE_SQL_LIKE)
+            time.sleep(0.02)
+        held.run("ROLLBACK;")
+        deadline = time.monotonic() + 3.0
+        while True:
+            res = qcstack.concurrent_gets(px.port, paths,
+                                          headers={"Cache-Control": "no-cache"}, timeout=10)
+            if all(r[0] == 200 for r in res) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert all(r[0] == 200 for r in res), [r[0] for r in res]
+    finally:
+        held.close()
+    px.stop_clean()
+
+
 qctest.main(globals())
