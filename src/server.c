@@ -522,9 +522,8 @@ static bool method_ok(server *s, struct evhttp_request *req, const char *allow,
     return false;
 }
 
-static void on_public(struct evhttp_request *req, void *arg)
+static void route_public(server *s, struct evhttp_request *req)
 {
-    server *s = arg;
     if (s->draining)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->pub_conns, req);
@@ -558,6 +557,15 @@ static void on_public(struct evhttp_request *req, void *arg)
     } else {
         send_error(s, req, R_OTHER, 404, "no_route", "no such route");
     }
+}
+
+/* Every request gets its id (and, with --access-log, its line) first. */
+static void on_public(struct evhttp_request *req, void *arg)
+{
+    server *s = arg;
+    access_log_begin(s->d.alog, req);
+    route_public(s, req);
+    access_log_end();
 }
 
 /* ---- admin ---- */
@@ -631,9 +639,8 @@ static long long parse_invalidate(struct evbuffer *body)
     return out;
 }
 
-static void on_admin(struct evhttp_request *req, void *arg)
+static void route_admin(server *s, struct evhttp_request *req)
 {
-    server *s = arg;
     if (s->draining)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->admin_conns, req);
@@ -661,6 +668,14 @@ static void on_admin(struct evhttp_request *req, void *arg)
     c->product_id = pid;
     s->inflight++;
     invalidate_purge(s->d.inv, pid, on_purged, c);
+}
+
+static void on_admin(struct evhttp_request *req, void *arg)
+{
+    server *s = arg;
+    access_log_begin(s->d.alog, req);
+    route_admin(s, req);
+    access_log_end();
 }
 
 /* ---- listeners ---- */

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 
+#include "quotecache/accesslog.h"
 #include "quotecache/catalog.h"
 #include "quotecache/config.h"
 #include "quotecache/invalidate.h"
@@ -33,6 +34,7 @@ typedef struct server_deps {
     tax_client *tax;
     rcache *rc;
     invalidator *inv; /* admin purges */
+    access_log *alog; /* NULL: --access-log off */
 } server_deps;
 
 /* Opens the listeners (SO_REUSEPORT, so workers share the port), or uses
