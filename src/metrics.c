@@ -172,8 +172,9 @@ typedef struct metrics_slot {
     uint64_t hist[NBUCKETS + 1]; /* per bucket, not cumulative; last is +Inf */
     double hist_sum;
     hist_cell hists[H_HIST_COUNT][METRICS_HIST_LABELS];
-    pid_t pid; /* its live process, for process_open_fds; 0 when none */
-    int used;  /* set by the master when it hands the slot out */
+    pid_t pid;      /* its live process, for process_open_fds; 0 when none */
+    uint32_t state; /* published by its worker (metrics_state_publish) */
+    int used;       /* set by the master when it hands the slot out */
 } metrics_slot;
 
 static metrics_slot local_slot;
@@ -209,6 +210,7 @@ void metrics_use_slot(size_t slot)
     m = &shared[slot];
     __atomic_store_n(&m->used, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&m->pid, getpid(), __ATOMIC_RELAXED);
+    __atomic_store_n(&m->state, 0, __ATOMIC_RELAXED);
     for (int g = 0; g < G_GAUGE_COUNT; g++)
         __atomic_store_n(&m->gauges[g], 0, __ATOMIC_RELAXED);
 }
@@ -220,6 +222,7 @@ void metrics_release_slot(size_t slot)
     for (int g = 0; g < G_GAUGE_COUNT; g++)
         __atomic_store_n(&shared[slot].gauges[g], 0, __ATOMIC_RELAXED);
     __atomic_store_n(&shared[slot].pid, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&shared[slot].state, 0, __ATOMIC_RELAXED);
 }
 
 /* The slots a scrape sums: every used shared slot, or the local one. */
@@ -229,6 +232,26 @@ static metrics_slot *slot_at(size_t i, size_t *n)
     if (shared == NULL)
         return &local_slot;
     return __atomic_load_n(&shared[i].used, __ATOMIC_RELAXED) ? &shared[i] : NULL;
+}
+
+void metrics_state_publish(uint32_t v)
+{
+    __atomic_store_n(&m->state, v, __ATOMIC_RELAXED);
+}
+
+size_t metrics_states(uint32_t *out, size_t max)
+{
+    size_t got = 0;
+    size_t n = 1;
+    for (size_t i = 0; i < n && got < max; i++) {
+        metrics_slot *s = slot_at(i, &n);
+        if (s == NULL || (shared != NULL && __atomic_load_n(&s->pid, __ATOMIC_RELAXED) == 0))
+            continue;
+        uint32_t v = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
+        if (v != 0)
+            out[got++] = v;
+    }
+    return got;
 }
 
 /* ---- recording ---- */

@@ -34,6 +34,7 @@
 #include "quotecache/request.h"
 
 #define INM_MAX 256
+#define SERVER_HEALTH_PUBLISH_MS 200 /* staleness of other workers' health in /healthz */
 
 /* A quote request that arrived before the first catalog load. */
 typedef struct ready_wait {
@@ -57,7 +58,8 @@ struct server {
     ready_wait *waiting, *waiting_tail; /* FIFO: deadlines in order */
     size_t nwaiting;
     struct event *ready_timer;
-    bool draining; /* stopped accepting: every answer closes its connection */
+    struct event *health_timer; /* publishes this worker's health for /healthz */
+    bool draining;              /* stopped accepting: every answer closes its connection */
 };
 
 typedef struct req_ctx {
@@ -453,24 +455,68 @@ static void handle_quote(server *s, struct evhttp_request *req, const char *id_s
 
 /* ---- /healthz, /metrics ---- */
 
-/* 503 "starting" until the first catalog load (a load balancer must not
- * send quotes before they can be served), then 200 "ok" or "degraded". */
+/* One worker's health as the word it publishes in its metrics slot. */
+enum {
+    HB_SET = 1,          /* published */
+    HB_READY = 2,        /* catalog loaded */
+    HB_REDIS_UP = 4,     /* with HB_REDIS_DOWN clear: up; both clear: disabled */
+    HB_REDIS_DOWN = 8,   /* */
+    HB_PG_UP = 16,       /* */
+    HB_TAX_UP = 32,      /* both tax bits clear: unknown */
+    HB_TAX_DOWN = 64,    /* */
+    HB_INV_UP = 128,     /* listening for change notifications */
+    HB_MAX_WORKERS = 512 /* slots read per answer, at most */
+};
+
+static uint32_t health_bits(const server *s)
+{
+    const char *tax = tax_client_state(s->d.tax);
+    uint32_t b = HB_SET;
+    b |= catalog_ready(s->d.cat) ? HB_READY : 0;
+    b |= s->d.rc == NULL ? 0 : rcache_is_up(s->d.rc) ? HB_REDIS_UP : HB_REDIS_DOWN;
+    b |= pgpool_is_up(s->d.pool) ? HB_PG_UP : 0;
+    b |= strcmp(tax, "up") == 0 ? HB_TAX_UP : strcmp(tax, "down") == 0 ? HB_TAX_DOWN : 0;
+    b |= invalidate_listening(s->d.inv) ? HB_INV_UP : 0;
+    return b;
+}
+
+static void on_health_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    metrics_state_publish(health_bits(arg));
+}
+
+/* The instance's health from every accepting worker's published word:
+ * a component is down when it is down for any worker. 503 "starting"
+ * until some worker has its catalog (a load balancer must not send quotes
+ * before they can be served), then 200 "ok", or "degraded" while any
+ * component is down or a listening worker still waits for its catalog. */
 static void handle_healthz(server *s, struct evhttp_request *req)
 {
-    const char *redis = s->d.rc == NULL ? "disabled" : rcache_is_up(s->d.rc) ? "up" : "down";
-    const char *pg = pgpool_is_up(s->d.pool) ? "up" : "down";
-    const char *tax = tax_client_state(s->d.tax);
-    const char *inv = invalidate_listening(s->d.inv) ? "up" : "down";
-    bool ready = catalog_ready(s->d.cat);
-    bool ok = strcmp(redis, "down") != 0 && strcmp(pg, "up") == 0 && strcmp(tax, "down") != 0 &&
-              strcmp(inv, "up") == 0;
+    static uint32_t w[HB_MAX_WORKERS];
+    if (!s->draining)
+        metrics_state_publish(health_bits(s)); /* ours, fresh */
+    size_t nw = metrics_states(w, HB_MAX_WORKERS);
+    uint32_t any = 0, all = ~0u;
+    for (size_t i = 0; i < nw; i++) {
+        any |= w[i];
+        all &= w[i];
+    }
+    const char *redis = any & HB_REDIS_DOWN ? "down" : any & HB_REDIS_UP ? "up" : "disabled";
+    const char *pg = all & HB_PG_UP ? "up" : "down";
+    const char *tax = any & HB_TAX_DOWN ? "down" : any & HB_TAX_UP ? "up" : "unknown";
+    const char *inv = all & HB_INV_UP ? "up" : "down";
+    bool ready = any & HB_READY;
+    bool ok = !(any & HB_REDIS_DOWN) && (all & HB_PG_UP) && !(any & HB_TAX_DOWN) &&
+              (all & HB_INV_UP) && (all & HB_READY);
     const char *status = !ready ? "starting" : ok ? "ok" : "degraded";
     int code = ready ? 200 : 503;
-    char body[192];
+    char body[224];
     int n = snprintf(body, sizeof(body),
                      "{\"status\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\",\"tax\":\"%s\","
-                     "\"invalidation\":\"%s\"}",
-                     status, redis, pg, tax, inv);
+                     "\"invalidation\":\"%s\",\"workers\":%zu}",
+                     status, redis, pg, tax, inv, nw);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
     send_json(s, req, code, body, (size_t)n);
     metrics_request(R_HEALTHZ, code, X_NONE, 0);
@@ -732,6 +778,10 @@ server *server_new(struct event_base *base, const server_deps *deps, char *err, 
     s->base = base;
     s->d = *deps;
     s->ready_timer = evtimer_new(base, on_ready_timer, s);
+    s->health_timer = event_new(base, -1, EV_PERSIST, on_health_timer, s);
+    struct timeval every = {0, SERVER_HEALTH_PUBLISH_MS * 1000};
+    evtimer_add(s->health_timer, &every);
+    on_health_timer(-1, 0, s); /* listening from now: counted at once */
     catalog_on_ready(s->d.cat, on_catalog_ready, s);
     s->pub = http_listen(s, &cfg->listen, cfg->listen_fd, (size_t)cfg->max_conns, &s->pub_sock,
                          &s->pub_conns, err, errlen);
@@ -755,6 +805,10 @@ fail:
 void server_stop_accepting(server *s)
 {
     s->draining = true;
+    /* A draining worker is no longer part of the instance's health; and its
+     * dependencies are freed before the server is. */
+    evtimer_del(s->health_timer);
+    metrics_state_publish(0);
     if (s->pub_sock) {
         conntrack_forget(s->pub_conns);
         evhttp_del_accept_socket(s->pub, s->pub_sock);
@@ -791,5 +845,7 @@ void server_free(server *s)
     conntrack_free(s->pub_conns);
     conntrack_free(s->admin_conns);
     event_free(s->ready_timer);
+    event_free(s->health_timer);
+    metrics_state_publish(0); /* no longer listening */
     free(s);
 }

@@ -102,6 +102,11 @@ int metrics_hist_label(enum metrics_hist h, const char *value);
 uint64_t metrics_hist_count(enum metrics_hist h, unsigned label);
 /* Returns the X-Cache header value ("HIT", ...) or NULL for X_NONE. */
 const char *metrics_xcache_name(enum metrics_xcache x);
+/* A word of state each worker publishes in its slot (0: none yet), for
+ * answers about the instance (/healthz) from any worker. */
+void metrics_state_publish(uint32_t v);
+/* The published words of the live slots, up to max; returns how many. */
+size_t metrics_states(uint32_t *out, size_t max);
 /* Renders the instance's sums; returns a new NUL-terminated buffer (caller
  * frees). Gauges are summed too: connections, flights and waiters of the
  * instance are the sums of its workers'. */

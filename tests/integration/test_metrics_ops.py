@@ -204,4 +204,32 @@ def test_every_histogram_is_exposed_with_help_and_type():
         count(text, QD, 'cache="%s"' % cache)
 
 
+def test_healthz_describes_the_instance():
+    """Two workers: every /healthz, whichever worker answers, counts both;
+    a killed worker leaves the count until its replacement listens; Redis
+    down is seen by every answer."""
+    p2 = qcstack.Proxy(st, workers=2).ready()
+    try:
+        for _ in range(20):  # new connections: both workers answer some
+            h = p2.health()
+            assert h["workers"] == 2 and h["status"] == "ok", h
+        victim = p2.worker_pids()[0]
+        os.kill(victim, 9)
+        qcstack.wait_until(lambda: victim not in p2.worker_pids() and
+                           len(p2.worker_pids()) == 2, 5, "a replacement")
+        qcstack.wait_until(lambda: all(p2.health()["workers"] == 2 for _ in range(10)), 10,
+                           "the replacement counted")
+        st.stop_redis()
+        try:
+            qcstack.wait_until(lambda: all(p2.health()["redis"] == "down" for _ in range(10)),
+                               10, "redis down on every answer")
+            h = p2.health()
+            assert h["status"] == "degraded" and h["workers"] == 2, h
+        finally:
+            st.start_redis()
+        p2.wait_health(status="ok", redis="up", timeout=15)
+    finally:
+        p2.stop_clean()
+
+
 qctest.main(globals())
