@@ -281,14 +281,18 @@ static void worker_stop(worker *w)
         event_base_free(w->base);
 }
 
-/* master_worker_fn: one worker, in the process the master forked. */
+static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen);
+
+/* master_worker_fn: one worker, in the process the master forked. Its
+ * descriptor limit is fitted again to its configuration, which a reload
+ * may have changed (--max-conns, --pg-pool) since the master fitted it. */
 static int worker_run(qc_config *cfg, int ready_fd, bool defer)
 {
     worker w = {0};
     w.cfg = cfg;
     w.ready_fd = ready_fd;
     char err[512] = "";
-    if (worker_start(&w, defer, err, sizeof(err)) < 0) {
+    if (fit_fd_limit(cfg, err, sizeof(err)) < 0 || worker_start(&w, defer, err, sizeof(err)) < 0) {
         fprintf(stderr, "quotecache: %s\n", err);
         w.status = 1;
     } else if (w.status == 0) {
