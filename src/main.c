@@ -315,7 +315,8 @@ static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen)
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0;
     rlim_t fixed = FD_RESERVE + SERVER_ADMIN_MAX_CONNS + (rlim_t)cfg->pg_pool + 1;
-    rlim_t need = fixed + (rlim_t)cfg->max_conns + TAX_MAX_CONNS;
+    /* tax_max_conns: a worker refitting after a reload keeps the master's clamp. */
+    rlim_t need = fixed + (rlim_t)cfg->max_conns + (rlim_t)tax_max_conns;
     if (rl.rlim_cur < need) {
         rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
