@@ -38,7 +38,7 @@ void access_log_reopen(access_log *al);
  * client's X-Request-Id when valid, else a generated one) as the answer's
  * X-Request-Id header and as the id of log.c's lines until
  * access_log_end; with a log, arranges for its line once it is answered.
- * Returns the id (owned by the request's headers). */
+ * Returns the id, valid until access_log_end (the header keeps a copy). */
 const char *access_log_begin(access_log *al, struct evhttp_request *req);
 /* The synchronous part of the request's handling is over. */
 void access_log_end(void);
