@@ -25,6 +25,7 @@
 
 #include "quotecache/cachestatus.h"
 #include "quotecache/conntrack.h"
+#include "quotecache/health.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/listener.h"
 #include "quotecache/log.h"
@@ -35,6 +36,7 @@
 
 #define INM_MAX 256
 #define SERVER_HEALTH_PUBLISH_MS 200 /* staleness of other workers' health in /healthz */
+#define HEALTH_MAX_WORKERS 512       /* slots read per /healthz, at most */
 
 /* A quote request that arrived before the first catalog load. */
 typedef struct ready_wait {
@@ -455,28 +457,16 @@ static void handle_quote(server *s, struct evhttp_request *req, const char *id_s
 
 /* ---- /healthz, /metrics ---- */
 
-/* One worker's health as the word it publishes in its metrics slot. */
-enum {
-    HB_SET = 1,          /* published */
-    HB_READY = 2,        /* catalog loaded */
-    HB_REDIS_UP = 4,     /* with HB_REDIS_DOWN clear: up; both clear: disabled */
-    HB_REDIS_DOWN = 8,   /* */
-    HB_PG_UP = 16,       /* */
-    HB_TAX_UP = 32,      /* both tax bits clear: unknown */
-    HB_TAX_DOWN = 64,    /* */
-    HB_INV_UP = 128,     /* listening for change notifications */
-    HB_MAX_WORKERS = 512 /* slots read per answer, at most */
-};
-
+/* This worker's health, as the word it publishes in its metrics slot. */
 static uint32_t health_bits(const server *s)
 {
     const char *tax = tax_client_state(s->d.tax);
-    uint32_t b = HB_SET;
-    b |= catalog_ready(s->d.cat) ? HB_READY : 0;
-    b |= s->d.rc == NULL ? 0 : rcache_is_up(s->d.rc) ? HB_REDIS_UP : HB_REDIS_DOWN;
-    b |= pgpool_is_up(s->d.pool) ? HB_PG_UP : 0;
-    b |= strcmp(tax, "up") == 0 ? HB_TAX_UP : strcmp(tax, "down") == 0 ? HB_TAX_DOWN : 0;
-    b |= invalidate_listening(s->d.inv) ? HB_INV_UP : 0;
+    uint32_t b = HEALTH_SET;
+    b |= catalog_ready(s->d.cat) ? HEALTH_READY : 0;
+    b |= s->d.rc == NULL ? 0 : rcache_is_up(s->d.rc) ? HEALTH_REDIS_UP : HEALTH_REDIS_DOWN;
+    b |= pgpool_is_up(s->d.pool) ? HEALTH_PG_UP : 0;
+    b |= strcmp(tax, "up") == 0 ? HEALTH_TAX_UP : strcmp(tax, "down") == 0 ? HEALTH_TAX_DOWN : 0;
+    b |= invalidate_listening(s->d.inv) ? HEALTH_INV_UP : 0;
     return b;
 }
 
@@ -487,38 +477,20 @@ static void on_health_timer(evutil_socket_t fd, short what, void *arg)
     metrics_state_publish(health_bits(arg));
 }
 
-/* The instance's health from every accepting worker's published word:
- * a component is down when it is down for any worker. 503 "starting"
- * until some worker has its catalog (a load balancer must not send quotes
- * before they can be served), then 200 "ok", or "degraded" while any
- * component is down or a listening worker still waits for its catalog. */
+/* The instance's health (health.h), whichever worker answers: every
+ * accepting worker's word, ours fresh. */
 static void handle_healthz(server *s, struct evhttp_request *req)
 {
-    static uint32_t w[HB_MAX_WORKERS];
+    static uint32_t words[HEALTH_MAX_WORKERS];
     if (!s->draining)
-        metrics_state_publish(health_bits(s)); /* ours, fresh */
-    size_t nw = metrics_states(w, HB_MAX_WORKERS);
-    uint32_t any = 0, all = ~0u;
-    for (size_t i = 0; i < nw; i++) {
-        any |= w[i];
-        all &= w[i];
-    }
-    const char *redis = any & HB_REDIS_DOWN ? "down" : any & HB_REDIS_UP ? "up" : "disabled";
-    const char *pg = all & HB_PG_UP ? "up" : "down";
-    const char *tax = any & HB_TAX_DOWN ? "down" : any & HB_TAX_UP ? "up" : "unknown";
-    const char *inv = all & HB_INV_UP ? "up" : "down";
-    bool ready = any & HB_READY;
-    bool ok = !(any & HB_REDIS_DOWN) && (all & HB_PG_UP) && !(any & HB_TAX_DOWN) &&
-              (all & HB_INV_UP) && (all & HB_READY);
-    const char *status = !ready ? "starting" : ok ? "ok" : "degraded";
-    int code = ready ? 200 : 503;
+        metrics_state_publish(health_bits(s));
+    health_view v;
+    health_combine(words, metrics_states(words, HEALTH_MAX_WORKERS), &v);
     char body[224];
-    int n = snprintf(body, sizeof(body),
-                     "{\"status\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\",\"tax\":\"%s\","
-                     "\"invalidation\":\"%s\",\"workers\":%zu}",
-                     status, redis, pg, tax, inv, nw);
+    size_t n = health_render(body, sizeof(body), &v);
+    int code = v.code;
     evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
-    send_json(s, req, code, body, (size_t)n);
+    send_json(s, req, code, body, n);
     metrics_request(R_HEALTHZ, code, X_NONE, 0);
 }
 
