@@ -373,6 +373,19 @@ access_log *access_log_open(struct event_base *base, const char *path, char *err
     return al;
 }
 
+int access_log_probe(const char *path, char *err, size_t errlen)
+{
+    if (path == NULL || strcmp(path, "off") == 0 || strcmp(path, "-") == 0)
+        return 0;
+    int fd = open_fd(path);
+    if (fd < 0) {
+        snprintf(err, errlen, "--access-log %s: %s", path, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
 /* Everything buffered, before a close: a few writes at most. */
 static void drain(access_log *al)
 {

@@ -362,6 +362,10 @@ static int check_config(const qc_config *cfg, const config_problems *probs)
         fprintf(stderr, "quotecache: --admin-listen: %s\n", err);
         bad++;
     }
+    if (access_log_probe(cfg->access_log, err, sizeof(err)) < 0) {
+        fprintf(stderr, "quotecache: %s\n", err);
+        bad++;
+    }
     if (bad > 0)
         return 2;
     printf("quotecache: configuration ok%s%s\n", cfg->config_file ? ": " : "",

@@ -27,6 +27,9 @@ typedef struct access_log access_log;
  * for no log (returns NULL, err ""). NULL with err filled when the file
  * cannot be opened. */
 access_log *access_log_open(struct event_base *base, const char *path, char *err, size_t errlen);
+/* --check-config: whether the workers will be able to open path (opened
+ * for appending, created if absent, then closed). 0, or -1 with err. */
+int access_log_probe(const char *path, char *err, size_t errlen);
 /* Writes out what is buffered (blocking if it must: the process is going)
  * and closes. NULL is fine. */
 void access_log_free(access_log *al);

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 
 import qctest
@@ -178,6 +179,24 @@ def test_unwritable_path_fails_start():
         assert False, "started with an access log it cannot open"
     except RuntimeError as e:
         assert "access-log" in str(e) or "access-log" in px.stderr_text(), e
+
+
+def test_check_config_tries_the_path():
+    """--check-config opens the access log like the workers will (nginx -t
+    does the same): an unopenable path is one line and exit 2."""
+    port = qcstack.free_port()
+    base = [os.path.join(qcstack.build_dir(), "quotecache"), "--check-config",
+            "--listen", "127.0.0.1:%d" % port, "--redis", st.redis_addr,
+            "--postgres", st.conninfo, "--tax-url", st.tax_url]
+    bad = subprocess.run(base + ["--access-log", "/nonexistent-dir/a.log"],
+                         capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 2, (bad.returncode, bad.stderr)
+    assert "--access-log /nonexistent-dir/a.log: No such file or directory" in bad.stderr
+    path = os.path.join(st.dir, "access-check.log")
+    good = subprocess.run(base + ["--access-log", path], capture_output=True, text=True,
+                          timeout=20)
+    assert good.returncode == 0, good.stderr
+    assert os.path.exists(path)
 
 
 qctest.main(globals())
