@@ -80,6 +80,8 @@ static const opt options[] = {
     {"shutdown-timeout", T_INT, OFF(shutdown_timeout_ms), 0, 600000, "5000",
      "ms in-flight requests get to finish on SIGTERM"},
     {"log-level", T_STR, OFF(log_level), 0, 0, "info", "debug, info, warn or error"},
+    {"access-log", T_STR, OFF(access_log), 0, 0, "off",
+     "one JSON line per request to PATH, - (stdout) or off; SIGUSR1 reopens PATH"},
     {"install-triggers", T_FLAG, OFF(install_triggers), 0, 0, NULL,
      "install the change-notification triggers in --postgres and exit"},
     {"config", T_STR, OFF(config_file), 0, 0, NULL,
@@ -581,6 +583,7 @@ void config_free(qc_config *cfg)
     free(cfg->tax_url);
     free(cfg->key_version);
     free(cfg->log_level);
+    free(cfg->access_log);
     free(cfg->config_file);
     free(cfg->upstream);
     free(cfg->routes_file);

@@ -6,6 +6,7 @@
 
 #include "quotecache/hash.h"
 #include "quotecache/mem.h"
+#include "quotecache/metrics.h"
 
 typedef struct slot {
     char *key; /* NULL: empty */
@@ -38,6 +39,8 @@ static void slot_empty(hot *h, slot *s)
 {
     if (s->key == NULL)
         return;
+    metrics_gauge_add(G_HOT_ENTRIES, -1);
+    metrics_gauge_add(G_HOT_BYTES, -(int64_t)(strlen(s->key) + s->len));
     free(s->key);
     free(s->value);
     memset(s, 0, sizeof(*s));
@@ -89,6 +92,8 @@ void hot_put(hot *h, const char *key, const char *value, size_t len, uint64_t st
     s->stamp = stamp;
     s->expires_ms = expires_ms;
     h->count++;
+    metrics_gauge_add(G_HOT_ENTRIES, 1);
+    metrics_gauge_add(G_HOT_BYTES, (int64_t)(strlen(key) + len));
 }
 
 size_t hot_count(const hot *h)

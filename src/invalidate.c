@@ -65,6 +65,7 @@ struct invalidator {
     size_t nbatch;
     bool batch_all;
     bool flush_armed;
+    int64_t batch_since_us; /* loop time of its oldest notification (0: empty) */
     struct event *flush_ev;
     struct bump_op *bump; /* in flight, at most one; detached on free */
 };
@@ -93,13 +94,23 @@ static int drop(invalidator *inv, int64_t product_id, rcache_done_cb *cb, void *
 typedef struct bump_op {
     invalidator *inv; /* NULL once the invalidator is gone */
     bool global;
+    int64_t since_us; /* its oldest notification, for the lag histogram */
 } bump_op;
 
 static void on_bumped(void *arg, int status, long long result);
 
+/* The loop's cached time: a bump's lag is milliseconds at least. */
+static int64_t loop_us(const invalidator *inv)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(inv->base, &tv);
+    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
 /* A global bump that Redis refuses or loses is owed by rcache (rcache_bump)
  * and paid by its next global bump; a batch that fails falls back to one. */
-static void bump_send(invalidator *inv, bool global, const batch_item *items, size_t n)
+static void bump_send(invalidator *inv, bool global, const batch_item *items, size_t n,
+                      int64_t since_us)
 {
     char keys[BATCH_MAX][KEY_MAX];
     char once[BATCH_MAX][KEY_MAX + NOTIFY_TXID_MAX + 2];
@@ -107,6 +118,7 @@ static void bump_send(invalidator *inv, bool global, const batch_item *items, si
     bump_op *op = xcalloc(1, sizeof(*op));
     op->inv = inv;
     op->global = global;
+    op->since_us = since_us;
     int rc;
     if (global) {
         key_global_gen(keys[0], inv->cfg->key_version);
@@ -128,7 +140,7 @@ static void bump_send(invalidator *inv, bool global, const batch_item *items, si
     }
     free(op);
     if (!global)
-        bump_send(inv, true, NULL, 0); /* refused: never drop one silently */
+        bump_send(inv, true, NULL, 0, since_us); /* refused: never drop one silently */
 }
 
 /* Sends what the batch holds as one command, unless one is in flight: then
@@ -143,11 +155,13 @@ static void flush(invalidator *inv)
     size_t n = inv->nbatch;
     bool all = inv->batch_all;
     memcpy(items, inv->batch, n * sizeof(items[0]));
+    int64_t since = inv->batch_since_us;
     inv->nbatch = 0;
     inv->batch_all = false;
+    inv->batch_since_us = 0;
     if (inv->rc == NULL || (!all && n == 0))
         return;
-    bump_send(inv, all, items, n);
+    bump_send(inv, all, items, n, since);
 }
 
 /* A batch that failed (or timed out: it may still land, but nobody can
@@ -159,12 +173,18 @@ static void on_bumped(void *arg, int status, long long result)
     bump_op *op = arg;
     invalidator *inv = op->inv;
     bool global = op->global;
+    int64_t since = op->since_us;
     free(op);
     if (inv == NULL)
         return;
     inv->bump = NULL;
-    if (status != RCACHE_OK && !global)
-        inv->batch_all = true;
+    if (status == RCACHE_OK && since != 0)
+        metrics_observe_us(H_INVALIDATION_LAG, 0, loop_us(inv) - since);
+    if (status != RCACHE_OK && !global) {
+        inv->batch_all = true; /* its notifications wait on, in the next batch */
+        if (inv->batch_since_us == 0 || since < inv->batch_since_us)
+            inv->batch_since_us = since;
+    }
     if (inv->nbatch > 0 || inv->batch_all)
         flush(inv);
 }
@@ -189,6 +209,8 @@ static void invalidate_soon(invalidator *inv, int64_t product_id, const char *tx
     else
         lookup_invalidate_all(inv->lk);
     metrics_inc(M_INVALIDATIONS);
+    if (inv->batch_since_us == 0)
+        inv->batch_since_us = loop_us(inv);
     if (product_id <= 0 || inv->nbatch == BATCH_MAX) {
         inv->batch_all = true;
     } else if (!inv->batch_all) {

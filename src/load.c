@@ -108,6 +108,7 @@ struct load {
     struct event *timer;       /* the single deadline of the current state */
     int64_t lock_sent_us;      /* when the latest lock attempt was sent */
     int64_t lock_renewed_us;   /* when the lock we hold was last set or extended (sent) */
+    int64_t locked_us;         /* when the lock we hold was won (its attempt sent) */
     uint64_t read_local;       /* local generation when the latest lock or check read was sent */
     int64_t no_cache_since_ms; /* latest arrival of a no-cache waiter (wall clock; 0: none) */
     int64_t origin_us;         /* when the latest origin query was sent (0: none) */
@@ -296,6 +297,7 @@ static void load_finish(load *ld, const lookup_answer *a, int flags)
     load_unlink(ld);
     if (ld->locked && redis_usable(lk)) {
         rcache_unlock(lk->rc, ld->lock_key, ld->token, NULL, NULL);
+        metrics_observe_us(H_LOCK_HOLD, 0, mono_us() - ld->locked_us);
         /* Instances waiting on our lock re-check now, not at its deadline:
          * with no value stored, one of them takes over. */
         if (!(flags & FIN_ANNOUNCED))
@@ -613,6 +615,7 @@ static bool load_take_lock_answer(load *ld, int status, const rcache_lock_value 
     if (lv != NULL && lv->acquired) {
         ld->locked = true;
         ld->lock_renewed_us = ld->lock_sent_us;
+        ld->locked_us = ld->lock_sent_us;
     }
     if (shutting_down(ld))
         return true;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 enum log_level log_threshold = LOG_INFO;
+const char *log_request_id;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -45,6 +46,9 @@ void log_msg(enum log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     va_end(ap);
+    size_t used = strlen(line);
+    if (log_request_id != NULL && used < sizeof(line) - 1)
+        snprintf(line + used, sizeof(line) - used - 1, " request_id=%s", log_request_id);
     /* One line per event: libpq and others hand us multi-line messages. */
     size_t len = strlen(line);
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == ' '))

@@ -146,8 +146,10 @@ void lookup_wake(flight_waiter *w, const lookup_answer *a, const load_outcome *o
         /* Everyone but the request that started the load waited on it. */
         if (!q->leader && (a->xcache == X_MISS || a->xcache == X_BYPASS))
             mine.xcache = X_COALESCED;
-        if (mine.xcache == X_COALESCED)
+        if (mine.xcache == X_COALESCED) {
             metrics_inc(M_COALESCED);
+            metrics_observe_us(H_COALESCED_WAIT, 0, mono_us() - q->joined_us);
+        }
         req_answer(q, &mine);
     }
 }
@@ -200,6 +202,7 @@ static void req_wait(lk_req *q, const fresh_gens *g, const char *stale, size_t s
                          1);
     } else {
         q->phase = REQ_WAITING;
+        q->joined_us = mono_us();
         load_join(flight_owner(f), q);
         metrics_gauge_add(G_WAITERS, 1);
         const qc_config *cfg = lk->cfg;
@@ -276,6 +279,7 @@ static bool req_from_process(lk_req *q)
         return false;
     fresh_gens g = {e.gen_global, e.gen_product}; /* no counters: the stamp fences */
     if (fresh_is_current(&lk->policy, &e, g, now)) {
+        metrics_inc(M_HOT_HITS);
         req_answer_envelope(q, &e, body, len, X_HIT);
         return true;
     }
@@ -389,6 +393,7 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
     lookup_answer hit = {e->status, body,           len, e->status == 200 ? e->etag : NULL, X_HIT,
                          0,         e->stored_at_ms};
     *a = hit;
+    metrics_inc(M_HOT_HITS);
     return true;
 }
 

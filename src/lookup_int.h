@@ -51,6 +51,7 @@ struct lookup_req {
     int64_t arrived_us;   /* no-cache: must be answered from a load sent later */
     int64_t arrived_ms;   /* the same on the wall clock, for other instances' loads */
     bool leader;          /* started the flight: answered MISS rather than COALESCED */
+    int64_t joined_us;    /* when it joined its flight, for the coalesced-wait histogram */
     lookup_cb *cb;        /* NULL once detached (lookup_cancel while reading) */
     void *arg;
     struct event *ev; /* REQ_DEFERRED: the deferred join; REQ_WAITING: the deadline */

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/accesslog.h"
 #include "quotecache/catalog.h"
 #include "quotecache/config.h"
 #include "quotecache/invalidate.h"
@@ -53,7 +54,8 @@ typedef struct worker {
     invalidator *inv;
     proxy *px;
     server *srv;
-    struct event *sigterm, *sigint, *sigquit, *drain, *warmup;
+    access_log *alog; /* NULL: --access-log off */
+    struct event *sigterm, *sigint, *sigquit, *sigusr1, *drain, *warmup;
     struct timespec stop_at;
     struct timespec listen_by; /* a deferred start listens by then, catalog or not */
     int ready_fd;              /* tells the master we listen; -1 once told */
@@ -141,11 +143,20 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     on_drain(-1, 0, w);
 }
 
+/* SIGUSR1 (forwarded by the master): logrotate moved the access log. */
+static void on_reopen(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    worker *w = arg;
+    access_log_reopen(w->alog);
+}
+
 /* Opens the server on the inherited sockets and tells the master. */
 static void worker_listen(worker *w)
 {
     char err[512] = "";
-    server_deps deps = {w->cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv, w->px};
+    server_deps deps = {w->cfg, w->lk, w->cat, w->pool, w->tax, w->rc, w->inv, w->px, w->alog};
     w->srv = server_new(w->base, &deps, err, sizeof(err));
     if (w->srv == NULL) {
         fprintf(stderr, "quotecache: %s\n", err);
@@ -184,6 +195,9 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
 {
     const qc_config *cfg = w->cfg;
     w->base = event_base_new();
+    w->alog = access_log_open(w->base, cfg->access_log, err, errlen);
+    if (w->alog == NULL && err[0] != '\0')
+        return -1;
     w->tax = tax_client_new(w->base, cfg->tax_url, cfg->tax_timeout_ms, tax_max_conns);
     if (w->tax == NULL) {
         snprintf(err, errlen, "--tax-url: cannot use '%.100s'", cfg->tax_url);
@@ -223,11 +237,13 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
     w->sigterm = evsignal_new(w->base, SIGTERM, on_signal, w);
     w->sigint = evsignal_new(w->base, SIGINT, on_signal, w);
     w->sigquit = evsignal_new(w->base, SIGQUIT, on_signal, w);
+    w->sigusr1 = evsignal_new(w->base, SIGUSR1, on_reopen, w);
     w->drain = evtimer_new(w->base, on_drain, w);
     w->warmup = evtimer_new(w->base, on_warmup, w);
     evsignal_add(w->sigterm, NULL);
     evsignal_add(w->sigint, NULL);
     evsignal_add(w->sigquit, NULL);
+    evsignal_add(w->sigusr1, NULL);
     if (defer) {
         deadline_in(&w->listen_by, cfg->pg_timeout_ms + 1000);
         on_warmup(-1, 0, w);
@@ -269,8 +285,9 @@ static void worker_stop(worker *w)
     sigaddset(&stops, SIGTERM);
     sigaddset(&stops, SIGINT);
     sigaddset(&stops, SIGQUIT);
+    sigaddset(&stops, SIGUSR1);
     sigprocmask(SIG_BLOCK, &stops, &old);
-    struct event *evs[] = {w->sigterm, w->sigint, w->sigquit, w->drain, w->warmup};
+    struct event *evs[] = {w->sigterm, w->sigint, w->sigquit, w->sigusr1, w->drain, w->warmup};
     for (size_t i = 0; i < QC_ARRAY_LEN(evs); i++) {
         if (evs[i])
             event_free(evs[i]);
@@ -278,19 +295,25 @@ static void worker_stop(worker *w)
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGQUIT, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
     sigprocmask(SIG_SETMASK, &old, NULL);
+    access_log_free(w->alog); /* the last lines, written out */
     if (w->base)
         event_base_free(w->base);
 }
 
-/* master_worker_fn: one worker, in the process the master forked. */
+static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen);
+
+/* master_worker_fn: one worker, in the process the master forked. Its
+ * descriptor limit is fitted again to its configuration, which a reload
+ * may have changed (--max-conns, --pg-pool) since the master fitted it. */
 static int worker_run(qc_config *cfg, int ready_fd, bool defer)
 {
     worker w = {0};
     w.cfg = cfg;
     w.ready_fd = ready_fd;
     char err[512] = "";
-    if (worker_start(&w, defer, err, sizeof(err)) < 0) {
+    if (fit_fd_limit(cfg, err, sizeof(err)) < 0 || worker_start(&w, defer, err, sizeof(err)) < 0) {
         fprintf(stderr, "quotecache: %s\n", err);
         w.status = 1;
     } else if (w.status == 0) {
@@ -313,7 +336,8 @@ static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen)
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0;
     rlim_t fixed = FD_RESERVE + SERVER_ADMIN_MAX_CONNS + (rlim_t)cfg->pg_pool + 1;
-    rlim_t need = fixed + (rlim_t)cfg->max_conns + TAX_MAX_CONNS +
+    /* tax_max_conns: a worker refitting after a reload keeps the master's clamp. */
+    rlim_t need = fixed + (rlim_t)cfg->max_conns + (rlim_t)tax_max_conns +
                   (cfg->upstream != NULL ? UPSTREAM_MAX_CONNS : 0);
     if (rl.rlim_cur < need) {
         rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
@@ -358,6 +382,10 @@ static int check_config(const qc_config *cfg, const config_problems *probs)
     if (cfg->admin_enabled && cfg->admin_listen.port != 0 &&
         listener_probe(&cfg->admin_listen, err, sizeof(err)) < 0) {
         fprintf(stderr, "quotecache: --admin-listen: %s\n", err);
+        bad++;
+    }
+    if (access_log_probe(cfg->access_log, err, sizeof(err)) < 0) {
+        fprintf(stderr, "quotecache: %s\n", err);
         bad++;
     }
     if (bad > 0)

@@ -134,7 +134,8 @@ static void become_worker(master *m, int index, size_t slot, int ready_fd, bool 
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent)
         _exit(1);
-    signal(SIGHUP, SIG_IGN); /* reloads are the master's business */
+    signal(SIGHUP, SIG_IGN);  /* reloads are the master's business */
+    signal(SIGUSR1, SIG_IGN); /* until the worker's handler: a reopen must not kill it */
     sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
     close(m->sfd);
     for (size_t i = 0; i < MAX_PROCS; i++) {
@@ -407,6 +408,12 @@ static void on_signal(master *m)
         case SIGHUP:
             reload(m);
             break;
+        case SIGUSR1: /* logrotate: each worker reopens its access log */
+            for (size_t i = 0; i < MAX_PROCS; i++) {
+                if (m->procs[i].pid != 0)
+                    kill(m->procs[i].pid, SIGUSR1);
+            }
+            break;
         default:
             if (!m->stopping)
                 log_info("signal %u: stopping the workers", si.ssi_signo);
@@ -504,6 +511,7 @@ int master_run(qc_config *cfg, int argc, char **argv, master_worker_fn run)
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
     sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGUSR1);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
     sigprocmask(SIG_BLOCK, &mask, &m->oldmask);

@@ -25,8 +25,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/types.h>
+#include <unistd.h>
 
+#include "qc_build.h"
 #include "quotecache/mem.h"
 
 #define STATUS_SLOTS 32
@@ -70,12 +74,65 @@ static const metric_desc counter_desc[M_COUNTER_COUNT] = {
     [M_LOADS_AVOIDED] = {"loads_avoided",
                          "Load locks won after another instance stored the value: answered "
                          "from it, no origin load (check after the lock)."},
+    [M_HOT_HITS] = {"hot_hits", "Quote answers served from the in-process tier."},
+    [M_ACCESS_LOG_DROPPED] = {"access_log_dropped",
+                              "Access-log lines dropped because the log buffer was full."},
 };
 
 static const metric_desc gauge_desc[G_GAUGE_COUNT] = {
     [G_CONNECTIONS] = {"connections", "Open client connections, all workers."},
     [G_FLIGHTS] = {"flights", "Quote loads in flight, all workers."},
     [G_WAITERS] = {"waiters", "Requests waiting for an in-flight load, all workers."},
+    [G_HOT_ENTRIES] = {"hot_entries", "Copies held in the in-process tier, all workers."},
+    [G_HOT_BYTES] = {"hot_bytes",
+                     "Bytes of keys and values held in the in-process tier, all workers."},
+};
+
+/* A histogram family: its name (without the quotecache_ prefix), help, and
+ * its one label with the values known now; more values may be added by
+ * metrics_hist_label before fork. */
+typedef struct hist_desc {
+    const char *name;
+    const char *help;
+    const char *label; /* NULL: unlabelled, one cell */
+    const char *values[METRICS_HIST_LABELS];
+    unsigned nvalues;
+} hist_desc;
+
+static hist_desc hist_desc_tab[H_HIST_COUNT] = {
+    [H_QUOTE_DURATION] = {"quote_duration_seconds",
+                          "Quote requests, received to answered, by X-Cache result.",
+                          "cache",
+                          {"NONE", "HIT", "MISS", "COALESCED", "STALE", "BYPASS"},
+                          X_XCACHE_COUNT},
+    [H_ORIGIN_PG] = {"origin_pg_duration_seconds",
+                     "The PostgreSQL query of an origin load, sent to answered.",
+                     NULL,
+                     {NULL},
+                     1},
+    [H_ORIGIN_TAX] = {"origin_tax_duration_seconds",
+                      "The tax-service call of an origin load, sent to answered.",
+                      NULL,
+                      {NULL},
+                      1},
+    [H_COALESCED_WAIT] = {"coalesced_wait_seconds",
+                          "Requests answered from another request's load: arrival to answer.",
+                          NULL,
+                          {NULL},
+                          1},
+    [H_LOCK_HOLD] =
+        {"lock_hold_seconds", "Cross-instance load locks, won to released.", NULL, {NULL}, 1},
+    [H_REDIS_COMMAND] = {"redis_command_duration_seconds",
+                         "Cache commands to Redis, sent to answered (loop time).",
+                         NULL,
+                         {NULL},
+                         1},
+    [H_INVALIDATION_LAG] = {"invalidation_lag_seconds",
+                            "Change notifications, received to their Redis bump acknowledged "
+                            "(one sample per bump: its oldest notification).",
+                            NULL,
+                            {NULL},
+                            1},
 };
 
 static const char *const route_name[R_ROUTE_COUNT] = {
@@ -101,6 +158,11 @@ static const struct {
 #define NBUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
 typedef uint64_t request_counts[R_ROUTE_COUNT][X_XCACHE_COUNT];
+
+typedef struct hist_cell {
+    uint64_t b[NBUCKETS + 1]; /* per bucket, not cumulative; last is +Inf */
+    double sum;
+} hist_cell;
 
 typedef struct status_row {
     int status;
@@ -128,7 +190,10 @@ typedef struct metrics_slot {
     request_counts other_status; /* statuses with no row */
     uint64_t hist[NBUCKETS + 1]; /* per bucket, not cumulative; last is +Inf */
     double hist_sum;
-    int used; /* set by the master when it hands the slot out */
+    hist_cell hists[H_HIST_COUNT][METRICS_HIST_LABELS];
+    pid_t pid;      /* its live process, for process_open_fds; 0 when none */
+    uint32_t state; /* published by its worker (metrics_state_publish) */
+    int used;       /* set by the master when it hands the slot out */
 } metrics_slot;
 
 static metrics_slot local_slot;
@@ -153,6 +218,7 @@ int metrics_shared_init(size_t nslots)
     nshared = nslots;
     m = &shared[0];
     m->used = 1;
+    m->pid = getpid();
     return 0;
 }
 
@@ -162,6 +228,8 @@ void metrics_use_slot(size_t slot)
         return;
     m = &shared[slot];
     __atomic_store_n(&m->used, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->pid, getpid(), __ATOMIC_RELAXED);
+    __atomic_store_n(&m->state, 0, __ATOMIC_RELAXED);
     for (int g = 0; g < G_GAUGE_COUNT; g++)
         __atomic_store_n(&m->gauges[g], 0, __ATOMIC_RELAXED);
 }
@@ -172,6 +240,8 @@ void metrics_release_slot(size_t slot)
         return;
     for (int g = 0; g < G_GAUGE_COUNT; g++)
         __atomic_store_n(&shared[slot].gauges[g], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&shared[slot].pid, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&shared[slot].state, 0, __ATOMIC_RELAXED);
 }
 
 /* The slots a scrape sums: every used shared slot, or the local one. */
@@ -181,6 +251,26 @@ static metrics_slot *slot_at(size_t i, size_t *n)
     if (shared == NULL)
         return &local_slot;
     return __atomic_load_n(&shared[i].used, __ATOMIC_RELAXED) ? &shared[i] : NULL;
+}
+
+void metrics_state_publish(uint32_t v)
+{
+    __atomic_store_n(&m->state, v, __ATOMIC_RELAXED);
+}
+
+size_t metrics_states(uint32_t *out, size_t max)
+{
+    size_t got = 0;
+    size_t n = 1;
+    for (size_t i = 0; i < n && got < max; i++) {
+        metrics_slot *s = slot_at(i, &n);
+        if (s == NULL || (shared != NULL && __atomic_load_n(&s->pid, __ATOMIC_RELAXED) == 0))
+            continue;
+        uint32_t v = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
+        if (v != 0)
+            out[got++] = v;
+    }
+    return got;
 }
 
 /* ---- recording ---- */
@@ -240,18 +330,51 @@ static request_counts *counts_for(metrics_slot *s, int status)
     return &s->rows[n].counts;
 }
 
-static void observe(double seconds)
+/* The bucket of one observation, and the value to add to the sum: NaN,
+ * negative or absurd clock readings must not poison the sum. */
+static size_t bucket_of(double *seconds)
 {
     size_t i = 0;
-
-    /* NaN, negative or absurd clock readings must not poison the sum. */
-    if (!(seconds >= 0) || isinf(seconds))
-        seconds = 0;
-    while (i < NBUCKETS && seconds > buckets[i].le)
+    if (!(*seconds >= 0) || isinf(*seconds))
+        *seconds = 0;
+    while (i<NBUCKETS && * seconds> buckets[i].le)
         i++;
-    BUMP(m->hist[i], 1);
-    double sum = m->hist_sum + seconds;
-    __atomic_store(&m->hist_sum, &sum, __ATOMIC_RELAXED);
+    return i;
+}
+
+static void observe_into(uint64_t *b, double *sump, double seconds)
+{
+    size_t i = bucket_of(&seconds);
+    BUMP(b[i], 1);
+    double sum = *sump + seconds;
+    __atomic_store(sump, &sum, __ATOMIC_RELAXED);
+}
+
+static void observe(double seconds)
+{
+    observe_into(m->hist, &m->hist_sum, seconds);
+}
+
+void metrics_observe(enum metrics_hist h, unsigned label, double seconds)
+{
+    if ((unsigned)h >= H_HIST_COUNT || label >= hist_desc_tab[h].nvalues)
+        return;
+    hist_cell *c = &m->hists[h][label];
+    observe_into(c->b, &c->sum, seconds);
+}
+
+int metrics_hist_label(enum metrics_hist h, const char *value)
+{
+    if ((unsigned)h >= H_HIST_COUNT || hist_desc_tab[h].label == NULL ||
+        hist_desc_tab[h].nvalues == METRICS_HIST_LABELS)
+        return -1;
+    hist_desc *d = &hist_desc_tab[h];
+    for (unsigned i = 0; i < d->nvalues; i++) {
+        if (strcmp(d->values[i], value) == 0)
+            return (int)i;
+    }
+    d->values[d->nvalues] = xstrdup(value); /* kept for the process's life */
+    return (int)d->nvalues++;
 }
 
 void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, double seconds)
@@ -262,6 +385,8 @@ void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, do
         x = X_NONE;
     BUMP((*counts_for(m, status))[r][x], 1);
     observe(seconds);
+    if (r == R_QUOTE)
+        metrics_observe(H_QUOTE_DURATION, x, seconds);
 }
 
 /* This slot's row for route, made on first use (the name is written
@@ -336,6 +461,14 @@ static void add_slot(metrics_slot *t, metrics_slot *s)
     double sum;
     __atomic_load(&s->hist_sum, &sum, __ATOMIC_RELAXED);
     t->hist_sum += sum;
+    for (int h = 0; h < H_HIST_COUNT; h++) {
+        for (unsigned l = 0; l < hist_desc_tab[h].nvalues; l++) {
+            for (size_t i = 0; i <= NBUCKETS; i++)
+                t->hists[h][l].b[i] += READ(s->hists[h][l].b[i]);
+            __atomic_load(&s->hists[h][l].sum, &sum, __ATOMIC_RELAXED);
+            t->hists[h][l].sum += sum;
+        }
+    }
 }
 
 static metrics_slot *instance_total(void)
@@ -348,6 +481,54 @@ static metrics_slot *instance_total(void)
             add_slot(t, s);
     }
     return t;
+}
+
+uint64_t metrics_hist_count(enum metrics_hist h, unsigned label)
+{
+    if ((unsigned)h >= H_HIST_COUNT || label >= hist_desc_tab[h].nvalues)
+        return 0;
+    metrics_slot *t = instance_total();
+    uint64_t n = 0;
+    for (size_t i = 0; i <= NBUCKETS; i++)
+        n += t->hists[h][label].b[i];
+    free(t);
+    return n;
+}
+
+/* Open descriptors of one process, read from /proc at scrape time (never
+ * on a request's path); -1 if it cannot be read. */
+static long count_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%ld/fd", (long)pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    long n = -1; /* the descriptor opendir holds, when it is ours */
+    if (pid != getpid())
+        n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] != '.')
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* The instance's open descriptors: the master's and every live worker's. */
+static long instance_fds(void)
+{
+    if (shared == NULL)
+        return count_fds(getpid());
+    long sum = 0;
+    for (size_t i = 0; i < nshared; i++) {
+        pid_t pid = __atomic_load_n(&shared[i].pid, __ATOMIC_RELAXED);
+        long n = pid > 0 ? count_fds(pid) : -1;
+        if (n > 0)
+            sum += n;
+    }
+    return sum;
 }
 
 /* ---- rendering ---- */
@@ -444,6 +625,56 @@ static void render_requests(sbuf *b, metrics_slot *t)
         render_status_row(b, status, &s->counts);
     }
     render_status_row(b, "other", &t->other_status);
+}
+
+/* One histogram's lines; labels: "" or `name="value",` ahead of le. */
+static void render_hist_lines(sbuf *b, const char *name, const char *labels, const uint64_t *h,
+                              double sum)
+{
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < NBUCKETS; i++) {
+        cumulative += h[i];
+        sbuf_printf(b, "quotecache_%s_bucket{%sle=\"%s\"} %llu\n", name, labels, buckets[i].label,
+                    (unsigned long long)cumulative);
+    }
+    cumulative += h[NBUCKETS];
+    sbuf_printf(b, "quotecache_%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels,
+                (unsigned long long)cumulative);
+    size_t n = strlen(labels);
+    const char *brace = n ? "{" : "";
+    const char *close = n ? "}" : "";
+    int ln = n ? (int)n - 1 : 0; /* without the trailing comma */
+    sbuf_printf(b, "quotecache_%s_sum%s%.*s%s %.9g\n", name, brace, ln, labels, close, sum);
+    sbuf_printf(b, "quotecache_%s_count%s%.*s%s %llu\n", name, brace, ln, labels, close,
+                (unsigned long long)cumulative);
+}
+
+static void render_families(sbuf *b, const metrics_slot *t)
+{
+    for (int h = 0; h < H_HIST_COUNT; h++) {
+        const hist_desc *d = &hist_desc_tab[h];
+        render_header(b, d->name, d->help, "histogram");
+        for (unsigned l = 0; l < d->nvalues; l++) {
+            char labels[128] = "";
+            if (d->label != NULL)
+                snprintf(labels, sizeof(labels), "%s=\"%s\",", d->label, d->values[l]);
+            render_hist_lines(b, d->name, labels, t->hists[h][l].b, t->hists[h][l].sum);
+        }
+    }
+}
+
+/* Gauges that are read, not recorded: descriptors, and what was built. */
+static void render_process(sbuf *b)
+{
+    sbuf_printf(b,
+                "# HELP process_open_fds Open file descriptors, summed over the master and "
+                "every worker of this instance.\n# TYPE process_open_fds gauge\n"
+                "process_open_fds %ld\n",
+                instance_fds());
+    render_header(b, "build_info", "The version and source commit this binary was built from.",
+                  "gauge");
+    sbuf_printf(b, "quotecache_build_info{version=\"%s\",commit=\"%s\"} 1\n", QC_VERSION,
+                QC_COMMIT);
 }
 
 static void render_histogram(sbuf *b, const metrics_slot *t)
@@ -550,6 +781,8 @@ char *metrics_render(size_t *len)
     render_requests(&b, t);
     render_histogram(&b, t);
     render_proxy(&b);
+    render_families(&b, t);
+    render_process(&b);
     free(t);
     if (len)
         *len = b.len;

@@ -20,6 +20,7 @@ typedef struct origin_op {
     origin_cb *cb;
     void *arg;
     int64_t started_ms;
+    int64_t phase_us; /* when the current part (query, tax call) was sent */
 } origin_op;
 
 static int64_t mono_ms(void)
@@ -27,6 +28,13 @@ static int64_t mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void finish(origin_op *op, int status, char *body, size_t len)
@@ -48,6 +56,7 @@ static void finish_error(origin_op *op, const qc_error *err)
 static void on_tax(void *arg, int64_t tax_cents, const qc_error *err)
 {
     origin_op *op = arg;
+    metrics_observe_us(H_ORIGIN_TAX, 0, mono_us() - op->phase_us);
     if (err != NULL) {
         finish_error(op, err);
         return;
@@ -110,6 +119,9 @@ static void on_pg(void *arg, const PGresult *res, const qc_error *pgerr)
 {
     origin_op *op = arg;
     qc_error err;
+    int64_t now = mono_us();
+    metrics_observe_us(H_ORIGIN_PG, 0, now - op->phase_us);
+    op->phase_us = now;
     if (res == NULL) {
         finish_error(op, pgerr);
         return;
@@ -146,6 +158,7 @@ int origin_load(pgpool *pool, tax_client *tax, const quote_req *r, const int64_t
     op->cb = cb;
     op->arg = arg;
     op->started_ms = mono_ms();
+    op->phase_us = mono_us();
     if (pgpool_query(pool, SQL_QUOTE, params, on_pg, op, err) < 0) {
         free(op);
         return -1;

@@ -95,10 +95,19 @@ struct rc_op {
     rcache_lock_cb *lock_cb; /* OP_CHECK */
     void *arg;
     struct event *deadline;
-    bool done;  /* the caller has had its answer; only freeing is left */
-    bool bump;  /* a generation bump: if Redis may not have applied it, owe one */
-    bool is_gg; /* the bump is of the global generation: its answer is seen */
+    bool done;       /* the caller has had its answer; only freeing is left */
+    bool bump;       /* a generation bump: if Redis may not have applied it, owe one */
+    bool is_gg;      /* the bump is of the global generation: its answer is seen */
+    int64_t sent_us; /* loop time when sent, for the command-latency histogram */
 };
+
+/* The loop's cached time: no clock read per command. */
+static int64_t loop_us(rcache *rc)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(rc->base, &tv);
+    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
 
 /* The global generation key lives in another hash slot than the entry and
  * the product generation. That is fine on the single-node Redis we support;
@@ -386,8 +395,10 @@ static void op_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     (void)ac;
 
     rc->inflight--;
-    if (r)
+    if (r) {
         rconn_replied(rc->cmd, !op->done);
+        metrics_observe_us(H_REDIS_COMMAND, 0, loop_us(rc) - op->sent_us);
+    }
     if (r && r->type == REDIS_REPLY_INTEGER && op->is_gg)
         saw_generation(rc, (uint64_t)r->integer);
     else if (op->bump && (!r || r->type != REDIS_REPLY_INTEGER))
@@ -427,6 +438,7 @@ static int op_send(struct rc_op *op, int argc, const char **argv, const size_t *
         return -1;
     }
     rc->inflight++;
+    op->sent_us = loop_us(rc);
     event_add(op->deadline, &rc->cmd_timeout);
     return 0;
 }

@@ -25,6 +25,7 @@
 
 #include "quotecache/cachestatus.h"
 #include "quotecache/conntrack.h"
+#include "quotecache/health.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/listener.h"
 #include "quotecache/log.h"
@@ -35,6 +36,8 @@
 #include "quotecache/request.h"
 
 #define INM_MAX 256
+#define SERVER_HEALTH_PUBLISH_MS 200 /* staleness of other workers' health in /healthz */
+#define HEALTH_MAX_WORKERS 512       /* slots read per /healthz, at most */
 
 /* A quote request that arrived before the first catalog load. */
 typedef struct ready_wait {
@@ -58,7 +61,8 @@ struct server {
     ready_wait *waiting, *waiting_tail; /* FIFO: deadlines in order */
     size_t nwaiting;
     struct event *ready_timer;
-    bool draining; /* stopped accepting: every answer closes its connection */
+    struct event *health_timer; /* publishes this worker's health for /healthz */
+    bool draining;              /* stopped accepting: every answer closes its connection */
 };
 
 typedef struct req_ctx {
@@ -458,26 +462,40 @@ static void handle_quote(server *s, struct evhttp_request *req, const char *id_s
 
 /* ---- /healthz, /metrics ---- */
 
-/* 503 "starting" until the first catalog load (a load balancer must not
- * send quotes before they can be served), then 200 "ok" or "degraded". */
+/* This worker's health, as the word it publishes in its metrics slot. */
+static uint32_t health_bits(const server *s)
+{
+    const char *tax = tax_client_state(s->d.tax);
+    uint32_t b = HEALTH_SET;
+    b |= catalog_ready(s->d.cat) ? HEALTH_READY : 0;
+    b |= s->d.rc == NULL ? 0 : rcache_is_up(s->d.rc) ? HEALTH_REDIS_UP : HEALTH_REDIS_DOWN;
+    b |= pgpool_is_up(s->d.pool) ? HEALTH_PG_UP : 0;
+    b |= strcmp(tax, "up") == 0 ? HEALTH_TAX_UP : strcmp(tax, "down") == 0 ? HEALTH_TAX_DOWN : 0;
+    b |= invalidate_listening(s->d.inv) ? HEALTH_INV_UP : 0;
+    return b;
+}
+
+static void on_health_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    metrics_state_publish(health_bits(arg));
+}
+
+/* The instance's health (health.h), whichever worker answers: every
+ * accepting worker's word, ours fresh. */
 static void handle_healthz(server *s, struct evhttp_request *req)
 {
-    const char *redis = s->d.rc == NULL ? "disabled" : rcache_is_up(s->d.rc) ? "up" : "down";
-    const char *pg = pgpool_is_up(s->d.pool) ? "up" : "down";
-    const char *tax = tax_client_state(s->d.tax);
-    const char *inv = invalidate_listening(s->d.inv) ? "up" : "down";
-    bool ready = catalog_ready(s->d.cat);
-    bool ok = strcmp(redis, "down") != 0 && strcmp(pg, "up") == 0 && strcmp(tax, "down") != 0 &&
-              strcmp(inv, "up") == 0;
-    const char *status = !ready ? "starting" : ok ? "ok" : "degraded";
-    int code = ready ? 200 : 503;
-    char body[192];
-    int n = snprintf(body, sizeof(body),
-                     "{\"status\":\"%s\",\"redis\":\"%s\",\"postgres\":\"%s\",\"tax\":\"%s\","
-                     "\"invalidation\":\"%s\"}",
-                     status, redis, pg, tax, inv);
+    static uint32_t words[HEALTH_MAX_WORKERS];
+    if (!s->draining)
+        metrics_state_publish(health_bits(s));
+    health_view v;
+    health_combine(words, metrics_states(words, HEALTH_MAX_WORKERS), &v);
+    char body[224];
+    size_t n = health_render(body, sizeof(body), &v);
+    int code = v.code;
     evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
-    send_json(s, req, code, body, (size_t)n);
+    send_json(s, req, code, body, n);
     metrics_request(R_HEALTHZ, code, X_NONE, 0);
 }
 
@@ -579,9 +597,8 @@ static bool method_ok(server *s, struct evhttp_request *req, const char *allow,
     return false;
 }
 
-static void on_public(struct evhttp_request *req, void *arg)
+static void route_public(server *s, struct evhttp_request *req)
 {
-    server *s = arg;
     if (s->draining)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->pub_conns, req);
@@ -625,6 +642,15 @@ static void on_public(struct evhttp_request *req, void *arg)
     } else {
         send_error(s, req, R_OTHER, 404, "no_route", "no such route");
     }
+}
+
+/* Every request gets its id (and, with --access-log, its line) first. */
+static void on_public(struct evhttp_request *req, void *arg)
+{
+    server *s = arg;
+    access_log_begin(s->d.alog, req);
+    route_public(s, req);
+    access_log_end();
 }
 
 /* ---- admin ---- */
@@ -698,9 +724,8 @@ static long long parse_invalidate(struct evbuffer *body)
     return out;
 }
 
-static void on_admin(struct evhttp_request *req, void *arg)
+static void route_admin(server *s, struct evhttp_request *req)
 {
-    server *s = arg;
     if (s->draining)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->admin_conns, req);
@@ -728,6 +753,14 @@ static void on_admin(struct evhttp_request *req, void *arg)
     c->product_id = pid;
     s->inflight++;
     invalidate_purge(s->d.inv, pid, on_purged, c);
+}
+
+static void on_admin(struct evhttp_request *req, void *arg)
+{
+    server *s = arg;
+    access_log_begin(s->d.alog, req);
+    route_admin(s, req);
+    access_log_end();
 }
 
 /* ---- listeners ---- */
@@ -788,6 +821,10 @@ server *server_new(struct event_base *base, const server_deps *deps, char *err, 
     s->base = base;
     s->d = *deps;
     s->ready_timer = evtimer_new(base, on_ready_timer, s);
+    s->health_timer = event_new(base, -1, EV_PERSIST, on_health_timer, s);
+    struct timeval every = {0, SERVER_HEALTH_PUBLISH_MS * 1000};
+    evtimer_add(s->health_timer, &every);
+    on_health_timer(-1, 0, s); /* listening from now: counted at once */
     catalog_on_ready(s->d.cat, on_catalog_ready, s);
     s->pub = http_listen(s, &cfg->listen, cfg->listen_fd, (size_t)cfg->max_conns, &s->pub_sock,
                          &s->pub_conns, err, errlen);
@@ -811,6 +848,10 @@ fail:
 void server_stop_accepting(server *s)
 {
     s->draining = true;
+    /* A draining worker is no longer part of the instance's health; and its
+     * dependencies are freed before the server is. */
+    evtimer_del(s->health_timer);
+    metrics_state_publish(0);
     if (s->pub_sock) {
         conntrack_forget(s->pub_conns);
         evhttp_del_accept_socket(s->pub, s->pub_sock);
@@ -847,5 +888,7 @@ void server_free(server *s)
     conntrack_free(s->pub_conns);
     conntrack_free(s->admin_conns);
     event_free(s->ready_timer);
+    event_free(s->health_timer);
+    metrics_state_publish(0); /* no longer listening */
     free(s);
 }

@@ -48,6 +48,7 @@ typedef struct qc_config {
     int max_waiters;
     int shutdown_timeout_ms;
     char *log_level;
+    char *access_log;      /* a path, "-" (stdout) or "off" */
     bool install_triggers; /* install the change-notification SQL and exit */
     char *config_file;     /* --config, NULL when unset */
     bool check_config;     /* --check-config: check everything and exit */

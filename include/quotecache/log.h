@@ -6,6 +6,9 @@
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 extern enum log_level log_threshold;
+/* The id of the request being handled (set by accesslog around a request's
+ * synchronous handling), added to every line meanwhile; NULL: none. */
+extern const char *log_request_id;
 
 void log_set_level(enum log_level level);
 /* Parses "debug", "info", "warn" or "error". Returns 0, or -1. */

@@ -25,14 +25,39 @@ enum metrics_counter {
     M_PG_ROUND_TRIPS, /* reads that ended >= 1 of them (pipelining: several) */
     M_TAX_ERRORS,
     M_LISTEN_RECONNECTS,
-    M_WAITERS_REJECTED, /* waiter bound hit: 503 */
-    M_CONNS_REJECTED,   /* connection bound hit */
-    M_WORKER_RESTARTS,  /* workers the master restarted after they died */
-    M_LOADS_AVOIDED,    /* lock won, but the value was already stored: no load */
+    M_WAITERS_REJECTED,   /* waiter bound hit: 503 */
+    M_CONNS_REJECTED,     /* connection bound hit */
+    M_WORKER_RESTARTS,    /* workers the master restarted after they died */
+    M_LOADS_AVOIDED,      /* lock won, but the value was already stored: no load */
+    M_HOT_HITS,           /* answers served from the in-process tier */
+    M_ACCESS_LOG_DROPPED, /* access-log lines dropped: buffer full */
     M_COUNTER_COUNT
 };
 
-enum metrics_gauge { G_CONNECTIONS, G_FLIGHTS, G_WAITERS, G_GAUGE_COUNT };
+enum metrics_gauge {
+    G_CONNECTIONS,
+    G_FLIGHTS,
+    G_WAITERS,
+    G_HOT_ENTRIES, /* copies in the in-process tier */
+    G_HOT_BYTES,   /* their keys and values */
+    G_GAUGE_COUNT
+};
+
+/* Histogram families (seconds). Each has up to METRICS_HIST_LABELS values
+ * of one label; an unlabelled family has one. To add one: an enum entry
+ * here and a row in metrics.c's hist_desc; labels known only at startup
+ * (e.g. configured routes) are added with metrics_hist_label before fork. */
+enum metrics_hist {
+    H_QUOTE_DURATION,   /* quote requests, label cache = X-Cache result */
+    H_ORIGIN_PG,        /* the PostgreSQL part of an origin load */
+    H_ORIGIN_TAX,       /* the tax-service part of an origin load */
+    H_COALESCED_WAIT,   /* a request's wait for another request's load */
+    H_LOCK_HOLD,        /* cross-instance load lock won to released */
+    H_REDIS_COMMAND,    /* cache command sent to answered */
+    H_INVALIDATION_LAG, /* change notification received to its bump acknowledged */
+    H_HIST_COUNT
+};
+#define METRICS_HIST_LABELS 16
 
 enum metrics_route { R_QUOTE, R_HEALTHZ, R_METRICS, R_ADMIN, R_OTHER, R_ROUTE_COUNT };
 
@@ -69,8 +94,27 @@ void metrics_request(enum metrics_route r, int status, enum metrics_xcache x, do
 #define METRICS_ROUTE_NAME_MAX 48
 void metrics_proxy_request(const char *route, int status, enum metrics_xcache x,
                            double upstream_seconds);
+/* One observation: a few adds into this process's slot (no lock, no
+ * syscall). label: the value's index (the X-Cache enum for
+ * H_QUOTE_DURATION, 0 for an unlabelled family); out of range is dropped. */
+void metrics_observe(enum metrics_hist h, unsigned label, double seconds);
+/* Microseconds to seconds, for the call sites that keep mono_us stamps. */
+static inline void metrics_observe_us(enum metrics_hist h, unsigned label, int64_t us)
+{
+    metrics_observe(h, label, (double)us / 1e6);
+}
+/* Adds a label value to family h (before forking: every process must see
+ * the same table). Returns its index or -1 when the family is full. */
+int metrics_hist_label(enum metrics_hist h, const char *value);
+/* The instance's count of observations of h, label (tests). */
+uint64_t metrics_hist_count(enum metrics_hist h, unsigned label);
 /* Returns the X-Cache header value ("HIT", ...) or NULL for X_NONE. */
 const char *metrics_xcache_name(enum metrics_xcache x);
+/* A word of state each worker publishes in its slot (0: none yet), for
+ * answers about the instance (/healthz) from any worker. */
+void metrics_state_publish(uint32_t v);
+/* The published words of the live slots, up to max; returns how many. */
+size_t metrics_states(uint32_t *out, size_t max);
 /* Renders the instance's sums; returns a new NUL-terminated buffer (caller
  * frees). Gauges are summed too: connections, flights and waiters of the
  * instance are the sums of its workers'. */

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 
+#include "quotecache/accesslog.h"
 #include "quotecache/catalog.h"
 #include "quotecache/config.h"
 #include "quotecache/invalidate.h"
@@ -35,6 +36,7 @@ typedef struct server_deps {
     rcache *rc;
     invalidator *inv; /* admin purges */
     proxy *px;        /* --upstream: routes not ours go there; NULL: 404 */
+    access_log *alog; /* NULL: --access-log off */
 } server_deps;
 
 /* Opens the listeners (SO_REUSEPORT, so workers share the port), or uses

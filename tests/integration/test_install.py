@@ -45,6 +45,8 @@ def test_layout():
     for rel in ["bin/quotecache", "share/quotecache/triggers.sql",
                 "share/quotecache/quotecache.conf.example",
                 "share/doc/quotecache/operations.md",
+                "share/doc/quotecache/prometheus.yml",
+                "share/doc/quotecache/grafana-dashboard.json",
                 "lib/systemd/system/quotecache.service"]:
         assert os.path.isfile(installed(rel)), rel
     assert os.access(installed("bin/quotecache"), os.X_OK)

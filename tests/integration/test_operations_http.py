@@ -92,7 +92,7 @@ class Conn:
         assert self.buf == b"" and extra == b"", (self.buf, extra)
 
 
-VARYING = {"date", "age", "x-cache", "cache-status"}
+VARYING = {"date", "age", "x-cache", "cache-status", "x-request-id"}  # the id is per request
 
 
 def same_headers(head_h, get_h):

@@ -460,4 +460,36 @@ def test_cache_status_on_every_quote_answer():
     assert set(seen) == set(CACHE_STATUS), seen
 
 
+def nofile_soft(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise AssertionError("no open-files limit for %d" % pid)
+
+
+def test_reload_refits_the_descriptor_limit():
+    """A reload that raises --max-conns past the soft RLIMIT_NOFILE the
+    master fitted at start: the new workers raise theirs (up to the hard
+    limit) instead of inheriting one sized for the old bound."""
+    conf_text = backend_lines() + "max-conns = 500\n"
+    conf = write_conf("nofile.conf", conf_text)
+    wrapper = write_conf("nofile-wrapper.sh", "#!/bin/sh\nexec prlimit --nofile=600:20000 %s \"$@\"\n"
+                         % BIN)
+    os.chmod(wrapper, 0o755)
+    px = qcstack.Proxy(st, binary=wrapper, redis=None, postgres=None, tax_url=None,
+                       config=conf).ready()
+    try:
+        pids = children(px.pid)
+        first = nofile_soft(pids[0])
+        assert 500 < first < 3000, first  # fitted to 500 clients
+        write_conf("nofile.conf", conf_text.replace("max-conns = 500", "max-conns = 5000"))
+        px.signal(signal.SIGHUP)
+        pids = wait_generation(px, pids, 1)
+        assert nofile_soft(pids[0]) > 5000, nofile_soft(pids[0])
+        assert px.quote(1, region="US", tier="gold")[0] == 200
+    finally:
+        px.stop_clean()
+
+
 qctest.main(globals())

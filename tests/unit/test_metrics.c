@@ -111,7 +111,7 @@ static void test_requests(void)
         has_line(s, "quotecache_requests_total{route=\"admin\",status=\"401\",cache=\"NONE\"} 1"));
     CHECK(has_line(s,
                    "quotecache_requests_total{route=\"quote\",status=\"other\",cache=\"NONE\"} 2"));
-    CHECK(strstr(s, "cache=\"MISS\"} 0") == NULL);
+    CHECK(strstr(s, "requests_total{route=\"quote\",status=\"200\",cache=\"MISS\"} 0") == NULL);
     /* Statuses come out in ascending order. */
     CHECK(strstr(s, "status=\"200\"") < strstr(s, "status=\"400\""));
     CHECK(strstr(s, "status=\"400\"") < strstr(s, "status=\"401\""));
@@ -197,14 +197,63 @@ static void test_format(void)
         lines++;
         if (line[0] == '#') {
             bad += strncmp(line, "# HELP quotecache_", 18) != 0 &&
-                   strncmp(line, "# TYPE quotecache_", 18) != 0;
+                   strncmp(line, "# TYPE quotecache_", 18) != 0 &&
+                   strncmp(line, "# HELP process_open_fds ", 24) != 0 &&
+                   strncmp(line, "# TYPE process_open_fds ", 24) != 0;
             continue;
         }
         const char *sp = strrchr(line, ' ');
-        bad += strncmp(line, "quotecache_", 11) != 0 || !sp || sp[1] == '\0' ||
-               strspn(sp + 1, "0123456789.e+-") != strlen(sp + 1);
+        bad += (strncmp(line, "quotecache_", 11) != 0 &&
+                strncmp(line, "process_open_fds ", 17) != 0) ||
+               !sp || sp[1] == '\0' || strspn(sp + 1, "0123456789.e+-") != strlen(sp + 1);
     }
     CHECK(lines > 40 && bad == 0);
+    free(s);
+}
+
+/* The histogram families: a quote's duration goes under its X-Cache label
+ * (other routes do not), observations land in their family and label only,
+ * an added label renders, bad indices are dropped; build info and open
+ * descriptors are rendered. */
+static void test_families(void)
+{
+    char *s;
+
+    metrics_reset();
+    metrics_request(R_QUOTE, 200, X_HIT, 0.0002);
+    metrics_request(R_QUOTE, 200, X_MISS, 0.02);
+    metrics_request(R_HEALTHZ, 200, X_NONE, 0.0002);
+    metrics_observe(H_ORIGIN_PG, 0, 0.003);
+    metrics_observe_us(H_ORIGIN_TAX, 0, 40000);
+    metrics_observe(H_ORIGIN_TAX, 1, 1); /* unlabelled: only index 0 */
+    metrics_observe(H_HIST_COUNT, 0, 1);
+    CHECK(metrics_hist_count(H_QUOTE_DURATION, X_HIT) == 1);
+    CHECK(metrics_hist_count(H_QUOTE_DURATION, X_NONE) == 0);
+    CHECK(metrics_hist_count(H_ORIGIN_TAX, 0) == 1);
+    CHECK(metrics_hist_count(H_LOCK_HOLD, 0) == 0);
+    CHECK(metrics_hist_label(H_ORIGIN_PG, "x") == -1); /* unlabelled */
+    int route = metrics_hist_label(H_QUOTE_DURATION, "TEST");
+    CHECK(route == X_XCACHE_COUNT && metrics_hist_label(H_QUOTE_DURATION, "TEST") == route);
+    metrics_observe(H_QUOTE_DURATION, (unsigned)route, 0.5);
+    s = render();
+    CHECK(has_line(s, "# TYPE quotecache_quote_duration_seconds histogram"));
+    CHECK(has_line(s, "quotecache_quote_duration_seconds_bucket{cache=\"HIT\",le=\"0.0005\"} 1"));
+    CHECK(has_line(s, "quotecache_quote_duration_seconds_count{cache=\"HIT\"} 1"));
+    CHECK(has_line(s, "quotecache_quote_duration_seconds_count{cache=\"MISS\"} 1"));
+    CHECK(has_line(s, "quotecache_quote_duration_seconds_sum{cache=\"MISS\"} 0.02"));
+    CHECK(has_line(s, "quotecache_quote_duration_seconds_count{cache=\"NONE\"} 0"));
+    CHECK(has_line(s, "quotecache_quote_duration_seconds_count{cache=\"TEST\"} 1"));
+    CHECK(has_line(s, "quotecache_origin_pg_duration_seconds_count 1"));
+    CHECK(has_line(s, "quotecache_origin_pg_duration_seconds_bucket{le=\"0.0025\"} 0"));
+    CHECK(has_line(s, "quotecache_origin_pg_duration_seconds_bucket{le=\"0.005\"} 1"));
+    CHECK(has_line(s, "quotecache_origin_tax_duration_seconds_sum 0.04"));
+    CHECK(has_line(s, "quotecache_origin_tax_duration_seconds_count 1"));
+    CHECK(has_line(s, "quotecache_lock_hold_seconds_count 0"));
+    CHECK(has_line(s, "quotecache_request_duration_seconds_count 3"));
+    CHECK(strstr(s, "quotecache_build_info{version=\"") != NULL);
+    CHECK(strstr(s, "\",commit=\"") != NULL);
+    const char *fds = strstr(s, "\nprocess_open_fds ");
+    CHECK(fds != NULL && atol(fds + 18) >= 3); /* stdin, stdout, stderr at least */
     free(s);
 }
 
@@ -285,6 +334,7 @@ int main(void)
     test_counters_and_gauges();
     test_requests();
     test_status_slot_bound();
+    test_families();
     test_histogram();
     test_format();
     test_shared_slots();
