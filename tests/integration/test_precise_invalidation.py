@@ -33,6 +33,7 @@ st = None
 px = []
 pool = []  # active products priced in US and EU, handed out once
 table = []  # (change, reloads, changed, warm quotes)
+FIELDS = ("unit_price_cents", "promo_ids", "volume_pricing")
 
 
 def setup_module():
@@ -43,7 +44,7 @@ def setup_module():
         "SELECT p.id FROM products p WHERE p.active AND (SELECT count(*) FROM regional_prices rp"
         " WHERE rp.product_id = p.id AND rp.region IN ('US', 'EU')) = 2 ORDER BY p.id").split()]
     assert len(pool) >= 400, len(pool)
-    px = [qcstack.Proxy(st).ready() for _ in range(2)]
+    px = [qcstack.Proxy(st, ttl=600).ready() for _ in range(2)]
 
 
 def teardown_module():
@@ -61,51 +62,125 @@ def take(n):
     return out
 
 
-def reference(pid, region, tier, currency):
-    """What the quote must answer now: (status, the fields the reference
-    describes); 404 for no price, 400 for a tier or currency that is gone."""
-    ok = st.psql("SELECT (SELECT count(*) FROM tiers WHERE name = '%s') *"
-                 " (SELECT count(*) FROM fx_rates WHERE currency = '%s')"
-                 % (tier, currency)).strip()
-    if ok == "0":
-        return (400, None)
-    out = st.psql(REF_SQL.format(p=int(pid), r=region, t=tier, c=currency)).strip()
-    if not out:
-        return (404, None)
-    doc = json.loads(out)
-    return (200, {k: doc[k] for k in ("unit_price_cents", "promo_ids", "volume_pricing")})
+# REF_SQL's rules, set-based: one query answers every key (400 keys through
+# REF_SQL one by one take longer than the 1 s they are checked within).
+# test_set_reference_matches_ref_sql holds the two equal.
+SET_REF_SQL = """
+WITH k(i, p, r, t, c) AS (VALUES %s),
+q AS (
+  SELECT k.i, k.p, rp.list_price_cents AS lst, coalesce(td.discount_bp, 0) AS tbp,
+    coalesce((SELECT max(discount_bp) FROM promotions
+              WHERE (product_id = k.p OR product_id IS NULL) AND (region = k.r OR region IS NULL)
+                AND starts_at <= now() AND now() < ends_at), 0) AS pbp,
+    (SELECT json_agg(id ORDER BY id) FROM promotions
+     WHERE (product_id = k.p OR product_id IS NULL) AND (region = k.r OR region IS NULL)
+       AND starts_at <= now() AND now() < ends_at) AS ids,
+    fx.usd_rate AS rate
+  FROM k JOIN products pd ON pd.id = k.p AND pd.active
+  JOIN regional_prices rp ON rp.product_id = k.p AND rp.region = k.r
+  LEFT JOIN tier_discounts td ON td.product_id = k.p AND td.tier = k.t
+  LEFT JOIN fx_rates fx ON fx.currency = k.c
+), u AS (
+  SELECT i, p, ids,
+    round(round(lst::numeric * (10000 - tbp) * (10000 - pbp) / 100000000) * rate) AS unit
+  FROM q
+)
+SELECT k.i, CASE
+  WHEN NOT EXISTS (SELECT 1 FROM tiers WHERE name = k.t)
+    OR NOT EXISTS (SELECT 1 FROM fx_rates WHERE currency = k.c) THEN '400'
+  WHEN u.i IS NULL THEN '404'
+  ELSE json_build_object(
+    'unit_price_cents', u.unit,
+    'promo_ids', coalesce(u.ids, '[]'::json),
+    'volume_pricing', (SELECT json_agg(json_build_object('min_qty', min_qty, 'max_qty', mx,
+                               'unit_price_cents', round(u.unit * (10000 - discount_bp) / 10000))
+                               ORDER BY min_qty)
+                       FROM (SELECT min_qty, discount_bp,
+                                    lead(min_qty) OVER (ORDER BY min_qty) - 1 AS mx
+                             FROM volume_breaks WHERE product_id = k.p) vb))::text END
+FROM k LEFT JOIN u ON u.i = k.i ORDER BY k.i
+"""
+
+
+def parse_ref(v):
+    if v in ("400", "404"):
+        return (int(v), None)
+    doc = json.loads(v)
+    return (200, {f: doc[f] for f in FIELDS})
+
+
+def references(keys):
+    """What each key must answer now (one psql call): (status, the fields
+    the reference describes); 404 for no price, 400 for a tier or currency
+    that is gone."""
+    keys = list(keys)
+    rows = ",".join("(%d, %d::bigint, '%s', '%s', '%s')" % (i, pid, r, t, c)
+                    for i, (pid, r, t, c) in enumerate(keys))
+    out = {}
+    for line in st.psql(SET_REF_SQL % rows).splitlines():
+        i, _, v = line.partition("|")
+        out[keys[int(i)]] = parse_ref(v)
+    assert len(out) == len(keys), (len(out), len(keys))
+    return out
+
+
+def reference(*key):
+    return references([key])[key]
+
+
+def ref_sql(key):
+    """REF_SQL itself (test_invalidate.py's reference), for one key."""
+    pid, r, t, c = key
+    out = st.psql(REF_SQL.format(p=int(pid), r=r, t=t, c=c)).strip()
+    return parse_ref(out if out else "404")
+
+
+def qpath(key):
+    pid, r, t, c = key
+    return "/quote/%d?region=%s&tier=%s&currency=%s" % (pid, r, t, c)
+
+
+def answers(p, keys):
+    """{key: ((status, fields), X-Cache)}, every key asked at once, as the
+    clients of a fleet would."""
+    keys = list(keys)
+    out = {}
+    for k, (s, h, b) in zip(keys, qcstack.concurrent_gets(p.port, [qpath(k) for k in keys],
+                                                          timeout=20)):
+        got = {f: json.loads(b)[f] for f in FIELDS} if s == 200 else None
+        out[k] = ((s, got), (h or {}).get("x-cache"))
+    return out
 
 
 def answer(p, key):
-    s, h, doc = p.quote(*key)
-    got = {k: doc[k] for k in ("unit_price_cents", "promo_ids", "volume_pricing")} \
-        if s == 200 else None
-    return (s, got), h.get("x-cache")
+    return answers(p, [key])[key]
 
 
 def warm(keys):
     for p in px:
-        for k in keys:
-            answer(p, k)
-            got, xc = answer(p, k)
-            assert xc == "HIT", (k, got, xc)
+        for _ in range(20):
+            if all(xc == "HIT" for _, xc in answers(p, keys).values()):
+                break
+        else:
+            raise AssertionError("keys do not warm up")
 
 
 def wait_reflected(keys, want, t0, limit=1.0, what=""):
     """Every key answers want[key] on both proxies within `limit` s of t0."""
-    todo = {(i, k) for i in range(len(px)) for k in keys}
+    todo = {i: set(keys) for i in range(len(px))}
     last = {}
-    while todo:
-        for i, k in sorted(todo):
-            got, xc = answer(px[i], k)
-            if got == want[k]:
-                todo.discard((i, k))
-            else:
-                last[(i, k)] = (got, xc)
-        if todo:
+    while any(todo.values()):
+        for i in todo:
+            for k, (got, xc) in answers(px[i], todo[i]).items():
+                if got == want[k]:
+                    todo[i].discard(k)
+                else:
+                    last[(i, k)] = (got, xc)
+        if any(todo.values()):
+            left = [(i, k) for i in todo for k in todo[i]]
             assert time.monotonic() - t0 <= limit, \
                 ("%s: not reflected after %.1f s" % (what, limit),
-                 {x: (last.get(x), want[x[1]]) for x in sorted(todo)[:5]}, len(todo))
+                 [(x, last.get(x), want[x[1]]) for x in left[:5]], len(left))
             time.sleep(0.01)
     return time.monotonic() - t0
 
@@ -116,18 +191,17 @@ def measure(what, sql, keys, settle=0.3):
     (reloads, changed keys, {key: X-Cache of the unchanged ones on each
     proxy}) and records the row of the README's table."""
     warm(keys)
-    before = {k: reference(*k) for k in keys}
+    before = references(keys)
     st.tax_reset()
     st.psql(sql)
     t0 = time.monotonic()
-    after = {k: reference(*k) for k in keys}
+    after = references(keys)
     changed = [k for k in keys if after[k] != before[k]]
     lag = wait_reflected(changed, after, t0, what=what) if changed else 0.0
     time.sleep(settle)  # every worker has heard the notification by now
     unchanged = {}
     for i, p in enumerate(px):
-        for k in keys:
-            got, xc = answer(p, k)
+        for k, (got, xc) in answers(p, keys).items():
             assert got == after[k], (what, i, k, got, after[k])
             if k not in changed:
                 unchanged.setdefault(k, []).append(xc)
@@ -145,6 +219,15 @@ def all_hits(unchanged, except_keys=()):
 
 
 # ------------------------------------------------------------------ tests
+
+
+def test_set_reference_matches_ref_sql():
+    keys = [(pid, r, t, c) for pid in pool[-6:] for r, t, c in
+            (("US", "standard", "USD"), ("EU", "gold", "BRL"), ("UK", "silver", "JPY"))]
+    got = references(keys)
+    assert all(got[k] == ref_sql(k) for k in keys), \
+        [(k, got[k], ref_sql(k)) for k in keys if got[k] != ref_sql(k)]
+    assert sum(1 for v in got.values() if v[0] == 200) >= 6, got
 
 
 def test_fx_rate_change_reloads_only_that_currency():
