@@ -395,5 +395,10 @@ def test_tier_write_racing_a_load():
     race((pid, "US", "bronze", "USD"), "DELETE FROM tiers WHERE name = 'bronze'", "tier bronze")
 
 
+def test_proxies_exit_cleanly():
+    for p in px:
+        p.stop_clean()
+
+
 if __name__ == "__main__":
     qctest.main(globals())
