@@ -331,6 +331,38 @@ def test_tier_insert_then_delete():
     all_hits(unchanged, except_keys=bumped)
 
 
+def test_in_process_tier_drops_by_scope():
+    """--redis none: the in-process tier is the cache, and a currency change
+    drops only that currency's copies there (its local scope counters)."""
+    solo = qcstack.Proxy(st, redis="none", ttl=600).ready()
+    try:
+        keys = [(pid, "US", "standard", c) for pid in take(20) for c in CURRENCIES]
+        for _ in range(20):
+            if all(xc == "HIT" for _, xc in answers(solo, keys).values()):
+                break
+        else:
+            raise AssertionError("keys do not warm up without Redis")
+        st.tax_reset()
+        st.psql("UPDATE fx_rates SET usd_rate = usd_rate * 1.01 WHERE currency = 'EUR'")
+        t0 = time.monotonic()
+        after = references(keys)
+        eur = [k for k in keys if k[3] == "EUR"]
+        while True:
+            got = answers(solo, eur)
+            if all(got[k][0] == after[k] for k in eur):
+                break
+            assert time.monotonic() - t0 < 1.0, "EUR not reflected without Redis within 1 s"
+            time.sleep(0.01)
+        time.sleep(0.3)
+        got = answers(solo, keys)
+        assert all(got[k][0] == after[k] for k in keys)
+        assert all(got[k][1] == "HIT" for k in keys if k not in eur), \
+            [(k, got[k][1]) for k in keys if k not in eur and got[k][1] != "HIT"][:5]
+        assert st.tax_stats() == len(eur), (st.tax_stats(), len(eur))
+    finally:
+        solo.stop_clean()
+
+
 # ------------------------------------------------------------------ races
 
 
