@@ -16,6 +16,7 @@
 #include "quotecache/metrics.h"
 #include "quotecache/notify.h"
 #include "quotecache/pgpool.h"
+#include "quotecache/scope.h"
 #include "quotecache/sql.h"
 
 #define CHANNEL "quotecache"
@@ -32,10 +33,11 @@
 #define DOWN_TRUST_MS 1000
 #define ONCE_TTL_MS 60000 /* how long a (transaction, product) bump is remembered */
 
-/* One product bump waiting in the batch; txid "" when the payload named no
- * transaction (then every worker that hears it bumps). */
+/* One scope bump waiting in the batch (a product's, or another scope.h
+ * scope's); txid "" when the payload named no transaction (then every
+ * worker that hears it bumps). */
 typedef struct batch_item {
-    int64_t product_id;
+    scope scope;
     char txid[NOTIFY_TXID_MAX + 1];
 } batch_item;
 
@@ -125,7 +127,7 @@ static void bump_send(invalidator *inv, bool global, const batch_item *items, si
         rc = rcache_bump(inv->rc, keys[0], on_bumped, op);
     } else {
         for (size_t i = 0; i < n; i++) {
-            key_product_gen(keys[i], inv->cfg->key_version, items[i].product_id);
+            scope_key(keys[i], inv->cfg->key_version, &items[i].scope);
             once[i][0] = '\0';
             if (items[i].txid[0] != '\0')
                 snprintf(once[i], sizeof(once[i]), "%s:%s", keys[i], items[i].txid);
@@ -198,24 +200,24 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     flush(inv);
 }
 
-/* Drops a product's quotes (0: everything) here at once, and queues its
+/* Drops a scope's quotes (NULL: everything) here at once, and queues its
  * Redis bump: sent at the end of this loop turn, with every other
  * notification of the turn, or when the bump in flight answers. txid: the
  * writing transaction ("" if unknown), so the fleet bumps once for it. */
-static void invalidate_soon(invalidator *inv, int64_t product_id, const char *txid)
+static void invalidate_scope_soon(invalidator *inv, const scope *s, const char *txid)
 {
-    if (product_id > 0)
-        lookup_invalidate_product(inv->lk, product_id);
+    if (s != NULL)
+        lookup_invalidate_scope(inv->lk, s);
     else
         lookup_invalidate_all(inv->lk);
     metrics_inc(M_INVALIDATIONS);
     if (inv->batch_since_us == 0)
         inv->batch_since_us = loop_us(inv);
-    if (product_id <= 0 || inv->nbatch == BATCH_MAX) {
+    if (s == NULL || inv->nbatch == BATCH_MAX) {
         inv->batch_all = true;
     } else if (!inv->batch_all) {
         batch_item *it = &inv->batch[inv->nbatch++];
-        it->product_id = product_id;
+        it->scope = *s;
         snprintf(it->txid, sizeof(it->txid), "%s", txid);
     }
     if (!inv->flush_armed && inv->bump == NULL) {
@@ -287,6 +289,13 @@ void invalidate_purge(invalidator *inv, int64_t product_id, invalidate_done_cb *
     else
         log_warn("invalidate: purge not announced: %s", err.message);
     event_active(op->guard, EV_TIMEOUT, 1);
+}
+
+/* A product's quotes (0: everything): invalidate_scope_soon. */
+static void invalidate_soon(invalidator *inv, int64_t product_id, const char *txid)
+{
+    scope s = {.kind = SCOPE_PRODUCT, .product_id = product_id};
+    invalidate_scope_soon(inv, product_id > 0 ? &s : NULL, txid);
 }
 
 static void apply_pending(invalidator *inv)
@@ -367,13 +376,15 @@ static void on_notify(void *arg, const char *payload)
     /* The catalog holds the set of regions: a price row may add one. The
      * reload is coalesced (one at a time, one more if asked meanwhile), so a
      * bulk price update costs one or two catalog queries per worker. */
-    if (table_is(&m, "regional_prices"))
+    if (table_is(&m, "regional_prices") || m.reload_catalog)
         catalog_reload(inv->cat);
     if (table_is(&m, "admin"))
         drop_here(inv, m.product_id);
     else if (m.in_catalog)
-        defer_until_catalog(inv, m.product_id);
-    else
+        defer_until_catalog(inv, m.product_id); /* an older trigger's payload */
+    else if (m.reach == NOTIFY_REACH_SCOPE)
+        invalidate_scope_soon(inv, &m.scope, m.txid);
+    else if (m.reach == NOTIFY_REACH_PRODUCT)
         invalidate_soon(inv, m.product_id, m.txid);
 }
 

@@ -96,7 +96,7 @@ struct load {
     size_t npromos;
     char key[KEY_MAX];
     char lock_key[KEY_MAX];
-    char gen_product_key[KEY_MAX];
+    scope_keys gens; /* the scope counters (scope.h) */
     char token[33];
     /* Orthogonal to the state: */
     bool local;    /* Redis is not part of this load: nothing stored */
@@ -239,13 +239,13 @@ load *load_start(lookup *lk, const lk_req *q, const fresh_gens *g, const char *s
     ld->npromos = q->npromos;
     memcpy(ld->key, q->key, KEY_MAX);
     key_lock(ld->lock_key, ld->key);
-    key_product_gen(ld->gen_product_key, lk->cfg->key_version, q->r.product_id);
+    scope_keys_of(&ld->gens, lk->cfg->key_version, &q->r);
     ld->local = g == NULL;
     if (g != NULL) {
         ld->gen_global = g->global;
         ld->gen_product = g->product;
     }
-    ld->local_gen = local_gen_of(lk, q->r.product_id);
+    ld->local_gen = local_gen_of(lk, &q->r);
     ld->timer = evtimer_new(lk->base, on_load_timer, ld);
     ld->f = flight_start(lk->flights, ld->key);
     flight_set_owner(ld->f, ld);
@@ -368,7 +368,7 @@ static void load_keep_in_process(load *ld, bool stored)
     const char *body;
     size_t blen;
     if (envelope_decode(value, len, &e, &body, &blen) == 0)
-        lookup_hot_keep(lk, ld->key, value, len, &e, ld->local_gen);
+        lookup_hot_keep(lk, &ld->r, ld->key, value, len, &e, ld->local_gen);
     free(value);
 }
 
@@ -433,9 +433,9 @@ static void load_retry(load *ld)
         load_origin(ld);
         return;
     }
-    ld->local_gen = local_gen_of(lk, ld->r.product_id);
+    ld->local_gen = local_gen_of(lk, &ld->r);
     if (!ld->local && redis_usable(lk) &&
-        rcache_read(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key, on_regen, ld) == 0) {
+        rcache_read(lk->rc, ld->key, lk->gen_global_key, &ld->gens, on_regen, ld) == 0) {
         load_set_state(ld, LS_REFENCING);
         return;
     }
@@ -480,7 +480,7 @@ static void load_store(load *ld)
                                            : (int64_t)cfg->neg_ttl_s * 1000;
     int rc = -1;
     if (ttl_ms > 0)
-        rc = rcache_store(lk->rc, ld->key, lk->gen_global_key, ld->gen_product_key, ld->gen_global,
+        rc = rcache_store(lk->rc, ld->key, lk->gen_global_key, &ld->gens, ld->gen_global,
                           ld->gen_product, value, vlen, ttl_ms, lk->channel, on_store, ld);
     free(value);
     if (rc == 0) {
@@ -501,7 +501,7 @@ static void on_origin(void *arg, origin_result *res)
         load_finish_failed(ld, res);
         return;
     }
-    if (local_gen_of(ld->lk, ld->r.product_id) != ld->local_gen && ld->attempts < MAX_ATTEMPTS) {
+    if (local_gen_of(ld->lk, &ld->r) != ld->local_gen && ld->attempts < MAX_ATTEMPTS) {
         load_retry(ld);
         return;
     }
@@ -547,7 +547,7 @@ static bool load_answer_from_entry(load *ld, const rcache_value *v)
     int64_t began = fresh_load_began_ms(&e);
     if (fresh_needs_later_load(ld->no_cache_since_ms, began))
         return false;
-    lookup_hot_keep(lk, ld->key, v->entry, v->entry_len, &e, ld->read_local);
+    lookup_hot_keep(lk, &ld->r, ld->key, v->entry, v->entry_len, &e, ld->read_local);
     lookup_answer a = {e.status,    body, len,           e.status == 200 ? e.etag : NULL,
                        X_COALESCED, 0,    e.stored_at_ms};
     ld->remote_began_ms = began;
@@ -574,11 +574,11 @@ static void remote_read(load *ld)
 {
     lookup *lk = ld->lk;
     load_new_token(ld);
-    ld->read_local = local_gen_of(lk, ld->r.product_id);
+    ld->read_local = local_gen_of(lk, &ld->r);
     ld->lock_sent_us = mono_us();
     if (!redis_usable(lk) ||
         rcache_check(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, ld->key,
-                     lk->gen_global_key, ld->gen_product_key, on_check, ld) < 0) {
+                     lk->gen_global_key, &ld->gens, on_check, ld) < 0) {
         /* Redis went away while we waited: load in process. */
         ld->local = true;
         load_origin(ld);
@@ -711,10 +711,10 @@ void load_begin(load *ld)
     lookup *lk = ld->lk;
     if (!ld->local && redis_usable(lk)) {
         load_new_token(ld);
-        ld->read_local = local_gen_of(lk, ld->r.product_id);
+        ld->read_local = local_gen_of(lk, &ld->r);
         ld->lock_sent_us = mono_us();
         if (rcache_lock_read(lk->rc, ld->lock_key, ld->token, lk->cfg->lock_ttl_ms, ld->key,
-                             lk->gen_global_key, ld->gen_product_key, on_lock, ld) == 0) {
+                             lk->gen_global_key, &ld->gens, on_lock, ld) == 0) {
             load_set_state(ld, LS_LOCKING);
             return;
         }

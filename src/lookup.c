@@ -31,10 +31,10 @@ static void req_wait(lk_req *q, const fresh_gens *g, const char *stale, size_t s
  * which it was read (or its load began); nothing when a local invalidation
  * came since. With Redis a copy is kept HOT_REDIS_MS at most; without, until
  * its horizon (it is then the cache, and serves STALE too). */
-void lookup_hot_keep(lookup *lk, const char *key, const char *value, size_t len, const envelope *e,
-                     uint64_t stamp)
+void lookup_hot_keep(lookup *lk, const quote_req *r, const char *key, const char *value, size_t len,
+                     const envelope *e, uint64_t stamp)
 {
-    if (stamp != local_gen_of(lk, e->product_id))
+    if (stamp != local_gen_of(lk, r))
         return;
     int64_t until = fresh_horizon_ms(&lk->policy, e);
     if (lk->rc != NULL) {
@@ -113,7 +113,7 @@ static bool req_may_take_stale(const lk_req *q, const load_outcome *o, const env
     if (q->no_cache)
         return false; /* it asked for the origin's answer: never a stored copy */
     int64_t now = wall_ms();
-    uint64_t local_now = local_gen_of(lk, o->product_id);
+    uint64_t local_now = local_gen_of(lk, &q->r); /* same key: same scopes as the load's */
     if (!fresh_may_serve_stale(&lk->policy, e, o->gens, o->stale_local, local_now, now))
         return false;
     return !q->has_gens ||
@@ -248,12 +248,12 @@ static void on_read(void *arg, int status, const rcache_value *v)
     bool decoded =
         v->entry != NULL && envelope_decode(v->entry, v->entry_len, &e, &body, &len) == 0;
     if (decoded && !q->no_cache && fresh_is_current(&lk->policy, &e, g, now)) {
-        lookup_hot_keep(lk, q->key, v->entry, v->entry_len, &e, q->stamp);
+        lookup_hot_keep(lk, &q->r, q->key, v->entry, v->entry_len, &e, q->stamp);
         req_answer_envelope(q, &e, body, len, X_HIT);
         return;
     }
     bool stale_ok = decoded && fresh_may_serve_stale(&lk->policy, &e, g, q->stamp,
-                                                     local_gen_of(lk, q->r.product_id), now);
+                                                     local_gen_of(lk, &q->r), now);
     if (stale_ok && !q->no_cache && fresh_stale_while_revalidate(&lk->policy)) {
         req_serve_stale(q, &g, v->entry, v->entry_len);
         return;
@@ -334,12 +334,12 @@ lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_c
     q->npromos = n > 0 ? (size_t)n : 0;
     q->too_many_promos = n < 0;
     key_entry(q->key, lk->cfg->key_version, r, q->promos, q->npromos);
-    q->stamp = local_gen_of(lk, r->product_id);
-    char gp[KEY_MAX];
-    key_product_gen(gp, lk->cfg->key_version, r->product_id);
+    q->stamp = local_gen_of(lk, r);
+    scope_keys gens;
+    scope_keys_of(&gens, lk->cfg->key_version, r);
     q->phase = REQ_READING;
     if (!q->too_many_promos && redis_usable(lk) &&
-        rcache_read(lk->rc, q->key, lk->gen_global_key, gp, on_read, q) == 0)
+        rcache_read(lk->rc, q->key, lk->gen_global_key, &gens, on_read, q) == 0)
         return q;
     q->phase = REQ_DEFERRED;
     q->ev = event_new(lk->base, -1, 0, on_deferred, q);
@@ -385,7 +385,7 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
     key_entry(key, lk->cfg->key_version, r, promos, (size_t)n);
     size_t vlen, len;
     const char *body;
-    const char *v = hot_get(lk->hot, key, local_gen_of(lk, r->product_id), now, &vlen);
+    const char *v = hot_get(lk->hot, key, local_gen_of(lk, r), now, &vlen);
     envelope *e = &lk->hot_env;
     if (v == NULL || envelope_decode(v, vlen, e, &body, &len) < 0 ||
         now >= fresh_until_ms(&lk->policy, e))
@@ -402,6 +402,14 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
 void lookup_invalidate_product(lookup *lk, int64_t product_id)
 {
     lk->local_gen[(uint64_t)product_id % LOCAL_GENS]++;
+}
+
+void lookup_invalidate_scope(lookup *lk, const scope *s)
+{
+    if (s->kind == SCOPE_PRODUCT)
+        lookup_invalidate_product(lk, s->product_id);
+    else
+        lk->local_scope[scope_bucket(s, LOCAL_SCOPES)]++;
 }
 
 void lookup_set_trust(lookup *lk, int64_t trust_ms)

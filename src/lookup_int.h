@@ -16,8 +16,10 @@
 #include "quotecache/hot.h"
 #include "quotecache/key.h"
 #include "quotecache/lookup.h"
+#include "quotecache/scope.h"
 
-#define LOCAL_GENS 4096 /* local invalidation counters, by product id hash */
+#define LOCAL_GENS 4096   /* local invalidation counters, by product id hash */
+#define LOCAL_SCOPES 1024 /* and by the other scopes' hash (scope_bucket) */
 /* With Redis, how long a copy in process is served without asking Redis.
  * Changes reach the in-process tier through the local generations (LISTEN
  * carries both database changes and admin purges) and the announcements of
@@ -75,6 +77,7 @@ struct lookup {
     char channel[KEY_MAX];
     uint64_t local_gen_all;
     uint64_t local_gen[LOCAL_GENS];
+    uint64_t local_scope[LOCAL_SCOPES];
     size_t pending;
     bool closing;
     bool warned_waiters;
@@ -94,9 +97,16 @@ static inline int64_t wall_ms(void)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-static inline uint64_t local_gen_of(const lookup *lk, int64_t product_id)
+/* The local stamp of r's quotes: the sum of its local counters, which only
+ * grow, so it moves when any of them does (as scope.h's sum in Redis). */
+static inline uint64_t local_gen_of(const lookup *lk, const quote_req *r)
 {
-    return lk->local_gen_all + lk->local_gen[(uint64_t)product_id % LOCAL_GENS];
+    scope s[SCOPE_KINDS];
+    scope_of_quote(r, s);
+    uint64_t g = lk->local_gen_all + lk->local_gen[(uint64_t)r->product_id % LOCAL_GENS];
+    for (int i = SCOPE_PRODUCT + 1; i < SCOPE_KINDS; i++)
+        g += lk->local_scope[scope_bucket(&s[i], LOCAL_SCOPES)];
+    return g;
 }
 
 static inline bool redis_usable(const lookup *lk)
@@ -133,8 +143,8 @@ typedef struct load_outcome {
 /* Request side (lookup.c), called by the load side. */
 
 /* Keeps a copy in the in-process tier (see lookup.c). */
-void lookup_hot_keep(lookup *lk, const char *key, const char *value, size_t len, const envelope *e,
-                     uint64_t stamp);
+void lookup_hot_keep(lookup *lk, const quote_req *r, const char *key, const char *value, size_t len,
+                     const envelope *e, uint64_t stamp);
 /* Answers (or re-queues) every waiter of a finished load; w is the list
  * flight_take returned, a the load's answer. */
 void lookup_wake(flight_waiter *w, const lookup_answer *a, const load_outcome *o);

@@ -61,6 +61,91 @@ static bool is_catalog_table(const notify_msg *m)
     return false;
 }
 
+/* Splits payload at ':' into at most max fields; returns their number, or
+ * max + 1 when there are more. */
+static size_t split_fields(const char *payload, const char *start[], size_t len[], size_t max)
+{
+    size_t n = 0;
+    const char *p = payload;
+    for (;;) {
+        const char *colon = strchr(p, ':');
+        if (n == max)
+            return max + 1;
+        start[n] = p;
+        len[n] = colon != NULL ? (size_t)(colon - p) : strlen(p);
+        n++;
+        if (colon == NULL)
+            return n;
+        p = colon + 1;
+    }
+}
+
+static bool field_is(const char *f, size_t n, const char *s)
+{
+    return n == strlen(s) && memcmp(f, s, n) == 0;
+}
+
+static bool is_txid(const char *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (f[i] < '0' || f[i] > '9')
+            return false;
+    }
+    return n > 0 && n <= NOTIFY_TXID_MAX;
+}
+
+/* "promo:<txid>:<id>:<region|*>:<product|*>" (fields 3 and 4) into m. */
+static void promo_reach(const char *region, size_t rlen, int64_t product_id, notify_msg *m)
+{
+    bool any_region = field_is(region, rlen, "*");
+    if (any_region) {
+        m->reach = NOTIFY_REACH_PRODUCT; /* one product, or (0) every quote */
+        m->product_id = product_id;
+        return;
+    }
+    scope_kind k = product_id > 0 ? SCOPE_PRODUCT_REGION : SCOPE_REGION_PROMOS;
+    if (scope_named(&m->scope, k, product_id, region, rlen) == 0)
+        m->reach = NOTIFY_REACH_SCOPE;
+}
+
+/* The payloads of this version's triggers (notify.h). Returns false when
+ * payload is not one (then it is read as an older one). m->product_id holds
+ * the last field already. */
+static bool parse_scoped(const char *payload, notify_msg *m)
+{
+    const char *f[6];
+    size_t n[6];
+    size_t nf = split_fields(payload, f, n, 5);
+    if (nf < 4 || nf > 5 || !is_txid(f[1], n[1]))
+        return false;
+    bool promo = field_is(f[0], n[0], "promo");
+    if (promo != (nf == 5))
+        return false;
+    if (!promo && m->product_id != 0)
+        return false;
+    m->reach = NOTIFY_REACH_PRODUCT; /* with product 0 (everything) unless narrowed */
+    if (field_is(f[0], n[0], "fx")) {
+        if (scope_named(&m->scope, SCOPE_CURRENCY, 0, f[2], n[2]) == 0)
+            m->reach = NOTIFY_REACH_SCOPE;
+    } else if (field_is(f[0], n[0], "tier")) {
+        if (scope_named(&m->scope, SCOPE_TIER, 0, f[2], n[2]) == 0)
+            m->reach = NOTIFY_REACH_SCOPE;
+    } else if (field_is(f[0], n[0], "catalog")) {
+        m->reach = NOTIFY_REACH_NONE;
+    } else if (promo) {
+        promo_reach(f[3], n[3], m->product_id, m);
+    } else {
+        return false;
+    }
+    memcpy(m->txid, f[1], n[1]);
+    m->txid[n[1]] = '\0';
+    m->table_len = n[0];
+    memcpy(m->table, f[0], n[0]);
+    m->table[n[0]] = '\0';
+    m->reload_catalog = true;
+    return true;
+}
+
 int notify_parse(const char *payload, notify_msg *out)
 {
     notify_msg m;
@@ -75,8 +160,11 @@ int notify_parse(const char *payload, notify_msg *out)
         m.product_id = 0;
     else if (parse_id(colon + 1, &m.product_id) < 0)
         return -1;
-    split_head(payload, (size_t)(colon - payload), &m);
-    m.in_catalog = is_catalog_table(&m);
+    if (!parse_scoped(payload, &m)) {
+        m.reach = NOTIFY_REACH_PRODUCT;
+        split_head(payload, (size_t)(colon - payload), &m);
+        m.in_catalog = is_catalog_table(&m);
+    }
     *out = m;
     return 0;
 }

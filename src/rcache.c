@@ -79,7 +79,7 @@ struct rcache {
 };
 
 enum op_kind {
-    OP_READ,  /* MGET gen_global gen_product entry -> rcache_value */
+    OP_READ,  /* MGET gen_global <the scope counters> entry -> rcache_value */
     OP_INT,   /* integer reply -> result */
     OP_LOCK,  /* +OK -> 1, nil -> 0 */
     OP_CHECK, /* the check script's array -> rcache_lock_value (rcache_check) */
@@ -109,13 +109,18 @@ static int64_t loop_us(rcache *rc)
     return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
 }
 
-/* The global generation key lives in another hash slot than the entry and
- * the product generation. That is fine on the single-node Redis we support;
- * Redis Cluster would refuse the script (CROSSSLOT). A missing counter reads
- * as "0", as in rcache_read. */
+/* The global generation key, and the currency, tier and region promotion
+ * counters, live in other hash slots than the entry and the product ones.
+ * That is fine on the single-node Redis we support; Redis Cluster would
+ * refuse the script (CROSSSLOT). A missing counter reads as 0, as in
+ * rcache_read; the scope counters (KEYS[3..]) are compared by their sum
+ * (scope.h), exact in a Lua number below 2^53. */
 static const char store_lua[] = "local g = redis.call('GET', KEYS[2]) or '0'\n"
-                                "local p = redis.call('GET', KEYS[3]) or '0'\n"
-                                "if g ~= ARGV[2] or p ~= ARGV[3] then return 0 end\n"
+                                "local p = 0\n"
+                                "for i = 3, #KEYS do\n"
+                                "  p = p + tonumber(redis.call('GET', KEYS[i]) or '0')\n"
+                                "end\n"
+                                "if g ~= ARGV[2] or p ~= tonumber(ARGV[3]) then return 0 end\n"
                                 "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])\n"
                                 "redis.call('PUBLISH', ARGV[5], KEYS[1])\n"
                                 "return 1\n";
@@ -318,21 +323,36 @@ static void op_succeed(struct rc_op *op, long long result)
         op->done_cb(op->arg, RCACHE_OK, result);
 }
 
+/* el[0]: the global counter, el[1..SCOPE_KINDS]: the scope counters, whose
+ * sum is what a hit compares (scope.h). */
+static int parse_gens(redisReply *const *el, rcache_value *v)
+{
+    uint64_t g;
+    if (parse_gen(el[0], &v->gen_global) < 0)
+        return -1;
+    v->gen_product = 0;
+    for (int i = 1; i <= SCOPE_KINDS; i++) {
+        if (parse_gen(el[i], &g) < 0)
+            return -1;
+        v->gen_product += g;
+    }
+    return 0;
+}
+
 static void op_answer_read(struct rc_op *op, const redisReply *r)
 {
     rcache_value v = {0};
     const redisReply *entry;
 
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != RCACHE_READ_KEYS) {
         op_fail(op, "unexpected reply shape");
         return;
     }
-    if (parse_gen(r->element[0], &v.gen_global) < 0 ||
-        parse_gen(r->element[1], &v.gen_product) < 0) {
+    if (parse_gens(r->element, &v) < 0) {
         op_fail(op, "generation counter is not an unsigned integer");
         return;
     }
-    entry = r->element[2];
+    entry = r->element[RCACHE_READ_KEYS - 1];
     if (entry->type == REDIS_REPLY_STRING) {
         v.entry = entry->str;
         v.entry_len = entry->len;
@@ -763,48 +783,67 @@ static void saw_generation(rcache *rc, uint64_t gen_global)
         rc->gen_seen = gen_global;
 }
 
-int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
-                const char *gen_product_key, rcache_read_cb *cb, void *arg)
+/* "MGET", the global counter, the scope counters, the entry. */
+static void mget_argv(const char *argv[RCACHE_READ_KEYS + 1], const char *entry_key,
+                      const char *gen_global_key, const scope_keys *scopes)
 {
-    const char *argv[] = {"MGET", gen_global_key, gen_product_key, entry_key};
-    size_t lens[4];
+    argv[0] = "MGET";
+    argv[1] = gen_global_key;
+    for (int i = 0; i < SCOPE_KINDS; i++)
+        argv[2 + i] = scopes->key[i];
+    argv[RCACHE_READ_KEYS] = entry_key;
+}
+
+int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
+                const scope_keys *scopes, rcache_read_cb *cb, void *arg)
+{
+    const char *argv[RCACHE_READ_KEYS + 1];
+    size_t lens[RCACHE_READ_KEYS + 1];
     struct rc_op *op;
 
     if (!rcache_is_up(rc))
         return -1;
+    mget_argv(argv, entry_key, gen_global_key, scopes);
     op = op_new(rc, OP_READ, "MGET", entry_key);
     op->read_cb = cb;
     op->arg = arg;
-    arg_lens(argv, lens, 4);
-    return op_submit(op, 4, argv, lens);
+    arg_lens(argv, lens, RCACHE_READ_KEYS + 1);
+    return op_submit(op, RCACHE_READ_KEYS + 1, argv, lens);
 }
 
 int rcache_store(rcache *rc, const char *entry_key, const char *gen_global_key,
-                 const char *gen_product_key, uint64_t gen_global, uint64_t gen_product,
+                 const scope_keys *scopes, uint64_t gen_global, uint64_t gen_product,
                  const char *value, size_t len, int64_t ttl_ms, const char *channel,
                  rcache_done_cb *cb, void *arg)
 {
-    char gg[24], gp[24], ttl[24];
-    const char *argv[] = {
-        NULL, NULL, "3", entry_key, gen_global_key, gen_product_key, value ? value : "",
-        gg,   gp,   ttl, channel};
-    size_t lens[11];
+    enum { NKEYS = 2 + SCOPE_KINDS, ARGC = 3 + NKEYS + 5 };
+    char nkeys[8], gg[24], gp[24], ttl[24];
+    const char *argv[ARGC] = {NULL, NULL, nkeys, entry_key, gen_global_key};
+    size_t lens[ARGC];
     struct rc_op *op;
 
     /* PX 0 or less is a Redis error: refuse it here, nothing sent. */
     if (!rcache_is_up(rc) || ttl_ms <= 0)
         return -1;
+    snprintf(nkeys, sizeof(nkeys), "%d", NKEYS);
     snprintf(gg, sizeof(gg), "%" PRIu64, gen_global);
     snprintf(gp, sizeof(gp), "%" PRIu64, gen_product);
     snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    for (int i = 0; i < SCOPE_KINDS; i++)
+        argv[5 + i] = scopes->key[i];
+    const char **av = argv + 3 + NKEYS;
+    av[0] = value ? value : "";
+    av[1] = gg;
+    av[2] = gp;
+    av[3] = ttl;
+    av[4] = channel;
     script_head(rc, SCRIPT_STORE, argv);
-    arg_lens(argv, lens, 6);
-    lens[6] = len; /* the value is binary: never strlen it */
-    arg_lens(argv + 7, lens + 7, 4);
+    arg_lens(argv, lens, ARGC);
+    lens[3 + NKEYS] = len; /* the value is binary: never strlen it */
     op = op_new(rc, OP_INT, "store", entry_key);
     op->done_cb = cb;
     op->arg = arg;
-    return op_submit(op, 11, argv, lens);
+    return op_submit(op, ARGC, argv, lens);
 }
 
 int rcache_lock(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
@@ -1022,13 +1061,13 @@ static void joint_on_read(void *arg, int status, const rcache_value *v)
 }
 
 int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
-                     const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                     const char *entry_key, const char *gen_global_key, const scope_keys *scopes,
                      rcache_lock_cb *cb, void *arg)
 {
     char ttl[24];
     const char *set[] = {"SET", lock_key, token, "NX", "PX", ttl};
-    const char *mget[] = {"MGET", gen_global_key, gen_product_key, entry_key};
-    size_t lens[6];
+    const char *mget[RCACHE_READ_KEYS + 1];
+    size_t lens[RCACHE_READ_KEYS + 1];
     struct rc_op *op;
     struct rc_joint *j;
 
@@ -1049,11 +1088,12 @@ int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_
         free(j);
         return -1;
     }
-    arg_lens(mget, lens, 4);
+    mget_argv(mget, entry_key, gen_global_key, scopes);
+    arg_lens(mget, lens, RCACHE_READ_KEYS + 1);
     op = op_new(rc, OP_READ, "MGET", entry_key);
     op->read_cb = joint_on_read;
     op->arg = j;
-    if (op_submit(op, 4, mget, lens) < 0)
+    if (op_submit(op, RCACHE_READ_KEYS + 1, mget, lens) < 0)
         joint_answer(j, RCACHE_ERR); /* the caller hears once the lock answers */
     return 0;
 }
@@ -1062,29 +1102,33 @@ int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_
  * "no lock" and taking it are one step (a take-over never races a second
  * round trip). A missing counter reads as false, as in MGET. */
 static const char check_lua[] =
-    "local r = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])\n"
+    "local lock = KEYS[#KEYS]\n"
+    "local r = redis.call('MGET', unpack(KEYS, 1, #KEYS - 1))\n"
     "local got = 0\n"
-    "if ARGV[1] ~= '' and redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
+    "if ARGV[1] ~= '' and redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then\n"
     "  got = 1\n"
     "end\n"
-    "return {r[1], r[2], r[3], got, redis.call('PTTL', KEYS[4])}\n";
+    "r[#KEYS] = got\n"
+    "r[#KEYS + 1] = redis.call('PTTL', lock)\n"
+    "return r\n";
 
 static void op_answer_check(struct rc_op *op, const redisReply *r)
 {
     rcache_lock_value lv = {0};
     const redisReply *entry;
 
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
-        r->element[3]->type != REDIS_REPLY_INTEGER || r->element[4]->type != REDIS_REPLY_INTEGER) {
+    enum { GOT = RCACHE_READ_KEYS, PTTL = RCACHE_READ_KEYS + 1 };
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != RCACHE_READ_KEYS + 2 ||
+        r->element[GOT]->type != REDIS_REPLY_INTEGER ||
+        r->element[PTTL]->type != REDIS_REPLY_INTEGER) {
         op_fail(op, "unexpected reply shape");
         return;
     }
-    if (parse_gen(r->element[0], &lv.v.gen_global) < 0 ||
-        parse_gen(r->element[1], &lv.v.gen_product) < 0) {
+    if (parse_gens(r->element, &lv.v) < 0) {
         op_fail(op, "generation counter is not an unsigned integer");
         return;
     }
-    entry = r->element[2];
+    entry = r->element[RCACHE_READ_KEYS - 1];
     if (entry->type == REDIS_REPLY_STRING) {
         lv.v.entry = entry->str;
         lv.v.entry_len = entry->len;
@@ -1092,31 +1136,36 @@ static void op_answer_check(struct rc_op *op, const redisReply *r)
         op_fail(op, "entry is not a string");
         return;
     }
-    lv.acquired = r->element[3]->integer == 1;
-    lv.lock_pttl = r->element[4]->integer;
+    lv.acquired = r->element[GOT]->integer == 1;
+    lv.lock_pttl = r->element[PTTL]->integer;
     op->done = true;
     op->lock_cb(op->arg, RCACHE_OK, &lv);
 }
 
 int rcache_check(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
-                 const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                 const char *entry_key, const char *gen_global_key, const scope_keys *scopes,
                  rcache_lock_cb *cb, void *arg)
 {
-    char ttl[24];
-    const char *argv[] = {"EVAL",         check_lua,          "4",
-                          gen_global_key, gen_product_key,    entry_key,
-                          lock_key,       token ? token : "", ttl};
-    size_t lens[9];
+    enum { NKEYS = RCACHE_READ_KEYS + 1, ARGC = 3 + NKEYS + 2 };
+    char nkeys[8], ttl[24];
+    const char *argv[ARGC] = {"EVAL", check_lua, nkeys};
+    size_t lens[ARGC];
     struct rc_op *op;
 
     if (!rcache_is_up(rc) || (token != NULL && ttl_ms <= 0))
         return -1;
+    snprintf(nkeys, sizeof(nkeys), "%d", NKEYS);
     snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms > 0 ? ttl_ms : 1);
-    arg_lens(argv, lens, 9);
+    mget_argv(argv + 2, entry_key, gen_global_key, scopes); /* overwrites argv[2] */
+    argv[2] = nkeys;
+    argv[3 + NKEYS - 1] = lock_key;
+    argv[3 + NKEYS] = token ? token : "";
+    argv[3 + NKEYS + 1] = ttl;
+    arg_lens(argv, lens, ARGC);
     op = op_new(rc, OP_CHECK, "check", lock_key);
     op->lock_cb = cb;
     op->arg = arg;
-    return op_submit(op, 9, argv, lens);
+    return op_submit(op, ARGC, argv, lens);
 }
 
 static const char extend_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"

@@ -18,8 +18,8 @@ typedef struct envelope {
     int64_t stored_at_ms; /* wall clock, ms since the epoch */
     int64_t load_ms;      /* how long the origin load took */
     int64_t product_id;
-    uint64_t gen_global; /* generations the load started under */
-    uint64_t gen_product;
+    uint64_t gen_global;  /* generations the load started under */
+    uint64_t gen_product; /* the sum of the quote's scope counters (scope.h) */
     char etag[ENVELOPE_ETAG_LEN + 1];
 } envelope;
 

@@ -28,7 +28,7 @@ typedef struct fresh_policy {
 /* The generation counters a copy is judged against. */
 typedef struct fresh_gens {
     uint64_t global;
-    uint64_t product;
+    uint64_t product; /* the sum of the scope counters (scope.h), as rcache_value's */
 } fresh_gens;
 
 /* When e stops being fresh (wall clock ms): its TTL, or trust_ms when set

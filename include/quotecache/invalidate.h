@@ -1,10 +1,12 @@
 /* invalidate: turns changes into dropped cache entries. Listens on a
  * dedicated PostgreSQL connection for the notifications that
  * scripts/sql/triggers.sql makes the database send, and serves the admin
- * purge. An invalidation bumps a generation counter in Redis (every
- * instance sees it on its next read, since a hit requires the entry's
- * generations to equal the counters) and the local one at once (loads in
- * flight on this instance reload instead of storing what they read before).
+ * purge. An invalidation bumps the generation counter of the change's scope
+ * (scope.h: a product, a product in a region, a currency, a tier, a
+ * region's promotions; or the global one) in Redis (every instance sees it
+ * on its next read, since a hit requires the entry's generations to equal
+ * the counters) and the local one at once (loads in flight on this
+ * instance reload instead of storing what they read before).
  * The Redis bumps of one loop turn travel as one command; a bulk write (over
  * 256 products in a batch) or a bump that fails bumps the global counter
  * instead, and a global bump that fails is owed and retried: an

@@ -6,6 +6,7 @@
  *   entry lock     <entry>:lock
  *   product gen    qc:<version>:{<pid>}:gen
  *   global gen     qc:<version>:gen
+ *   scope gens     scope.h (currency, tier, region promotions, ...)
  *   announcements  qc:<version>:loaded          (pub/sub channel)
  * The digest covers the version, the canonical request and the sorted ids of
  * the promotions active for (product, region) at the time of the request. */

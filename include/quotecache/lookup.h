@@ -23,6 +23,7 @@
 #include "quotecache/pgpool.h"
 #include "quotecache/rcache.h"
 #include "quotecache/request.h"
+#include "quotecache/scope.h"
 #include "quotecache/tax.h"
 
 struct event_base;
@@ -75,6 +76,9 @@ bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a);
  * serve what they read before now, and in-process copies are dropped. */
 void lookup_invalidate_product(lookup *lk, int64_t product_id);
 void lookup_invalidate_all(lookup *lk);
+/* Drops the quotes in one scope (scope.h) here: the in-process copies, and
+ * loads in flight reload instead of storing. */
+void lookup_invalidate_scope(lookup *lk, const scope *s);
 /* While the change feed is down (trust_ms > 0) no copy is fresh past that
  * age: older ones are refreshed (served STALE meanwhile, within the usual
  * horizon). 0 restores the TTLs. */

@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quotecache/scope.h"
+
 struct event_base;
 
 typedef struct rcache rcache;
@@ -34,8 +36,14 @@ typedef struct rcache_value {
     const char *entry; /* NULL when the key is absent */
     size_t entry_len;
     uint64_t gen_global; /* 0 when the counter does not exist */
+    /* The sum of the quote's scope counters (scope.h: product, product in
+     * region, currency, tier, region promotions), each 0 when absent. */
     uint64_t gen_product;
 } rcache_value;
+
+/* The keys one read fetches: the global counter, the scope counters, the
+ * entry. */
+#define RCACHE_READ_KEYS (2 + SCOPE_KINDS)
 
 typedef void rcache_read_cb(void *arg, int status, const rcache_value *v);
 /* status RCACHE_OK: result is the command's integer answer (see each call). */
@@ -78,17 +86,18 @@ void rcache_guard_generations(rcache *rc, const char *marker_key, const char *ge
  * generation (what this process derived from the old counters is void). */
 bool rcache_connect_bumped(const rcache *rc);
 
-/* One round trip: MGET gen_global_key gen_product_key entry_key. */
+/* One round trip: MGET gen_global_key <scopes' counters> entry_key. */
 int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
-                const char *gen_product_key, rcache_read_cb *cb, void *arg);
+                const scope_keys *scopes, rcache_read_cb *cb, void *arg);
 
 /* Fenced store (one Lua script): SET entry_key value PX ttl_ms and PUBLISH
- * entry_key on channel, only if both generation counters still hold
- * gen_global and gen_product. result: 1 stored, 0 refused (a write happened
+ * entry_key on channel, only if the global counter still holds gen_global
+ * and the scope counters still sum to gen_product (as rcache_value's).
+ * result: 1 stored, 0 refused (a write happened
  * since the load began: the value may be stale and must not be served as
  * fresh). */
 int rcache_store(rcache *rc, const char *entry_key, const char *gen_global_key,
-                 const char *gen_product_key, uint64_t gen_global, uint64_t gen_product,
+                 const scope_keys *scopes, uint64_t gen_global, uint64_t gen_product,
                  const char *value, size_t len, int64_t ttl_ms, const char *channel,
                  rcache_done_cb *cb, void *arg);
 
@@ -142,13 +151,13 @@ typedef void rcache_lock_cb(void *arg, int status, const rcache_lock_value *lv);
  * only lv->acquired (true) is meaningful, and the lock is the caller's to
  * release. */
 int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
-                     const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                     const char *entry_key, const char *gen_global_key, const scope_keys *scopes,
                      rcache_lock_cb *cb, void *arg);
 /* One script: the read of rcache_read and PTTL lock_key; with a token, a
  * free lock is also taken (SET NX PX ttl_ms) in the same step: no value
  * and no lock means take over at once. */
 int rcache_check(rcache *rc, const char *lock_key, const char *token, int64_t ttl_ms,
-                 const char *entry_key, const char *gen_global_key, const char *gen_product_key,
+                 const char *entry_key, const char *gen_global_key, const scope_keys *scopes,
                  rcache_lock_cb *cb, void *arg);
 /* Token-guarded PEXPIRE (Lua): extends lock_key to ttl_ms only if it still
  * holds token. result: 1 extended, 0 not ours any more. cb may be NULL. */

@@ -37,6 +37,9 @@
 #define GG "t:gen:global"
 #define GP "t:gen:p1"
 #define EK "t:entry:p1"
+#define GS3 "t:gen:p1:s3"
+/* The scope counters of the entry (scope.h): GP first, as the product's. */
+static const scope_keys GPS = {{GP, "t:gen:p1:s1", "t:gen:p1:s2", GS3, "t:gen:p1:s4"}};
 
 static struct event_base *base;
 static int port;
@@ -187,7 +190,7 @@ static struct read_res do_read(rcache *rc)
     int rv;
 
     submitting = true;
-    rv = rcache_read(rc, EK, GG, GP, on_read, &r);
+    rv = rcache_read(rc, EK, GG, &GPS, on_read, &r);
     submitting = false;
     CHECK(rv == 0);
     CHECK(wait_flag(&r.fired, 2000));
@@ -211,7 +214,7 @@ static long long do_store(rcache *rc, uint64_t gg, uint64_t gp, const char *v, s
 {
     struct done_res d = {0};
     submitting = true;
-    return finish(rcache_store(rc, EK, GG, GP, gg, gp, v, len, 10000, CH, on_done, &d), &d);
+    return finish(rcache_store(rc, EK, GG, &GPS, gg, gp, v, len, 10000, CH, on_done, &d), &d);
 }
 
 static long long do_lock(rcache *rc, const char *token)
@@ -276,6 +279,14 @@ static void test_fence(rcache *rc)
     r = do_read(rc);
     CHECK(r.gg == 1 && r.gp == 1 && r.len == 5 && memcmp(r.entry, "fresh", 5) == 0);
     free(r.entry);
+    /* Any scope counter fences: the read and the store compare their sum. */
+    CHECK(do_incr(rc, GS3) == 1);
+    r = do_read(rc);
+    CHECK(r.gg == 1 && r.gp == 2);
+    free(r.entry);
+    CHECK(do_store(rc, 1, 1, "stale", 5) == 0);
+    CHECK(do_store(rc, 1, 2, "fresh", 5) == 1);
+    admin_ok("DEL " GS3);
 }
 
 static void test_bad_generation(rcache *rc)
@@ -381,8 +392,8 @@ static void test_deadline(rcache *rc)
     run_for(300); /* let the sleep begin */
     t0 = now_ms();
     submitting = true;
-    CHECK(rcache_read(rc, EK, GG, GP, on_read, &r) == 0);
-    CHECK(rcache_read(victim, EK, GG, GP, on_read_free, NULL) == 0);
+    CHECK(rcache_read(rc, EK, GG, &GPS, on_read, &r) == 0);
+    CHECK(rcache_read(victim, EK, GG, &GPS, on_read_free, NULL) == 0);
     submitting = false;
     CHECK(wait_flag(&r.fired, 1500));
     CHECK(victim == NULL && victim_calls == 1);
@@ -429,7 +440,7 @@ static void test_outage(rcache *rc, const char *restart_cmd)
         run_for(10);
     CHECK(rcache_is_up(slow));
     CHECK(kill((pid_t)pid, SIGSTOP) == 0);
-    CHECK(rcache_read(slow, EK, GG, GP, on_read, &inflight) == 0);
+    CHECK(rcache_read(slow, EK, GG, &GPS, on_read, &inflight) == 0);
     run_for(100);
     CHECK(!inflight.fired);
     CHECK(kill((pid_t)pid, SIGKILL) == 0);
@@ -437,10 +448,10 @@ static void test_outage(rcache *rc, const char *restart_cmd)
     CHECK(inflight.status == RCACHE_ERR);
     CHECK(wait_count(&state_downs, downs + 1, 3000));
     CHECK(!rcache_is_up(rc));
-    CHECK(rcache_read(rc, EK, GG, GP, on_read, &r) == -1);
+    CHECK(rcache_read(rc, EK, GG, &GPS, on_read, &r) == -1);
     CHECK(rcache_lock(rc, "t:lock", "t", 1000, on_done, &d) == -1);
     CHECK(rcache_incr(rc, "t:x", on_done, &d) == -1);
-    CHECK(rcache_store(rc, EK, GG, GP, 0, 0, "v", 1, 1000, CH, on_done, &d) == -1);
+    CHECK(rcache_store(rc, EK, GG, &GPS, 0, 0, "v", 1, 1000, CH, on_done, &d) == -1);
     run_for(1500); /* a few failed reconnect attempts */
     CHECK(!r.fired && !d.fired && inflight.calls == 1);
     CHECK(state_ups == ups);
@@ -595,7 +606,7 @@ static void test_free_pending(void)
     for (int i = 0; i < 200 && !rcache_is_up(rc); i++)
         run_for(10);
     CHECK(rcache_is_up(rc));
-    CHECK(rcache_read(rc, EK, GG, GP, on_read, &r) == 0);
+    CHECK(rcache_read(rc, EK, GG, &GPS, on_read, &r) == 0);
     CHECK(rcache_lock(rc, "t:lock2", "t", 1000, on_done, &d) == 0);
     rcache_free(rc);
     CHECK(r.calls == 1 && r.status == RCACHE_ERR);
@@ -654,7 +665,7 @@ static struct lock_res do_lock_read(rcache *rc, const char *token)
 {
     struct lock_res l = {0};
     submitting = true;
-    int rv = rcache_lock_read(rc, "t:lock", token, 5000, EK, GG, GP, on_lock_value, &l);
+    int rv = rcache_lock_read(rc, "t:lock", token, 5000, EK, GG, &GPS, on_lock_value, &l);
     submitting = false;
     CHECK(rv == 0);
     CHECK(wait_flag(&l.fired, 2000));
@@ -667,7 +678,7 @@ static struct lock_res do_check(rcache *rc, const char *token)
 {
     struct lock_res l = {0};
     submitting = true;
-    int rv = rcache_check(rc, "t:lock", token, 5000, EK, GG, GP, on_lock_value, &l);
+    int rv = rcache_check(rc, "t:lock", token, 5000, EK, GG, &GPS, on_lock_value, &l);
     submitting = false;
     CHECK(rv == 0);
     CHECK(wait_flag(&l.fired, 2000));

@@ -107,8 +107,72 @@ static void test_invalid(void)
     CHECK(m.product_id == 0x5a5a5a5a5a5a5a5a); /* untouched on error */
 }
 
+/* The scoped payloads of issue 14's triggers, and what each reaches. */
+static void test_scoped(void)
+{
+    notify_msg m;
+
+    CHECK(notify_parse("fx:77:BRL:*", &m) == 0 && m.reach == NOTIFY_REACH_SCOPE &&
+          m.scope.kind == SCOPE_CURRENCY && strcmp(m.scope.name, "BRL") == 0 &&
+          strcmp(m.txid, "77") == 0 && strcmp(m.table, "fx") == 0 && !m.in_catalog &&
+          m.reload_catalog);
+    CHECK(notify_parse("tier:8:gold:*", &m) == 0 && m.reach == NOTIFY_REACH_SCOPE &&
+          m.scope.kind == SCOPE_TIER && strcmp(m.scope.name, "gold") == 0 && !m.in_catalog);
+    CHECK(notify_parse("promo:9:31:EU:*", &m) == 0 && m.reach == NOTIFY_REACH_SCOPE &&
+          m.scope.kind == SCOPE_REGION_PROMOS && strcmp(m.scope.name, "EU") == 0 &&
+          m.product_id == 0 && !m.in_catalog && m.reload_catalog);
+    CHECK(notify_parse("promo:9:31:EU:42", &m) == 0 && m.reach == NOTIFY_REACH_SCOPE &&
+          m.scope.kind == SCOPE_PRODUCT_REGION && m.scope.product_id == 42 &&
+          strcmp(m.scope.name, "EU") == 0);
+    /* Every region of one product: the product's counter. */
+    CHECK(notify_parse("promo:9:31:*:42", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 42 && !m.in_catalog && strcmp(m.txid, "9") == 0);
+    /* Every product in every region: everything (documented approximation). */
+    CHECK(notify_parse("promo:9:31:*:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 0);
+    /* A new row: no cached quote carries it; only the catalog reloads. */
+    CHECK(notify_parse("catalog:5:tiers:*", &m) == 0 && m.reach == NOTIFY_REACH_NONE &&
+          m.reload_catalog && !m.in_catalog);
+    /* Names are folded as requests are; one no request can have reaches
+     * everything (never less than enough). */
+    CHECK(notify_parse("fx:1:brl:*", &m) == 0 && strcmp(m.scope.name, "BRL") == 0);
+    CHECK(notify_parse("fx:1:*:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 0);
+    CHECK(notify_parse("tier:1:g0ld:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 0);
+    CHECK(notify_parse("promo:1:2:E-U:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 0);
+}
+
+/* Shapes that are not scoped payloads read as older ones: their last field
+ * still counts, and the older triggers' payloads keep today's behaviour. */
+static void test_not_scoped(void)
+{
+    notify_msg m;
+
+    CHECK(notify_parse("fx:x:BRL:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 0 && !m.reload_catalog); /* no txid */
+    CHECK(notify_parse("fx:1:BRL:7", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 7);
+    CHECK(notify_parse("fx:1:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT && m.product_id == 0 &&
+          !m.reload_catalog);
+    CHECK(notify_parse("promo:1:2:EU", &m) == -1); /* "EU" is no product */
+    CHECK(notify_parse("promo:1:EU:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 0);
+    CHECK(notify_parse("sales:1:EU:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 0 && !m.reload_catalog);
+    CHECK(notify_parse("promotions:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.in_catalog && !m.reload_catalog);
+    CHECK(notify_parse("fx_rates:*", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT && m.in_catalog &&
+          m.product_id == 0);
+    CHECK(notify_parse("products:12:5", &m) == 0 && m.reach == NOTIFY_REACH_PRODUCT &&
+          m.product_id == 5 && !m.reload_catalog);
+}
+
 int main(void)
 {
+    test_scoped();
+    test_not_scoped();
     test_valid();
     test_txid();
     test_odd_heads();
