@@ -167,3 +167,12 @@ def lag_of(h, k, received):
     """How far behind `received` state k's interval ended (0 if current)."""
     _, end = h.interval(k)
     return max(0.0, received - end)
+
+
+def changed_between(h, key, k0, k1):
+    """Kinds of the items of key whose value differs between states k0 and
+    k1 ("lp", "td", "vb", "fx", "pr")."""
+    p, r, tier, cur = key
+    items = [("lp", p, r), ("td", p, tier), ("vb", p), ("fx", cur)]
+    items += [("pr", pid) for pid in h.promos_of.get(p, set()) | h.promos_of.get(None, set())]
+    return sorted({it[0] for it in items if h.get(it, k0) != h.get(it, k1)})
