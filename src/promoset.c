@@ -142,15 +142,19 @@ static void compute(promoset *ps, int64_t now_ms)
     for (size_t i = 0; i < nsets; i++) /* the storage has settled: point into it */
         ps->sets[i].ids = ps->ids + offset[i];
     free(offset);
-    int64_t until = INT64_MAX;
+    /* The interval between the boundaries around now_ms: a time a little
+     * earlier (the loop's cached clock) finds the same sets. */
+    int64_t from = INT64_MIN, until = INT64_MAX;
     for (size_t i = 0; i < ps->ndefs; i++) {
-        const promo_def *d = &ps->defs[i];
-        if (d->starts_ms > now_ms && d->starts_ms < until)
-            until = d->starts_ms;
-        if (d->ends_ms > now_ms && d->ends_ms < until)
-            until = d->ends_ms;
+        const int64_t b[2] = {ps->defs[i].starts_ms, ps->defs[i].ends_ms};
+        for (int j = 0; j < 2; j++) {
+            if (b[j] > now_ms && b[j] < until)
+                until = b[j];
+            if (b[j] <= now_ms && b[j] > from)
+                from = b[j];
+        }
     }
-    ps->from_ms = now_ms;
+    ps->from_ms = from;
     ps->until_ms = until;
     ps->computed = 1;
 }

@@ -33,6 +33,7 @@
 #include "quotecache/metrics.h"
 #include "quotecache/quote.h"
 #include "quotecache/request.h"
+#include "quotecache/strbuf.h"
 
 #define INM_MAX 256
 
@@ -177,20 +178,6 @@ static bool etag_matches(const char *inm, const char *etag)
     return httphdr_etag_matches(inm, etag);
 }
 
-/* Writes v in decimal (v >= 0) into buf (at least 21 bytes). */
-static void fmt_i64(char *buf, int64_t v)
-{
-    char tmp[21];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v > 0);
-    for (size_t i = 0; i < n; i++)
-        buf[i] = tmp[n - 1 - i];
-    buf[n] = '\0';
-}
-
 /* Replies to a quote request with a lookup answer (exactly once). */
 static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
                         const struct timespec *started, const lookup_answer *a)
@@ -209,7 +196,8 @@ static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
     int64_t age = cache_status_age(a->xcache, a->stored_at_ms, now_ms);
     if (age >= 0) {
         char agebuf[24];
-        fmt_i64(agebuf, age);
+        strbuf ab = strbuf_on(agebuf, sizeof(agebuf));
+        strbuf_i64(&ab, age);
         evhttp_add_header(h, "Age", agebuf);
     }
     int status = a->status;

@@ -2,9 +2,10 @@
  * per promotion boundary instead of scanned and sorted per request. Pure:
  * no I/O; the caller passes the time.
  *
- * The sets are computed for one interval of time, [computed_at, the next
- * start or end of any promotion); the first lookup outside it (a boundary
- * passed, or the clock went back) recomputes them all, so a promotion
+ * The sets are computed for one interval of time, between the start or end
+ * of any promotion at or before now and the next one after; the first
+ * lookup outside it (a boundary passed, or the clock went back past one)
+ * recomputes them all, so a promotion
  * applies, and stops applying, at the very millisecond of its bounds. A
  * product with no promotion of its own shares the set of promotions for
  * every product. */
