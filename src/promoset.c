@@ -122,8 +122,9 @@ static int compute_set(const promoset *ps, size_t p, const char *region, int64_t
     return n;
 }
 
-/* Computes every set for the interval that contains now_ms. */
-static void compute(promoset *ps, int64_t now_ms)
+/* Computes every set for the interval that contains now_ms. Not inlined:
+ * it runs once per boundary or reload, and profiles should name it. */
+__attribute__((noinline)) static void sets_compute(promoset *ps, int64_t now_ms)
 {
     size_t stride = ps->nregions + 1, nsets = ps->nproducts * stride, used = 0;
     size_t *offset = xcalloc(nsets, sizeof(size_t));
@@ -177,7 +178,7 @@ static size_t product_index(const promoset *ps, int64_t product_id)
 const promo_set *promoset_get(promoset *ps, int64_t product_id, const char *region, int64_t now_ms)
 {
     if (!ps->computed || now_ms < ps->from_ms || now_ms >= ps->until_ms)
-        compute(ps, now_ms);
+        sets_compute(ps, now_ms);
     size_t p = product_index(ps, product_id);
     return &ps->sets[p * (ps->nregions + 1) + region_index(ps, region)];
 }
