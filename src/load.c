@@ -99,6 +99,10 @@ struct load {
     int64_t key_promos[CATALOG_MAX_PROMOS_PER_QUOTE];
     size_t key_npromos;
     uint64_t key_promo_hash;
+    /* When the origin answered: the envelope's stored_at, one for the copy
+     * stored in Redis and the one kept in process, so a Redis hit finds the
+     * bytes it holds (and the in-process tier only extends their expiry). */
+    int64_t stored_at_ms;
     char key[KEY_MAX];
     char lock_key[KEY_MAX];
     char gen_product_key[KEY_MAX];
@@ -348,7 +352,7 @@ static char *load_envelope(const load *ld, size_t *len)
 {
     envelope e = {0};
     e.status = ld->res.status;
-    e.stored_at_ms = wall_ms();
+    e.stored_at_ms = ld->stored_at_ms;
     e.load_ms = ld->res.load_ms;
     e.product_id = ld->r.product_id;
     e.gen_global = ld->gen_global;
@@ -508,6 +512,7 @@ static void on_origin(void *arg, origin_result *res)
 {
     load *ld = arg;
     ld->res = *res; /* takes the body */
+    ld->stored_at_ms = wall_ms();
     if (shutting_down(ld))
         return;
     bool cacheable = res->status == 200 || res->status == 404;
