@@ -11,13 +11,6 @@
 #include "quotecache/request.h"
 #include "quotecache/sql.h"
 
-typedef struct promo {
-    int64_t product_id; /* 0: every product */
-    int64_t id;
-    char region[REQUEST_NAME_MAX + 1]; /* "": every region */
-    int64_t starts_ms, ends_ms;
-} promo;
-
 /* One consistent snapshot; replaced whole on each successful load. */
 typedef struct snapshot {
     char **regions;
@@ -26,7 +19,7 @@ typedef struct snapshot {
     size_t ntiers;
     char **currencies;
     size_t ncurrencies;
-    promo *promos; /* sorted by (product_id, id); product 0 first */
+    promoset *promos;
     size_t npromos;
 } snapshot;
 
@@ -57,16 +50,8 @@ static void snapshot_free(snapshot *s)
     free(s->regions);
     free(s->tiers);
     free(s->currencies);
-    free(s->promos);
+    promoset_free(s->promos);
     free(s);
-}
-
-static int promo_cmp(const void *a, const void *b)
-{
-    const promo *x = a, *y = b;
-    if (x->product_id != y->product_id)
-        return x->product_id < y->product_id ? -1 : 1;
-    return x->id < y->id ? -1 : x->id > y->id;
 }
 
 static int64_t field_int(const PGresult *r, int row, int col)
@@ -81,7 +66,7 @@ static snapshot *snapshot_from(const PGresult *r)
     s->regions = xcalloc((size_t)n + 1, sizeof(char *));
     s->tiers = xcalloc((size_t)n + 1, sizeof(char *));
     s->currencies = xcalloc((size_t)n + 1, sizeof(char *));
-    s->promos = xcalloc((size_t)n + 1, sizeof(promo));
+    promo_def *defs = xcalloc((size_t)n + 1, sizeof(promo_def));
     for (int i = 0; i < n; i++) {
         char kind = PQgetvalue(r, i, 0)[0];
         if (kind == 'r') {
@@ -91,7 +76,7 @@ static snapshot *snapshot_from(const PGresult *r)
         } else if (kind == 'c') {
             s->currencies[s->ncurrencies++] = xstrdup(PQgetvalue(r, i, 1));
         } else if (kind == 'p') {
-            promo *p = &s->promos[s->npromos++];
+            promo_def *p = &defs[s->npromos++];
             p->id = field_int(r, i, 2);
             p->product_id = field_int(r, i, 3);
             if (!PQgetisnull(r, i, 4))
@@ -100,7 +85,8 @@ static snapshot *snapshot_from(const PGresult *r)
             p->ends_ms = field_int(r, i, 6);
         }
     }
-    qsort(s->promos, s->npromos, sizeof(promo), promo_cmp);
+    s->promos = promoset_new(defs, s->npromos);
+    free(defs);
     return s;
 }
 
@@ -240,50 +226,22 @@ bool catalog_has_currency(const catalog *c, const char *currency)
     return c->snap && in_set(c->snap->currencies, c->snap->ncurrencies, currency);
 }
 
-/* Index of the first promotion of product_id (or where it would be). */
-static size_t lower_bound(const snapshot *s, int64_t product_id)
+const promo_set *catalog_promo_set(catalog *c, int64_t product_id, const char *region,
+                                   int64_t now_ms)
 {
-    size_t lo = 0, hi = s->npromos;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->promos[mid].product_id < product_id)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    static const promo_set none = {0, 0, NULL};
+    if (c->snap == NULL)
+        return &none;
+    return promoset_get(c->snap->promos, product_id, region, now_ms);
 }
 
-static bool promo_applies(const promo *p, const char *region, int64_t now_ms)
-{
-    return (p->region[0] == '\0' || strcmp(p->region, region) == 0) && p->starts_ms <= now_ms &&
-           now_ms < p->ends_ms;
-}
-
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-int catalog_active_promos(const catalog *c, int64_t product_id, const char *region, int64_t now_ms,
+int catalog_active_promos(catalog *c, int64_t product_id, const char *region, int64_t now_ms,
                           int64_t *out, size_t max)
 {
-    const snapshot *s = c->snap;
-    if (s == NULL)
-        return 0;
-    size_t n = 0;
-    int64_t wanted[2] = {0, product_id};
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = lower_bound(s, wanted[pass]);
-             i < s->npromos && s->promos[i].product_id == wanted[pass]; i++) {
-            if (!promo_applies(&s->promos[i], region, now_ms))
-                continue;
-            if (n == max)
-                return -1;
-            out[n++] = s->promos[i].id;
-        }
-    }
-    qsort(out, n, sizeof(int64_t), cmp_i64);
-    return (int)n;
+    const promo_set *set = catalog_promo_set(c, product_id, region, now_ms);
+    if (set->n < 0 || (size_t)set->n > max)
+        return -1;
+    if (set->n > 0)
+        memcpy(out, set->ids, (size_t)set->n * sizeof(int64_t));
+    return set->n;
 }

@@ -123,7 +123,9 @@ int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const 
 
 void key_lock(char out[KEY_MAX], const char *entry_key)
 {
-    snprintf(out, KEY_MAX, "%s:lock", entry_key);
+    strbuf key = strbuf_on(out, KEY_MAX);
+    strbuf_str(&key, entry_key);
+    strbuf_mem(&key, ":lock", 5);
 }
 
 void key_product_gen(char out[KEY_MAX], const char *version, int64_t product_id)

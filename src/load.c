@@ -94,6 +94,15 @@ struct load {
     quote_req r;
     int64_t promos[CATALOG_MAX_PROMOS_PER_QUOTE];
     size_t npromos;
+    /* The set key names (promos may move on, see load_refresh_promos): the
+     * in-process tier keeps copies under the request key names. */
+    int64_t key_promos[CATALOG_MAX_PROMOS_PER_QUOTE];
+    size_t key_npromos;
+    uint64_t key_promo_hash;
+    /* When the origin answered: the envelope's stored_at, one for the copy
+     * stored in Redis and the one kept in process, so a Redis hit finds the
+     * bytes it holds (and the in-process tier only extends their expiry). */
+    int64_t stored_at_ms;
     char key[KEY_MAX];
     char lock_key[KEY_MAX];
     scope_keys gens; /* the scope counters (scope.h) */
@@ -237,6 +246,9 @@ load *load_start(lookup *lk, const lk_req *q, const fresh_gens *g, const char *s
     ld->r = q->r;
     memcpy(ld->promos, q->promos, sizeof(q->promos));
     ld->npromos = q->npromos;
+    memcpy(ld->key_promos, q->promos, q->npromos * sizeof(int64_t));
+    ld->key_npromos = q->npromos;
+    ld->key_promo_hash = q->promo_hash;
     memcpy(ld->key, q->key, KEY_MAX);
     key_lock(ld->lock_key, ld->key);
     scope_keys_of(&ld->gens, lk->cfg->key_version, &q->r);
@@ -324,7 +336,7 @@ static void load_finish_error(load *ld, int status, const char *code, const char
 {
     size_t len;
     char *body = quote_render_error(code, msg, &len);
-    lookup_answer a = {status, body, len, NULL, X_NONE, 0, 0};
+    lookup_answer a = {status, body, len, NULL, X_NONE, 0, 0, NULL};
     load_finish(ld, &a, 0);
     free(body);
 }
@@ -333,7 +345,7 @@ static void load_finish_error(load *ld, int status, const char *code, const char
  * error. */
 static void load_finish_failed(load *ld, const origin_result *res)
 {
-    lookup_answer a = {res->status, res->body, res->len, NULL, X_NONE, 0, 0};
+    lookup_answer a = {res->status, res->body, res->len, NULL, X_NONE, 0, 0, NULL};
     load_finish(ld, &a, FIN_STALE_OK);
 }
 
@@ -342,13 +354,19 @@ static char *load_envelope(const load *ld, size_t *len)
 {
     envelope e = {0};
     e.status = ld->res.status;
-    e.stored_at_ms = wall_ms();
+    e.stored_at_ms = ld->stored_at_ms;
     e.load_ms = ld->res.load_ms;
     e.product_id = ld->r.product_id;
     e.gen_global = ld->gen_global;
     e.gen_product = ld->gen_product;
     envelope_etag(ld->res.body, ld->res.len, e.etag);
     return envelope_encode(&e, ld->res.body, ld->res.len, len);
+}
+
+static hot_req load_hot_req(const load *ld)
+{
+    hot_req k = {&ld->r, ld->key_promos, ld->key_npromos, ld->key_promo_hash};
+    return k;
 }
 
 /* Keeps the result in process. Without Redis (--redis none) the
@@ -364,11 +382,12 @@ static void load_keep_in_process(load *ld, bool stored)
         return;
     size_t len;
     char *value = load_envelope(ld, &len);
+    hot_req k = load_hot_req(ld);
     envelope e;
     const char *body;
     size_t blen;
     if (envelope_decode(value, len, &e, &body, &blen) == 0)
-        lookup_hot_keep(lk, &ld->r, ld->key, value, len, &e, ld->local_gen);
+        lookup_hot_keep(lk, &k, ld->key, value, len, &e, ld->local_gen);
     free(value);
 }
 
@@ -383,7 +402,8 @@ static void load_finish_result(load *ld, bool stored)
                        ld->res.status == 200 ? etag : NULL,
                        ld->local ? X_BYPASS : X_MISS,
                        0,
-                       0};
+                       0,
+                       NULL};
     load_finish(ld, &a, stored ? FIN_ANNOUNCED : 0);
 }
 
@@ -494,6 +514,7 @@ static void on_origin(void *arg, origin_result *res)
 {
     load *ld = arg;
     ld->res = *res; /* takes the body */
+    ld->stored_at_ms = wall_ms();
     if (shutting_down(ld))
         return;
     bool cacheable = res->status == 200 || res->status == 404;
@@ -547,9 +568,10 @@ static bool load_answer_from_entry(load *ld, const rcache_value *v)
     int64_t began = fresh_load_began_ms(&e);
     if (fresh_needs_later_load(ld->no_cache_since_ms, began))
         return false;
-    lookup_hot_keep(lk, &ld->r, ld->key, v->entry, v->entry_len, &e, ld->read_local);
-    lookup_answer a = {e.status,    body, len,           e.status == 200 ? e.etag : NULL,
-                       X_COALESCED, 0,    e.stored_at_ms};
+    hot_req k = load_hot_req(ld);
+    lookup_hot_keep(lk, &k, ld->key, v->entry, v->entry_len, &e, ld->read_local);
+    lookup_answer a = {e.status, body,           len, e.status == 200 ? e.etag : NULL, X_COALESCED,
+                       0,        e.stored_at_ms, NULL};
     ld->remote_began_ms = began;
     load_finish(ld, &a, 0);
     return true;

@@ -31,10 +31,10 @@ static void req_wait(lk_req *q, const fresh_gens *g, const char *stale, size_t s
  * which it was read (or its load began); nothing when a local invalidation
  * came since. With Redis a copy is kept HOT_REDIS_MS at most; without, until
  * its horizon (it is then the cache, and serves STALE too). */
-void lookup_hot_keep(lookup *lk, const quote_req *r, const char *key, const char *value, size_t len,
+void lookup_hot_keep(lookup *lk, const hot_req *k, const char *key, const char *value, size_t len,
                      const envelope *e, uint64_t stamp)
 {
-    if (stamp != local_gen_of(lk, r))
+    if (stamp != local_gen_of(lk, k->r))
         return;
     int64_t until = fresh_horizon_ms(&lk->policy, e);
     if (lk->rc != NULL) {
@@ -42,7 +42,7 @@ void lookup_hot_keep(lookup *lk, const quote_req *r, const char *key, const char
         until = fresh_until_ms(&lk->policy, e);
         until = until < soon ? until : soon;
     }
-    hot_put(lk->hot, key, value, len, stamp, until);
+    hot_put(lk->hot, k, key, value, len, stamp, until);
 }
 
 /* ---- answering requests ---- */
@@ -70,7 +70,7 @@ static void req_answer_error(lk_req *q, int status, const char *code, const char
 {
     size_t len;
     char *body = quote_render_error(code, msg, &len);
-    lookup_answer a = {status, body, len, NULL, X_NONE, retry_after, 0};
+    lookup_answer a = {status, body, len, NULL, X_NONE, retry_after, 0, NULL};
     req_answer(q, &a);
     free(body);
 }
@@ -78,8 +78,8 @@ static void req_answer_error(lk_req *q, int status, const char *code, const char
 static void req_answer_envelope(lk_req *q, const envelope *e, const char *body, size_t len,
                                 enum metrics_xcache x)
 {
-    lookup_answer a = {e->status, body,           len, e->status == 200 ? e->etag : NULL, x,
-                       0,         e->stored_at_ms};
+    lookup_answer a = {e->status,       body, len, e->status == 200 ? e->etag : NULL, x, 0,
+                       e->stored_at_ms, NULL};
     req_answer(q, &a);
 }
 
@@ -248,7 +248,8 @@ static void on_read(void *arg, int status, const rcache_value *v)
     bool decoded =
         v->entry != NULL && envelope_decode(v->entry, v->entry_len, &e, &body, &len) == 0;
     if (decoded && !q->no_cache && fresh_is_current(&lk->policy, &e, g, now)) {
-        lookup_hot_keep(lk, &q->r, q->key, v->entry, v->entry_len, &e, q->stamp);
+        hot_req k = hot_req_of(q);
+        lookup_hot_keep(lk, &k, q->key, v->entry, v->entry_len, &e, q->stamp);
         req_answer_envelope(q, &e, body, len, X_HIT);
         return;
     }
@@ -270,23 +271,23 @@ static void on_read(void *arg, int status, const rcache_value *v)
 static bool req_from_process(lk_req *q)
 {
     lookup *lk = q->lk;
-    size_t vlen, len;
-    const char *body;
-    envelope e;
     int64_t now = wall_ms();
-    const char *v = hot_get(lk->hot, q->key, q->stamp, now, &vlen);
-    if (q->no_cache || v == NULL || envelope_decode(v, vlen, &e, &body, &len) < 0)
+    hot_req k = hot_req_of(q);
+    const hot_entry *he = q->no_cache ? NULL : hot_get(lk->hot, &k, q->stamp, now);
+    if (he == NULL)
         return false;
+    envelope e = he->env;
     fresh_gens g = {e.gen_global, e.gen_product}; /* no counters: the stamp fences */
     if (fresh_is_current(&lk->policy, &e, g, now)) {
         metrics_inc(M_HOT_HITS);
-        req_answer_envelope(q, &e, body, len, X_HIT);
+        req_answer_envelope(q, &e, he->body, he->body_len, X_HIT);
         return true;
     }
     if (!fresh_may_serve_stale(&lk->policy, &e, g, q->stamp, q->stamp, now))
         return false;
-    char *copy = xmalloc(vlen); /* hot_put may replace v as the load starts */
-    memcpy(copy, v, vlen);
+    size_t vlen = he->len;
+    char *copy = xmalloc(vlen); /* hot_put may replace the entry as the load starts */
+    memcpy(copy, he->value, vlen);
     if (fresh_stale_while_revalidate(&lk->policy))
         req_serve_stale(q, NULL, copy, vlen);
     else
@@ -329,10 +330,12 @@ lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_c
     q->cb = cb;
     q->arg = arg;
     lk->pending++;
-    int n = catalog_active_promos(lk->cat, r->product_id, r->region, wall_ms(), q->promos,
-                                  CATALOG_MAX_PROMOS_PER_QUOTE);
-    q->npromos = n > 0 ? (size_t)n : 0;
-    q->too_many_promos = n < 0;
+    const promo_set *set = catalog_promo_set(lk->cat, r->product_id, r->region, wall_ms());
+    q->npromos = set->n > 0 ? (size_t)set->n : 0;
+    q->too_many_promos = set->n < 0;
+    q->promo_hash = set->hash;
+    if (q->npromos > 0)
+        memcpy(q->promos, set->ids, q->npromos * sizeof(int64_t));
     key_entry(q->key, lk->cfg->key_version, r, q->promos, q->npromos);
     q->stamp = local_gen_of(lk, r);
     scope_keys gens;
@@ -369,29 +372,22 @@ void lookup_redis_down(lookup *lk)
     load_redis_down(lk);
 }
 
-bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a)
+bool lookup_quote_hot(lookup *lk, const quote_req *r, int64_t now_ms, lookup_answer *a)
 {
     /* With Redis configured but away, answers are BYPASS loads: the copies
      * here were vouched for by Redis, which can no longer say otherwise. */
     if (lk->rc != NULL && !rcache_is_up(lk->rc))
         return false;
-    int64_t promos[CATALOG_MAX_PROMOS_PER_QUOTE];
-    int64_t now = wall_ms();
-    int n = catalog_active_promos(lk->cat, r->product_id, r->region, now, promos,
-                                  CATALOG_MAX_PROMOS_PER_QUOTE);
-    if (n < 0)
+    const promo_set *set = catalog_promo_set(lk->cat, r->product_id, r->region, now_ms);
+    if (set->n < 0)
         return false;
-    char key[KEY_MAX];
-    key_entry(key, lk->cfg->key_version, r, promos, (size_t)n);
-    size_t vlen, len;
-    const char *body;
-    const char *v = hot_get(lk->hot, key, local_gen_of(lk, r), now, &vlen);
-    envelope *e = &lk->hot_env;
-    if (v == NULL || envelope_decode(v, vlen, e, &body, &len) < 0 ||
-        now >= fresh_until_ms(&lk->policy, e))
+    hot_req k = {r, set->ids, (size_t)set->n, set->hash};
+    const hot_entry *e = hot_get(lk->hot, &k, local_gen_of(lk, r), now_ms);
+    if (e == NULL || now_ms >= fresh_until_ms(&lk->policy, &e->env))
         return false;
-    lookup_answer hit = {e->status, body,           len, e->status == 200 ? e->etag : NULL, X_HIT,
-                         0,         e->stored_at_ms};
+    lookup_answer hit = {
+        e->env.status, e->body, e->body_len,         e->env.status == 200 ? e->env.etag : NULL,
+        X_HIT,         0,       e->env.stored_at_ms, e};
     *a = hit;
     metrics_inc(M_HOT_HITS);
     return true;

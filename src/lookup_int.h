@@ -44,6 +44,7 @@ struct lookup_req {
     quote_req r;
     int64_t promos[CATALOG_MAX_PROMOS_PER_QUOTE];
     size_t npromos;
+    uint64_t promo_hash; /* promoset's hash of promos, for the in-process tier */
     char key[KEY_MAX];
     uint64_t stamp;  /* local generation when the request arrived */
     fresh_gens gens; /* the Redis counters its read returned */
@@ -71,7 +72,6 @@ struct lookup {
     rcache *rc;
     flight_table *flights;
     hot *hot;
-    envelope hot_env; /* the envelope of the last in-process hit */
     load *loads;
     char gen_global_key[KEY_MAX];
     char channel[KEY_MAX];
@@ -120,6 +120,13 @@ static inline fresh_gens gens_of(const rcache_value *v)
     return g;
 }
 
+/* The in-process tier's key of q. */
+static inline hot_req hot_req_of(const lk_req *q)
+{
+    hot_req k = {&q->r, q->promos, q->npromos, q->promo_hash};
+    return k;
+}
+
 static inline struct timeval ms_tv(int64_t ms)
 {
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
@@ -142,8 +149,9 @@ typedef struct load_outcome {
 
 /* Request side (lookup.c), called by the load side. */
 
-/* Keeps a copy in the in-process tier (see lookup.c). */
-void lookup_hot_keep(lookup *lk, const quote_req *r, const char *key, const char *value, size_t len,
+/* Keeps a copy in the in-process tier (see lookup.c); k: the request it
+ * answers, key its entry key. */
+void lookup_hot_keep(lookup *lk, const hot_req *k, const char *key, const char *value, size_t len,
                      const envelope *e, uint64_t stamp);
 /* Answers (or re-queues) every waiter of a finished load; w is the list
  * flight_take returned, a the load's answer. */

@@ -1,5 +1,5 @@
 /* rcache: owns the commands quotecache sends to Redis: every command in
- * flight (an "op", the privdata hiredis holds, with its own deadline timer),
+ * flight (an "op", the privdata hiredis holds, with its own deadline),
  * the SHA1s of our Lua scripts as loaded on the current command connection,
  * the ready checks of both connections (the generation check on the command
  * one), the generation guard's memory (highest global generation seen,
@@ -13,7 +13,10 @@
  *   hiredis' behalf (a reply, a message, state_cb): it aborts with a
  *   message if it is. From a deadline (RCACHE_ERR after a timeout) or any
  *   other libevent callback it is fine;
- * - no command timeouts: each op carries its own evtimer. */
+ * - no command timeouts: each op carries its own deadline, an event inside
+ *   the op on libevent's common timeout of --redis-timeout (every op has
+ *   the same timeout, so libevent keeps them in one FIFO queue, one timer
+ *   for all, instead of a heap entry each). */
 #include "quotecache/rcache.h"
 
 #include "quotecache/log.h"
@@ -22,6 +25,7 @@
 #include "quotecache/rconn.h"
 
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -51,7 +55,7 @@ struct rcache {
     struct event_base *base;
     char *host;
     int port;
-    struct timeval cmd_timeout;
+    const struct timeval *cmd_timeout; /* libevent's common timeout */
     rcache_state_cb *state_cb;
     void *state_arg;
     rconn *cmd;
@@ -94,11 +98,11 @@ struct rc_op {
     rcache_done_cb *done_cb; /* may be NULL: nobody to tell */
     rcache_lock_cb *lock_cb; /* OP_CHECK */
     void *arg;
-    struct event *deadline;
-    bool done;       /* the caller has had its answer; only freeing is left */
-    bool bump;       /* a generation bump: if Redis may not have applied it, owe one */
-    bool is_gg;      /* the bump is of the global generation: its answer is seen */
-    int64_t sent_us; /* loop time when sent, for the command-latency histogram */
+    struct event deadline; /* on rc->cmd_timeout, added when sent */
+    bool done;             /* the caller has had its answer; only freeing is left */
+    bool bump;             /* a generation bump: if Redis may not have applied it, owe one */
+    bool is_gg;            /* the bump is of the global generation: its answer is seen */
+    int64_t sent_us;       /* loop time when sent, for the command-latency histogram */
 };
 
 /* The loop's cached time: no clock read per command. */
@@ -178,17 +182,6 @@ static void owed_pay(rcache *rc);
 static void saw_generation(rcache *rc, uint64_t gen_global);
 
 /* ---- small helpers ---- */
-
-static struct event *timer_new(struct event_base *base, event_callback_fn fn, void *arg)
-{
-    struct event *ev = evtimer_new(base, fn, arg);
-    if (!ev) {
-        /* Only fails on allocation: same policy as mem.h. */
-        log_error("rcache: out of memory creating a timer");
-        abort();
-    }
-    return ev;
-}
 
 static struct timeval ms_to_tv(int ms)
 {
@@ -286,14 +279,15 @@ static struct rc_op *op_new(rcache *rc, enum op_kind kind, const char *what, con
     op->rc = rc;
     op->kind = kind;
     op->what = what;
-    snprintf(op->key, sizeof(op->key), "%s", key);
-    op->deadline = timer_new(rc->base, op_on_deadline, op);
+    size_t n = strnlen(key, sizeof(op->key) - 1);
+    memcpy(op->key, key, n); /* truncated: for logs */
+    evtimer_assign(&op->deadline, rc->base, op_on_deadline, op);
     return op;
 }
 
 static void op_free(struct rc_op *op)
 {
-    event_free(op->deadline);
+    event_del(&op->deadline);
     free(op);
 }
 
@@ -424,7 +418,7 @@ static void op_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     else if (op->bump && (!r || r->type != REDIS_REPLY_INTEGER))
         owe(rc); /* lost with the connection, or refused: maybe never applied */
     if (!op->done) {
-        event_del(op->deadline);
+        event_del(&op->deadline);
         rc->hiredis_depth++;
         op_answer(op, reply);
         rc->hiredis_depth--;
@@ -459,7 +453,7 @@ static int op_send(struct rc_op *op, int argc, const char **argv, const size_t *
     }
     rc->inflight++;
     op->sent_us = loop_us(rc);
-    event_add(op->deadline, &rc->cmd_timeout);
+    event_add(&op->deadline, rc->cmd_timeout);
     return 0;
 }
 
@@ -717,7 +711,12 @@ rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_
     rc->base = base;
     rc->host = xstrdup(host);
     rc->port = port;
-    rc->cmd_timeout = ms_to_tv(cmd_timeout_ms > 0 ? cmd_timeout_ms : 1);
+    struct timeval tv = ms_to_tv(cmd_timeout_ms > 0 ? cmd_timeout_ms : 1);
+    rc->cmd_timeout = event_base_init_common_timeout(base, &tv);
+    if (rc->cmd_timeout == NULL) {
+        log_error("rcache: out of memory creating the command timeout");
+        abort();
+    }
     rc->state_cb = state_cb;
     rc->state_arg = state_arg;
     rc->pay = event_new(base, -1, 0, on_pay, rc);

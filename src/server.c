@@ -26,6 +26,7 @@
 #include "quotecache/cachestatus.h"
 #include "quotecache/conntrack.h"
 #include "quotecache/health.h"
+#include "quotecache/hot.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/listener.h"
 #include "quotecache/log.h"
@@ -34,6 +35,7 @@
 #include "quotecache/proxyhdr.h"
 #include "quotecache/quote.h"
 #include "quotecache/request.h"
+#include "quotecache/strbuf.h"
 
 #define INM_MAX 256
 #define SERVER_HEALTH_PUBLISH_MS 200 /* staleness of other workers' health in /healthz */
@@ -63,6 +65,8 @@ struct server {
     struct event *ready_timer;
     struct event *health_timer; /* publishes this worker's health for /healthz */
     bool draining;              /* stopped accepting: every answer closes its connection */
+    char date[40];              /* the Date value of second date_sec */
+    time_t date_sec;
 };
 
 typedef struct req_ctx {
@@ -92,39 +96,73 @@ static conntrack *conns_of(server *s, struct evhttp_request *req)
     return s->pub_conns;
 }
 
+/* The Date value of this second, formatted once per second (evhttp formats
+ * one per answer when none is set). */
+static const char *date_now(server *s)
+{
+    struct timeval now;
+    event_base_gettimeofday_cached(s->base, &now);
+    if (now.tv_sec != s->date_sec || s->date[0] == '\0') {
+        struct tm tm;
+        time_t t = now.tv_sec;
+        gmtime_r(&t, &tm);
+        strftime(s->date, sizeof(s->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        s->date_sec = now.tv_sec;
+    }
+    return s->date;
+}
+
+static void unref_body(const void *data, size_t len, void *extra)
+{
+    (void)data;
+    (void)len;
+    hot_value_unref(extra);
+}
+
 /* Every answer leaves through here, exactly once per request: the status,
- * the headers already set, Content-Type and Content-Length, and the body.
- * A HEAD gets the same headers and no body (evhttp 2.1 adds no length to
- * a HEAD answer but would still write the body it is given, corrupting
- * the next answer on the connection). 304 has neither body nor length. */
-static void send_reply(server *s, struct evhttp_request *req, int status, const char *ctype,
-                       const char *body, size_t len)
+ * the headers already set, a fixed set (Date, Content-Type and
+ * Content-Length), and the body: copied, or for an in-process copy (hot)
+ * sent by reference with its ready Content-Length. A HEAD gets the same
+ * headers and no body (evhttp 2.1 adds no length to a HEAD answer but
+ * would still write the body it is given, corrupting the next answer on
+ * the connection). 304 has neither body nor length. */
+static void send_body(server *s, struct evhttp_request *req, int status, const char *ctype,
+                      const char *body, size_t len, const hot_entry *hot)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     bool has_body = status != 304 && status != 204;
-    struct evbuffer *buf = NULL;
+    evhttp_add_header(h, "Date", date_now(s));
+    /* Headers every answer carries go here. */
     if (has_body) {
         char n[24];
-        snprintf(n, sizeof(n), "%zu", len);
+        if (hot == NULL)
+            snprintf(n, sizeof(n), "%zu", len);
         evhttp_add_header(h, "Content-Type", ctype);
-        evhttp_add_header(h, "Content-Length", n);
+        evhttp_add_header(h, "Content-Length", hot ? hot->content_length : n);
         if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
-            buf = evbuffer_new();
-            evbuffer_add(buf, body, len);
+            struct evbuffer *out = evhttp_request_get_output_buffer(req);
+            if (hot != NULL)
+                evbuffer_add_reference(out, body, len, unref_body, hot_value_ref(hot));
+            else
+                evbuffer_add(out, body, len);
         }
     }
     conntrack *ct = conns_of(s, req);
     if (ct != NULL)
         conntrack_on_reply(ct, req); /* before the send, which may free req */
-    evhttp_send_reply(req, status, NULL, buf);
-    if (buf)
-        evbuffer_free(buf);
+    evhttp_send_reply(req, status, NULL, NULL);
+}
+
+static void send_reply(server *s, struct evhttp_request *req, int status, const char *ctype,
+                       const char *body, size_t len)
+{
+    send_body(s, req, status, ctype, body, len, NULL);
 }
 
 static void send_json(server *s, struct evhttp_request *req, int status, const char *body,
                       size_t len)
 {
-    send_reply(s, req, status, "application/json", body, len);
+    send_body(s, req, status, "application/json", body, len, NULL);
 }
 
 /* An error document, counted under route. */
@@ -164,7 +202,8 @@ static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
     int64_t age = cache_status_age(a->xcache, a->stored_at_ms, now_ms);
     if (age >= 0) {
         char agebuf[24];
-        snprintf(agebuf, sizeof(agebuf), "%lld", (long long)age);
+        strbuf ab = strbuf_on(agebuf, sizeof(agebuf));
+        strbuf_i64(&ab, age);
         evhttp_add_header(h, "Age", agebuf);
     }
     int status = a->status;
@@ -175,13 +214,14 @@ static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
     }
     if (a->etag != NULL) {
         char tag[ENVELOPE_ETAG_LEN + 3];
-        snprintf(tag, sizeof(tag), "\"%s\"", a->etag);
-        evhttp_add_header(h, "ETag", tag);
+        if (a->hot == NULL)
+            snprintf(tag, sizeof(tag), "\"%s\"", a->etag);
+        evhttp_add_header(h, "ETag", a->hot ? a->hot->etag_quoted : tag);
         evhttp_add_header(h, "Cache-Control", "no-cache");
     }
     if (a->etag != NULL && inm != NULL && inm[0] && etag_matches(inm, a->etag))
         status = 304;
-    send_json(s, req, status, a->body, a->len);
+    send_body(s, req, status, "application/json", a->body, a->len, a->hot);
     metrics_request(R_QUOTE, status, a->xcache, seconds_since(started));
 }
 
@@ -309,7 +349,10 @@ static void quote_validated(server *s, struct evhttp_request *req, const quote_r
                     (pragma && header_has_token(pragma, "no-cache"));
     const char *inm = evhttp_find_header(in, "If-None-Match");
     lookup_answer hot;
-    if (!no_cache && lookup_quote_hot(s->d.lk, r, &hot)) {
+    struct timeval now_tv;
+    event_base_gettimeofday_cached(s->base, &now_tv);
+    int64_t now_ms = (int64_t)now_tv.tv_sec * 1000 + now_tv.tv_usec / 1000;
+    if (!no_cache && lookup_quote_hot(s->d.lk, r, now_ms, &hot)) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         reply_quote(s, req, inm, &now, &hot);

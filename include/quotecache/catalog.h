@@ -3,8 +3,8 @@
  * process so that neither a hit nor a validation costs a database query.
  *
  * Loaded at start, reloaded on a timer and whenever catalog_reload is called
- * (invalidation does so on changes). Which promotions apply is decided at the
- * moment of each request from their starts_at/ends_at, so a promotion starts
+ * (invalidation does so on changes). Which promotions apply follows their
+ * starts_at/ends_at to the millisecond (promoset.h), so a promotion starts
  * and stops applying (and the cache key changes) at the exact second, with
  * no timer and no write. */
 #ifndef QUOTECACHE_CATALOG_H
@@ -16,6 +16,7 @@
 
 #include "quotecache/key.h"
 #include "quotecache/pgpool.h"
+#include "quotecache/promoset.h"
 
 struct event_base;
 
@@ -48,10 +49,15 @@ bool catalog_has_region(const catalog *c, const char *region);
 bool catalog_has_tier(const catalog *c, const char *tier);
 bool catalog_has_currency(const catalog *c, const char *currency);
 
+/* The promotions active for (product, region) at now_ms (worked out once
+ * per promotion boundary, see promoset.h); valid until the next call or
+ * reload. An empty set before the first load. */
+const promo_set *catalog_promo_set(catalog *c, int64_t product_id, const char *region,
+                                   int64_t now_ms);
 /* Writes the ids of the promotions active for (product, region) at now_ms,
  * ascending, into out (at most max). Returns their number, or -1 when there
  * are more than max. */
-int catalog_active_promos(const catalog *c, int64_t product_id, const char *region, int64_t now_ms,
+int catalog_active_promos(catalog *c, int64_t product_id, const char *region, int64_t now_ms,
                           int64_t *out, size_t max);
 
 #endif

@@ -39,6 +39,9 @@ typedef struct lookup_answer {
     enum metrics_xcache xcache;
     int retry_after_s;    /* > 0: send Retry-After */
     int64_t stored_at_ms; /* wall clock of the served copy's store; 0: not a copy */
+    /* An in-process hit: the entry, with its ready-to-send parts (valid
+     * until the caller returns; hot_value_ref keeps its bytes); else NULL. */
+    const struct hot_entry *hot;
 } lookup_answer;
 
 typedef void lookup_cb(void *arg, const lookup_answer *a);
@@ -67,10 +70,11 @@ lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_c
  * load a miss calls for (the cache is still filled). */
 void lookup_cancel(lookup_req *q);
 
-/* The in-process tier: when it holds a current copy for r, fills *a (valid
+/* The in-process tier: when it holds a current copy for r at now_ms (the
+ * wall clock in ms; the loop's cached time is close enough), fills *a (valid
  * until the next call into lookup) and returns true, answering at once; else
  * false, and the caller goes on with lookup_quote. Not for no-cache. */
-bool lookup_quote_hot(lookup *lk, const quote_req *r, lookup_answer *a);
+bool lookup_quote_hot(lookup *lk, const quote_req *r, int64_t now_ms, lookup_answer *a);
 
 /* Invalidation: loads in flight for the product (or all) will not store or
  * serve what they read before now, and in-process copies are dropped. */
