@@ -6,19 +6,34 @@
 
 #define MAX_ID 9007199254740991.0 /* 2^53 - 1: every integer below is exact in a double */
 
+static bool json_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
 /* cJSON stops at the end of the first value and leaves the rest to us:
  * `{"all": true} x` is not the body we document. */
 static bool only_space(const char *p, const char *end)
 {
     for (; p < end; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
+        if (!json_space(*p))
             return false;
     return true;
 }
 
+/* cJSON skips every byte up to 0x20 (NUL included) as whitespace; JSON
+ * allows only four, and no control byte at all inside strings. */
+static bool has_control(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)p[i] < 0x20 && !json_space(p[i]))
+            return true;
+    return false;
+}
+
 long long adminbody_parse_invalidate(const char *text, size_t len)
 {
-    if (text == NULL || len == 0 || len > ADMINBODY_MAX)
+    if (text == NULL || len == 0 || len > ADMINBODY_MAX || has_control(text, len))
         return -1;
     const char *end = NULL;
     cJSON *doc = cJSON_ParseWithLengthOpts(text, len, &end, 0);

@@ -1,6 +1,7 @@
 /* Unit tests for adminbody: the POST /admin/invalidate body, accepted and
- * refused spellings (the trailing-text ones passed before the move out of
- * server.c: cJSON stops at the end of the first value). */
+ * refused spellings (the trailing-text and control-byte ones passed before
+ * the move out of server.c: cJSON stops at the end of the first value and
+ * skips any byte up to 0x20 as whitespace). */
 #include <string.h>
 
 #include "check.h"
@@ -49,6 +50,15 @@ static void test_refused(void)
     CHECK(adminbody_parse_invalidate("{\"product_id\": 42}", 10) == -1);
     CHECK(adminbody_parse_invalidate("{\"product_id\": 42}  junk", 20) == 42);
     CHECK(adminbody_parse_invalidate(NULL, 3) == -1);
+    /* Control bytes cJSON would skip as whitespace (the first found by
+     * fuzz_adminbody: "\x20\x10\0\0\0\0\0\0\0" before the object). */
+    CHECK(adminbody_parse_invalidate(" \x10\0\0\0\0\0\0\0{\"product_id\":1e3}\n", 28) == -1);
+    CHECK(parse("\x01{\"all\": true}") == -1);
+    CHECK(parse("{\x7f\"all\": true}") == -1); /* DEL is not whitespace: cJSON refuses */
+    CHECK(parse("{\x0b\"all\": true}") == -1);
+    CHECK(parse("{\"product_id\":\x0c"
+                "42}") == -1);
+    CHECK(adminbody_parse_invalidate("{\"all\": true}\0", 14) == -1);
 }
 
 static void test_too_long(void)
