@@ -19,6 +19,7 @@
  *   for all, instead of a heap entry each). */
 #include "quotecache/rcache.h"
 
+#include "quotecache/gencount.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -215,22 +216,11 @@ static void log_redis_error(rcache *rc, const char *what, const char *key, const
  * so a corrupted counter can never fence-pass by accident. */
 static int parse_gen(const redisReply *r, uint64_t *out)
 {
-    uint64_t v = 0;
-
     if (r->type == REDIS_REPLY_NIL) {
         *out = 0;
         return 0;
     }
-    if (r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 20)
-        return -1;
-    for (size_t i = 0; i < r->len; i++) {
-        unsigned d = (unsigned)(unsigned char)r->str[i] - '0';
-        if (d > 9 || v > (UINT64_MAX - d) / 10)
-            return -1;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 0;
+    return r->type == REDIS_REPLY_STRING ? gencount_parse(r->str, r->len, out) : -1;
 }
 
 /* ---- scripts ---- */

@@ -4,7 +4,6 @@
 #include "quotecache/server.h"
 
 #include <arpa/inet.h>
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -23,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/adminbody.h"
 #include "quotecache/cachestatus.h"
 #include "quotecache/conntrack.h"
 #include "quotecache/health.h"
@@ -744,27 +744,13 @@ static bool admin_authorized(server *s, struct evhttp_request *req)
     return auth != NULL && strncmp(auth, "Bearer ", 7) == 0 && token_ok(auth + 7, token);
 }
 
-/* Parses {"product_id": N} or {"all": true}. Returns N, 0 for all, -1 bad. */
+/* The body's bytes, for adminbody_parse_invalidate (4096 at most). */
 static long long parse_invalidate(struct evbuffer *body)
 {
     size_t len = evbuffer_get_length(body);
-    if (len == 0 || len > 4096)
+    if (len == 0 || len > ADMINBODY_MAX)
         return -1;
-    const char *text = (const char *)evbuffer_pullup(body, (ev_ssize_t)len);
-    cJSON *doc = cJSON_ParseWithLength(text, len);
-    long long out = -1;
-    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(doc, "product_id");
-    const cJSON *all = cJSON_GetObjectItemCaseSensitive(doc, "all");
-    if (cJSON_IsObject(doc) && cJSON_GetArraySize(doc) == 1) {
-        if (cJSON_IsTrue(all))
-            out = 0;
-        else if (cJSON_IsNumber(pid) && pid->valuedouble >= 1 &&
-                 pid->valuedouble <= 9007199254740991.0 &&
-                 pid->valuedouble == (double)(long long)pid->valuedouble)
-            out = (long long)pid->valuedouble;
-    }
-    cJSON_Delete(doc);
-    return out;
+    return adminbody_parse_invalidate((const char *)evbuffer_pullup(body, (ev_ssize_t)len), len);
 }
 
 static void route_admin(server *s, struct evhttp_request *req)
