@@ -227,6 +227,62 @@ const route *routes_match(const routes *rt, unsigned method, const char *path)
     return NULL;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* One round of %XX decoding, in place; true when it changed something. */
+static bool pct_decode_once(char *s)
+{
+    char *w = s;
+    bool changed = false;
+    for (const char *r = s; *r;) {
+        int hi = r[0] == '%' ? hexval(r[1]) : -1, lo = hi >= 0 ? hexval(r[2]) : -1;
+        if (lo >= 0) {
+            *w++ = (char)(hi * 16 + lo);
+            r += 3;
+            changed = true;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+    return changed;
+}
+
+bool routes_is_admin(const char *path)
+{
+    char buf[4096 + 1];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (int i = 0; i < 3 && pct_decode_once(buf); i++)
+        ;
+    /* The first segment left once empty and "." segments are dropped and
+     * ".." pops: only that one decides. A ".." that pops the first segment
+     * makes the next one first, so each is tried. */
+    char *save = NULL;
+    int depth = 0;
+    for (char *seg = strtok_r(buf, "/\\", &save); seg; seg = strtok_r(NULL, "/\\", &save)) {
+        seg[strcspn(seg, ";")] = '\0';
+        if (seg[0] == '\0' || strcmp(seg, ".") == 0)
+            continue;
+        if (strcmp(seg, "..") == 0) {
+            depth = depth > 0 ? depth - 1 : 0;
+            continue;
+        }
+        if (depth == 0 && strcasecmp(seg, "admin") == 0)
+            return true;
+        depth++;
+    }
+    return false;
+}
+
 /* The value of cookie name in a Cookie field ("a=1; b=2"). */
 static int cookie_value(const char *field, const char *name, char *buf, size_t len)
 {

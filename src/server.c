@@ -34,6 +34,7 @@
 #include "quotecache/proxyhdr.h"
 #include "quotecache/quote.h"
 #include "quotecache/request.h"
+#include "quotecache/routes.h"
 
 #define INM_MAX 256
 #define SERVER_HEALTH_PUBLISH_MS 200 /* staleness of other workers' health in /healthz */
@@ -637,7 +638,7 @@ static void route_public(server *s, struct evhttp_request *req)
         if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
             handle_metrics(s, req);
     } else if (s->d.px != NULL && strcmp(path, "/quote") != 0 && strncmp(path, "/quote/", 7) != 0 &&
-               strcmp(path, "/admin") != 0 && strncmp(path, "/admin/", 7) != 0) {
+               !routes_is_admin(path)) {
         handle_proxied(s, req, path); /* every route not ours; admin routes never */
     } else {
         send_error(s, req, R_OTHER, 404, "no_route", "no such route");

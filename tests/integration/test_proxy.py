@@ -166,6 +166,21 @@ def test_owned_routes_and_admin_never_forwarded():
     assert stats()["calls"] == before
 
 
+def test_admin_never_forwarded_however_spelled():
+    # The upstream (like many frameworks) merges slashes, decodes %XX,
+    # folds case or resolves dot segments: each of these could reach its
+    # /admin, so none is forwarded.
+    before = stats()["calls"]
+    for path in ("//admin/invalidate", "/ADMIN/invalidate", "/admin%2Finvalidate",
+                 "/%61dmin/invalidate", "/x/../admin/invalidate", "/./admin",
+                 "/admin;x=1"):
+        s, _, b = req("POST", path, body=b"{}")
+        assert s == 404 and json.loads(b)["error"] == "no_route", (path, s, b)
+    assert stats()["calls"] == before
+    s, _, b = req("GET", "/administrator/echo")  # a longer name is not admin
+    assert s == 200 and json.loads(b)["target"] == "/administrator/echo"
+
+
 def test_without_upstream_404_as_before():
     with qcstack.Proxy(st) as p2:
         s, _, b = req("GET", "/echo", port=p2.port)
