@@ -367,6 +367,12 @@ static void copy_request(upstream *u, upstream_op *op, struct evhttp_request *re
     if (evcon != NULL)
         evhttp_connection_get_peer(evcon, &ip, &port);
     proxyhdr_set_forwarded(in, &op->hdrs, ip ? ip : "unknown", "http");
+    /* The id we answer and log with (accesslog.c: the client's when valid,
+     * else made), so that the application's logs name the same request;
+     * the client's own field was skipped above, valid or not. */
+    const char *id = evhttp_find_header(evhttp_request_get_output_headers(req), "X-Request-Id");
+    if (id != NULL)
+        evhttp_add_header(&op->hdrs, "X-Request-Id", id);
     if (evhttp_find_header(in, "Host") == NULL) {
         char host[300];
         snprintf(host, sizeof(host), "%s:%d", u->host, u->port);

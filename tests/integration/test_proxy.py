@@ -312,6 +312,29 @@ def test_concurrent_pass_through():
         p2.stop_clean()
 
 
+def ids_in(out):
+    head = out.split(b"\r\n\r\n", 1)[0].decode()
+    return [l.split(":", 1)[1].strip() for l in head.split("\r\n")
+            if l.lower().startswith("x-request-id:")]
+
+
+def test_request_id_reaches_the_upstream_and_is_ours_alone():
+    # The upstream is told the id we answer (and log) with: the client's
+    # when valid, else ours; never a client's invalid one.
+    for sent, want in ((None, None), ("bad id with spaces", None), ("abc-1", "abc-1")):
+        hdr = b"X-Request-Id: %s\r\n" % sent.encode() if sent else b""
+        out = raw(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + hdr + b"Connection: close\r\n\r\n")
+        ids = ids_in(out)
+        assert len(ids) == 1 and (want is None or ids == [want]), (sent, out)
+        seen = [v for k, v in json.loads(out.split(b"\r\n\r\n", 1)[1])["headers"]
+                if k.lower() == "x-request-id"]
+        assert seen == ids, (sent, seen, ids)
+    # An upstream's own X-Request-Id does not make the answer carry two.
+    out = raw(b"GET /headers?X-Request-Id=from-upstream HTTP/1.1\r\nHost: x\r\n"
+              b"Connection: close\r\n\r\n")
+    assert len(ids_in(out)) == 1 and ids_in(out) != ["from-upstream"], out
+
+
 # ---------------------------------------------------------------- smuggling
 
 
