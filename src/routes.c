@@ -283,25 +283,34 @@ bool routes_is_admin(const char *path)
     return false;
 }
 
-/* The value of cookie name in a Cookie field ("a=1; b=2"). */
+/* The value of cookie name in a Cookie field ("a=1; b=2"): its length, -1
+ * when absent, empty or too long, -2 when the field names it twice. Two
+ * are nobody's: a browser sends both when another site of the domain has
+ * tossed its own (a more specific path comes first), and the application
+ * may read the other one than we key on, so one user's answer would be
+ * stored under another's identity. */
 static int cookie_value(const char *field, const char *name, char *buf, size_t len)
 {
     size_t n = strlen(name);
+    int found = -1;
     for (const char *p = field; *p;) {
         while (*p == ' ' || *p == ';')
             p++;
         const char *end = p + strcspn(p, ";");
-        if ((size_t)(end - p) > n && strncmp(p, name, n) == 0 && p[n] == '=') {
+        if ((size_t)(end - p) >= n && strncmp(p, name, n) == 0 && p[n] == '=') {
+            if (found != -1)
+                return -2;
             size_t vlen = (size_t)(end - (p + n + 1));
-            if (vlen == 0 || vlen >= len)
-                return -1;
-            memcpy(buf, p + n + 1, vlen);
-            buf[vlen] = '\0';
-            return (int)vlen;
+            found = -3; /* seen, not usable (unless named again: then -2) */
+            if (vlen > 0 && vlen < len) {
+                memcpy(buf, p + n + 1, vlen);
+                buf[vlen] = '\0';
+                found = (int)vlen;
+            }
         }
         p = end;
     }
-    return -1;
+    return found == -3 ? -1 : found;
 }
 
 int routes_identity(const route *r, const struct evkeyvalq *h, char *buf, size_t len)
@@ -315,6 +324,8 @@ int routes_identity(const route *r, const struct evkeyvalq *h, char *buf, size_t
             n = (int)strlen(buf);
         } else if (r->ident_kind == IDENT_COOKIE && strcasecmp(kv->key, "Cookie") == 0) {
             n = cookie_value(kv->value, r->ident, buf, len);
+            if (n == -2)
+                return -1; /* named twice in one field: nobody's either */
         }
         if (n >= 0) {
             if (found >= 0)

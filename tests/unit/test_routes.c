@@ -67,6 +67,17 @@ static void test_parse_and_match(void)
     evhttp_add_header(&h, "Cookie", "xsession=abc; session=");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
     evhttp_clear_headers(&h);
+    /* Named twice in one field (a tossed cookie beside the user's): the
+     * application may read either, so nobody's. */
+    evhttp_add_header(&h, "Cookie", "session=tossed; theme=dark; session=abc123");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Cookie", "session=abc123; session=");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Cookie", "session=; session=abc123");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
     r = routes_match(rt, EVHTTP_REQ_GET, "/me");
     evhttp_add_header(&h, "authorization", "Bearer u1");
     CHECK(routes_identity(r, &h, id, sizeof(id)) > 0 && strcmp(id, "Bearer u1") == 0);
