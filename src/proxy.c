@@ -117,8 +117,9 @@ static const char *origin_target(struct evhttp_request *req)
 {
     const char *uri = evhttp_request_get_uri(req);
     if (strncasecmp(uri, "http://", 7) == 0) {
-        const char *slash = strchr(uri + 7, '/');
-        uri = slash ? slash : "/";
+        uri += 7 + strcspn(uri + 7, "/?"); /* "http://h?q": "?q", its query kept */
+        if (uri[0] == '\0')
+            uri = "/";
     }
     return uri;
 }

@@ -347,13 +347,14 @@ static int op_send(upstream_op *op)
  * origin form (an absolute-form target loses its scheme and authority). */
 static char *target_of(const upstream *u, const char *uri)
 {
+    const char *root = "";
     if (strncasecmp(uri, "http://", 7) == 0) {
-        const char *slash = strchr(uri + 7, '/');
-        uri = slash ? slash : "/";
+        uri += 7 + strcspn(uri + 7, "/?"); /* "http://h?q" is "/?q": its query stays */
+        root = uri[0] == '/' ? "" : "/";
     }
-    size_t n = strlen(u->prefix) + strlen(uri) + 1;
+    size_t n = strlen(u->prefix) + strlen(root) + strlen(uri) + 1;
     char *t = xmalloc(n);
-    snprintf(t, n, "%s%s", u->prefix, uri);
+    snprintf(t, n, "%s%s%s", u->prefix, root, uri);
     return t;
 }
 

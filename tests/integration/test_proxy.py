@@ -181,6 +181,23 @@ def test_admin_never_forwarded_however_spelled():
     assert s == 200 and json.loads(b)["target"] == "/administrator/echo"
 
 
+def test_only_origin_form_targets_are_forwarded():
+    # Absolute forms other than http:// (and "*", "h/x") are not stripped:
+    # forwarded as sent, a conforming upstream would route them by their
+    # path, /admin included.
+    n = calls("/admin/invalidate") + calls("/echo")
+    for t in (b"https://x/admin/invalidate", b"HTTPS://x/echo", b"ftp://x/admin/invalidate",
+              b"*", b"http:/admin/invalidate"):
+        out = raw(b"GET " + t + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s, _, b = qcstack.parse_response(out)
+        assert s == 404 and json.loads(b)["error"] == "no_route", (t, out)
+    assert calls("/admin/invalidate") + calls("/echo") == n
+    # An absolute form without a path keeps its query.
+    out = raw(b"GET http://x?y=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s, _, b = qcstack.parse_response(out)
+    assert s == 200 and json.loads(b)["target"] == "/?y=1", out
+
+
 def test_without_upstream_404_as_before():
     with qcstack.Proxy(st) as p2:
         s, _, b = req("GET", "/echo", port=p2.port)
