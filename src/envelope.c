@@ -2,11 +2,18 @@
  * a body. Pure code.
  *
  * Format, one text header line then the body byte for byte:
- *   "QC1 <status> <stored_at_ms> <load_ms> <product_id> <gen_global>
+ *   "QC2 <status> <stored_at_ms> <load_ms> <product_id> <gen_global>
  *    <gen_product> <etag> <body_len>\n<body>"
  * (one line, single spaces). Numbers are plain decimal without sign or
  * leading zeros; the etag is 16 lowercase hex chars. The explicit body length
  * makes a truncated value detectable instead of served short.
+ *
+ * "QC2": gen_product is the sum of the quote's scope counters (scope.h).
+ * "QC1" entries (an older quotecache's, whose gen_product is the product
+ * counter alone) are refused, and QC2 ones are refused by it: read across
+ * versions sharing a Redis, a sum can equal a product counter that grew
+ * since (two price changes after a store with fx counter 2), and the stale
+ * entry would be a HIT.
  *
  * Decoding treats the bytes as hostile (anyone with Redis access can write
  * them): it walks a bounded cursor, never relies on a NUL terminator, and
@@ -21,8 +28,8 @@
 
 #include "quotecache/mem.h"
 
-#define MAGIC "QC1 "
-#define HEADER_MAX 192 /* "QC1 " + 3 + 19*3 + 20*2 + 16 + 20 + separators */
+#define MAGIC "QC2 "
+#define HEADER_MAX 192 /* "QC2 " + 3 + 19*3 + 20*2 + 16 + 20 + separators */
 #define U64_DIGITS 20
 
 /* ---- encode ---- */

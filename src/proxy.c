@@ -96,8 +96,7 @@ static void normalized_target(const char *target, char *buf, size_t len)
             (size_t)snprintf(buf + w, len - w, "%s%.*s", i ? "&" : "", (int)parts[i].n, parts[i].s);
 }
 
-void proxy_local_key(const route *r, const char *target, const char *identity, char *buf,
-                     size_t len)
+int proxy_local_key(const route *r, const char *target, const char *identity, char *buf, size_t len)
 {
     unsigned char d[32];
     unsigned int dlen = 0;
@@ -106,8 +105,11 @@ void proxy_local_key(const route *r, const char *target, const char *identity, c
     for (int i = 0; i < 32; i++)
         snprintf(hex + 2 * i, 3, "%02x", d[i]);
     char norm[KEY_MAX];
+    if (strlen(target) >= sizeof(norm))
+        return -1; /* its normal form would be cut: two targets, one key */
     normalized_target(target, norm, sizeof(norm));
-    snprintf(buf, len, "GET %s\n%s\n%s", norm, r->name, hex);
+    int n = snprintf(buf, len, "GET %s\n%s\n%s", norm, r->name, hex);
+    return n >= 0 && (size_t)n < len ? 0 : -1;
 }
 
 /* The target in origin form (an absolute-form one loses its authority). */
@@ -115,8 +117,9 @@ static const char *origin_target(struct evhttp_request *req)
 {
     const char *uri = evhttp_request_get_uri(req);
     if (strncasecmp(uri, "http://", 7) == 0) {
-        const char *slash = strchr(uri + 7, '/');
-        uri = slash ? slash : "/";
+        uri += 7 + strcspn(uri + 7, "/?"); /* "http://h?q": "?q", its query kept */
+        if (uri[0] == '\0')
+            uri = "/";
     }
     return uri;
 }
@@ -130,8 +133,9 @@ static bool local_key(const route *r, struct evhttp_request *req, char *key, siz
     char id[IDENTITY_MAX];
     if (routes_identity(r, evhttp_request_get_input_headers(req), id, sizeof(id)) < 0)
         return false; /* no identity: nobody's copy */
-    proxy_local_key(r, origin_target(req), id, key, len);
-    return true;
+    /* A target too long for the key is nobody's copy either: a cut key
+     * would end before the identity's digest. */
+    return proxy_local_key(r, origin_target(req), id, key, len) == 0;
 }
 
 static bool wants_fresh(const struct evkeyvalq *in)

@@ -19,8 +19,10 @@ const char *const proxyhdr_request_skip[] = {"Content-Length",
                                              "X-Forwarded-Host",
                                              "Via",
                                              "Expect",
+                                             "X-Request-Id",
                                              NULL};
-const char *const proxyhdr_response_skip[] = {"Content-Length", "Via", "X-Cache", NULL};
+const char *const proxyhdr_response_skip[] = {"Content-Length", "Via", "X-Cache", "X-Request-Id",
+                                              NULL};
 
 bool proxyhdr_is_hop_by_hop(const char *name)
 {

@@ -227,25 +227,90 @@ const route *routes_match(const routes *rt, unsigned method, const char *path)
     return NULL;
 }
 
-/* The value of cookie name in a Cookie field ("a=1; b=2"). */
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* One round of %XX decoding, in place; true when it changed something. */
+static bool pct_decode_once(char *s)
+{
+    char *w = s;
+    bool changed = false;
+    for (const char *r = s; *r;) {
+        int hi = r[0] == '%' ? hexval(r[1]) : -1, lo = hi >= 0 ? hexval(r[2]) : -1;
+        if (lo >= 0) {
+            *w++ = (char)(hi * 16 + lo);
+            r += 3;
+            changed = true;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+    return changed;
+}
+
+bool routes_is_admin(const char *path)
+{
+    char buf[4096 + 1];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (int i = 0; i < 3 && pct_decode_once(buf); i++)
+        ;
+    /* The first segment left once empty and "." segments are dropped and
+     * ".." pops: only that one decides. A ".." that pops the first segment
+     * makes the next one first, so each is tried. */
+    char *save = NULL;
+    int depth = 0;
+    for (char *seg = strtok_r(buf, "/\\", &save); seg; seg = strtok_r(NULL, "/\\", &save)) {
+        seg[strcspn(seg, ";")] = '\0';
+        if (seg[0] == '\0' || strcmp(seg, ".") == 0)
+            continue;
+        if (strcmp(seg, "..") == 0) {
+            depth = depth > 0 ? depth - 1 : 0;
+            continue;
+        }
+        if (depth == 0 && strcasecmp(seg, "admin") == 0)
+            return true;
+        depth++;
+    }
+    return false;
+}
+
+/* The value of cookie name in a Cookie field ("a=1; b=2"): its length, -1
+ * when absent, empty or too long, -2 when the field names it twice. Two
+ * are nobody's: a browser sends both when another site of the domain has
+ * tossed its own (a more specific path comes first), and the application
+ * may read the other one than we key on, so one user's answer would be
+ * stored under another's identity. */
 static int cookie_value(const char *field, const char *name, char *buf, size_t len)
 {
     size_t n = strlen(name);
+    int found = -1;
     for (const char *p = field; *p;) {
         while (*p == ' ' || *p == ';')
             p++;
         const char *end = p + strcspn(p, ";");
-        if ((size_t)(end - p) > n && strncmp(p, name, n) == 0 && p[n] == '=') {
+        if ((size_t)(end - p) >= n && strncmp(p, name, n) == 0 && p[n] == '=') {
+            if (found != -1)
+                return -2;
             size_t vlen = (size_t)(end - (p + n + 1));
-            if (vlen == 0 || vlen >= len)
-                return -1;
-            memcpy(buf, p + n + 1, vlen);
-            buf[vlen] = '\0';
-            return (int)vlen;
+            found = -3; /* seen, not usable (unless named again: then -2) */
+            if (vlen > 0 && vlen < len) {
+                memcpy(buf, p + n + 1, vlen);
+                buf[vlen] = '\0';
+                found = (int)vlen;
+            }
         }
         p = end;
     }
-    return -1;
+    return found == -3 ? -1 : found;
 }
 
 int routes_identity(const route *r, const struct evkeyvalq *h, char *buf, size_t len)
@@ -259,6 +324,8 @@ int routes_identity(const route *r, const struct evkeyvalq *h, char *buf, size_t
             n = (int)strlen(buf);
         } else if (r->ident_kind == IDENT_COOKIE && strcasecmp(kv->key, "Cookie") == 0) {
             n = cookie_value(kv->value, r->ident, buf, len);
+            if (n == -2)
+                return -1; /* named twice in one field: nobody's either */
         }
         if (n >= 0) {
             if (found >= 0)

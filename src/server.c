@@ -35,6 +35,7 @@
 #include "quotecache/proxyhdr.h"
 #include "quotecache/quote.h"
 #include "quotecache/request.h"
+#include "quotecache/routes.h"
 #include "quotecache/strbuf.h"
 
 #define INM_MAX 256
@@ -679,9 +680,12 @@ static void route_public(server *s, struct evhttp_request *req)
     } else if (strcmp(path, "/metrics") == 0) {
         if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
             handle_metrics(s, req);
-    } else if (s->d.px != NULL && strcmp(path, "/quote") != 0 && strncmp(path, "/quote/", 7) != 0 &&
-               strcmp(path, "/admin") != 0 && strncmp(path, "/admin/", 7) != 0) {
-        handle_proxied(s, req, path); /* every route not ours; admin routes never */
+    } else if (s->d.px != NULL && path[0] == '/' && strcmp(path, "/quote") != 0 &&
+               strncmp(path, "/quote/", 7) != 0 && !routes_is_admin(path)) {
+        /* Every route not ours; admin routes never; and only origin-form
+         * targets: "https://h/admin" or "ftp://h/admin" would reach the
+         * upstream as sent, and a server must accept the absolute form. */
+        handle_proxied(s, req, path);
     } else {
         send_error(s, req, R_OTHER, 404, "no_route", "no such route");
     }

@@ -347,13 +347,14 @@ static int op_send(upstream_op *op)
  * origin form (an absolute-form target loses its scheme and authority). */
 static char *target_of(const upstream *u, const char *uri)
 {
+    const char *root = "";
     if (strncasecmp(uri, "http://", 7) == 0) {
-        const char *slash = strchr(uri + 7, '/');
-        uri = slash ? slash : "/";
+        uri += 7 + strcspn(uri + 7, "/?"); /* "http://h?q" is "/?q": its query stays */
+        root = uri[0] == '/' ? "" : "/";
     }
-    size_t n = strlen(u->prefix) + strlen(uri) + 1;
+    size_t n = strlen(u->prefix) + strlen(root) + strlen(uri) + 1;
     char *t = xmalloc(n);
-    snprintf(t, n, "%s%s", u->prefix, uri);
+    snprintf(t, n, "%s%s%s", u->prefix, root, uri);
     return t;
 }
 
@@ -367,6 +368,12 @@ static void copy_request(upstream *u, upstream_op *op, struct evhttp_request *re
     if (evcon != NULL)
         evhttp_connection_get_peer(evcon, &ip, &port);
     proxyhdr_set_forwarded(in, &op->hdrs, ip ? ip : "unknown", "http");
+    /* The id we answer and log with (accesslog.c: the client's when valid,
+     * else made), so that the application's logs name the same request;
+     * the client's own field was skipped above, valid or not. */
+    const char *id = evhttp_find_header(evhttp_request_get_output_headers(req), "X-Request-Id");
+    if (id != NULL)
+        evhttp_add_header(&op->hdrs, "X-Request-Id", id);
     if (evhttp_find_header(in, "Host") == NULL) {
         char host[300];
         snprintf(host, sizeof(host), "%s:%d", u->host, u->port);

@@ -166,6 +166,38 @@ def test_owned_routes_and_admin_never_forwarded():
     assert stats()["calls"] == before
 
 
+def test_admin_never_forwarded_however_spelled():
+    # The upstream (like many frameworks) merges slashes, decodes %XX,
+    # folds case or resolves dot segments: each of these could reach its
+    # /admin, so none is forwarded.
+    before = stats()["calls"]
+    for path in ("//admin/invalidate", "/ADMIN/invalidate", "/admin%2Finvalidate",
+                 "/%61dmin/invalidate", "/x/../admin/invalidate", "/./admin",
+                 "/admin;x=1"):
+        s, _, b = req("POST", path, body=b"{}")
+        assert s == 404 and json.loads(b)["error"] == "no_route", (path, s, b)
+    assert stats()["calls"] == before
+    s, _, b = req("GET", "/administrator/echo")  # a longer name is not admin
+    assert s == 200 and json.loads(b)["target"] == "/administrator/echo"
+
+
+def test_only_origin_form_targets_are_forwarded():
+    # Absolute forms other than http:// (and "*", "h/x") are not stripped:
+    # forwarded as sent, a conforming upstream would route them by their
+    # path, /admin included.
+    n = calls("/admin/invalidate") + calls("/echo")
+    for t in (b"https://x/admin/invalidate", b"HTTPS://x/echo", b"ftp://x/admin/invalidate",
+              b"*", b"http:/admin/invalidate"):
+        out = raw(b"GET " + t + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s, _, b = qcstack.parse_response(out)
+        assert s == 404 and json.loads(b)["error"] == "no_route", (t, out)
+    assert calls("/admin/invalidate") + calls("/echo") == n
+    # An absolute form without a path keeps its query.
+    out = raw(b"GET http://x?y=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s, _, b = qcstack.parse_response(out)
+    assert s == 200 and json.loads(b)["target"] == "/?y=1", out
+
+
 def test_without_upstream_404_as_before():
     with qcstack.Proxy(st) as p2:
         s, _, b = req("GET", "/echo", port=p2.port)
@@ -295,6 +327,29 @@ def test_concurrent_pass_through():
         for i, (s, _, b) in enumerate(res):
             assert s == 200 and json.loads(b)["target"] == paths[i], (i, s)
         p2.stop_clean()
+
+
+def ids_in(out):
+    head = out.split(b"\r\n\r\n", 1)[0].decode()
+    return [l.split(":", 1)[1].strip() for l in head.split("\r\n")
+            if l.lower().startswith("x-request-id:")]
+
+
+def test_request_id_reaches_the_upstream_and_is_ours_alone():
+    # The upstream is told the id we answer (and log) with: the client's
+    # when valid, else ours; never a client's invalid one.
+    for sent, want in ((None, None), ("bad id with spaces", None), ("abc-1", "abc-1")):
+        hdr = b"X-Request-Id: %s\r\n" % sent.encode() if sent else b""
+        out = raw(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + hdr + b"Connection: close\r\n\r\n")
+        ids = ids_in(out)
+        assert len(ids) == 1 and (want is None or ids == [want]), (sent, out)
+        seen = [v for k, v in json.loads(out.split(b"\r\n\r\n", 1)[1])["headers"]
+                if k.lower() == "x-request-id"]
+        assert seen == ids, (sent, seen, ids)
+    # An upstream's own X-Request-Id does not make the answer carry two.
+    out = raw(b"GET /headers?X-Request-Id=from-upstream HTTP/1.1\r\nHost: x\r\n"
+              b"Connection: close\r\n\r\n")
+    assert len(ids_in(out)) == 1 and ids_in(out) != ["from-upstream"], out
 
 
 # ---------------------------------------------------------------- smuggling

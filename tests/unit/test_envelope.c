@@ -47,7 +47,7 @@ static void test_round_trip(void)
     char *got = NULL;
 
     CHECK(enc != NULL && len > sizeof(body));
-    CHECK(strncmp(enc, "QC1 200 1700000000123 42 7 3 9 0123456789abcdef ", 48) == 0);
+    CHECK(strncmp(enc, "QC2 200 1700000000123 42 7 3 9 0123456789abcdef ", 48) == 0);
     CHECK(decode_copy(enc, len, &out, &blen, &got) == 0);
     CHECK(blen == sizeof(body) && got && memcmp(got, body, blen) == 0);
     CHECK(out.status == 200 && out.stored_at_ms == in.stored_at_ms && out.load_ms == 42 &&
@@ -105,38 +105,40 @@ static int decode_text(const char *s)
 
 static void test_bad_headers(void)
 {
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 2\nxy") == 0);
-    CHECK(decode_text("QC1 404 0 0 1 0 0 0123456789abcdef 0\n") == 0);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 2\nxy") == 0);
+    CHECK(decode_text("QC2 404 0 0 1 0 0 0123456789abcdef 0\n") == 0);
 
     CHECK(decode_text("") == -1);
-    CHECK(decode_text("QC1") == -1);
-    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2") == -1);
+    /* An older quotecache's entry (its gen_product is not a scope sum). */
+    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC3 200 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
     CHECK(decode_text("qc1 200 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 500 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 2000 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 0200 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 -1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 +1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 01 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200  1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 0 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 9223372036854775808 2 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 9223372036854775808 3 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 9223372036854775808 4 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 18446744073709551616 5 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 99999999999999999999 0123456789abcdef 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 99999999999999999999999\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 18446744073709551615\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789ABCDEF 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcde 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef0 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdeg 2\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 3\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 1\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 2 \nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 2\r\nxy") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 5 0123456789abcdef 2") == -1);
-    CHECK(decode_text("QC1 200 1 2 3 4 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 500 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 2000 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 0200 1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 -1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 +1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 01 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200  1 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 0 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 9223372036854775808 2 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 9223372036854775808 3 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 9223372036854775808 4 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 18446744073709551616 5 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 99999999999999999999 0123456789abcdef 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 99999999999999999999999\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 18446744073709551615\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789ABCDEF 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcde 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef0 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdeg 2\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 3\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 1\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 2 \nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 2\r\nxy") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 5 0123456789abcdef 2") == -1);
+    CHECK(decode_text("QC2 200 1 2 3 4 0123456789abcdef 2\nxy") == -1);
     CHECK(decode_text("{\"product_id\":7}") == -1);
     CHECK(envelope_decode(NULL, 0, &(envelope){0}, &(const char *){0}, &(size_t){0}) == -1);
 }
@@ -162,7 +164,7 @@ static void test_garbage_and_mutations(void)
         for (size_t j = 0; j < n; j++)
             buf[j] = (char)rng();
         if (i % 2) /* half of them start plausibly */
-            memcpy(buf, "QC1 200 ", n < 8 ? n : 8);
+            memcpy(buf, "QC2 200 ", n < 8 ? n : 8);
         accepted += decode_copy(buf, n, &out, &blen, NULL) == 0;
         survived++;
     }

@@ -37,5 +37,18 @@ int main(void)
     CHECK(strcmp(a, b) == 0);
     key("cart", "/cart/1?&&a=1&", "i", a);
     CHECK(strncmp(a, "GET /cart/1?a=1\n", 16) == 0);
+    /* A target too long for the key: refused, never cut. A cut key ended
+     * before the identity's digest, so every identity shared one copy. */
+    char target[700], c[512];
+    memset(target, 'q', sizeof(target) - 1);
+    memcpy(target, "/cart/1?a=", 10);
+    target[sizeof(target) - 1] = '\0';
+    route r;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.name, sizeof(r.name), "cart");
+    int ra = proxy_local_key(&r, target, "Bearer A", a, sizeof(a));
+    int rc = proxy_local_key(&r, target, "Bearer C", c, sizeof(c));
+    CHECK(ra < 0 && rc < 0);
+    CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", a, sizeof(a)) == 0);
     return CHECK_DONE();
 }

@@ -1,6 +1,7 @@
 /* Unit tests for routes: the JSON file, path patterns, methods, identity. */
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/queue.h>
 
@@ -66,6 +67,17 @@ static void test_parse_and_match(void)
     evhttp_add_header(&h, "Cookie", "xsession=abc; session=");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
     evhttp_clear_headers(&h);
+    /* Named twice in one field (a tossed cookie beside the user's): the
+     * application may read either, so nobody's. */
+    evhttp_add_header(&h, "Cookie", "session=tossed; theme=dark; session=abc123");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Cookie", "session=abc123; session=");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Cookie", "session=; session=abc123");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
     r = routes_match(rt, EVHTTP_REQ_GET, "/me");
     evhttp_add_header(&h, "authorization", "Bearer u1");
     CHECK(routes_identity(r, &h, id, sizeof(id)) > 0 && strcmp(id, "Bearer u1") == 0);
@@ -102,8 +114,40 @@ static void test_bad_files(void)
     }
 }
 
+/* Every spelling of /admin an upstream may normalize to it is ours. */
+static void test_admin_spellings(void)
+{
+    static const char *const admin[] = {"/admin",
+                                        "/admin/",
+                                        "/admin/invalidate",
+                                        "//admin/invalidate",
+                                        "/ADMIN/x",
+                                        "/Admin",
+                                        "/admin%2Finvalidate",
+                                        "/%61dmin/x",
+                                        "/%2561dmin/x",
+                                        "/x/../admin/x",
+                                        "/./admin",
+                                        "/admin;jsessionid=1",
+                                        "\\admin\\x",
+                                        "/%2e%2e/admin",
+                                        "/a/b/../../admin",
+                                        "/../admin"};
+    for (size_t i = 0; i < sizeof(admin) / sizeof(admin[0]); i++) {
+        if (!routes_is_admin(admin[i]))
+            fprintf(stderr, "not admin: %s\n", admin[i]);
+        CHECK(routes_is_admin(admin[i]));
+    }
+    CHECK(!routes_is_admin("/"));
+    CHECK(!routes_is_admin("/administrator"));
+    CHECK(!routes_is_admin("/x/admin"));
+    CHECK(!routes_is_admin("/cart/admin/1"));
+    CHECK(!routes_is_admin("/me/profile"));
+}
+
 int main(void)
 {
+    test_admin_spellings();
     test_patterns();
     test_parse_and_match();
     test_bad_files();
