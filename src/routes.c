@@ -257,15 +257,17 @@ static bool pct_decode_once(char *s)
     return changed;
 }
 
-bool routes_is_admin(const char *path)
+bool routes_not_forwarded(const char *path)
 {
     char buf[4096 + 1];
+    if (strlen(path) >= sizeof(buf))
+        return true; /* too long to judge whole: a later ".." could reach /admin */
     snprintf(buf, sizeof(buf), "%s", path);
     for (int i = 0; i < 3 && pct_decode_once(buf); i++)
         ;
     /* The first segment left once empty and "." segments are dropped and
-     * ".." pops: only that one decides. A ".." that pops the first segment
-     * makes the next one first, so each is tried. */
+     * ".." pops: only that one decides. A ".." above the root would leave
+     * the upstream's path prefix ("/legacy/../internal"). */
     char *save = NULL;
     int depth = 0;
     for (char *seg = strtok_r(buf, "/\\", &save); seg; seg = strtok_r(NULL, "/\\", &save)) {
@@ -273,7 +275,9 @@ bool routes_is_admin(const char *path)
         if (seg[0] == '\0' || strcmp(seg, ".") == 0)
             continue;
         if (strcmp(seg, "..") == 0) {
-            depth = depth > 0 ? depth - 1 : 0;
+            if (depth == 0)
+                return true;
+            depth--;
             continue;
         }
         if (depth == 0 && strcasecmp(seg, "admin") == 0)

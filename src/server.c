@@ -681,8 +681,9 @@ static void route_public(server *s, struct evhttp_request *req)
         if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
             handle_metrics(s, req);
     } else if (s->d.px != NULL && path[0] == '/' && strcmp(path, "/quote") != 0 &&
-               strncmp(path, "/quote/", 7) != 0 && !routes_is_admin(path)) {
-        /* Every route not ours; admin routes never; and only origin-form
+               strncmp(path, "/quote/", 7) != 0 && !routes_not_forwarded(path)) {
+        /* Every route not ours; admin routes and paths above the root
+         * never; and only origin-form
          * targets: "https://h/admin" or "ftp://h/admin" would reach the
          * upstream as sent, and a server must accept the absolute form. */
         handle_proxied(s, req, path);

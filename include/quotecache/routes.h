@@ -48,11 +48,13 @@ const route *routes_match(const routes *rt, unsigned method, const char *path);
 /* True when path matches the pattern (as above). */
 bool routes_path_matches(const char *pattern, const char *path);
 
-/* True when path (raw, no query) could reach /admin or /admin/... at an
- * upstream that decodes %XX (even twice), folds case, treats \ as /,
- * merges slashes, resolves . and .. and drops ;parameters: admin routes
- * are never passed on, however they are spelled. */
-bool routes_is_admin(const char *path);
+/* True when path (raw, no query) must not be passed on: it could reach
+ * /admin or /admin/... at an upstream that decodes %XX (even twice), folds
+ * case, treats \ as /, merges slashes, resolves . and .. and drops
+ * ;parameters (admin routes are never passed on, however they are
+ * spelled); or a ".." climbs above the root, out of the upstream's path
+ * prefix; or it is longer than 4096 bytes. */
+bool routes_not_forwarded(const char *path);
 
 /* Copies the request's identity for r (the header's value, or the
  * cookie's) into buf. Returns its length, or -1 when the request has

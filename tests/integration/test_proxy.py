@@ -181,6 +181,17 @@ def test_admin_never_forwarded_however_spelled():
     assert s == 200 and json.loads(b)["target"] == "/administrator/echo"
 
 
+def test_paths_above_the_root_are_not_forwarded():
+    # "/../x" would leave an --upstream path prefix ("/legacy/../x") at an
+    # upstream that resolves dot segments.
+    n = calls("/echo")
+    for path in (b"/../echo", b"/x/../../echo", b"/%2e%2e/echo", b"/%252e%252e/echo"):
+        out = raw(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s, _, b = qcstack.parse_response(out)
+        assert s == 404 and json.loads(b)["error"] == "no_route", (path, out)
+    assert calls("/echo") == n
+
+
 def test_only_origin_form_targets_are_forwarded():
     # Absolute forms other than http:// (and "*", "h/x") are not stripped:
     # forwarded as sent, a conforming upstream would route them by their
