@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -349,8 +350,12 @@ static void quote_validated(server *s, struct evhttp_request *req, const quote_r
                     (pragma && header_has_token(pragma, "no-cache"));
     const char *inm = evhttp_find_header(in, "If-None-Match");
     lookup_answer hot;
+    /* The wall clock itself (a vDSO read), not the loop's cached copy:
+     * libevent derives that from the monotonic clock and resyncs the
+     * difference only every 5 s, so after a step of the wall clock the hot
+     * tier would judge promotions and expiry on a time seconds off. */
     struct timeval now_tv;
-    event_base_gettimeofday_cached(s->base, &now_tv);
+    gettimeofday(&now_tv, NULL);
     int64_t now_ms = (int64_t)now_tv.tv_sec * 1000 + now_tv.tv_usec / 1000;
     if (!no_cache && lookup_quote_hot(s->d.lk, r, now_ms, &hot)) {
         struct timespec now;
