@@ -98,17 +98,17 @@ static conntrack *conns_of(server *s, struct evhttp_request *req)
 }
 
 /* The Date value of this second, formatted once per second (evhttp formats
- * one per answer when none is set). */
+ * one per answer when none is set). The second is read from the clock (a
+ * vDSO call): the loop's cached time lags a step of the wall clock by up
+ * to 5 s. */
 static const char *date_now(server *s)
 {
-    struct timeval now;
-    event_base_gettimeofday_cached(s->base, &now);
-    if (now.tv_sec != s->date_sec || s->date[0] == '\0') {
+    time_t t = time(NULL);
+    if (t != s->date_sec || s->date[0] == '\0') {
         struct tm tm;
-        time_t t = now.tv_sec;
         gmtime_r(&t, &tm);
         strftime(s->date, sizeof(s->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-        s->date_sec = now.tv_sec;
+        s->date_sec = t;
     }
     return s->date;
 }

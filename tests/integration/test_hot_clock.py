@@ -63,5 +63,32 @@ def test_promotion_applies_within_1s_of_a_clock_step_on_a_hot_key():
         px.stop_clean()
 
 
+def test_date_header_follows_a_clock_step():
+    """Date (formatted once per second) is of the time read now: before, it
+    came from the loop's cached time, a step behind for up to ~6 s."""
+    qctest.require_file(os.path.join(qcstack.build_dir(), "quotecache"), "quotecache")
+    qctest.require_file(FAKETIME, "libfaketime")
+    import email.utils
+    with qcstack.Stack(products=50) as st:
+        offset_file = os.path.join(st.dir, "faketime")
+        with open(offset_file, "w") as f:
+            f.write("+0\n")
+        env = {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": offset_file,
+               "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"}
+        px = qcstack.Proxy(st, workers=1, redis="none", env=env).ready()
+        for i in range(1, TRIALS + 1):
+            offset = 3600 * i
+            with open(offset_file, "w") as f:
+                f.write("+%d\n" % offset)
+            s, h, _ = px.get("/healthz")
+            date = dict((k.lower(), v) for k, v in h.items())["date"]
+            got = email.utils.parsedate_to_datetime(date).timestamp()
+            want = time.time() + offset
+            assert abs(got - want) <= 2, "trial %d: Date %s is %.0f s off the clock" % (
+                i, date, got - want)
+            time.sleep(0.7)
+        px.stop_clean()
+
+
 if __name__ == "__main__":
     qctest.main(globals())
