@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,17 +99,17 @@ static conntrack *conns_of(server *s, struct evhttp_request *req)
 }
 
 /* The Date value of this second, formatted once per second (evhttp formats
- * one per answer when none is set). */
+ * one per answer when none is set). The second is read from the clock (a
+ * vDSO call): the loop's cached time lags a step of the wall clock by up
+ * to 5 s. */
 static const char *date_now(server *s)
 {
-    struct timeval now;
-    event_base_gettimeofday_cached(s->base, &now);
-    if (now.tv_sec != s->date_sec || s->date[0] == '\0') {
+    time_t t = time(NULL);
+    if (t != s->date_sec || s->date[0] == '\0') {
         struct tm tm;
-        time_t t = now.tv_sec;
         gmtime_r(&t, &tm);
         strftime(s->date, sizeof(s->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-        s->date_sec = now.tv_sec;
+        s->date_sec = t;
     }
     return s->date;
 }
@@ -350,8 +351,12 @@ static void quote_validated(server *s, struct evhttp_request *req, const quote_r
                     (pragma && header_has_token(pragma, "no-cache"));
     const char *inm = evhttp_find_header(in, "If-None-Match");
     lookup_answer hot;
+    /* The wall clock itself (a vDSO read), not the loop's cached copy:
+     * libevent derives that from the monotonic clock and resyncs the
+     * difference only every 5 s, so after a step of the wall clock the hot
+     * tier would judge promotions and expiry on a time seconds off. */
     struct timeval now_tv;
-    event_base_gettimeofday_cached(s->base, &now_tv);
+    gettimeofday(&now_tv, NULL);
     int64_t now_ms = (int64_t)now_tv.tv_sec * 1000 + now_tv.tv_usec / 1000;
     if (!no_cache && lookup_quote_hot(s->d.lk, r, now_ms, &hot)) {
         struct timespec now;

@@ -71,7 +71,8 @@ lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_c
 void lookup_cancel(lookup_req *q);
 
 /* The in-process tier: when it holds a current copy for r at now_ms (the
- * wall clock in ms; the loop's cached time is close enough), fills *a (valid
+ * wall clock in ms, read now: not the loop's cached time, which lags a
+ * step of the wall clock by up to 5 s), fills *a (valid
  * until the next call into lookup) and returns true, answering at once; else
  * false, and the caller goes on with lookup_quote. Not for no-cache. */
 bool lookup_quote_hot(lookup *lk, const quote_req *r, int64_t now_ms, lookup_answer *a);
