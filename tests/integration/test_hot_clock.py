@@ -34,7 +34,9 @@ def test_promotion_applies_within_1s_of_a_clock_step_on_a_hot_key():
         with open(offset_file, "w") as f:
             f.write("+0\n")
         env = {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": offset_file,
-               "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"}
+               "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1",
+               # an ASan build refuses a preload ahead of its runtime otherwise
+               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
         px = qcstack.Proxy(st, workers=1, redis="none", env=env).ready()
         offset = 0
         for i, pid in enumerate(pids):
@@ -74,7 +76,9 @@ def test_date_header_follows_a_clock_step():
         with open(offset_file, "w") as f:
             f.write("+0\n")
         env = {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": offset_file,
-               "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"}
+               "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1",
+               # an ASan build refuses a preload ahead of its runtime otherwise
+               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
         px = qcstack.Proxy(st, workers=1, redis="none", env=env).ready()
         for i in range(1, TRIALS + 1):
             offset = 3600 * i
