@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 
 #include "quotecache/httphdr.h"
 
@@ -53,15 +54,53 @@ static bool in_list(const char *name, const char *const *list)
     return false;
 }
 
+static bool has_field(const struct evkeyvalq *h, const char *name)
+{
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Whether a field of in crosses the proxy; conn: in has a Connection field
+ * (looked up once per list: most requests have none, and asking it of
+ * every field made the copy quadratic). */
+static bool end_to_end(const struct evkeyvalq *in, const char *name, const char *const *skip,
+                       bool conn)
+{
+    return !proxyhdr_is_hop_by_hop(name) && !in_list(name, skip) &&
+           !(conn && proxyhdr_connection_lists(in, name));
+}
+
 void proxyhdr_copy_end_to_end(const struct evkeyvalq *in, struct evkeyvalq *out,
                               const char *const *skip)
 {
+    bool conn = has_field(in, "Connection");
     for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (proxyhdr_is_hop_by_hop(kv->key) || in_list(kv->key, skip) ||
-            proxyhdr_connection_lists(in, kv->key))
-            continue;
-        evhttp_add_header(out, kv->key, kv->value);
+        if (end_to_end(in, kv->key, skip, conn))
+            evhttp_add_header(out, kv->key, kv->value);
     }
+}
+
+void proxyhdr_move_end_to_end(struct evkeyvalq *in, struct evkeyvalq *out, const char *const *skip)
+{
+    /* The Connection fields are hop-by-hop: they stay in in, where the
+     * later fields are judged against them. */
+    bool conn = has_field(in, "Connection");
+    struct evkeyval *following;
+    for (struct evkeyval *kv = in->tqh_first; kv; kv = following) {
+        following = kv->next.tqe_next;
+        if (end_to_end(in, kv->key, skip, conn)) {
+            TAILQ_REMOVE(in, kv, next);
+            TAILQ_INSERT_TAIL(out, kv, next);
+        }
+    }
+}
+
+void proxyhdr_move_all(struct evkeyvalq *from, struct evkeyvalq *to)
+{
+    TAILQ_CONCAT(to, from, next);
 }
 
 size_t proxyhdr_join(const struct evkeyvalq *h, const char *name, char *buf, size_t len)

@@ -559,13 +559,12 @@ static void handle_metrics(server *s, struct evhttp_request *req)
 
 /* ---- pass-through (--upstream) ---- */
 
-/* A proxied answer as proxy.c built it (every header set there), or our
- * JSON 502/503/504 with its cache fields. */
-static void send_proxied(server *s, struct evhttp_request *req, const proxy_reply *r)
+/* A proxied answer as proxy.c built it (every header set there, moved
+ * into the answer, not copied), or our JSON 502/503/504 with its cache
+ * fields. */
+static void send_proxied(server *s, struct evhttp_request *req, proxy_reply *r)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    for (const struct evkeyval *kv = r->headers.tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(h, kv->key, kv->value);
+    proxyhdr_move_all(&r->headers, evhttp_request_get_output_headers(req));
     if (r->err != NULL) {
         metrics_proxy_request(r->route, r->err->status, r->xcache, r->upstream_seconds);
         send_error(s, req, R_OTHER, r->err->status, r->err->code, r->err->message);

@@ -15,6 +15,7 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <netdb.h>
@@ -48,18 +49,22 @@ struct upstream_op {
     upstream_cb *cb; /* NULL once the owner left */
     void *arg;
     /* What is sent, kept so that a stale keep-alive connection can be
-     * retried once on a fresh one. */
+     * retried once on a fresh one: the client's request itself (it lives
+     * until its answer, which waits for this op), read again on a retry
+     * rather than its headers copied aside for one, and what it no longer
+     * holds (its body, drained into ours, and its peer). */
     enum evhttp_cmd_type method;
     char *uri;
-    struct evkeyvalq hdrs;
+    struct evhttp_request *client;
+    char peer[64];
     struct evbuffer *body;
     bool reused_conn; /* the connection came from the idle list */
     bool retried;
     struct evhttp_connection *conn; /* while SENT */
     enum evhttp_request_error fail; /* evhttp's reason, when it failed us */
     bool failed;
-    struct event *deadline;
-    struct event *fire;
+    struct event deadline; /* embedded: no allocation per request */
+    struct event fire;
     struct timespec sent_at;
     /* The answer. */
     qc_error err;
@@ -80,7 +85,7 @@ struct upstream {
     int max_conns;
     int active;
     upstream_op *ops;
-    conn_node *idle;
+    struct evhttp_connection *idle[UPSTREAM_MAX_IDLE]; /* a stack: the warmest on top */
     int nidle;
     conn_node *graveyard;
     struct event *reap;
@@ -122,8 +127,7 @@ static void conn_push(conn_node **list, struct evhttp_connection *conn)
 static void conn_release(upstream *u, struct evhttp_connection *conn, bool reusable)
 {
     if (reusable && u->nidle < UPSTREAM_MAX_IDLE) {
-        conn_push(&u->idle, conn);
-        u->nidle++;
+        u->idle[u->nidle++] = conn;
         return;
     }
     conn_push(&u->graveyard, conn);
@@ -134,15 +138,9 @@ static void conn_release(upstream *u, struct evhttp_connection *conn, bool reusa
  * meet another stale one). */
 static struct evhttp_connection *conn_get(upstream *u, bool fresh, bool *reused)
 {
-    *reused = !fresh && u->idle != NULL;
-    if (*reused) {
-        conn_node *n = u->idle;
-        struct evhttp_connection *c = n->conn;
-        u->idle = n->next;
-        u->nidle--;
-        free(n);
-        return c;
-    }
+    *reused = !fresh && u->nidle > 0;
+    if (*reused)
+        return u->idle[--u->nidle];
     struct evhttp_connection *c =
         evhttp_connection_base_new(u->base, NULL, u->addr, (unsigned short)u->port);
     if (c == NULL)
@@ -174,9 +172,8 @@ static void op_free(upstream_op *op)
         u->ops = op->next;
     if (op->next)
         op->next->prev = op->prev;
-    event_free(op->deadline);
-    event_free(op->fire);
-    evhttp_clear_headers(&op->hdrs);
+    event_del(&op->deadline);
+    event_del(&op->fire);
     evhttp_clear_headers(&op->rhdrs);
     evbuffer_free(op->body);
     evbuffer_free(op->rbody);
@@ -205,8 +202,8 @@ static void op_enter(upstream_op *op, enum op_state to)
     }
     log_debug("upstream %s: state %d -> %d", op->uri, (int)op->state, (int)to);
     if (op->state == OP_SENT) {
-        evtimer_del(op->deadline);
-        event_active(op->fire, EV_TIMEOUT, 1);
+        evtimer_del(&op->deadline);
+        event_active(&op->fire, EV_TIMEOUT, 1);
     }
     op->state = to;
 }
@@ -218,6 +215,7 @@ static void op_error(upstream_op *op, int status, const char *code, const char *
 }
 
 static int op_send(upstream_op *op);
+static void copy_request(upstream_op *op, struct evkeyvalq *out);
 
 static void on_error(enum evhttp_request_error e, void *arg)
 {
@@ -232,12 +230,14 @@ static bool idempotent(enum evhttp_cmd_type m)
            m == EVHTTP_REQ_DELETE || m == EVHTTP_REQ_OPTIONS;
 }
 
-/* Copies the answer out of evhttp's request, which it frees after us. */
+/* Takes the answer out of evhttp's request, which it frees after us (its
+ * fields are moved, not copied: evhttp reads them only before calling
+ * us). */
 static void take_answer(upstream_op *op, struct evhttp_request *req)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     op->status = evhttp_request_get_response_code(req);
-    proxyhdr_copy_end_to_end(in, &op->rhdrs, proxyhdr_response_skip);
+    proxyhdr_move_end_to_end(in, &op->rhdrs, proxyhdr_response_skip);
     /* A HEAD or 304 has no body here: its Content-Length describes the
      * representation and goes through; other bodies are framed by us. */
     const char *cl = evhttp_find_header(in, "Content-Length");
@@ -324,9 +324,7 @@ static int op_send(upstream_op *op)
     }
     struct evhttp_request *req = evhttp_request_new(on_response, op);
     evhttp_request_set_error_cb(req, on_error);
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    for (struct evkeyval *kv = op->hdrs.tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(out, kv->key, kv->value);
+    copy_request(op, evhttp_request_get_output_headers(req));
     size_t len = evbuffer_get_length(op->body);
     if (len > 0)
         evbuffer_add(evhttp_request_get_output_buffer(req), evbuffer_pullup(op->body, -1), len);
@@ -358,39 +356,50 @@ static char *target_of(const upstream *u, const char *uri)
     return t;
 }
 
-static void copy_request(upstream *u, upstream_op *op, struct evhttp_request *req)
+/* The request's fields toward the upstream, straight from the client's
+ * request into out (evhttp's outgoing request): one copy per send. */
+static void copy_request(upstream_op *op, struct evkeyvalq *out)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    proxyhdr_copy_end_to_end(in, &op->hdrs, proxyhdr_request_skip);
+    upstream *u = op->u;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(op->client);
+    proxyhdr_copy_end_to_end(in, out, proxyhdr_request_skip);
+    proxyhdr_set_forwarded(in, out, op->peer, "http");
+    /* The id we answer and log with (accesslog.c: the client's when valid,
+     * else made), so that the application's logs name the same request;
+     * the client's own field was skipped above, valid or not. */
+    const char *id =
+        evhttp_find_header(evhttp_request_get_output_headers(op->client), "X-Request-Id");
+    if (id != NULL)
+        evhttp_add_header(out, "X-Request-Id", id);
+    if (evhttp_find_header(in, "Host") == NULL) {
+        char host[300];
+        snprintf(host, sizeof(host), "%s:%d", u->host, u->port);
+        evhttp_add_header(out, "Host", host);
+    }
+    /* Re-framed: whatever framing the client used (chunked included), the
+     * upstream gets the body we hold with its exact length. evhttp adds a
+     * length on its own only for POST and PUT. */
+    size_t len = evbuffer_get_length(op->body);
+    if (len > 0 || op->method == EVHTTP_REQ_POST || op->method == EVHTTP_REQ_PUT ||
+        op->method == EVHTTP_REQ_PATCH) {
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", len);
+        evhttp_add_header(out, "Content-Length", n);
+    }
+}
+
+/* What of the client's request does not stay with it: the body (drained
+ * into ours, once) and the peer (its connection may go before a retry). */
+static void keep_client(upstream_op *op, struct evhttp_request *req)
+{
+    op->client = req;
     char *ip = NULL;
     ev_uint16_t port = 0;
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
     if (evcon != NULL)
         evhttp_connection_get_peer(evcon, &ip, &port);
-    proxyhdr_set_forwarded(in, &op->hdrs, ip ? ip : "unknown", "http");
-    /* The id we answer and log with (accesslog.c: the client's when valid,
-     * else made), so that the application's logs name the same request;
-     * the client's own field was skipped above, valid or not. */
-    const char *id = evhttp_find_header(evhttp_request_get_output_headers(req), "X-Request-Id");
-    if (id != NULL)
-        evhttp_add_header(&op->hdrs, "X-Request-Id", id);
-    if (evhttp_find_header(in, "Host") == NULL) {
-        char host[300];
-        snprintf(host, sizeof(host), "%s:%d", u->host, u->port);
-        evhttp_add_header(&op->hdrs, "Host", host);
-    }
-    /* Re-framed: whatever framing the client used (chunked included), the
-     * upstream gets the body we hold with its exact length. evhttp adds a
-     * length on its own only for POST and PUT. */
-    struct evbuffer *body = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(body);
-    if (len > 0 || op->method == EVHTTP_REQ_POST || op->method == EVHTTP_REQ_PUT ||
-        op->method == EVHTTP_REQ_PATCH) {
-        char n[24];
-        snprintf(n, sizeof(n), "%zu", len);
-        evhttp_add_header(&op->hdrs, "Content-Length", n);
-    }
-    evbuffer_add_buffer(op->body, body);
+    snprintf(op->peer, sizeof(op->peer), "%s", ip ? ip : "unknown");
+    evbuffer_add_buffer(op->body, evhttp_request_get_input_buffer(req));
 }
 
 upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_cb *cb, void *arg)
@@ -402,24 +411,23 @@ upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_
     op->arg = arg;
     op->method = evhttp_request_get_command(req);
     op->uri = target_of(u, evhttp_request_get_uri(req));
-    TAILQ_INIT(&op->hdrs);
     TAILQ_INIT(&op->rhdrs);
     op->body = evbuffer_new();
     op->rbody = evbuffer_new();
-    op->deadline = evtimer_new(u->base, on_deadline, op);
-    op->fire = event_new(u->base, -1, 0, on_fire, op);
+    evtimer_assign(&op->deadline, u->base, on_deadline, op);
+    event_assign(&op->fire, u->base, -1, 0, on_fire, op);
     op->next = u->ops;
     if (u->ops)
         u->ops->prev = op;
     u->ops = op;
-    copy_request(u, op, req);
+    keep_client(op, req);
     clock_gettime(CLOCK_MONOTONIC, &op->sent_at);
     if (op_send(op) < 0) {
         op_enter(op, OP_READY); /* answered from the loop, as any failure */
         return op;
     }
     struct timeval tv = {u->timeout_ms / 1000, (u->timeout_ms % 1000) * 1000};
-    evtimer_add(op->deadline, &tv);
+    evtimer_add(&op->deadline, &tv);
     return op;
 }
 
@@ -516,7 +524,8 @@ void upstream_free(upstream *u)
         }
         op_free(op);
     }
-    conn_list_free(u->idle);
+    for (int i = 0; i < u->nidle; i++)
+        evhttp_connection_free(u->idle[i]);
     conn_list_free(u->graveyard);
     event_free(u->reap);
     free(u);

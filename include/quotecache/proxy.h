@@ -49,7 +49,8 @@ void proxy_free(proxy *p);
 bool proxy_try_local(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out);
 void proxy_reply_release(proxy_reply *r);
 
-/* Forwards req; cb gets the reply (valid during the call only). */
+/* Forwards req; cb gets the reply (valid during the call only). req must
+ * stay valid until cb fires or proxy_cancel (upstream.h). */
 proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, proxy_cb *cb,
                         void *arg);
 /* The client left: cb will not fire; the upstream request is aborted. */

@@ -27,6 +27,13 @@ bool proxyhdr_connection_lists(const struct evkeyvalq *h, const char *name);
 void proxyhdr_copy_end_to_end(const struct evkeyvalq *in, struct evkeyvalq *out,
                               const char *const *skip);
 
+/* The same selection as proxyhdr_copy_end_to_end, but the fields are
+ * moved from in to out (no copy); what is not end-to-end stays in in. */
+void proxyhdr_move_end_to_end(struct evkeyvalq *in, struct evkeyvalq *out, const char *const *skip);
+
+/* Appends every field of from to to, leaving from empty (no copy). */
+void proxyhdr_move_all(struct evkeyvalq *from, struct evkeyvalq *to);
+
 /* Every value of the fields called name in h, joined by ", " into buf
  * (truncated to len-1). Returns the length, 0 when there is none. */
 size_t proxyhdr_join(const struct evkeyvalq *h, const char *name, char *buf, size_t len);

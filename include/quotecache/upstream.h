@@ -40,7 +40,9 @@ upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms,
 /* Sends a copy of the client's request req (method, target with the
  * prefix in front, end-to-end headers plus forwarding fields, the body
  * re-framed with a Content-Length) to the upstream. Returns the op, which
- * the caller may cancel until cb fires. req is not used after return. */
+ * the caller may cancel until cb fires. req's body is drained into the op;
+ * req itself must stay valid until cb fires or upstream_cancel (a retry
+ * reads its headers again), as a request does until it is answered. */
 upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_cb *cb, void *arg);
 
 /* The owner is gone (its client closed): cb will not fire. A request still

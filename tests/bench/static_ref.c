@@ -9,6 +9,9 @@
  * proxy's numbers can be read as a ratio to it.
  *
  * usage: quotecache-static-ref --listen HOST:PORT --body FILE [--etag TAG]
+ *        [--cache-control VALUE]   (default no-cache, as a quote hit says;
+ *        scripts/bench gives a cacheable one to the upstream of a `local`
+ *        route, which never stores a no-cache answer)
  * Other methods get 405. SIGTERM / SIGINT exit 0.
  */
 
@@ -29,6 +32,7 @@
 static char *body;
 static size_t body_len;
 static char etag[128] = "\"static-reference\"";
+static const char *cache_control = "no-cache";
 
 static void on_request(struct evhttp_request *req, void *arg)
 {
@@ -40,7 +44,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "X-Cache", "HIT");
     evhttp_add_header(h, "ETag", etag);
-    evhttp_add_header(h, "Cache-Control", "no-cache");
+    evhttp_add_header(h, "Cache-Control", cache_control);
     evhttp_add_header(h, "Content-Type", "application/json");
     struct evbuffer *buf = evbuffer_new();
     evbuffer_add(buf, body, body_len);
@@ -82,7 +86,8 @@ static int read_file(const char *path)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: quotecache-static-ref --listen HOST:PORT --body FILE [--etag TAG]\n");
+    fprintf(stderr, "usage: quotecache-static-ref --listen HOST:PORT --body FILE [--etag TAG] "
+                    "[--cache-control VALUE]\n");
     exit(2);
 }
 
@@ -96,6 +101,8 @@ int main(int argc, char **argv)
             body_path = argv[++i];
         else if (strcmp(argv[i], "--etag") == 0 && i + 1 < argc)
             snprintf(etag, sizeof(etag), "\"%s\"", argv[++i]);
+        else if (strcmp(argv[i], "--cache-control") == 0 && i + 1 < argc)
+            cache_control = argv[++i];
         else
             usage();
     }

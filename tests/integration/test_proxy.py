@@ -320,11 +320,23 @@ def test_stale_keepalive_connection_retried_once_for_idempotent():
         s, _, b = req("GET", "/echo?after=drop", port=p2.port)
         assert s == 200 and json.loads(b)["target"] == "/echo?after=drop"
         assert calls("dropped") == n + 1  # the first try met the dropped connection
+        # the retry is built again from the client's request: the same
+        # fields, forwarding fields and body as a first try
+        assert req("GET", "/drop-next", port=p2.port)[0] == 200
+        s, _, b = req("PUT", "/echo?after=drop", port=p2.port, body=b"again",
+                      headers={"X-Custom": "kept", "Connection": "X-Hop", "X-Hop": "1"})
+        doc = json.loads(b)
+        h = echo_headers(doc)
+        assert s == 200 and doc["method"] == "PUT" and doc["body"] == "again", doc
+        assert h.get("x-custom") == ["kept"] and "x-hop" not in h, h
+        assert h["x-forwarded-for"] == ["127.0.0.1"] and h["via"] == ["1.1 quotecache"], h
+        assert len(h.get("x-request-id", [])) == 1 and h["content-length"] == ["5"], h
+        assert calls("dropped") == n + 2
         # a POST is not retried: the upstream may have acted on it
         assert req("POST", "/drop-next", port=p2.port, body=b"x")[0] == 200
         s, _, b = req("POST", "/echo", port=p2.port, body=b"x")
         assert s == 502 and json.loads(b)["error"] == "upstream_unavailable"
-        assert calls("dropped") == n + 2
+        assert calls("dropped") == n + 3
         p2.stop_clean()
 
 

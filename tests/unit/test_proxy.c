@@ -50,5 +50,8 @@ int main(void)
     int rc = proxy_local_key(&r, target, "Bearer C", c, sizeof(c));
     CHECK(ra < 0 && rc < 0);
     CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", a, sizeof(a)) == 0);
+    /* The digest is SHA-256 in lowercase hex (hashlib's, for "Bearer A"). */
+    CHECK(strcmp(a, "GET /cart/1\ncart\n"
+                    "98114cdd5c702d7a5efbd07968971454850b9801daae87ee5600cad5d7f1c179") == 0);
     return CHECK_DONE();
 }

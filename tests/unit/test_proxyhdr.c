@@ -181,11 +181,50 @@ static void test_parse_url(void)
           0);
 }
 
+/* The move makes the same selection as the copy (hop-by-hop and
+ * Connection-listed fields stay behind, even those listed by a Connection
+ * field that comes after them), in order, and leaves the rest in place. */
+static void test_move_selects_as_copy(void)
+{
+    struct evkeyvalq in, out, all;
+    TAILQ_INIT(&in);
+    TAILQ_INIT(&out);
+    TAILQ_INIT(&all);
+    evhttp_add_header(&in, "X-Secret", "1"); /* listed below: hop-by-hop */
+    evhttp_add_header(&in, "Content-Type", "application/json");
+    evhttp_add_header(&in, "Keep-Alive", "timeout=5");
+    evhttp_add_header(&in, "Connection", "keep-alive, X-Secret");
+    evhttp_add_header(&in, "Content-Length", "10");
+    evhttp_add_header(&in, "Set-Cookie", "s=1");
+    evhttp_add_header(&in, "Set-Cookie", "t=2");
+    evhttp_add_header(&in, "X-Cache", "HIT");
+    proxyhdr_move_end_to_end(&in, &out, proxyhdr_response_skip);
+    CHECK(count(&out, "Content-Type") == 1 && count(&out, "Set-Cookie") == 2);
+    const char *gone[] = {"X-Secret", "Keep-Alive", "Connection", "Content-Length", "X-Cache"};
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        CHECK(count(&out, gone[i]) == 0);
+        CHECK(count(&in, gone[i]) == 1); /* left where it was */
+    }
+    CHECK(count(&in, "Content-Type") == 0 && count(&in, "Set-Cookie") == 0);
+    CHECK(out.tqh_first != NULL && strcmp(out.tqh_first->key, "Content-Type") == 0);
+    CHECK(strcmp(evhttp_find_header(&out, "Set-Cookie"), "s=1") == 0); /* order kept */
+    proxyhdr_move_all(&out, &all);
+    CHECK(out.tqh_first == NULL && count(&all, "Set-Cookie") == 2);
+    proxyhdr_move_all(&out, &all); /* from an empty list: nothing */
+    CHECK(count(&all, "Content-Type") == 1);
+    evhttp_add_header(&out, "X-After", "1"); /* the emptied list is usable */
+    proxyhdr_move_all(&out, &all);
+    CHECK(all.tqh_first != NULL && count(&all, "X-After") == 1);
+    evhttp_clear_headers(&in);
+    evhttp_clear_headers(&all);
+}
+
 int main(void)
 {
     test_hop_by_hop_names();
     test_copy_drops_hop_and_connection_listed();
     test_response_copy_keeps_end_to_end();
+    test_move_selects_as_copy();
     test_forwarded_fields();
     test_framing();
     test_parse_url();
