@@ -244,7 +244,7 @@ load *load_start(lookup *lk, const lk_req *q, const fresh_gens *g, const char *s
     ld->lk = lk;
     ld->state = LS_NEW;
     ld->r = q->r;
-    memcpy(ld->promos, q->promos, sizeof(q->promos));
+    memcpy(ld->promos, q->promos, q->npromos * sizeof(int64_t));
     ld->npromos = q->npromos;
     memcpy(ld->key_promos, q->promos, q->npromos * sizeof(int64_t));
     ld->key_npromos = q->npromos;

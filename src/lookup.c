@@ -321,7 +321,9 @@ static void on_deferred(evutil_socket_t fd, short what, void *arg)
 
 lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_cb *cb, void *arg)
 {
-    lk_req *q = xcalloc(1, sizeof(*q));
+    const promo_set *set = catalog_promo_set(lk->cat, r->product_id, r->region, wall_ms());
+    size_t npromos = set->n > 0 ? (size_t)set->n : 0;
+    lk_req *q = xcalloc(1, sizeof(*q) + npromos * sizeof(int64_t));
     q->lk = lk;
     q->r = *r;
     q->no_cache = no_cache;
@@ -330,8 +332,7 @@ lookup_req *lookup_quote(lookup *lk, const quote_req *r, bool no_cache, lookup_c
     q->cb = cb;
     q->arg = arg;
     lk->pending++;
-    const promo_set *set = catalog_promo_set(lk->cat, r->product_id, r->region, wall_ms());
-    q->npromos = set->n > 0 ? (size_t)set->n : 0;
+    q->npromos = npromos;
     q->too_many_promos = set->n < 0;
     q->promo_hash = set->hash;
     if (q->npromos > 0)

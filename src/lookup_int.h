@@ -42,7 +42,6 @@ struct lookup_req {
     enum req_phase phase;
     flight_waiter w;
     quote_req r;
-    int64_t promos[CATALOG_MAX_PROMOS_PER_QUOTE];
     size_t npromos;
     uint64_t promo_hash; /* promoset's hash of promos, for the in-process tier */
     char key[KEY_MAX];
@@ -58,6 +57,10 @@ struct lookup_req {
     lookup_cb *cb;        /* NULL once detached (lookup_cancel while reading) */
     void *arg;
     struct event *ev; /* REQ_DEFERRED: the deferred join; REQ_WAITING: the deadline */
+    /* Its active promotions, npromos of them: allocated to size, so a
+     * request costs a small block to zero, not KEY_MAX_PROMOS slots (2 KB
+     * of a calloc per request when they were a fixed array). */
+    int64_t promos[];
 };
 
 typedef struct lookup_req lk_req;

@@ -186,17 +186,24 @@ static bool etag_matches(const char *inm, const char *etag)
     return httphdr_etag_matches(inm, etag);
 }
 
-/* Replies to a quote request with a lookup answer (exactly once). */
+static int64_t wall_now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* Replies to a quote request with a lookup answer (exactly once). now_ms:
+ * the wall clock read now (Age and the ttl left are differences with the
+ * copy's wall-clock store time: never the loop's cached time, which lags
+ * a step of the wall clock by up to 5 s). */
 static void reply_quote(server *s, struct evhttp_request *req, const char *inm,
-                        const struct timespec *started, const lookup_answer *a)
+                        const struct timespec *started, int64_t now_ms, const lookup_answer *a)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     const char *x = metrics_xcache_name(a->xcache);
     if (x)
         evhttp_add_header(h, "X-Cache", x);
-    struct timeval now;
-    event_base_gettimeofday_cached(s->base, &now);
-    int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_usec / 1000;
     char cs[64];
     int ttl_s = a->status == 200 ? s->d.cfg->ttl_s : s->d.cfg->neg_ttl_s; /* 404s: --neg-ttl */
     cache_status_render(cs, sizeof(cs), a->xcache, a->stored_at_ms, ttl_s, now_ms);
@@ -232,7 +239,7 @@ static void on_answer(void *arg, const lookup_answer *a)
     req_ctx *c = arg;
     if (c->gone)
         event_free(c->gone);
-    reply_quote(c->s, c->req, c->inm, &c->started, a);
+    reply_quote(c->s, c->req, c->inm, &c->started, wall_now_ms(), a);
     c->s->inflight--;
     free(c);
 }
@@ -355,13 +362,11 @@ static void quote_validated(server *s, struct evhttp_request *req, const quote_r
      * libevent derives that from the monotonic clock and resyncs the
      * difference only every 5 s, so after a step of the wall clock the hot
      * tier would judge promotions and expiry on a time seconds off. */
-    struct timeval now_tv;
-    gettimeofday(&now_tv, NULL);
-    int64_t now_ms = (int64_t)now_tv.tv_sec * 1000 + now_tv.tv_usec / 1000;
+    int64_t now_ms = wall_now_ms();
     if (!no_cache && lookup_quote_hot(s->d.lk, r, now_ms, &hot)) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        reply_quote(s, req, inm, &now, &hot);
+        reply_quote(s, req, inm, &now, now_ms, &hot);
         return;
     }
     req_ctx *c = xcalloc(1, sizeof(*c));

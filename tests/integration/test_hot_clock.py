@@ -94,5 +94,38 @@ def test_date_header_follows_a_clock_step():
         px.stop_clean()
 
 
+def test_age_follows_a_clock_step():
+    """Age and the Cache-Status ttl of a hit are differences with the copy's
+    wall-clock store time, so they take the wall clock read now: before,
+    the loop's cached time, a step behind for up to ~6 s (Age 0 a minute
+    after a copy was stored)."""
+    qctest.require_file(os.path.join(qcstack.build_dir(), "quotecache"), "quotecache")
+    qctest.require_file(FAKETIME, "libfaketime")
+    with qcstack.Stack(products=50) as st:
+        offset_file = os.path.join(st.dir, "faketime")
+        with open(offset_file, "w") as f:
+            f.write("+0\n")
+        env = {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": offset_file,
+               "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1",
+               # an ASan build refuses a preload ahead of its runtime otherwise
+               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+        px = qcstack.Proxy(st, workers=1, redis="none", ttl=3600, env=env).ready()
+        s, h, _ = px.quote(1)
+        assert s == 200, s
+        for i in range(1, TRIALS + 1):
+            offset = 60 * i
+            with open(offset_file, "w") as f:
+                f.write("+%d\n" % offset)
+            s, h, _ = px.quote(1)
+            hd = dict((k.lower(), v) for k, v in h.items())
+            assert s == 200 and hd.get("x-cache") == "HIT", (s, hd)
+            age = int(hd["age"])
+            assert offset - 3 <= age <= offset + 3, "trial %d: Age %d, %d s after the store" % (
+                i, age, offset)
+            ttl = int(hd["cache-status"].split("ttl=")[1])
+            assert abs(ttl - (3600 - age)) <= 1, (ttl, age)
+        px.stop_clean()
+
+
 if __name__ == "__main__":
     qctest.main(globals())
