@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quotecache/graveyard.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -58,19 +59,9 @@ struct tax_client {
     tax_op *ops;
     conn_node *idle;
     int nidle;
-    conn_node *graveyard;
-    struct event *reap;
-    int state; /* -1 unknown, 0 down, 1 up */
+    graveyard *graveyard; /* connections freed from the loop */
+    int state;            /* -1 unknown, 0 down, 1 up */
 };
-
-static void conn_bury(tax_client *t, struct evhttp_connection *conn)
-{
-    conn_node *n = xmalloc(sizeof(*n));
-    n->conn = conn;
-    n->next = t->graveyard;
-    t->graveyard = n;
-    event_active(t->reap, EV_TIMEOUT, 1);
-}
 
 static void conn_list_free(conn_node *n)
 {
@@ -82,16 +73,6 @@ static void conn_list_free(conn_node *n)
     }
 }
 
-static void on_reap(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    tax_client *t = arg;
-    conn_node *g = t->graveyard;
-    t->graveyard = NULL;
-    conn_list_free(g);
-}
-
 /* A connection that answered well stays open for the next call. The idle
  * set is bounded by the in-flight bound (whose descriptors main.c's
  * RLIMIT_NOFILE budget already counts), not by a smaller constant: after a
@@ -101,7 +82,7 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
 static void conn_release(tax_client *t, struct evhttp_connection *conn, bool reusable)
 {
     if (!reusable || t->nidle >= t->max_conns) {
-        conn_bury(t, conn);
+        graveyard_bury(t->graveyard, conn);
         return;
     }
     conn_node *n = xmalloc(sizeof(*n));
@@ -273,7 +254,7 @@ int tax_request(tax_client *t, const char *region, int64_t product_id, int64_t a
     if (evhttp_make_request(conn, req, EVHTTP_REQ_GET, uri) < 0) {
         /* evhttp has let go of req; answer from the loop as for any failure. */
         op->conn = NULL;
-        conn_bury(t, conn);
+        graveyard_bury(t->graveyard, conn);
         evtimer_del(op->deadline);
         op_fail(op, 503, "tax_unavailable", "cannot send to the tax service");
         op->state = OP_DONE;
@@ -302,7 +283,7 @@ tax_client *tax_client_new(struct event_base *base, const char *url, int timeout
         t->timeout_ms = timeout_ms;
         t->max_conns = max_conns;
         t->state = -1;
-        t->reap = event_new(base, -1, 0, on_reap, t);
+        t->graveyard = graveyard_new(base);
     }
     evhttp_uri_free(u);
     return t;
@@ -326,8 +307,7 @@ void tax_client_free(tax_client *t)
         op_free(op);
     }
     conn_list_free(t->idle);
-    conn_list_free(t->graveyard);
-    event_free(t->reap);
+    graveyard_free(t->graveyard);
     free(t);
 }
 

@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "quotecache/graveyard.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/proxyhdr.h"
@@ -36,11 +37,6 @@
 #define UPSTREAM_URI_MAX 8192
 
 enum op_state { OP_SENT, OP_READY, OP_DEAD };
-
-typedef struct conn_node {
-    struct conn_node *next;
-    struct evhttp_connection *conn;
-} conn_node;
 
 struct upstream_op {
     struct upstream_op *next, *prev; /* every live op, for shutdown */
@@ -87,39 +83,10 @@ struct upstream {
     upstream_op *ops;
     struct evhttp_connection *idle[UPSTREAM_MAX_IDLE]; /* a stack: the warmest on top */
     int nidle;
-    conn_node *graveyard;
-    struct event *reap;
+    graveyard *graveyard; /* connections freed from the loop */
 };
 
 /* ---- connections ---- */
-
-static void conn_list_free(conn_node *n)
-{
-    while (n) {
-        conn_node *next = n->next;
-        evhttp_connection_free(n->conn);
-        free(n);
-        n = next;
-    }
-}
-
-static void on_reap(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    upstream *u = arg;
-    conn_node *g = u->graveyard;
-    u->graveyard = NULL;
-    conn_list_free(g);
-}
-
-static void conn_push(conn_node **list, struct evhttp_connection *conn)
-{
-    conn_node *n = xmalloc(sizeof(*n));
-    n->conn = conn;
-    n->next = *list;
-    *list = n;
-}
 
 /* From inside an evhttp callback of conn: keep it for the next request,
  * or free it from the loop. evhttp reconnects a kept connection that the
@@ -130,8 +97,7 @@ static void conn_release(upstream *u, struct evhttp_connection *conn, bool reusa
         u->idle[u->nidle++] = conn;
         return;
     }
-    conn_push(&u->graveyard, conn);
-    event_active(u->reap, EV_TIMEOUT, 1);
+    graveyard_bury(u->graveyard, conn);
 }
 
 /* An idle connection, or a new one (always when fresh: a retry must not
@@ -331,8 +297,7 @@ static int op_send(upstream_op *op)
     op->failed = false;
     if (evhttp_make_request(conn, req, op->method, op->uri) < 0) {
         /* evhttp has let go of req. */
-        conn_push(&u->graveyard, conn);
-        event_active(u->reap, EV_TIMEOUT, 1);
+        graveyard_bury(u->graveyard, conn);
         op_error(op, 502, "upstream_unavailable", "cannot send to the upstream");
         return -1;
     }
@@ -502,7 +467,7 @@ upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms,
     u->timeout_ms = timeout_ms;
     u->max_body = max_body;
     u->max_conns = max_conns;
-    u->reap = event_new(base, -1, 0, on_reap, u);
+    u->graveyard = graveyard_new(base);
     return u;
 }
 
@@ -526,7 +491,6 @@ void upstream_free(upstream *u)
     }
     for (int i = 0; i < u->nidle; i++)
         evhttp_connection_free(u->idle[i]);
-    conn_list_free(u->graveyard);
-    event_free(u->reap);
+    graveyard_free(u->graveyard);
     free(u);
 }
