@@ -91,6 +91,10 @@ static int quote_from_rows(origin_op *op, const PGresult *r, qc_error *err)
                      q->req.product_id, q->req.region);
         return -1;
     }
+    if (PQnfields(r) < 6 || strcmp(PQgetvalue(r, 0, 5), "t") != 0) {
+        qc_error_set(err, 400, "unknown_tier", "parameter 'tier': no such tier");
+        return -1;
+    }
     if (PQgetisnull(r, 0, 0)) {
         qc_error_set(err, 400, "unknown_currency", "currency %s does not exist", q->req.currency);
         return -1;

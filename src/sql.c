@@ -4,7 +4,11 @@
 
 /* The quote of legacy-backend.md in one round trip. The promotions applied
  * are the ones the caller found active (they are part of the cache key), so
- * the stored quote always matches its key; the discount is read fresh. All
+ * the stored quote always matches its key; the discount is read fresh. The
+ * tier and the currency are checked in the same snapshot: a load that runs
+ * after a tier or currency is deleted, before this worker's catalog has
+ * reloaded (a scoped bump does not wait for it), answers 400, never a
+ * price of a state that never existed (no tier row, no discount). All
  * arithmetic is numeric, and round(numeric) rounds half away from zero, as
  * the spec requires. */
 static const char quote_sql[] =
@@ -16,16 +20,17 @@ static const char quote_sql[] =
     "            WHERE pr.id = ANY($5::bigint[])), 0) AS promo_bp,"
     "  (SELECT array_agg(pr.id ORDER BY pr.id) FROM promotions pr"
     "    WHERE pr.id = ANY($5::bigint[])) AS promo_ids,"
-    "  (SELECT fx.usd_rate FROM fx_rates fx WHERE fx.currency = $4) AS rate"
+    "  (SELECT fx.usd_rate FROM fx_rates fx WHERE fx.currency = $4) AS rate,"
+    "  EXISTS (SELECT 1 FROM tiers t WHERE t.name = $3) AS tier_ok"
     " FROM products pd"
     " JOIN regional_prices rp ON rp.product_id = pd.id AND rp.region = $2"
     " WHERE pd.id = $1::bigint AND pd.active),"
     "u AS ("
     " SELECT round(round(list::numeric * (10000 - tier_bp) * (10000 - promo_bp)"
-    "        / 100000000) * rate) AS unit, promo_ids FROM p)"
+    "        / 100000000) * rate) AS unit, promo_ids, tier_ok FROM p)"
     "SELECT u.unit::bigint, COALESCE(u.promo_ids, '{}')::text, vb.min_qty,"
     " lead(vb.min_qty) OVER (ORDER BY vb.min_qty) - 1,"
-    " round(u.unit * (10000 - vb.discount_bp) / 10000.0)::bigint"
+    " round(u.unit * (10000 - vb.discount_bp) / 10000.0)::bigint, u.tier_ok"
     " FROM u LEFT JOIN volume_breaks vb ON vb.product_id = $1::bigint"
     " ORDER BY vb.min_qty";
 
