@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "quotecache/mem.h"
+#include "quotecache/scope.h"
 #include "quotecache/strbuf.h"
 
 #define DIGEST_HEX 32 /* hex chars of SHA-256 kept in an entry key */
@@ -128,14 +129,11 @@ void key_lock(char out[KEY_MAX], const char *entry_key)
     strbuf_mem(&key, ":lock", 5);
 }
 
+/* The product scope's counter: scope.c names every counter, this one too. */
 void key_product_gen(char out[KEY_MAX], const char *version, int64_t product_id)
 {
-    strbuf key = strbuf_on(out, KEY_MAX);
-    strbuf_mem(&key, "qc:", 3);
-    strbuf_str(&key, version);
-    strbuf_mem(&key, ":{", 2);
-    strbuf_i64(&key, product_id);
-    strbuf_mem(&key, "}:gen", 5);
+    scope s = {.kind = SCOPE_PRODUCT, .product_id = product_id};
+    scope_key(out, version, &s);
 }
 
 void key_global_gen(char out[KEY_MAX], const char *version)
