@@ -447,6 +447,7 @@ static void load_retry(load *ld)
     free(ld->res.body);
     ld->res.body = NULL;
     load_refresh_promos(ld);
+    metrics_inc(M_LOAD_RETRIES); /* every path below loads again */
     if (++ld->attempts >= MAX_ATTEMPTS) {
         log_warn("lookup %s: still changing after %d loads; serving uncached", ld->key,
                  ld->attempts);

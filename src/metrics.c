@@ -51,6 +51,8 @@ static const metric_desc counter_desc[M_COUNTER_COUNT] = {
                         "Load locks that expired without a value and were taken over."},
     [M_STORE_FENCED] = {"store_fenced",
                         "Cache writes refused because a generation moved mid-load."},
+    [M_LOAD_RETRIES] = {"load_retries",
+                        "Origin loads repeated because a write in their scope landed during them."},
     [M_INVALIDATIONS] = {"invalidations",
                          "Invalidations applied (database notification or admin)."},
     [M_REDIS_ERRORS] = {"redis_errors", "Redis command errors."},

@@ -16,6 +16,7 @@ enum metrics_counter {
     M_LOCK_WAITED,   /* lock found taken: waited for another instance */
     M_LOCK_EXPIRED,  /* lock expired without a value: taken over */
     M_STORE_FENCED,  /* cache write refused: generation moved mid-load */
+    M_LOAD_RETRIES,  /* a load repeated: a write in its scope landed during it */
     M_INVALIDATIONS, /* invalidations applied (notify or admin) */
     M_REDIS_ERRORS,
     M_REDIS_RECONNECTS,
