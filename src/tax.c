@@ -139,16 +139,36 @@ static void op_fail(tax_op *op, int status, const char *code, const char *msg)
     qc_error_set(&op->err, status, code, "%s", msg);
 }
 
+static bool only_space(const char *p, const char *end)
+{
+    for (; p != NULL && p < end; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
+            return false;
+    return p != NULL;
+}
+
+static int count_named(const cJSON *obj, const char *name)
+{
+    int n = 0;
+    for (const cJSON *it = obj->child; it != NULL; it = it->next)
+        n += it->string != NULL && strcmp(it->string, name) == 0;
+    return n;
+}
+
 int tax_parse_answer(const char *text, size_t len, int64_t *out)
 {
     if (text == NULL || len == 0 || len > TAX_MAX_BODY)
         return -1;
-    cJSON *doc = cJSON_ParseWithLength(text, len);
+    const char *end = NULL;
+    cJSON *doc = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (doc == NULL)
         return -1;
     const cJSON *tax = cJSON_GetObjectItemCaseSensitive(doc, "tax_cents");
     int rc = -1;
-    if (cJSON_IsObject(doc) && cJSON_IsNumber(tax)) {
+    /* One object and nothing after it, one tax_cents in it: two answers run
+     * together, or a second tax_cents, name no one amount to trust. */
+    if (cJSON_IsObject(doc) && cJSON_IsNumber(tax) && only_space(end, text + len) &&
+        count_named(doc, "tax_cents") == 1) {
         double v = tax->valuedouble;
         if (v >= 0 && v <= 9007199254740992.0 && floor(v) == v) {
             *out = (int64_t)v;

@@ -71,6 +71,9 @@ static void test_bad(void)
         "\"",
         "{\"tax_cents\":1,",
         "{\"tax_cents\":1,\"",
+        "{\"tax_cents\":1} x",
+        "{\"tax_cents\":1}{\"tax_cents\":2}",
+        "{\"tax_cents\":1,\"tax_cents\":2}",
     };
     int64_t v = 77;
 
