@@ -664,6 +664,13 @@ static void route_public(server *s, struct evhttp_request *req)
         send_error(s, req, R_OTHER, 400, "bad_framing", why);
         return;
     }
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (m == EVHTTP_REQ_TRACE || m == EVHTTP_REQ_CONNECT) {
+        /* Never answered nor forwarded: TRACE echoes credentials back to a
+         * script (cross-site tracing), CONNECT would make us a tunnel. */
+        send_error(s, req, R_OTHER, 405, "method_not_allowed", "method not allowed");
+        return;
+    }
     char path[4096 + 1];
     const char *uri = evhttp_request_get_uri(req);
     /* Absolute form (RFC 7230 5.3.2): route on what follows the authority. */
@@ -836,9 +843,11 @@ static struct evhttp *http_listen(server *s, const hostport *hp, evutil_socket_t
     /* evhttp's timeout is per read: it cuts idle connections; conntrack
      * cuts slow senders, whatever their pace. */
     evhttp_set_timeout(h, cfg->idle_timeout_s);
+    /* TRACE and CONNECT reach route_public for its JSON 405 (evhttp's own
+     * refusal is an HTML 501). */
     evhttp_set_allowed_methods(h, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
                                       EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-                                      EVHTTP_REQ_PATCH);
+                                      EVHTTP_REQ_PATCH | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
     *sock = evhttp_accept_socket_with_handle(h, fd);
     /* Answering is bounded by the deadlines of lookup (a wait on another
      * instance's lock, then a load of our own, perhaps once more after a

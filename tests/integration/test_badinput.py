@@ -177,8 +177,15 @@ def test_wrong_methods():
             assert s == 405, (m, path, s)
             assert error_of(body) == "method_not_allowed", body
             assert "GET" in h.get("allow", ""), h
-    s, _, _ = qcstack.http_request(px.port, "TRACE", "/quote/1?" + Q)
-    assert s in (400, 405, 501), s
+    # TRACE and CONNECT: a JSON 405 on every route, and the connection
+    # stays usable (keep-alive: the next request on it is answered).
+    for req in (b"TRACE /quote/1?" + Q.encode() + b" HTTP/1.1", b"TRACE /healthz HTTP/1.1",
+                b"CONNECT quotes.example:443 HTTP/1.1", b"TRACE /anything HTTP/1.1"):
+        raw = qcstack.raw_request(px.port, req + b"\r\nHost: x\r\n\r\n"
+                                  b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s, h, body = qcstack.parse_response(raw)
+        assert s == 405 and error_of(body) == "method_not_allowed", (req, raw[:300])
+        assert raw.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200" in raw, (req, raw[:600])
     assert origin_counts() == before
 
 
