@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/accesslog.h"
 #include "quotecache/listener.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
@@ -367,8 +368,9 @@ static void reload(master *m)
         for (int i = 0; i < probs->n; i++)
             log_error("reload refused: %s", probs->line[i]);
         refused = "";
-    } else if (config_reloadable(m->cfg, n, err, sizeof(err)) < 0) {
-        refused = err;
+    } else if (config_reloadable(m->cfg, n, err, sizeof(err)) < 0 ||
+               access_log_probe(n->access_log, err, sizeof(err)) < 0) {
+        refused = err; /* a log the new workers cannot open: they would die at start */
     } else {
         for (int i = 0; i < m->nworkers && refused == NULL; i++) {
             if (free_slot(m, i) == 0)

@@ -393,6 +393,16 @@ def test_reload_drops_no_request():
         time.sleep(0.3)
         assert children(px.pid) == pids
         assert status_of(px, long_path(150)) == 404 and status_of(px, long_path(250)) == 414
+
+        # An access log the new workers could not open: refused the same
+        # way (they would die at start, over and over).
+        write_conf("reload.conf", conf_text + "access-log = /nonexistent-dir/a.log\n")
+        px.signal(signal.SIGHUP)
+        want = "reload refused: --access-log /nonexistent-dir/a.log: No such file or directory"
+        qcstack.wait_until(lambda: want in px.stderr_text(), 5, "the refusal")
+        time.sleep(0.3)
+        assert children(px.pid) == pids
+        assert status_of(px, long_path(150)) == 404
     finally:
         px.stop_clean()
 
