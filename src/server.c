@@ -128,11 +128,22 @@ static void unref_body(const void *data, size_t len, void *extra)
  * headers and no body (evhttp 2.1 adds no length to a HEAD answer but
  * would still write the body it is given, corrupting the next answer on
  * the connection). 304 has neither body nor length. */
+/* A draining worker closes every connection after its answer: said in the
+ * answer, also to requests that arrived before the drain began, so a
+ * client (or a load balancer) does not send the next request on it. */
+static void close_if_draining(server *s, struct evhttp_request *req)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    if (s->draining && evhttp_find_header(h, "Connection") == NULL)
+        evhttp_add_header(h, "Connection", "close");
+}
+
 static void send_body(server *s, struct evhttp_request *req, int status, const char *ctype,
                       const char *body, size_t len, const hot_entry *hot)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     bool has_body = status != 304 && status != 204;
+    close_if_draining(s, req);
     evhttp_add_header(h, "Date", date_now(s));
     /* Headers every answer carries go here. */
     if (has_body) {
@@ -576,6 +587,7 @@ static void send_proxied(server *s, struct evhttp_request *req, proxy_reply *r)
         return;
     }
     metrics_proxy_request(r->route, r->status, r->xcache, r->upstream_seconds);
+    close_if_draining(s, req);
     conntrack_on_reply(s->pub_conns, req);
     evhttp_send_reply(req, r->status, NULL, r->body);
     metrics_request(R_OTHER, r->status, r->xcache,
@@ -652,8 +664,6 @@ static bool method_ok(server *s, struct evhttp_request *req, const char *allow,
 
 static void route_public(server *s, struct evhttp_request *req)
 {
-    if (s->draining)
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->pub_conns, req);
     if (reject_oversized(s, req, R_OTHER))
         return;
@@ -776,8 +786,6 @@ static long long parse_invalidate(struct evbuffer *body)
 
 static void route_admin(server *s, struct evhttp_request *req)
 {
-    if (s->draining)
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     conntrack_on_request(s->admin_conns, req);
     if (reject_oversized(s, req, R_ADMIN))
         return;

@@ -272,6 +272,35 @@ def test_repeated_sigterm_while_stopping_exits_cleanly():
         assert rc == 0, (rc, px.stderr_text()[-2000:])
 
 
+def test_answer_in_flight_at_stop_closes_its_connection():
+    """A request that arrived before the drain began, answered after it:
+    its answer says Connection: close and the connection then closes, so
+    a keep-alive client does not send its next request to a worker that
+    is going away."""
+    st.tax_control(delay_ms=800)
+    px = qcstack.Proxy(st).ready()
+    try:
+        c = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        c.sendall(b"GET /quote/7?region=US&tier=standard HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # the load is waiting for the tax service
+        px.signal(signal.SIGTERM)
+        raw = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break  # closed after the answer
+            raw += chunk
+        c.close()
+        status, hdrs, body = qcstack.parse_response(raw)
+        assert status == 200 and hdrs.get("x-cache") == "MISS", raw[:300]
+        assert hdrs.get("connection") == "close", hdrs
+        assert raw.count(b"HTTP/1.1 ") == 1, raw[:600]
+        assert px.stop() == 0
+    finally:
+        st.tax_control(delay_ms=0)
+        px.stop()
+
+
 def test_a_killed_worker_is_replaced():
     px = qcstack.Proxy(st, workers=2).ready()
     try:
