@@ -381,7 +381,12 @@ def test_older_trigger_payloads_keep_their_meaning():
         reloads, changed, _ = measure(
             "fx_rates, older trigger installed: UPDATE the JPY rate",
             "UPDATE fx_rates SET usd_rate = usd_rate * 1.01 WHERE currency = 'JPY'", keys)
-        assert changed and reloads == len(keys), (len(changed), reloads)
+        # The older rule bumps after each worker's own catalog reload, one
+        # bump per worker (a bump shared by the fleet would let a worker
+        # that had not reloaded yet store under the new generation): every
+        # quote reloads, once per worker whose bump came after its reload.
+        assert changed, changed
+        assert len(keys) <= reloads <= len(px) * len(keys), (len(changed), reloads)
     finally:
         st.psql_file(os.path.join(qcstack.SRC, "scripts", "sql", "triggers.sql"))
 
