@@ -226,7 +226,7 @@ def test_bypass_and_unlisted_always_forwarded():
 def test_bad_routes_file_refused():
     bad = os.path.join(st.dir, "bad.json")
     with open(bad, "w") as f:
-        f.write('{"routes": [{"name": "x", "path": "/x", "policy": "shared"}]}')
+        f.write('{"routes": [{"name": "x", "path": "/x", "policy": "cached"}]}')
     r = subprocess.run([px.binary, "--check-config", "--redis", "none", "--routes", bad,
                         "--upstream", "http://127.0.0.1:1"], capture_output=True, text=True)
     assert r.returncode == 2 and "route 1" in r.stderr and "policy" in r.stderr, r.stderr
