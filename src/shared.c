@@ -147,6 +147,7 @@ typedef struct sresult {
     const char *body;
     size_t len;
     bool failed;    /* upstream error or 5xx: STALE when a waiter can have it */
+    bool fetched;   /* by this load (the first request's MISS), not another's store */
     bool shareable; /* may be given to waiters other than the first */
     const char *cache_status;
     int64_t stored_ms, fresh_until_ms; /* a stored copy: Age and ttl (0: none) */
@@ -351,8 +352,8 @@ static void wake_one(sload *ld, shared_req *q, const sresult *s)
         req_answer_entry(q, ld->stale, ld->stale_len, X_STALE, NULL) == 0)
         return;
     bool same = s->vary_values == NULL || vary_same(s->nvary, s->vary, s->vary_values, in);
-    if (q->leader || (s->shareable && same)) {
-        req_answer(q, s, q->leader ? X_MISS : X_COALESCED);
+    if ((q->leader && s->fetched) || (s->shareable && same)) {
+        req_answer(q, s, q->leader && s->fetched ? X_MISS : X_COALESCED);
         return;
     }
     req_forward(q); /* not the first request's to share, or another variant */
@@ -398,6 +399,7 @@ static void sl_finish_error(sload *ld, const qc_error *e)
     sresult s = {0};
     s.err = e;
     s.failed = true;
+    s.fetched = true;
     s.shareable = true;
     s.cache_status = "quotecache; fwd=uri-miss; detail=error";
     sl_finish(ld, &s, false);
@@ -420,6 +422,7 @@ static void sl_finish_fetched(sload *ld, bool stored)
     s.len = evbuffer_get_length(ld->body);
     s.body = (const char *)evbuffer_pullup(ld->body, -1);
     s.seconds = ld->seconds;
+    s.fetched = true;
     s.failed = ld->status >= 500;
     if (s.failed) {
         httpcache_cc cc;
@@ -508,6 +511,7 @@ static void on_fetch(void *arg, const upstream_answer *a)
         s.err = a->err;
         s.failed = true;
         s.shareable = true; /* our own JSON: nobody's secret */
+        s.fetched = true;
         s.seconds = a->seconds;
         s.cache_status = "quotecache; fwd=uri-miss; detail=error";
         sl_finish(ld, &s, false);
@@ -546,7 +550,8 @@ static bool sl_answer_from_entry(sload *ld, const rcache_value *v)
     TAILQ_INIT(&h);
     TAILQ_INIT(&vv);
     bool ok = v->entry != NULL && skey_entry_decode(v->entry, v->entry_len, &e, &h, &vv) == 0 &&
-              e.gen == v->gen_global && wall_ms() < e.fresh_until_ms;
+              e.gen == v->gen_global && wall_ms() < e.fresh_until_ms &&
+              skey_vary_matches(&e, &ld->hdrs); /* another variant: fetch ours */
     if (ok) {
         sresult s = {0};
         s.status = e.status;
