@@ -208,7 +208,9 @@ def test_write_drops_the_copy_of_its_target():
     s, h, _ = get("/cart/9", s2, method="PUT")
     assert s == 200
     assert get("/cart/9", s2)[1]["x-cache"] == "MISS"
-    assert get("/cart/9", s1)[1]["x-cache"] == "HIT"  # another identity's copy stays
+    # The resource changed: every identity's copy of it goes (RFC 9111 4.4).
+    assert get("/cart/9", s1)[1]["x-cache"] == "MISS"
+    assert get("/cart/9", s1)[1]["x-cache"] == "HIT"
     s, h, _ = get("/cart/9?code=409", s1, method="POST")  # a failed write drops nothing
     assert s == 409
     assert get("/cart/9", s1)[1]["x-cache"] == "HIT"
