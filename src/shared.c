@@ -254,28 +254,30 @@ static void req_answer_error(shared_req *q, const qc_error *e)
     req_answer(q, &s, X_BYPASS);
 }
 
-/* An answer from an encoded entry (a hit, a STALE one, or another
- * instance's store). Returns -1 when it does not decode. */
-static int req_answer_entry(shared_req *q, const char *buf, size_t len, enum metrics_xcache x,
-                            const char *cache_status)
+/* An answer from a decoded entry (a hit, a STALE one). */
+static void req_answer_decoded(shared_req *q, const skey_entry *e, enum metrics_xcache x)
+{
+    sresult s = {0};
+    s.status = e->status;
+    s.h = e->headers;
+    s.body = e->body;
+    s.len = e->len;
+    s.stored_ms = e->stored_ms;
+    s.fresh_until_ms = e->fresh_until_ms;
+    s.seconds = -1;
+    req_answer(q, &s, x);
+}
+
+/* The same from its encoding. Returns -1 when it does not decode. */
+static int req_answer_entry(shared_req *q, const char *buf, size_t len, enum metrics_xcache x)
 {
     struct evkeyvalq h, vv;
     skey_entry e;
     TAILQ_INIT(&h);
     TAILQ_INIT(&vv);
     int rc = skey_entry_decode(buf, len, &e, &h, &vv);
-    if (rc == 0) {
-        sresult s = {0};
-        s.status = e.status;
-        s.h = &h;
-        s.body = e.body;
-        s.len = e.len;
-        s.stored_ms = e.stored_ms;
-        s.fresh_until_ms = e.fresh_until_ms;
-        s.cache_status = cache_status;
-        s.seconds = -1;
-        req_answer(q, &s, x);
-    }
+    if (rc == 0)
+        req_answer_decoded(q, &e, x);
     evhttp_clear_headers(&h);
     evhttp_clear_headers(&vv);
     return rc;
@@ -349,7 +351,7 @@ static void wake_one(sload *ld, shared_req *q, const sresult *s)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(q->req);
     if (s->failed && ld->stale != NULL &&
-        req_answer_entry(q, ld->stale, ld->stale_len, X_STALE, NULL) == 0)
+        req_answer_entry(q, ld->stale, ld->stale_len, X_STALE) == 0)
         return;
     bool same = s->vary_values == NULL || vary_same(s->nvary, s->vary, s->vary_values, in);
     if ((q->leader && s->fetched) || (s->shareable && same)) {
@@ -790,9 +792,9 @@ static void on_read(void *arg, int status, const rcache_value *v)
         skey_entry_decode(v->entry, v->entry_len, &e, &h, &vv) == 0 && e.gen == v->gen_global &&
         skey_vary_matches(&e, evhttp_request_get_input_headers(q->req))) {
         if (wall_ms() < e.fresh_until_ms) {
+            req_answer_decoded(q, &e, X_HIT);
             evhttp_clear_headers(&h);
             evhttp_clear_headers(&vv);
-            req_answer_entry(q, v->entry, v->entry_len, X_HIT, NULL);
             return;
         }
         stale = v->entry;

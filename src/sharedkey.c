@@ -283,63 +283,74 @@ char *skey_entry_encode(const skey_entry *e, size_t *len)
     return out;
 }
 
-/* The next line of [*p, end) (without its \n) into line; advances *p. */
-static int next_line(const char **p, const char *end, char *line, size_t len)
+/* The next line of [*p, end): its start and length (without the \n);
+ * advances *p past it. Returns -1 when there is none. */
+static int next_line(const char **p, const char *end, const char **line, size_t *n)
 {
     const char *nl = memchr(*p, '\n', (size_t)(end - *p));
-    if (nl == NULL || (size_t)(nl - *p) >= len)
+    if (nl == NULL)
         return -1;
-    memcpy(line, *p, (size_t)(nl - *p));
-    line[nl - *p] = '\0';
+    *line = *p;
+    *n = (size_t)(nl - *p);
     *p = nl + 1;
     return 0;
 }
 
-static int add_field(const char *line, struct evkeyvalq *to)
+/* "name:value" (not NUL-terminated) into to. */
+static int add_field(const char *s, size_t n, struct evkeyvalq *to)
 {
-    const char *colon = strchr(line, ':');
-    if (colon == NULL || colon == line)
+    const char *colon = memchr(s, ':', n);
+    char name[256], small[2048];
+    if (colon == NULL || colon == s || (size_t)(colon - s) >= sizeof(name))
         return -1;
-    char name[256];
-    snprintf(name, sizeof(name), "%.*s", (int)(colon - line), line);
-    return evhttp_add_header(to, name, colon + 1);
+    memcpy(name, s, (size_t)(colon - s));
+    name[colon - s] = '\0';
+    size_t vl = n - (size_t)(colon + 1 - s);
+    char *v = vl < sizeof(small) ? small : xmalloc(vl + 1);
+    memcpy(v, colon + 1, vl);
+    v[vl] = '\0';
+    int rc = evhttp_add_header(to, name, v);
+    if (v != small)
+        free(v);
+    return rc;
 }
 
 int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyvalq *headers,
                       struct evkeyvalq *vary_values)
 {
-    const char *p = buf, *end = buf + len;
-    char *line = xmalloc(65536 + 1);
+    const char *p = buf, *end = buf + len, *line;
+    char head[256];
+    size_t n;
     int nh, nv;
-    int rc = -1;
     memset(e, 0, sizeof(*e));
-    if (next_line(&p, end, line, 256) < 0 ||
-        sscanf(line, "QS1 %d %" SCNd64 " %" SCNd64 " %" SCNu64 " %d %d %d %zu", &e->status,
+    if (next_line(&p, end, &line, &n) < 0 || n >= sizeof(head))
+        return -1;
+    memcpy(head, line, n);
+    head[n] = '\0';
+    if (sscanf(head, "QS1 %d %" SCNd64 " %" SCNd64 " %" SCNu64 " %d %d %d %zu", &e->status,
                &e->stored_ms, &e->fresh_until_ms, &e->gen, &nh, &e->nvary, &nv, &e->len) != 8 ||
         nh < 0 || e->nvary < 0 || e->nvary > 8 || nv < 0 || nv > e->nvary)
-        goto done;
+        return -1;
     for (int i = 0; i < nh; i++) {
-        if (next_line(&p, end, line, 65536) < 0 || add_field(line, headers) < 0)
-            goto done;
+        if (next_line(&p, end, &line, &n) < 0 || add_field(line, n, headers) < 0)
+            return -1;
     }
     for (int i = 0; i < e->nvary; i++) {
-        if (next_line(&p, end, line, 64) < 0)
-            goto done;
-        snprintf(e->vary[i], sizeof(e->vary[i]), "%s", line);
+        if (next_line(&p, end, &line, &n) < 0 || n >= sizeof(e->vary[i]))
+            return -1;
+        memcpy(e->vary[i], line, n);
+        e->vary[i][n] = '\0';
     }
     for (int i = 0; i < nv; i++) {
-        if (next_line(&p, end, line, 65536) < 0 || add_field(line, vary_values) < 0)
-            goto done;
+        if (next_line(&p, end, &line, &n) < 0 || add_field(line, n, vary_values) < 0)
+            return -1;
     }
     if ((size_t)(end - p) != e->len)
-        goto done;
+        return -1;
     e->body = p;
     e->headers = headers;
     e->vary_values = vary_values;
-    rc = 0;
-done:
-    free(line);
-    return rc;
+    return 0;
 }
 
 bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req)
