@@ -144,6 +144,7 @@ typedef struct sresult {
     const qc_error *err; /* our own error (502/503/504): no answer */
     int status;
     const struct evkeyvalq *h;
+    struct evkeyvalq *movable; /* instead of h: fields the answer may take (a decoded entry) */
     const char *body;
     size_t len;
     bool failed;    /* upstream error or 5xx: STALE when a waiter can have it */
@@ -173,8 +174,9 @@ static bool redis_usable(const shared *sh)
 
 static void scope_keys_one(scope_keys *out, const char *gen_key)
 {
+    size_t n = strlen(gen_key) + 1; /* < KEY_MAX: skey_keys_of checked */
     for (int i = 0; i < SCOPE_KINDS; i++)
-        snprintf(out->key[i], KEY_MAX, "%s", gen_key);
+        memcpy(out->key[i], gen_key, n);
 }
 
 /* ---- answering one request ---- */
@@ -208,11 +210,25 @@ static void req_answer(shared_req *q, const sresult *s, enum metrics_xcache x)
     out.err = s->err;
     int64_t now = wall_ms();
     char buf[96];
-    if (s->err == NULL) {
+    const struct evkeyvalq *h = s->movable ? s->movable : s->h;
+    const char *etag = NULL, *last_modified = NULL;
+    if (s->err == NULL && s->movable != NULL) {
+        /* Moved, not copied: a hit's fields cost no allocation here. */
+        proxyhdr_move_all(s->movable, &out.headers);
+        while (evhttp_remove_header(&out.headers, "Age") == 0)
+            ;
+        while (evhttp_remove_header(&out.headers, "X-Cache") == 0)
+            ;
+        h = &out.headers;
+    } else if (s->err == NULL) {
         for (const struct evkeyval *kv = s->h->tqh_first; kv; kv = kv->next.tqe_next) {
             if (strcasecmp(kv->key, "Age") != 0 && strcasecmp(kv->key, "X-Cache") != 0)
                 evhttp_add_header(&out.headers, kv->key, kv->value);
         }
+    }
+    if (s->err == NULL) {
+        etag = evhttp_find_header(h, "ETag");
+        last_modified = evhttp_find_header(h, "Last-Modified");
         if (s->stored_ms > 0) {
             snprintf(buf, sizeof(buf), "%lld", (long long)((now - s->stored_ms) / 1000));
             evhttp_add_header(&out.headers, "Age", buf);
@@ -229,9 +245,7 @@ static void req_answer(shared_req *q, const sresult *s, enum metrics_xcache x)
     evhttp_add_header(&out.headers, "Cache-Status", cs);
     out.status = s->status;
     struct evkeyvalq *in = evhttp_request_get_input_headers(q->req);
-    if (s->err == NULL && s->status == 200 &&
-        httpcache_not_modified(in, evhttp_find_header(s->h, "ETag"),
-                               evhttp_find_header(s->h, "Last-Modified"))) {
+    if (s->err == NULL && s->status == 200 && httpcache_not_modified(in, etag, last_modified)) {
         out.status = 304;
     } else if (s->err == NULL && q->head) {
         snprintf(buf, sizeof(buf), "%zu", s->len);
@@ -254,12 +268,14 @@ static void req_answer_error(shared_req *q, const qc_error *e)
     req_answer(q, &s, X_BYPASS);
 }
 
-/* An answer from a decoded entry (a hit, a STALE one). */
-static void req_answer_decoded(shared_req *q, const skey_entry *e, enum metrics_xcache x)
+/* An answer from a decoded entry (a hit, a STALE one); its fields, in
+ * headers, are moved into the answer. */
+static void req_answer_decoded(shared_req *q, const skey_entry *e, struct evkeyvalq *headers,
+                               enum metrics_xcache x)
 {
     sresult s = {0};
     s.status = e->status;
-    s.h = e->headers;
+    s.movable = headers;
     s.body = e->body;
     s.len = e->len;
     s.stored_ms = e->stored_ms;
@@ -277,7 +293,7 @@ static int req_answer_entry(shared_req *q, const char *buf, size_t len, enum met
     TAILQ_INIT(&vv);
     int rc = skey_entry_decode(buf, len, &e, &h, &vv);
     if (rc == 0)
-        req_answer_decoded(q, &e, x);
+        req_answer_decoded(q, &e, &h, x);
     evhttp_clear_headers(&h);
     evhttp_clear_headers(&vv);
     return rc;
@@ -792,7 +808,7 @@ static void on_read(void *arg, int status, const rcache_value *v)
         skey_entry_decode(v->entry, v->entry_len, &e, &h, &vv) == 0 && e.gen == v->gen_global &&
         skey_vary_matches(&e, evhttp_request_get_input_headers(q->req))) {
         if (wall_ms() < e.fresh_until_ms) {
-            req_answer_decoded(q, &e, X_HIT);
+            req_answer_decoded(q, &e, &h, X_HIT);
             evhttp_clear_headers(&h);
             evhttp_clear_headers(&vv);
             return;

@@ -8,7 +8,7 @@
  *   counter  qc:<version>:{r:<route>:<16 hex>}:gen
  *   entry    qc:<version>:{r:<route>:<16 hex>}:<32 hex>
  *   lock     <entry>:lock
- * the 16 hex a SHA-256 of the resource, the 32 a SHA-256 of the canonical
+ * the 16 hex an FNV-1a of the resource, the 32 a SHA-256 of the canonical
  * request (route, path, named query parameters normalized, named fields). */
 #ifndef QUOTECACHE_SHAREDKEY_H
 #define QUOTECACHE_SHAREDKEY_H
