@@ -324,7 +324,12 @@ static void op_bumped(void *arg);
 static bool invalidate_write(proxy_op *op)
 {
     proxy *p = op->p;
-    if (p->rc != NULL && rcache_is_up(p->rc)) {
+    local_inval *li = xcalloc(1, sizeof(*li));
+    int nlocal = skey_write_resources(p->rt, op->wpath, ROUTE_LOCAL, collect_resource, li);
+    free(li);
+    if (nlocal == 0) {
+        /* No local route holds this resource: nothing to tell the workers. */
+    } else if (p->rc != NULL && rcache_is_up(p->rc)) {
         size_t n = strlen(op->wpath) + 3;
         char *msg = xmalloc(n);
         snprintf(msg, n, "i %s", op->wpath);
