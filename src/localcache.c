@@ -163,6 +163,25 @@ void lcache_delete(lcache *c, const char *key)
         drop(c, e);
 }
 
+size_t lcache_drop_if(lcache *c, lcache_pred *pred, void *arg)
+{
+    size_t n = 0;
+    for (entry *e = c->head, *next; e != NULL; e = next) {
+        next = e->next;
+        if (pred(arg, e->key)) {
+            drop(c, e);
+            n++;
+        }
+    }
+    return n;
+}
+
+void lcache_clear(lcache *c)
+{
+    while (c->head != NULL)
+        drop(c, c->head);
+}
+
 static size_t headers_bytes(const struct evkeyvalq *h)
 {
     size_t n = 0;

@@ -232,6 +232,9 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
         snprintf(marker, sizeof(marker), "%s:checked", global);
         rcache_guard_generations(w->rc, marker, global);
     }
+    if (w->px != NULL)
+        proxy_attach(w->px, w->base, w->rc, cfg->key_version, cfg->lock_ttl_ms,
+                     cfg->upstream_timeout_ms);
     w->lk = lookup_new(w->base, cfg, w->pool, w->tax, w->cat, w->rc);
     w->inv = invalidate_new(w->base, cfg, w->lk, w->cat, w->rc, w->pool);
     w->sigterm = evsignal_new(w->base, SIGTERM, on_signal, w);
@@ -268,6 +271,7 @@ static void worker_stop(worker *w)
         lookup_close(w->lk);
     worker_flush(w); /* deferred work sees the closing flag and answers */
     invalidate_free(w->inv);
+    proxy_close(w->px); /* before the rcache goes: see proxy.h */
     rcache_free(w->rc);
     pgpool_free(w->pool);
     tax_client_free(w->tax);

@@ -19,8 +19,10 @@
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/proxyhdr.h"
+#include "quotecache/shared.h"
+#include "quotecache/sharedkey.h"
 
-#define KEY_MAX 8192
+#define LOCAL_KEY_MAX 8192
 #define IDENTITY_MAX 4096
 #define QUERY_PARTS_MAX 64
 
@@ -28,6 +30,8 @@ struct proxy {
     upstream *up;
     routes *rt;
     lcache *lc;
+    shared *sh; /* shared routes; NULL until proxy_attach */
+    rcache *rc; /* NULL: --redis none, or closing */
 };
 
 struct proxy_op {
@@ -40,6 +44,13 @@ struct proxy_op {
     char *key;            /* non-NULL: store a cacheable answer under it */
     char *invalidate_key; /* non-NULL: a write; a 2xx drops that GET copy */
     struct evkeyvalq req; /* the client's fields, for the store decision and Vary */
+    shared_req *sq;       /* a shared route's request instead of up */
+    char *wpath;          /* a write: its path, for the invalidation of its resources */
+    /* A 2xx write waits for Redis to acknowledge its counter bumps before
+     * it is answered, so no instance serves the old copy after the
+     * client saw the write succeed. */
+    bool bumping;
+    proxy_reply held;
 };
 
 static int64_t now_ms(void)
@@ -110,7 +121,7 @@ int proxy_local_key(const route *r, const char *target, const char *identity, ch
         hex[2 * i + 1] = digits[d[i] & 15];
     }
     hex[64] = '\0';
-    char norm[KEY_MAX];
+    char norm[LOCAL_KEY_MAX];
     if (strlen(target) >= sizeof(norm))
         return -1; /* its normal form would be cut: two targets, one key */
     normalized_target(target, norm, sizeof(norm));
@@ -181,7 +192,7 @@ bool proxy_try_local(proxy *p, struct evhttp_request *req, const char *path, pro
     if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD)
         return false;
     const route *r = routes_match(p->rt, EVHTTP_REQ_GET, path);
-    char key[KEY_MAX];
+    char key[LOCAL_KEY_MAX];
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     if (!local_key(r, req, key, sizeof(key)) || wants_fresh(in))
         return false;
@@ -222,7 +233,113 @@ static void op_free(proxy_op *op)
     evhttp_clear_headers(&op->req);
     free(op->key);
     free(op->invalidate_key);
+    free(op->wpath);
     free(op);
+}
+
+/* ---- invalidation of local copies ---- */
+
+#define INVAL_RESOURCES_MAX 64
+
+typedef struct local_inval {
+    const routes *rt;
+    int n;
+    const route *r[INVAL_RESOURCES_MAX];
+    char res[INVAL_RESOURCES_MAX][SKEY_RESOURCE_MAX];
+} local_inval;
+
+static void collect_resource(void *arg, const route *r, const char *resource)
+{
+    local_inval *li = arg;
+    if (li->n < INVAL_RESOURCES_MAX) {
+        li->r[li->n] = r;
+        snprintf(li->res[li->n++], SKEY_RESOURCE_MAX, "%s", resource);
+    }
+}
+
+/* A local key is "GET <target>\n<route>\n<identity digest>": true when
+ * its (route, path) resource is one the write touched. */
+static bool key_invalidated(void *arg, const char *key)
+{
+    local_inval *li = arg;
+    const char *target = key + 4, *nl = strchr(target, '\n');
+    if (strncmp(key, "GET ", 4) != 0 || nl == NULL)
+        return false;
+    const char *name = nl + 1, *nl2 = strchr(name, '\n');
+    size_t plen = strcspn(target, "?\n"), nlen = nl2 ? (size_t)(nl2 - name) : strlen(name);
+    char path[LOCAL_KEY_MAX], res[SKEY_RESOURCE_MAX];
+    if (plen >= sizeof(path))
+        return false;
+    memcpy(path, target, plen);
+    path[plen] = '\0';
+    for (int i = 0; i < li->n; i++) {
+        const route *r = li->r[i];
+        if (strlen(r->name) == nlen && strncmp(r->name, name, nlen) == 0 &&
+            skey_resource(r, path, res, sizeof(res)) == 0 && strcmp(res, li->res[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Drops this worker's local copies (every identity's) of the resources a
+ * write to wpath touched (sharedkey.h). */
+static void local_invalidate(proxy *p, const char *wpath)
+{
+    local_inval *li = xcalloc(1, sizeof(*li));
+    li->rt = p->rt;
+    if (skey_write_resources(p->rt, wpath, ROUTE_LOCAL, collect_resource, li) > 0) {
+        size_t n = lcache_drop_if(p->lc, key_invalidated, li);
+        log_debug("proxy: a write to %s dropped %zu local copies", wpath, n);
+    }
+    free(li);
+}
+
+static void on_message(void *arg, const char *msg, size_t len)
+{
+    proxy *p = arg;
+    if (msg == NULL) {
+        /* The subscription is back: invalidations may have been missed
+         * while it was down, and local copies are cheap to refetch. */
+        lcache_clear(p->lc);
+        shared_on_message(p->sh, NULL, 0);
+        return;
+    }
+    if (len > 2 && msg[0] == 'i' && msg[1] == ' ') {
+        char path[LOCAL_KEY_MAX];
+        if (len - 2 >= sizeof(path))
+            return;
+        memcpy(path, msg + 2, len - 2);
+        path[len - 2] = '\0';
+        local_invalidate(p, path);
+        return;
+    }
+    shared_on_message(p->sh, msg, len);
+}
+
+/* A 2xx write: every worker of every instance drops its local copies (a
+ * message on the routes channel, this worker's included; without Redis
+ * this worker alone), and the shared resources' counters are bumped.
+ * Returns true when the answer must wait for the bumps (op_bumped). */
+static void op_bumped(void *arg);
+static bool invalidate_write(proxy_op *op)
+{
+    proxy *p = op->p;
+    local_inval *li = xcalloc(1, sizeof(*li));
+    int nlocal = skey_write_resources(p->rt, op->wpath, ROUTE_LOCAL, collect_resource, li);
+    free(li);
+    if (nlocal == 0) {
+        /* No local route holds this resource: nothing to tell the workers. */
+    } else if (p->rc != NULL && rcache_is_up(p->rc)) {
+        size_t n = strlen(op->wpath) + 3;
+        char *msg = xmalloc(n);
+        snprintf(msg, n, "i %s", op->wpath);
+        if (rcache_publish(p->rc, shared_channel(p->sh), msg, NULL, NULL) < 0)
+            local_invalidate(p, op->wpath);
+        free(msg);
+    } else {
+        local_invalidate(p, op->wpath);
+    }
+    return p->sh != NULL && shared_invalidate(p->sh, p->rt, op->wpath, op_bumped, op) > 0;
 }
 
 /* Stores the answer when the route and RFC 9111 allow; says how in the
@@ -245,10 +362,20 @@ static void store_or_not(proxy_op *op, const upstream_answer *a, proxy_reply *ou
     out->xcache = X_MISS;
 }
 
+static void op_bumped(void *arg)
+{
+    proxy_op *op = arg;
+    if (op->cb != NULL)
+        op->cb(op->arg, &op->held);
+    proxy_reply_release(&op->held);
+    op_free(op);
+}
+
 static void on_upstream(void *arg, const upstream_answer *a)
 {
     proxy_op *op = arg;
     proxy_reply out;
+    op->up = NULL;
     reply_init(&out, op->r);
     out.upstream_seconds = a->seconds;
     if (a->err != NULL) {
@@ -263,15 +390,37 @@ static void on_upstream(void *arg, const upstream_answer *a)
             add_cache_fields(&out, "BYPASS", "quotecache; fwd=bypass");
             out.xcache = X_BYPASS;
         }
-        /* RFC 9111 4.4: a successful write makes the stored GET of its
-         * target (for this identity) invalid. */
-        if (op->invalidate_key != NULL && a->status >= 200 && a->status < 300)
-            lcache_delete(op->p->lc, op->invalidate_key);
         out.status = a->status;
         out.body = op->head ? NULL : a->body;
+        /* RFC 9111 4.4: a successful write makes the stored GET of its
+         * target (for this identity) invalid, and its resources' copies
+         * everywhere. */
+        if (op->wpath != NULL && a->status >= 200 && a->status < 300) {
+            if (op->invalidate_key != NULL)
+                lcache_delete(op->p->lc, op->invalidate_key);
+            if (invalidate_write(op)) {
+                out.owned = evbuffer_new(); /* a->body lives during this call only */
+                evbuffer_add_buffer(out.owned, a->body);
+                out.body = op->head ? NULL : out.owned;
+                op->held = out;
+                /* The list head moved: re-link it to its new place. */
+                TAILQ_INIT(&op->held.headers);
+                proxyhdr_move_all(&out.headers, &op->held.headers);
+                op->bumping = true;
+                return;
+            }
+        }
     }
     op->cb(op->arg, &out);
     proxy_reply_release(&out);
+    op_free(op);
+}
+
+static void on_shared(void *arg, proxy_reply *r)
+{
+    proxy_op *op = arg;
+    op->sq = NULL;
+    op->cb(op->arg, r);
     op_free(op);
 }
 
@@ -286,7 +435,7 @@ proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, 
     op->head = m == EVHTTP_REQ_HEAD;
     op->r = routes_match(p->rt, m, path);
     TAILQ_INIT(&op->req);
-    char key[KEY_MAX];
+    char key[LOCAL_KEY_MAX];
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     const char *cc = evhttp_find_header(in, "Cache-Control");
     if (m == EVHTTP_REQ_GET && local_key(op->r, req, key, sizeof(key)) &&
@@ -294,9 +443,15 @@ proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, 
         op->key = xstrdup(key);
         for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
             evhttp_add_header(&op->req, kv->key, kv->value);
-    } else if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD && m != EVHTTP_REQ_OPTIONS &&
-               local_key(routes_match(p->rt, EVHTTP_REQ_GET, path), req, key, sizeof(key))) {
-        op->invalidate_key = xstrdup(key);
+    } else if ((m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD) && op->r != NULL &&
+               op->r->policy == ROUTE_SHARED && p->sh != NULL) {
+        op->sq = shared_get(p->sh, op->r, req, path, on_shared, op);
+        if (op->sq != NULL)
+            return op;
+    } else if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD && m != EVHTTP_REQ_OPTIONS) {
+        op->wpath = xstrdup(path);
+        if (local_key(routes_match(p->rt, EVHTTP_REQ_GET, path), req, key, sizeof(key)))
+            op->invalidate_key = xstrdup(key);
     }
     op->up = upstream_forward(p->up, req, on_upstream, op);
     return op;
@@ -304,8 +459,32 @@ proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, 
 
 void proxy_cancel(proxy_op *op)
 {
-    upstream_cancel(op->up);
+    if (op->bumping) { /* answered by the upstream: op_bumped frees it */
+        op->cb = NULL;
+        return;
+    }
+    if (op->sq != NULL)
+        shared_cancel(op->sq);
+    else
+        upstream_cancel(op->up);
     op_free(op);
+}
+
+void proxy_attach(proxy *p, struct event_base *base, rcache *rc, const char *version,
+                  int lock_ttl_ms, int upstream_timeout_ms)
+{
+    p->rc = rc;
+    p->sh = shared_new(base, p->up, rc, version, lock_ttl_ms, upstream_timeout_ms);
+    if (rc != NULL)
+        rcache_subscribe(rc, shared_channel(p->sh), on_message, p);
+}
+
+void proxy_close(proxy *p)
+{
+    if (p == NULL)
+        return;
+    p->rc = NULL;
+    shared_close(p->sh);
 }
 
 proxy *proxy_new(upstream *up, routes *rt, size_t local_bytes)
@@ -322,6 +501,7 @@ void proxy_free(proxy *p)
     if (p == NULL)
         return;
     upstream_free(p->up); /* answers its ops: our callbacks reply 503 */
+    shared_free(p->sh);
     routes_free(p->rt);
     lcache_free(p->lc);
     free(p);

@@ -51,6 +51,47 @@ bool routes_path_matches(const char *pat, const char *path)
     return *path == '\0';
 }
 
+int routes_path_params(const char *pat, const char *path, route_param *out)
+{
+    int n = 0;
+    while (*pat) {
+        if (pat[0] == '*' && pat[1] == '\0')
+            return n;
+        if (pat[0] == '{') {
+            const char *close = strchr(pat, '}');
+            size_t seg = strcspn(path, "/");
+            if (close == NULL || seg == 0 || n == ROUTE_PARAMS_MAX)
+                return -1;
+            size_t nl = (size_t)(close - pat - 1);
+            if (nl >= sizeof(out[n].name))
+                nl = sizeof(out[n].name) - 1;
+            memcpy(out[n].name, pat + 1, nl);
+            out[n].name[nl] = '\0';
+            out[n].value = path;
+            out[n].len = seg;
+            n++;
+            pat = close + 1;
+            path += seg;
+            continue;
+        }
+        if (*pat != *path)
+            return -1;
+        pat++;
+        path++;
+    }
+    return *path == '\0' ? n : -1;
+}
+
+int routes_count(const routes *rt)
+{
+    return rt ? rt->n : 0;
+}
+
+const route *routes_at(const routes *rt, int i)
+{
+    return &rt->r[i];
+}
+
 /* A pattern is /-separated; {x} fills a whole segment; * only at the end. */
 static bool pattern_ok(const char *p)
 {
@@ -125,6 +166,104 @@ static int parse_identity(const cJSON *id, route *r, const char **why)
     return 0;
 }
 
+static bool field_name_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    return n > 0 && n < max && strpbrk(s, " \t\r\n&=?#:;,") == NULL;
+}
+
+/* "query": ["a", ...] or {"a": {"default": "USD", "case": "upper"}, ...} */
+static int parse_query_entry(const char *name, const cJSON *spec, route *r, const char **why)
+{
+    if (r->nquery == ROUTE_QUERY_MAX || !field_name_ok(name, sizeof(r->query[0].name))) {
+        *why = "\"query\": at most 8 parameter names of 1 to 63 characters";
+        return -1;
+    }
+    route_query *q = &r->query[r->nquery++];
+    snprintf(q->name, sizeof(q->name), "%s", name);
+    if (spec == NULL)
+        return 0;
+    const cJSON *def = cJSON_GetObjectItemCaseSensitive(spec, "default");
+    const cJSON *fold = cJSON_GetObjectItemCaseSensitive(spec, "case");
+    if (!cJSON_IsObject(spec) ||
+        (def && (!cJSON_IsString(def) || strlen(def->valuestring) >= sizeof(q->def))) ||
+        (fold && (!cJSON_IsString(fold) || (strcmp(fold->valuestring, "lower") != 0 &&
+                                            strcmp(fold->valuestring, "upper") != 0)))) {
+        *why = "a \"query\" parameter is {\"default\": \"...\", \"case\": \"lower\"|\"upper\"}";
+        return -1;
+    }
+    if (def)
+        snprintf(q->def, sizeof(q->def), "%s", def->valuestring);
+    if (fold)
+        q->fold = strcmp(fold->valuestring, "lower") == 0 ? CASE_LOWER : CASE_UPPER;
+    return 0;
+}
+
+static int parse_names(const cJSON *a, char (*out)[64], int max, int *n, const char *what,
+                       const char **why)
+{
+    const cJSON *e;
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) > max) {
+        *why = what;
+        return -1;
+    }
+    cJSON_ArrayForEach(e, a)
+    {
+        if (!cJSON_IsString(e) || !field_name_ok(e->valuestring, 64)) {
+            *why = what;
+            return -1;
+        }
+        snprintf(out[(*n)++], 64, "%s", e->valuestring);
+    }
+    return 0;
+}
+
+static int parse_shared(const cJSON *o, route *r, const char **why)
+{
+    const cJSON *stale = cJSON_GetObjectItemCaseSensitive(o, "stale");
+    const cJSON *query = cJSON_GetObjectItemCaseSensitive(o, "query");
+    const cJSON *ignore = cJSON_GetObjectItemCaseSensitive(o, "ignore");
+    const cJSON *headers = cJSON_GetObjectItemCaseSensitive(o, "headers");
+    if (stale != NULL &&
+        (!cJSON_IsNumber(stale) || stale->valuedouble < 0 || stale->valuedouble > 86400 ||
+         stale->valuedouble != (int)stale->valuedouble)) {
+        *why = "\"stale\" must be an integer from 0 to 86400";
+        return -1;
+    }
+    r->stale_s = stale ? (int)stale->valuedouble : 0;
+    const cJSON *e;
+    if (cJSON_IsArray(query)) {
+        cJSON_ArrayForEach(e, query)
+        {
+            if (!cJSON_IsString(e) || parse_query_entry(e->valuestring, NULL, r, why) < 0) {
+                *why = *why ? *why : "\"query\" names must be strings";
+                return -1;
+            }
+        }
+    } else if (cJSON_IsObject(query)) {
+        cJSON_ArrayForEach(e, query)
+        {
+            if (parse_query_entry(e->string, e, r, why) < 0)
+                return -1;
+        }
+    } else if (query != NULL) {
+        *why = "\"query\" must be an array of names or an object";
+        return -1;
+    }
+    if (ignore == NULL) {
+        snprintf(r->ignore[0], sizeof(r->ignore[0]), "utm_*");
+        r->nignore = 1;
+    } else if (parse_names(ignore, r->ignore, ROUTE_IGNORE_MAX, &r->nignore,
+                           "\"ignore\" must be at most 8 names (a final * for a prefix)",
+                           why) < 0) {
+        return -1;
+    }
+    if (headers != NULL && parse_names(headers, r->headers, ROUTE_HEADERS_MAX, &r->nheaders,
+                                       "\"headers\" must be at most 4 field names", why) < 0)
+        return -1;
+    return 0;
+}
+
 static int parse_route(const cJSON *o, route *r, const char **why)
 {
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
@@ -140,8 +279,9 @@ static int parse_route(const cJSON *o, route *r, const char **why)
              !pattern_ok(path->valuestring))
         *why = "\"path\" must be /literal/{param}/... with an optional final *";
     else if (!cJSON_IsString(policy) || (strcmp(policy->valuestring, "bypass") != 0 &&
-                                         strcmp(policy->valuestring, "local") != 0))
-        *why = "\"policy\" must be \"local\" or \"bypass\" (\"shared\" is not supported yet)";
+                                         strcmp(policy->valuestring, "local") != 0 &&
+                                         strcmp(policy->valuestring, "shared") != 0))
+        *why = "\"policy\" must be \"shared\", \"local\" or \"bypass\"";
     else if (ttl != NULL && (!cJSON_IsNumber(ttl) || ttl->valuedouble < 1 ||
                              ttl->valuedouble > 86400 || ttl->valuedouble != (int)ttl->valuedouble))
         *why = "\"ttl\" must be an integer from 1 to 86400";
@@ -149,12 +289,16 @@ static int parse_route(const cJSON *o, route *r, const char **why)
         return -1;
     snprintf(r->name, sizeof(r->name), "%s", name->valuestring);
     snprintf(r->path, sizeof(r->path), "%s", path->valuestring);
-    r->policy = strcmp(policy->valuestring, "local") == 0 ? ROUTE_LOCAL : ROUTE_BYPASS;
+    r->policy = strcmp(policy->valuestring, "local") == 0    ? ROUTE_LOCAL
+                : strcmp(policy->valuestring, "shared") == 0 ? ROUTE_SHARED
+                                                             : ROUTE_BYPASS;
     r->ttl_s = ttl ? (int)ttl->valuedouble : LOCAL_TTL_DEFAULT;
     if (parse_methods(cJSON_GetObjectItemCaseSensitive(o, "methods"), &r->methods, why) < 0)
         return -1;
     if (r->policy == ROUTE_LOCAL)
         return parse_identity(cJSON_GetObjectItemCaseSensitive(o, "identity"), r, why);
+    if (r->policy == ROUTE_SHARED)
+        return parse_shared(o, r, why);
     return 0;
 }
 

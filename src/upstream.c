@@ -51,7 +51,9 @@ struct upstream_op {
      * holds (its body, drained into ours, and its peer). */
     enum evhttp_cmd_type method;
     char *uri;
-    struct evhttp_request *client;
+    struct evhttp_request *client; /* NULL for a fetch (upstream_fetch) */
+    struct evkeyvalq own;          /* a fetch's fields, owned: no client to read again */
+    char request_id[64];           /* a fetch's X-Request-Id ("" none) */
     char peer[64];
     struct evbuffer *body;
     bool reused_conn; /* the connection came from the idle list */
@@ -141,6 +143,7 @@ static void op_free(upstream_op *op)
     event_del(&op->deadline);
     event_del(&op->fire);
     evhttp_clear_headers(&op->rhdrs);
+    evhttp_clear_headers(&op->own);
     evbuffer_free(op->body);
     evbuffer_free(op->rbody);
     free(op->uri);
@@ -326,14 +329,15 @@ static char *target_of(const upstream *u, const char *uri)
 static void copy_request(upstream_op *op, struct evkeyvalq *out)
 {
     upstream *u = op->u;
-    struct evkeyvalq *in = evhttp_request_get_input_headers(op->client);
+    struct evkeyvalq *in = op->client ? evhttp_request_get_input_headers(op->client) : &op->own;
     proxyhdr_copy_end_to_end(in, out, proxyhdr_request_skip);
     proxyhdr_set_forwarded(in, out, op->peer, "http");
     /* The id we answer and log with (accesslog.c: the client's when valid,
      * else made), so that the application's logs name the same request;
      * the client's own field was skipped above, valid or not. */
-    const char *id =
-        evhttp_find_header(evhttp_request_get_output_headers(op->client), "X-Request-Id");
+    const char *id = op->client ? evhttp_find_header(evhttp_request_get_output_headers(op->client),
+                                                     "X-Request-Id")
+                                : (op->request_id[0] ? op->request_id : NULL);
     if (id != NULL)
         evhttp_add_header(out, "X-Request-Id", id);
     if (evhttp_find_header(in, "Host") == NULL) {
@@ -367,16 +371,19 @@ static void keep_client(upstream_op *op, struct evhttp_request *req)
     evbuffer_add_buffer(op->body, evhttp_request_get_input_buffer(req));
 }
 
-upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_cb *cb, void *arg)
+/* An op not yet sent, in the list of live ops. */
+static upstream_op *op_new(upstream *u, enum evhttp_cmd_type method, const char *uri,
+                           upstream_cb *cb, void *arg)
 {
     upstream_op *op = xcalloc(1, sizeof(*op));
     op->u = u;
     op->state = OP_SENT;
     op->cb = cb;
     op->arg = arg;
-    op->method = evhttp_request_get_command(req);
-    op->uri = target_of(u, evhttp_request_get_uri(req));
+    op->method = method;
+    op->uri = target_of(u, uri);
     TAILQ_INIT(&op->rhdrs);
+    TAILQ_INIT(&op->own);
     op->body = evbuffer_new();
     op->rbody = evbuffer_new();
     evtimer_assign(&op->deadline, u->base, on_deadline, op);
@@ -385,7 +392,12 @@ upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_
     if (u->ops)
         u->ops->prev = op;
     u->ops = op;
-    keep_client(op, req);
+    return op;
+}
+
+static upstream_op *op_start(upstream_op *op)
+{
+    upstream *u = op->u;
     clock_gettime(CLOCK_MONOTONIC, &op->sent_at);
     if (op_send(op) < 0) {
         op_enter(op, OP_READY); /* answered from the loop, as any failure */
@@ -394,6 +406,25 @@ upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_
     struct timeval tv = {u->timeout_ms / 1000, (u->timeout_ms % 1000) * 1000};
     evtimer_add(&op->deadline, &tv);
     return op;
+}
+
+upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_cb *cb, void *arg)
+{
+    upstream_op *op =
+        op_new(u, evhttp_request_get_command(req), evhttp_request_get_uri(req), cb, arg);
+    keep_client(op, req);
+    return op_start(op);
+}
+
+upstream_op *upstream_fetch(upstream *u, const char *target, const struct evkeyvalq *headers,
+                            const char *peer, const char *request_id, upstream_cb *cb, void *arg)
+{
+    upstream_op *op = op_new(u, EVHTTP_REQ_GET, target, cb, arg);
+    for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
+        evhttp_add_header(&op->own, kv->key, kv->value);
+    snprintf(op->peer, sizeof(op->peer), "%s", peer ? peer : "unknown");
+    snprintf(op->request_id, sizeof(op->request_id), "%s", request_id ? request_id : "");
+    return op_start(op);
 }
 
 void upstream_cancel(upstream_op *op)

@@ -6,6 +6,7 @@
 #ifndef QUOTECACHE_LOCALCACHE_H
 #define QUOTECACHE_LOCALCACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,6 +44,14 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
 
 /* Drops key's entry, if any. */
 void lcache_delete(lcache *c, const char *key);
+
+/* Drops every entry whose key pred says true for (a write's invalidation:
+ * keys carry the identity, so the entries of every identity are walked).
+ * O(entries). Returns how many went. */
+typedef bool lcache_pred(void *arg, const char *key);
+size_t lcache_drop_if(lcache *c, lcache_pred *pred, void *arg);
+/* Drops everything. */
+void lcache_clear(lcache *c);
 
 size_t lcache_bytes(const lcache *c);
 size_t lcache_count(const lcache *c);

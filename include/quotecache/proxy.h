@@ -17,6 +17,7 @@
 
 #include "quotecache/error.h"
 #include "quotecache/metrics.h"
+#include "quotecache/rcache.h"
 #include "quotecache/routes.h"
 #include "quotecache/upstream.h"
 
@@ -42,6 +43,14 @@ typedef void proxy_cb(void *arg, proxy_reply *r);
  * local cache. */
 proxy *proxy_new(upstream *up, routes *rt, size_t local_bytes);
 void proxy_free(proxy *p);
+/* Gives the proxy its worker's loop and Redis (rc NULL: --redis none) for
+ * shared routes and cross-worker invalidation; call once, after
+ * proxy_new. */
+struct event_base;
+void proxy_attach(proxy *p, struct event_base *base, rcache *rc, const char *version,
+                  int lock_ttl_ms, int upstream_timeout_ms);
+/* Shutdown, before the rcache is freed: nothing more is sent to Redis. */
+void proxy_close(proxy *p);
 
 /* Answers req (path: its path, no query) from the local cache when its
  * route is local and a fresh copy of this identity is there: returns true

@@ -45,6 +45,14 @@ upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms,
  * reads its headers again), as a request does until it is answered. */
 upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_cb *cb, void *arg);
 
+/* A GET of target (origin form, the prefix goes in front) with a copy of
+ * headers (the client's fields, filtered as upstream_forward filters
+ * them), for a fetch that outlives the client it was made for (a shared
+ * route's load: the first client may leave, the waiters stay). peer and
+ * request_id name that first client in the forwarding fields. */
+upstream_op *upstream_fetch(upstream *u, const char *target, const struct evkeyvalq *headers,
+                            const char *peer, const char *request_id, upstream_cb *cb, void *arg);
+
 /* The owner is gone (its client closed): cb will not fire. A request still
  * on the wire is aborted (its connection closed, so the upstream sees it
  * too); the op frees itself from the loop. */

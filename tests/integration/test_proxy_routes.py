@@ -208,7 +208,9 @@ def test_write_drops_the_copy_of_its_target():
     s, h, _ = get("/cart/9", s2, method="PUT")
     assert s == 200
     assert get("/cart/9", s2)[1]["x-cache"] == "MISS"
-    assert get("/cart/9", s1)[1]["x-cache"] == "HIT"  # another identity's copy stays
+    # The resource changed: every identity's copy of it goes (RFC 9111 4.4).
+    assert get("/cart/9", s1)[1]["x-cache"] == "MISS"
+    assert get("/cart/9", s1)[1]["x-cache"] == "HIT"
     s, h, _ = get("/cart/9?code=409", s1, method="POST")  # a failed write drops nothing
     assert s == 409
     assert get("/cart/9", s1)[1]["x-cache"] == "HIT"
@@ -226,7 +228,7 @@ def test_bypass_and_unlisted_always_forwarded():
 def test_bad_routes_file_refused():
     bad = os.path.join(st.dir, "bad.json")
     with open(bad, "w") as f:
-        f.write('{"routes": [{"name": "x", "path": "/x", "policy": "shared"}]}')
+        f.write('{"routes": [{"name": "x", "path": "/x", "policy": "cached"}]}')
     r = subprocess.run([px.binary, "--check-config", "--redis", "none", "--routes", bad,
                         "--upstream", "http://127.0.0.1:1"], capture_output=True, text=True)
     assert r.returncode == 2 and "route 1" in r.stderr and "policy" in r.stderr, r.stderr

@@ -197,7 +197,7 @@ static void test_upstream_settings(void)
     config_free(&cfg);
 
     write_file("bad-routes.json", "{\"routes\": [{\"name\": \"x\", \"path\": \"/x\", "
-                                  "\"policy\": \"shared\"}]}");
+                                  "\"policy\": \"cached\"}]}");
     snprintf(text, sizeof(text), "upstream = https://x\nroutes = %s/bad-routes.json\n", dir);
     path = write_file("bad-up.conf", text);
     CHECK(load(&cfg, &p, 2, args) == CONFIG_ERROR);

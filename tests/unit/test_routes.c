@@ -95,7 +95,11 @@ static void test_bad_files(void)
         "{\"routes\": [{\"name\": \"a\", \"path\": \"/x/*/y\", \"policy\": \"bypass\"}]}",
         "{\"routes\": [{\"name\": \"a\", \"path\": \"/x{id}\", \"policy\": \"bypass\"}]}",
         "{\"routes\": [{\"name\": \"a\", \"path\": \"/x?q\", \"policy\": \"bypass\"}]}",
-        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"shared\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"cached\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"shared\", "
+        "\"stale\": -1}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"shared\", "
+        "\"query\": {\"c\": {\"case\": \"title\"}}}]}",
         "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"local\"}]}",
         "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"local\", "
         "\"identity\": \"ip:x\"}]}",

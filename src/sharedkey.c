@@ -1,0 +1,379 @@
+/* sharedkey: keys, resources and entries of shared routes (pure). */
+#include "quotecache/sharedkey.h"
+
+#include <ctype.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "quotecache/mem.h"
+#include "quotecache/strbuf.h"
+
+#define QUERY_PARTS_MAX 64
+#define ABSENT "\x02" /* a named parameter or field the request lacks */
+
+static void sha_hex(const char *s, size_t n, char *out, size_t hexlen)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char d[32];
+    unsigned int dlen = 0;
+    EVP_Digest(s, n, d, &dlen, EVP_sha256(), NULL);
+    for (size_t i = 0; i < hexlen / 2; i++) {
+        out[2 * i] = digits[d[i] >> 4];
+        out[2 * i + 1] = digits[d[i] & 15];
+    }
+    out[hexlen] = '\0';
+}
+
+/* ---- canonical requests ---- */
+
+static bool ignored(const route *r, const char *name, size_t n)
+{
+    for (int i = 0; i < r->nignore; i++) {
+        const char *p = r->ignore[i];
+        size_t pl = strlen(p);
+        if (pl > 0 && p[pl - 1] == '*' ? n >= pl - 1 && strncmp(name, p, pl - 1) == 0
+                                       : n == pl && strncmp(name, p, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+static int named(const route *r, const char *name, size_t n)
+{
+    for (int i = 0; i < r->nquery; i++) {
+        if (strlen(r->query[i].name) == n && strncmp(r->query[i].name, name, n) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static void put_folded(strbuf *sb, const char *v, size_t n, enum route_case fold)
+{
+    for (size_t i = 0; i < n; i++) {
+        char c = v[i];
+        if (fold == CASE_LOWER)
+            c = (char)tolower((unsigned char)c);
+        else if (fold == CASE_UPPER)
+            c = (char)toupper((unsigned char)c);
+        strbuf_mem(sb, &c, 1);
+    }
+}
+
+int skey_canonical(const route *r, const char *path, const char *query,
+                   const struct evkeyvalq *headers, char *canon, size_t canon_len, char *fwd,
+                   size_t fwd_len)
+{
+    const char *val[ROUTE_QUERY_MAX] = {0};
+    size_t vlen[ROUTE_QUERY_MAX] = {0};
+    for (const char *p = query ? query : ""; *p;) {
+        size_t plen = strcspn(p, "&");
+        size_t nlen = strcspn(p, "=&");
+        if (plen > 0) {
+            int i = named(r, p, nlen);
+            if (i >= 0) {
+                if (val[i] != NULL)
+                    return -1; /* twice: which one would the application read? */
+                val[i] = nlen < plen ? p + nlen + 1 : "";
+                vlen[i] = nlen < plen ? plen - nlen - 1 : 0;
+            } else if (!ignored(r, p, nlen)) {
+                return -1;
+            }
+        }
+        p += plen + (p[plen] == '&');
+    }
+    strbuf c = strbuf_on(canon, canon_len), f = strbuf_on(fwd, fwd_len);
+    strbuf_str(&c, r->name);
+    strbuf_str(&c, "\n");
+    strbuf_str(&c, path);
+    strbuf_str(&c, "\n");
+    for (int i = 0; i < r->nquery; i++) {
+        const route_query *q = &r->query[i];
+        strbuf_str(&c, q->name);
+        strbuf_str(&c, "=");
+        if (val[i] != NULL) {
+            put_folded(&c, val[i], vlen[i], q->fold);
+            strbuf_str(&f, f.len ? "&" : "");
+            strbuf_str(&f, q->name);
+            strbuf_str(&f, "=");
+            put_folded(&f, val[i], vlen[i], q->fold);
+        } else if (q->def[0] != '\0') {
+            put_folded(&c, q->def, strlen(q->def), q->fold);
+        } else {
+            strbuf_str(&c, ABSENT);
+        }
+        strbuf_str(&c, "&");
+    }
+    for (int i = 0; i < r->nheaders; i++) {
+        const char *v = evhttp_find_header(headers, r->headers[i]);
+        strbuf_str(&c, "\n");
+        strbuf_str(&c, v ? v : ABSENT);
+    }
+    return strbuf_ok(&c) && strbuf_ok(&f) ? 0 : -1;
+}
+
+/* ---- resources ---- */
+
+int skey_resource(const route *r, const char *path, char *out, size_t len)
+{
+    route_param ps[ROUTE_PARAMS_MAX];
+    int n = routes_path_params(r->path, path, ps);
+    if (n < 0)
+        return -1;
+    strbuf sb = strbuf_on(out, len);
+    strbuf_str(&sb, r->name);
+    for (int i = 0; i < n; i++) {
+        strbuf_str(&sb, "\x1f");
+        strbuf_mem(&sb, ps[i].value, ps[i].len);
+    }
+    return strbuf_ok(&sb) ? 0 : -1;
+}
+
+/* The resource's 16 hex: FNV-1a, not SHA-256 (a third of a hit's cost
+ * was digests). Two resources of one route that collide share a counter
+ * and a slot: a write to one also drops the other's copies, never fewer. */
+static void resource_hex(const char *resource, char out[17])
+{
+    static const char digits[] = "0123456789abcdef";
+    uint64_t h = 14695981039346656037ULL;
+    for (const char *c = resource; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+    for (int i = 15; i >= 0; i--, h >>= 4)
+        out[i] = digits[h & 15];
+    out[16] = '\0';
+}
+
+static int tag_of(char *out, size_t len, const char *version, const char *route_name,
+                  const char *resource)
+{
+    char h[17];
+    resource_hex(resource, h);
+    int n = snprintf(out, len, "qc:%s:{r:%s:%s}", version, route_name, h);
+    return n > 0 && (size_t)n < len ? n : -1;
+}
+
+int skey_gen_key(char out[KEY_MAX], const char *version, const char *route_name,
+                 const char *resource)
+{
+    int n = tag_of(out, KEY_MAX, version, route_name, resource);
+    if (n < 0 || (size_t)n + 5 > KEY_MAX)
+        return -1;
+    memcpy(out + n, ":gen", 5);
+    return 0;
+}
+
+int skey_keys_of(skey_keys *out, const char *version, const char *route_name, const char *resource,
+                 const char *canon)
+{
+    char tag[KEY_MAX], d[33];
+    int n = tag_of(tag, sizeof(tag), version, route_name, resource);
+    if (n < 0)
+        return -1;
+    strbuf v = strbuf_on(out->entry, KEY_MAX); /* the version is in the digest too */
+    strbuf_str(&v, version);
+    strbuf_str(&v, "\n");
+    strbuf_str(&v, canon);
+    if (!strbuf_ok(&v)) {
+        /* A canonical form longer than a key: digest it whole instead. */
+        size_t cl = strlen(canon);
+        char *all = xmalloc(strlen(version) + 1 + cl + 1);
+        sprintf(all, "%s\n%s", version, canon);
+        sha_hex(all, strlen(all), d, 32);
+        free(all);
+    } else {
+        sha_hex(out->entry, v.len, d, 32);
+    }
+    strbuf e = strbuf_on(out->entry, KEY_MAX), l = strbuf_on(out->lock, KEY_MAX),
+           g = strbuf_on(out->gen, KEY_MAX);
+    strbuf_str(&e, tag);
+    strbuf_str(&e, ":");
+    strbuf_str(&e, d);
+    strbuf_str(&l, out->entry);
+    strbuf_str(&l, ":lock");
+    strbuf_str(&g, tag);
+    strbuf_str(&g, ":gen");
+    if (!strbuf_ok(&e) || !strbuf_ok(&l) || !strbuf_ok(&g))
+        return -1;
+    return 0;
+}
+
+/* ---- writes ---- */
+
+/* The {param} names of a pattern, in order. */
+static int pattern_names(const char *pat, char names[ROUTE_PARAMS_MAX][64])
+{
+    int n = 0;
+    for (const char *c = pat; (c = strchr(c, '{')) != NULL && n < ROUTE_PARAMS_MAX; n++) {
+        const char *close = strchr(c, '}');
+        if (close == NULL)
+            break;
+        snprintf(names[n], 64, "%.*s", (int)(close - c - 1), c + 1);
+        c = close;
+    }
+    return n;
+}
+
+int skey_write_resources(const routes *rt, const char *wpath, enum route_policy pol,
+                         skey_resource_cb *cb, void *arg)
+{
+    /* Every {param} value wpath gives, by name, from every route it matches. */
+    route_param m[ROUTE_PARAMS_MAX * 2];
+    int nm = 0;
+    for (int i = 0; i < routes_count(rt); i++) {
+        route_param ps[ROUTE_PARAMS_MAX];
+        int n = routes_path_params(routes_at(rt, i)->path, wpath, ps);
+        for (int j = 0; j < n && nm < (int)QC_ARRAY_LEN(m); j++)
+            m[nm++] = ps[j];
+    }
+    int count = 0;
+    char res[SKEY_RESOURCE_MAX];
+    for (int i = 0; i < routes_count(rt); i++) {
+        const route *r = routes_at(rt, i);
+        if (r->policy != pol)
+            continue;
+        if (skey_resource(r, wpath, res, sizeof(res)) == 0) {
+            cb(arg, r, res);
+            count++;
+            continue;
+        }
+        char names[ROUTE_PARAMS_MAX][64];
+        int nn = pattern_names(r->path, names);
+        if (nn == 0)
+            continue;
+        strbuf sb = strbuf_on(res, sizeof(res));
+        strbuf_str(&sb, r->name);
+        int found = 0;
+        for (int k = 0; k < nn; k++) {
+            for (int j = 0; j < nm; j++) {
+                if (strcmp(m[j].name, names[k]) == 0) {
+                    strbuf_str(&sb, "\x1f");
+                    strbuf_mem(&sb, m[j].value, m[j].len);
+                    found++;
+                    break;
+                }
+            }
+        }
+        if (found == nn && strbuf_ok(&sb)) {
+            cb(arg, r, res);
+            count++;
+        }
+    }
+    return count;
+}
+
+/* ---- entries ---- */
+
+char *skey_entry_encode(const skey_entry *e, size_t *len)
+{
+    struct evbuffer *b = evbuffer_new();
+    int nh = 0, nv = 0;
+    for (const struct evkeyval *kv = e->headers->tqh_first; kv; kv = kv->next.tqe_next)
+        nh++;
+    for (int i = 0; i < e->nvary; i++)
+        nv += evhttp_find_header(e->vary_values, e->vary[i]) != NULL;
+    evbuffer_add_printf(b, "QS1 %d %" PRId64 " %" PRId64 " %" PRIu64 " %d %d %d %zu\n", e->status,
+                        e->stored_ms, e->fresh_until_ms, e->gen, nh, e->nvary, nv, e->len);
+    for (const struct evkeyval *kv = e->headers->tqh_first; kv; kv = kv->next.tqe_next)
+        evbuffer_add_printf(b, "%s:%s\n", kv->key, kv->value);
+    for (int i = 0; i < e->nvary; i++)
+        evbuffer_add_printf(b, "%s\n", e->vary[i]);
+    for (int i = 0; i < e->nvary; i++) {
+        const char *v = evhttp_find_header(e->vary_values, e->vary[i]);
+        if (v != NULL)
+            evbuffer_add_printf(b, "%s:%s\n", e->vary[i], v);
+    }
+    evbuffer_add(b, e->body, e->len);
+    *len = evbuffer_get_length(b);
+    char *out = xmalloc(*len + 1);
+    evbuffer_remove(b, out, *len);
+    out[*len] = '\0';
+    evbuffer_free(b);
+    return out;
+}
+
+/* The next line of [*p, end): its start and length (without the \n);
+ * advances *p past it. Returns -1 when there is none. */
+static int next_line(const char **p, const char *end, const char **line, size_t *n)
+{
+    const char *nl = memchr(*p, '\n', (size_t)(end - *p));
+    if (nl == NULL)
+        return -1;
+    *line = *p;
+    *n = (size_t)(nl - *p);
+    *p = nl + 1;
+    return 0;
+}
+
+/* "name:value" (not NUL-terminated) into to. */
+static int add_field(const char *s, size_t n, struct evkeyvalq *to)
+{
+    const char *colon = memchr(s, ':', n);
+    char name[256], small[2048];
+    if (colon == NULL || colon == s || (size_t)(colon - s) >= sizeof(name))
+        return -1;
+    memcpy(name, s, (size_t)(colon - s));
+    name[colon - s] = '\0';
+    size_t vl = n - (size_t)(colon + 1 - s);
+    char *v = vl < sizeof(small) ? small : xmalloc(vl + 1);
+    memcpy(v, colon + 1, vl);
+    v[vl] = '\0';
+    int rc = evhttp_add_header(to, name, v);
+    if (v != small)
+        free(v);
+    return rc;
+}
+
+int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyvalq *headers,
+                      struct evkeyvalq *vary_values)
+{
+    const char *p = buf, *end = buf + len, *line;
+    char head[256];
+    size_t n;
+    int nh, nv;
+    memset(e, 0, sizeof(*e));
+    if (next_line(&p, end, &line, &n) < 0 || n >= sizeof(head))
+        return -1;
+    memcpy(head, line, n);
+    head[n] = '\0';
+    if (sscanf(head, "QS1 %d %" SCNd64 " %" SCNd64 " %" SCNu64 " %d %d %d %zu", &e->status,
+               &e->stored_ms, &e->fresh_until_ms, &e->gen, &nh, &e->nvary, &nv, &e->len) != 8 ||
+        nh < 0 || e->nvary < 0 || e->nvary > 8 || nv < 0 || nv > e->nvary)
+        return -1;
+    for (int i = 0; i < nh; i++) {
+        if (next_line(&p, end, &line, &n) < 0 || add_field(line, n, headers) < 0)
+            return -1;
+    }
+    for (int i = 0; i < e->nvary; i++) {
+        if (next_line(&p, end, &line, &n) < 0 || n >= sizeof(e->vary[i]))
+            return -1;
+        memcpy(e->vary[i], line, n);
+        e->vary[i][n] = '\0';
+    }
+    for (int i = 0; i < nv; i++) {
+        if (next_line(&p, end, &line, &n) < 0 || add_field(line, n, vary_values) < 0)
+            return -1;
+    }
+    if ((size_t)(end - p) != e->len)
+        return -1;
+    e->body = p;
+    e->headers = headers;
+    e->vary_values = vary_values;
+    return 0;
+}
+
+bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req)
+{
+    for (int i = 0; i < e->nvary; i++) {
+        const char *stored = evhttp_find_header(e->vary_values, e->vary[i]);
+        const char *now = evhttp_find_header(req, e->vary[i]);
+        if ((stored == NULL) != (now == NULL) || (stored && strcmp(stored, now) != 0))
+            return false;
+    }
+    return true;
+}

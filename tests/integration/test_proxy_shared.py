@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""`shared` routes and write invalidation of the pass-through (issue 12
+items 2 and 4): answers cached in Redis across instances, one upstream
+fetch for concurrent misses on two instances, fenced stores, query
+normalization, the RFC 9111 rules of a shared cache, STALE within the
+horizon, and a 2xx write that invalidates shared and local copies on every
+worker of every instance. Real Redis, two quotecache instances of two
+workers each, the upstream is upstream_app.py (no backend needed)."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qctest  # noqa: E402
+from qctest import qcstack  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROUTES = {"routes": [
+    {"name": "slow", "path": "/slow", "policy": "shared", "ttl": 60, "query": ["ms", "v"]},
+    {"name": "catalog", "methods": ["GET", "HEAD", "PUT"], "path": "/catalog/{product}",
+     "policy": "shared", "ttl": 60,
+     "query": {"currency": {"default": "USD", "case": "upper"}}},
+    {"name": "reviews", "path": "/catalog/{product}/reviews", "policy": "shared", "ttl": 60},
+    {"name": "rfc", "path": "/rfc/{case}", "policy": "shared", "ttl": 60,
+     "query": ["h_Cache-Control", "h_Set-Cookie", "h_Vary", "h_ETag"]},
+    {"name": "flaky", "path": "/flaky/{x}", "policy": "shared", "ttl": 1, "stale": 3},
+    {"name": "cart", "path": "/cart/{cart}", "policy": "local", "ttl": 60,
+     "identity": "header:X-User"},
+]}
+st = pa = pb = app = None
+app_port = None
+APP = os.path.join(HERE, "upstream_app.py")
+
+
+def start_app():
+    global app
+    app = subprocess.Popen([sys.executable, APP, str(app_port)], stdout=subprocess.PIPE)
+    assert app.stdout.readline().strip() == b"ready"
+
+
+def setup_module():
+    global st, pa, pb, app_port
+    app_port = qcstack.free_port()
+    start_app()
+    st = qcstack.Stack(redis=True, postgres=False, tax=False)
+    path = os.path.join(st.dir, "routes.json")
+    with open(path, "w") as f:
+        json.dump(ROUTES, f)
+    up = "http://127.0.0.1:%d" % app_port
+    pa = qcstack.Proxy(st, upstream=up, routes=path, admin_listen=None, workers=2)
+    pb = qcstack.Proxy(st, upstream=up, routes=path, admin_listen=None, workers=2)
+
+
+def teardown_module():
+    if st:
+        st.stop()
+    if app:
+        qcstack.kill_pid(app.pid, proc=app)
+
+
+def calls(path):
+    _, _, b = qcstack.http_get(app_port, "/stats")
+    return json.loads(b)["calls"].get(path, 0)
+
+
+def get(p, path, headers=None, method="GET"):
+    return qcstack.http_request(p.port, method, path, headers=headers)
+
+
+def fetched_by(body):
+    """The X-Request-Id of the request that fetched this copy (the echo
+    names the fields the upstream got)."""
+    return [v for k, v in json.loads(body)["headers"] if k.lower() == "x-request-id"][0]
+
+
+def test_concurrent_misses_on_two_instances_one_fetch():
+    # 200 requests at once, half on each instance (two workers each): one
+    # upstream call; every one answered with the same body.
+    out = {}
+
+    def fire(p, name):
+        out[name] = qcstack.concurrent_gets(p.port, ["/slow?ms=600&v=c1"] * 100, timeout=20)
+    ts = [threading.Thread(target=fire, args=(p, n)) for p, n in ((pa, "a"), (pb, "b"))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    res = out["a"] + out["b"]
+    assert all(s == 200 for s, _, _ in res), [s for s, _, _ in res]
+    assert calls("/slow") == 1
+    xs = [h["x-cache"] for _, h, _ in res]
+    assert xs.count("MISS") == 1, xs
+    assert set(xs) <= {"MISS", "COALESCED", "HIT"}, set(xs)
+    assert len({b for _, _, b in res}) == 1
+    # Both instances now hit it in Redis.
+    for p in (pa, pb):
+        s, h, _ = get(p, "/slow?ms=600&v=c1")
+        assert s == 200 and h["x-cache"] == "HIT" and h["cache-status"].startswith(
+            "quotecache; hit; ttl=")
+    assert calls("/slow") == 1
+
+
+def test_query_normalization_one_entry():
+    n0 = calls("/catalog/5")
+    s, h, b = get(pa, "/catalog/5?currency=usd&utm_source=mail&utm_campaign=x")
+    assert s == 200 and h["x-cache"] == "MISS", h
+    # The upstream gets the normalized query: the ignored parameters dropped.
+    assert json.loads(b)["target"] == "/catalog/5?currency=USD"
+    for p, q in ((pb, "?currency=USD"), (pa, ""), (pb, "?utm_medium=x&currency=Usd")):
+        s, h, b2 = get(p, "/catalog/5" + q)
+        assert s == 200 and h["x-cache"] == "HIT" and b2 == b, (q, h)
+    assert calls("/catalog/5") == n0 + 1
+    s, h, _ = get(pa, "/catalog/5?currency=eur")
+    assert h["x-cache"] == "MISS"
+    # A parameter the route neither names nor ignores: not cacheable.
+    for _ in range(2):
+        s, h, _ = get(pa, "/catalog/5?color=red")
+        assert s == 200 and h["x-cache"] == "BYPASS", h
+    assert calls("/catalog/5") == n0 + 4
+
+
+def test_not_stored_in_shared():
+    # Set-Cookie, private, no-store, Vary: * are never stored in Redis.
+    for case, q in (("cookie", "h_Set-Cookie=sid%3D1"), ("private", "h_Cache-Control=private"),
+                    ("nostore", "h_Cache-Control=no-store"), ("varystar", "h_Vary=*")):
+        path = "/rfc/" + case + "?" + q
+        for p in (pa, pb):
+            s, h, _ = get(p, path)
+            assert s == 200 and h["x-cache"] == "MISS", (case, h)
+            assert h["cache-status"] == "quotecache; fwd=uri-miss", (case, h)
+        assert calls("/rfc/" + case) == 2, case
+    keys = st.redis_cli("--scan", "--pattern", "qc:*{r:rfc:*").split()
+    assert [k for k in keys if not k.endswith(":gen")] == [], keys
+
+
+def test_vary_honoured():
+    path = "/rfc/vary?h_Vary=X-Lang"
+    s, h, b_en = get(pa, path, {"X-Lang": "en"})
+    assert h["x-cache"] == "MISS" and h["cache-status"].endswith("stored")
+    s, h, b = get(pb, path, {"X-Lang": "en"})
+    assert h["x-cache"] == "HIT" and b == b_en
+    s, h, b = get(pb, path, {"X-Lang": "fr"})
+    assert h["x-cache"] == "MISS" and b != b_en  # never en's copy
+    assert calls("/rfc/vary") == 2
+
+
+def test_etag_304_and_max_age_cap():
+    path = "/rfc/etag?h_ETag=%22v1%22&h_Cache-Control=max-age%3D20"
+    s, h, _ = get(pa, path)
+    assert s == 200 and h["x-cache"] == "MISS"
+    s, h, b = get(pb, path, {"If-None-Match": '"v1"'})
+    assert s == 304 and h["x-cache"] == "HIT" and b == b"", (s, h)
+    ttl = int(h["cache-status"].rsplit("=", 1)[1])
+    assert 18 <= ttl <= 20, h  # max-age 20 caps the route's 60
+    s, h, _ = get(pb, path, {"If-None-Match": '"v2"'})
+    assert s == 200 and h["x-cache"] == "HIT"
+
+
+def test_put_invalidates_shared_on_both_instances():
+    before = {}
+    for p in (pa, pb):
+        for path in ("/catalog/7", "/catalog/7/reviews", "/catalog/8"):
+            s, _, b = get(p, path)
+            assert s == 200
+            before[path] = fetched_by(b)
+    for path in ("/catalog/7", "/catalog/7/reviews"):
+        s, h, _ = get(pb, path)
+        assert h["x-cache"] == "HIT"
+    s, h, _ = get(pa, "/catalog/7", method="PUT")
+    assert s == 200
+    # Answered only once the counters moved: no instance serves the old copy.
+    for p in (pa, pb):
+        for path in ("/catalog/7", "/catalog/7/reviews"):
+            s, h, b = get(p, path)
+            assert s == 200 and fetched_by(b) != before[path], (path, h)
+    s, h, b = get(pb, "/catalog/8")  # another resource: kept
+    assert h["x-cache"] == "HIT" and fetched_by(b) == before["/catalog/8"]
+
+
+def fill_local(p, n=12):
+    """Copies of /cart/9 for user u on every worker of p (new connections
+    spread over the workers): the ids of the requests that fetched them."""
+    ids = set()
+    for _ in range(n):
+        s, h, b = get(p, "/cart/9", {"X-User": "u"})
+        assert s == 200
+        ids.add(fetched_by(b))
+    return ids
+
+
+def test_put_invalidates_local_on_every_worker_of_both_instances():
+    old = fill_local(pa) | fill_local(pb)
+    assert 2 <= len(old) <= 4, old  # one copy per worker
+    s, h, _ = get(pb, "/cart/9", {"X-User": "u"})
+    assert h["x-cache"] == "HIT"
+    # Another user's write (their identity does not matter: the resource does).
+    s, _, _ = get(pa, "/cart/9", {"X-User": "other"}, method="PUT")
+    assert s == 200
+    t0 = time.monotonic()
+    deadline = t0 + 1.0  # the documented bound: one Redis publish, well under a second
+    while True:
+        seen = set()
+        for p in (pa, pb):
+            for _ in range(8):
+                _, _, b = get(p, "/cart/9", {"X-User": "u"})
+                seen.add(fetched_by(b))
+        if not (seen & old):
+            break
+        assert time.monotonic() < deadline, "old local copies still served after 1 s"
+        time.sleep(0.05)
+
+
+def test_write_during_fetch_not_stored():
+    # A GET whose fetch is on the wire when a PUT to the same resource
+    # succeeds: what it fetched may predate the write, so it is not stored
+    # (the fenced store refuses it; the load fetches again).
+    n0 = calls("/slow")
+    res = {}
+
+    def slow_get():
+        res["get"] = get(pa, "/slow?ms=800&v=f")
+    t = threading.Thread(target=slow_get)
+    t.start()
+    time.sleep(0.3)
+    s, _, _ = get(pb, "/slow?ms=0", method="PUT")
+    assert s == 200
+    t.join()
+    s, h, b = res["get"]
+    assert s == 200
+    assert calls("/slow") == n0 + 3, calls("/slow")  # GET, PUT, the GET again
+    s, h, b2 = get(pb, "/slow?ms=800&v=f")
+    assert h["x-cache"] == "HIT" and b2 == b  # the copy fetched after the write
+
+
+def test_stale_within_horizon_then_error():
+    # ttl 1 s, stale 3 s: while the upstream is down, the expired copy is
+    # served STALE within the horizon, and an error past it.
+    global app
+    s, h, b = get(pa, "/flaky/1")
+    assert s == 200 and h["x-cache"] == "MISS"
+    qcstack.kill_pid(app.pid, proc=app)
+    app = None
+    time.sleep(1.3)
+    for p in (pa, pb):
+        s, h, b2 = get(p, "/flaky/1")
+        assert s == 200 and h["x-cache"] == "STALE" and b2 == b, (s, h)
+        assert "hit" in h["cache-status"]
+    time.sleep(3.0)
+    s, h, _ = get(pa, "/flaky/1")
+    assert s == 502, (s, h)
+    start_app()
+
+
+def test_clean_exit():
+    for p in (pa, pb):
+        p.stop_clean()
+
+
+if __name__ == "__main__":
+    qctest.main(globals())
