@@ -372,8 +372,9 @@ static int creq_send(struct creq *q, int idx, bool asking)
 }
 
 /* A MOVED or ASK answer: sent again to the node named, unless the bound is
- * reached or that node is not connected (then the error is the answer,
- * and the map is re-read). Returns 0 when sent again. */
+ * reached, that node serves no slot in the current map, or it is not
+ * connected (then the error is the answer, and the map is re-read).
+ * Returns 0 when sent again. */
 static int creq_redirect(struct creq *q, const redisReply *r)
 {
     rcluster *cl = q->cl;
@@ -384,8 +385,13 @@ static int creq_redirect(struct creq *q, const redisReply *r)
         return -1;
     q->redirects++;
     int idx = node_get(cl, rd.host, rd.port);
-    if (idx < 0)
+    if (idx < 0 || cl->node[idx]->nslots == 0) {
+        /* Not a master in our map: maybe a replica promoted by a failover
+         * we have not seen yet, whose data may lack acknowledged writes.
+         * The owner learns of it from the next map (on_master_replaced). */
+        rcluster_refresh(cl);
         return -1;
+    }
     if (rd.ask) {
         metrics_inc(M_CLUSTER_ASK);
     } else {
