@@ -161,12 +161,17 @@ static const char store_lua[] = "local g = redis.call('GET', KEYS[2]) or '0'\n"
 
 /* Cluster mode's store: KEYS are the entry and its slot-local counters
  * (product, product in region); ARGV[2] what they must sum to, which the
- * caller derived from the load's sum and the mirror (rcache_store). */
+ * caller derived from the load's sum and the mirror (rcache_store). A
+ * stored entry's counters are made to exist (0 reads as absent does): a
+ * slot being migrated answers a multi-key read with TRYAGAIN unless all its
+ * keys are on one side, so an entry migrated with its counters keeps
+ * hitting (through ASK) during a resharding. */
 static const char store_cl_lua[] = "local p = 0\n"
                                    "for i = 2, #KEYS do\n"
                                    "  p = p + tonumber(redis.call('GET', KEYS[i]) or '0')\n"
                                    "end\n"
                                    "if p ~= tonumber(ARGV[2]) then return 0 end\n"
+                                   "for i = 2, #KEYS do redis.call('SET', KEYS[i], '0', 'NX') end\n"
                                    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])\n"
                                    "redis.call('PUBLISH', ARGV[4], KEYS[1])\n"
                                    "return 1\n";
