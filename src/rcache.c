@@ -1456,20 +1456,19 @@ static void bump_joint_done(void *arg, int status, long long result)
     free(j);
 }
 
-static const rcache *sort_rc; /* qsort has no argument; loops are single-threaded */
-static const char *const *sort_keys;
-
-/* The group of keys[i]: its slot, or -1 for the dimensions hash. */
-static int bump_group(size_t i)
-{
-    return is_dim(sort_rc, sort_keys[i]) ? -1
-                                         : rcluster_keyslot(sort_keys[i], strlen(sort_keys[i]));
-}
+/* One counter of a batch and its group: its slot, or -1 for the
+ * dimensions hash. Sorted by group, then by position (a stable order). */
+struct bump_item {
+    int group;
+    size_t i;
+};
 
 static int by_group(const void *a, const void *b)
 {
-    int ga = bump_group(*(const size_t *)a), gb = bump_group(*(const size_t *)b);
-    return (ga > gb) - (ga < gb);
+    const struct bump_item *x = a, *y = b;
+    if (x->group != y->group)
+        return (x->group > y->group) - (x->group < y->group);
+    return (x->i > y->i) - (x->i < y->i);
 }
 
 /* Sends the counters idx[0..m) (one group) as one script. */
@@ -1531,17 +1530,20 @@ static int bump_part_send(rcache *rc, const char *const *keys, const char *const
 static int bump_many_cluster(rcache *rc, const char *const *keys, const char *const *once_keys,
                              size_t n, int64_t once_ttl_ms, rcache_done_cb *cb, void *arg)
 {
+    struct bump_item *it = xcalloc(n, sizeof(*it));
     size_t *idx = xcalloc(n, sizeof(*idx));
     char ttl[24];
     int nparts = 0, r = 0;
 
-    for (size_t i = 0; i < n; i++)
-        idx[i] = i;
-    sort_rc = rc;
-    sort_keys = keys;
-    qsort(idx, n, sizeof(*idx), by_group);
-    for (size_t i = 0; i < n; i++)
-        nparts += i == 0 || bump_group(idx[i]) != bump_group(idx[i - 1]);
+    for (size_t i = 0; i < n; i++) {
+        it[i].i = i;
+        it[i].group = is_dim(rc, keys[i]) ? -1 : rcluster_keyslot(keys[i], strlen(keys[i]));
+    }
+    qsort(it, n, sizeof(*it), by_group);
+    for (size_t i = 0; i < n; i++) {
+        idx[i] = it[i].i;
+        nparts += i == 0 || it[i].group != it[i - 1].group;
+    }
     struct bump_joint *j = xcalloc(1, sizeof(*j));
     j->cb = cb;
     j->arg = arg;
@@ -1550,9 +1552,7 @@ static int bump_many_cluster(rcache *rc, const char *const *keys, const char *co
     snprintf(ttl, sizeof(ttl), "%" PRId64, once_ttl_ms);
     for (size_t from = 0, part = 0; from < n; part++) {
         size_t to = from + 1;
-        sort_rc = rc;
-        sort_keys = keys;
-        while (to < n && bump_group(idx[to]) == bump_group(idx[from]))
+        while (to < n && it[to].group == it[from].group)
             to++;
         if (bump_part_send(rc, keys, once_keys, idx + from, to - from, ttl, j) < 0) {
             owe(rc);
@@ -1566,6 +1566,7 @@ static int bump_many_cluster(rcache *rc, const char *const *keys, const char *co
         }
         from = to;
     }
+    free(it);
     free(idx);
     return r;
 }
