@@ -7,6 +7,12 @@
  * themselves (connect, backoff, hung detection) are rconn's. Nothing here
  * outlives rcache_free.
  *
+ * In cluster mode (rcache_new_cluster) the commands go through rcluster
+ * (one connection per master, redirections) instead of the one command
+ * connection, and this file also owns the mirror of the dimensions hash
+ * (its reads, its repair after a regression or a failover) and moves the
+ * subscriber between nodes. What a command touches stays in one slot.
+ *
  * hiredis 0.14.1 behaviour this file is built on (async.c at v0.14.1):
  * - when a context dies every pending reply callback runs with a NULL reply;
  * - rcache_free must not be called from any callback this module runs on
