@@ -100,6 +100,7 @@ struct rcache {
 
     /* Cluster mode (rcache_new_cluster); cl NULL: single node, cmd above. */
     rcluster *cl;
+    int cmd_timeout_ms;
     char *dims_key; /* the hash of the counters without a hash tag */
     int dims_slot;
     genmirror *mirror; /* its fields, as last read (monotonic) */
@@ -997,9 +998,10 @@ static rconn *sub_connect(rcache *rc)
     const char *host = "";
     int port = 0;
     rcluster_node_addr(rc->cl, rc->sub_node, &host, &port);
-    return rconn_new(rc->base, "subscriber", host, port,
-                     (int)(rc->cmd_timeout->tv_sec * 1000 + rc->cmd_timeout->tv_usec / 1000),
-                     sub_probe, 2, &sub_hooks, rc);
+    /* Not from rc->cmd_timeout: a common timeout's tv_usec holds libevent's
+     * own bits. */
+    return rconn_new(rc->base, "subscriber", host, port, rc->cmd_timeout_ms, sub_probe, 2,
+                     &sub_hooks, rc);
 }
 
 static void on_sub_move(evutil_socket_t fd, short what, void *arg)
@@ -1079,6 +1081,7 @@ rcache *rcache_new_cluster(struct event_base *base, const char *const *hosts, co
     }
     rc->state_cb = state_cb;
     rc->state_arg = state_arg;
+    rc->cmd_timeout_ms = cmd_timeout_ms > 0 ? cmd_timeout_ms : 1;
     rc->dims_key = xstrdup(dims_key);
     rc->dims_slot = rcluster_keyslot(dims_key, strlen(dims_key));
     rc->mirror = genmirror_new();
