@@ -154,6 +154,7 @@ struct rcluster {
     struct event *refresh_deadline;
     redisAsyncContext *refresh_ac; /* where the one in flight went; NULL: none */
     unsigned next_ask;             /* round robin over the nodes asked */
+    bool map_warned;               /* an unusable map was logged */
     bool closing;
 };
 
@@ -297,11 +298,17 @@ static void slots_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         int max = r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? (int)r->elements : 1;
         rcluster_range *rg = xcalloc((size_t)max, sizeof(*rg));
         int n = rcluster_parse_slots(r, rg, max);
-        if (n > 0)
+        if (n > 0) {
             map_apply(cl, rg, n, ac->c.tcp.host ? ac->c.tcp.host : "");
-        else
-            log_warn("redis cluster: CLUSTER SLOTS: %s",
-                     r->type == REDIS_REPLY_ERROR ? r->str : "unusable answer");
+            cl->map_warned = false;
+        } else if (!cl->map_warned) {
+            /* Once until a map is read: a cluster being created answers an
+             * empty map for a while, every 200 ms. */
+            log_warn("redis cluster: CLUSTER SLOTS: %s", r->type == REDIS_REPLY_ERROR ? r->str
+                                                         : n == 0 ? "no slots assigned yet"
+                                                                  : "unusable answer");
+            cl->map_warned = true;
+        }
         free(rg);
     }
     refresh_rearm(cl);
