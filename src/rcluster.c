@@ -136,7 +136,8 @@ struct rc_node {
     char host[RCLUSTER_HOST_MAX];
     int port;
     char id[RCLUSTER_ID_MAX + 1];
-    int nslots; /* slots it serves in the current map */
+    int nslots;          /* slots it serves in the current map */
+    int complete_nslots; /* and in the last map that had every slot */
     rconn *conn;
 };
 
@@ -242,8 +243,9 @@ static void refresh_rearm(rcluster *cl)
         arm(cl->refresh, rcluster_all_up(cl) ? RCLUSTER_REFRESH_MS : RCLUSTER_REFRESH_FAST_MS);
 }
 
-/* Installs a parsed map. A node that served slots and serves none now, or
- * answers under another id, had its writes maybe lost: on_master_replaced. */
+/* Installs a parsed map. A node that served slots in the last complete map
+ * and serves none in this complete one, or that answers under another id,
+ * had its writes maybe lost: on_master_replaced. */
 static void map_apply(rcluster *cl, const rcluster_range *rg, int n, const char *asked_host)
 {
     uint8_t next[RCLUSTER_SLOTS];
@@ -257,8 +259,11 @@ static void map_apply(rcluster *cl, const rcluster_range *rg, int n, const char 
         if (idx < 0)
             continue;
         struct rc_node *nd = cl->node[idx];
-        if (rg[i].id[0] && nd->id[0] && strcmp(nd->id, rg[i].id) != 0 && nd->nslots > 0)
+        if (rg[i].id[0] && nd->id[0] && strcmp(nd->id, rg[i].id) != 0 && nd->nslots > 0) {
+            log_debug("redis cluster: %s:%d is node %s now, was %s", nd->host, nd->port, rg[i].id,
+                      nd->id);
             replaced = true; /* same address, another node (restarted empty, re-created) */
+        }
         if (rg[i].id[0])
             memcpy(nd->id, rg[i].id, sizeof(nd->id));
         for (int s = rg[i].lo; s <= rg[i].hi; s++) {
@@ -268,11 +273,18 @@ static void map_apply(rcluster *cl, const rcluster_range *rg, int n, const char 
         }
         nslots[idx] += rg[i].hi - rg[i].lo + 1;
     }
-    for (int i = 0; i < cl->nnodes; i++) {
-        if (cl->mapped && cl->node[i]->nslots > 0 && nslots[i] == 0)
+    /* Only complete maps are compared: a node's view of a cluster being
+     * created or healing may lack others' slots for a while. */
+    for (int i = 0; i < cl->nnodes && covered == RCLUSTER_SLOTS; i++) {
+        if (cl->node[i]->complete_nslots > 0 && nslots[i] == 0) {
+            log_debug("redis cluster: %s:%d serves no slot now", cl->node[i]->host,
+                      cl->node[i]->port);
             replaced = true;
-        cl->node[i]->nslots = nslots[i];
+        }
+        cl->node[i]->complete_nslots = nslots[i];
     }
+    for (int i = 0; i < cl->nnodes; i++)
+        cl->node[i]->nslots = nslots[i];
     memcpy(cl->slot_node, next, sizeof(next));
     cl->covered = covered;
     cl->mapped = true;
