@@ -18,10 +18,14 @@
  * expiry, then re-check (rcache_check, which takes a free lock). Without
  * Redis the same load runs in process only (ld->local).
  *
- * The quote machinery's rcache calls read a global counter and five
- * scope counters; a shared entry depends on one counter, its resource's,
- * so every one of those slots names it (one hash slot, and the fence
- * compares the same number six times). */
+ * The quote machinery's rcache calls read the global generation and five
+ * scope counters: a shared entry depends on the global one (an admin purge
+ * of everything, the guard against a Redis that lost its counters, a bump
+ * owed while Redis was away) and on its resource's, which names all five
+ * scope slots (the entry's hash slot). An entry records the global value
+ * and the scope sum as rcache read them (in cluster mode the sum counts
+ * the two slot-local positions only: rcache.h), and a hit, like the fence,
+ * needs both unchanged. */
 #include "quotecache/shared.h"
 
 #include <event2/buffer.h>
@@ -87,6 +91,7 @@ struct shared {
     rcache *rc;
     char version[KEY_VERSION_MAX + 1];
     char channel[KEY_MAX];
+    char global_key[KEY_MAX]; /* the quotes' global generation */
     int lock_ttl_ms;
     flight_table *flights;
     sload *loads;        /* every live load, for shutdown and the subscriber */
@@ -122,7 +127,7 @@ struct sload {
     char *target;
     struct evkeyvalq hdrs; /* the first request's fields: what is fetched with */
     char peer[64], request_id[64];
-    uint64_t gen; /* the counter when the lock was won (or the entry read) */
+    uint64_t gen_global, gen_sum; /* the counters when the lock was won (or re-read) */
     bool local, locked;
     char token[33];
     int attempts;
@@ -170,6 +175,12 @@ static int64_t wall_ms(void)
 static bool redis_usable(const shared *sh)
 {
     return sh->rc != NULL && !sh->closing && rcache_is_up(sh->rc);
+}
+
+/* Stored under the counters read now (see the top). */
+static bool entry_current(const skey_entry *e, const rcache_value *v)
+{
+    return e->gen_global == v->gen_global && e->gen_sum == v->gen_product;
 }
 
 static void scope_keys_one(scope_keys *out, const char *gen_key)
@@ -463,10 +474,12 @@ static void on_refence(void *arg, int status, const rcache_value *v)
     sload *ld = arg;
     if (shutting_down(ld))
         return;
-    if (status == RCACHE_OK)
-        ld->gen = v->gen_global;
-    else
+    if (status == RCACHE_OK) {
+        ld->gen_global = v->gen_global;
+        ld->gen_sum = v->gen_product;
+    } else {
         ld->local = true;
+    }
     sl_fetch(ld);
 }
 
@@ -480,7 +493,8 @@ static void on_store(void *arg, int status, long long stored)
          * predate it. Fetch again under the new counter. */
         log_debug("shared %s: store fenced (attempt %d)", ld->k.entry, ld->attempts + 1);
         if (++ld->attempts < MAX_ATTEMPTS && redis_usable(ld->sh) &&
-            rcache_read(ld->sh->rc, ld->k.entry, ld->k.gen, &ld->gens, on_refence, ld) == 0) {
+            rcache_read(ld->sh->rc, ld->k.entry, ld->sh->global_key, &ld->gens, on_refence, ld) ==
+                0) {
             sl_set_state(ld, SL_REFENCING);
             return;
         }
@@ -498,7 +512,8 @@ static void sl_store(sload *ld)
     e.status = ld->status;
     e.stored_ms = now;
     e.fresh_until_ms = now + ld->v.ttl_s * 1000;
-    e.gen = ld->gen;
+    e.gen_global = ld->gen_global;
+    e.gen_sum = ld->gen_sum;
     e.headers = &ld->rh;
     e.nvary = ld->v.nvary;
     memcpy(e.vary, ld->v.vary, sizeof(e.vary));
@@ -508,8 +523,8 @@ static void sl_store(sload *ld)
     size_t len;
     char *value = skey_entry_encode(&e, &len);
     int64_t ttl_ms = (ld->v.ttl_s + ld->r->stale_s) * 1000;
-    int rc = rcache_store(sh->rc, ld->k.entry, ld->k.gen, &ld->gens, ld->gen, ld->gen * SCOPE_KINDS,
-                          value, len, ttl_ms, sh->channel, on_store, ld);
+    int rc = rcache_store(sh->rc, ld->k.entry, sh->global_key, &ld->gens, ld->gen_global,
+                          ld->gen_sum, value, len, ttl_ms, sh->channel, on_store, ld);
     free(value);
     if (rc == 0) {
         sl_set_state(ld, SL_STORING);
@@ -568,7 +583,7 @@ static bool sl_answer_from_entry(sload *ld, const rcache_value *v)
     TAILQ_INIT(&h);
     TAILQ_INIT(&vv);
     bool ok = v->entry != NULL && skey_entry_decode(v->entry, v->entry_len, &e, &h, &vv) == 0 &&
-              e.gen == v->gen_global && wall_ms() < e.fresh_until_ms &&
+              entry_current(&e, v) && wall_ms() < e.fresh_until_ms &&
               skey_vary_matches(&e, &ld->hdrs); /* another variant: fetch ours */
     if (ok) {
         sresult s = {0};
@@ -608,8 +623,9 @@ static void sl_remote_read(sload *ld)
 {
     shared *sh = ld->sh;
     new_token(ld);
-    if (!redis_usable(sh) || rcache_check(sh->rc, ld->k.lock, ld->token, sh->lock_ttl_ms,
-                                          ld->k.entry, ld->k.gen, &ld->gens, on_check, ld) < 0) {
+    if (!redis_usable(sh) ||
+        rcache_check(sh->rc, ld->k.lock, ld->token, sh->lock_ttl_ms, ld->k.entry, sh->global_key,
+                     &ld->gens, on_check, ld) < 0) {
         ld->local = true; /* Redis went away while we waited */
         sl_fetch(ld);
         return;
@@ -638,7 +654,8 @@ static bool sl_take_lock_answer(sload *ld, int status, const rcache_lock_value *
         sl_fetch(ld);
         return true;
     }
-    ld->gen = lv->v.gen_global;
+    ld->gen_global = lv->v.gen_global;
+    ld->gen_sum = lv->v.gen_product;
     if (sl_answer_from_entry(ld, &lv->v))
         return true;
     if (lv->acquired) {
@@ -738,8 +755,8 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
     }
     if (redis_usable(sh)) {
         new_token(ld);
-        if (rcache_lock_read(sh->rc, ld->k.lock, ld->token, sh->lock_ttl_ms, ld->k.entry, ld->k.gen,
-                             &ld->gens, on_lock, ld) == 0) {
+        if (rcache_lock_read(sh->rc, ld->k.lock, ld->token, sh->lock_ttl_ms, ld->k.entry,
+                             sh->global_key, &ld->gens, on_lock, ld) == 0) {
             sl_set_state(ld, SL_LOCKING);
             return;
         }
@@ -805,7 +822,7 @@ static void on_read(void *arg, int status, const rcache_value *v)
     TAILQ_INIT(&vv);
     const char *stale = NULL;
     if (status == RCACHE_OK && v->entry != NULL &&
-        skey_entry_decode(v->entry, v->entry_len, &e, &h, &vv) == 0 && e.gen == v->gen_global &&
+        skey_entry_decode(v->entry, v->entry_len, &e, &h, &vv) == 0 && entry_current(&e, v) &&
         skey_vary_matches(&e, evhttp_request_get_input_headers(q->req))) {
         if (wall_ms() < e.fresh_until_ms) {
             req_answer_decoded(q, &e, &h, X_HIT);
@@ -854,7 +871,8 @@ shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, c
     snprintf(q->target, tl, "%s%s%s", path, fwd[0] ? "?" : "", fwd);
     scope_keys gens;
     scope_keys_one(&gens, q->k.gen);
-    if (redis_usable(sh) && rcache_read(sh->rc, q->k.entry, q->k.gen, &gens, on_read, q) == 0) {
+    if (redis_usable(sh) &&
+        rcache_read(sh->rc, q->k.entry, sh->global_key, &gens, on_read, q) == 0) {
         q->phase = RQ_READING;
         q->next = sh->reading;
         if (sh->reading)
@@ -960,6 +978,7 @@ shared *shared_new(struct event_base *base, upstream *up, rcache *rc, const char
     sh->rc = rc;
     snprintf(sh->version, sizeof(sh->version), "%s", version);
     snprintf(sh->channel, sizeof(sh->channel), "qc:%s:routes", version);
+    key_global_gen(sh->global_key, version);
     /* The lock must outlive a fetch, or a second instance fetches too. */
     sh->lock_ttl_ms =
         lock_ttl_ms > upstream_timeout_ms + 1000 ? lock_ttl_ms : upstream_timeout_ms + 1000;

@@ -277,8 +277,9 @@ char *skey_entry_encode(const skey_entry *e, size_t *len)
         nh++;
     for (int i = 0; i < e->nvary; i++)
         nv += evhttp_find_header(e->vary_values, e->vary[i]) != NULL;
-    evbuffer_add_printf(b, "QS1 %d %" PRId64 " %" PRId64 " %" PRIu64 " %d %d %d %zu\n", e->status,
-                        e->stored_ms, e->fresh_until_ms, e->gen, nh, e->nvary, nv, e->len);
+    evbuffer_add_printf(b, "QS2 %d %" PRId64 " %" PRId64 " %" PRIu64 " %" PRIu64 " %d %d %d %zu\n",
+                        e->status, e->stored_ms, e->fresh_until_ms, e->gen_global, e->gen_sum, nh,
+                        e->nvary, nv, e->len);
     for (const struct evkeyval *kv = e->headers->tqh_first; kv; kv = kv->next.tqe_next)
         evbuffer_add_printf(b, "%s:%s\n", kv->key, kv->value);
     for (int i = 0; i < e->nvary; i++)
@@ -341,8 +342,9 @@ int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyva
         return -1;
     memcpy(head, line, n);
     head[n] = '\0';
-    if (sscanf(head, "QS1 %d %" SCNd64 " %" SCNd64 " %" SCNu64 " %d %d %d %zu", &e->status,
-               &e->stored_ms, &e->fresh_until_ms, &e->gen, &nh, &e->nvary, &nv, &e->len) != 8 ||
+    if (sscanf(head, "QS2 %d %" SCNd64 " %" SCNd64 " %" SCNu64 " %" SCNu64 " %d %d %d %zu",
+               &e->status, &e->stored_ms, &e->fresh_until_ms, &e->gen_global, &e->gen_sum, &nh,
+               &e->nvary, &nv, &e->len) != 9 ||
         nh < 0 || e->nvary < 0 || e->nvary > 8 || nv < 0 || nv > e->nvary)
         return -1;
     for (int i = 0; i < nh; i++) {

@@ -67,7 +67,9 @@ int skey_write_resources(const routes *rt, const char *wpath, enum route_policy 
 typedef struct skey_entry {
     int status;
     int64_t stored_ms, fresh_until_ms;
-    uint64_t gen; /* the resource counter its load read: a hit needs it unchanged */
+    /* What its load read: the global generation and the resource's counter
+     * as rcache sums it (rcache_value); a hit needs both unchanged. */
+    uint64_t gen_global, gen_sum;
     const struct evkeyvalq *headers;
     int nvary;
     char vary[8][64];

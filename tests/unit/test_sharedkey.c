@@ -124,7 +124,8 @@ static void test_entry(void)
     e.status = 203;
     e.stored_ms = 1000;
     e.fresh_until_ms = 61000;
-    e.gen = 42;
+    e.gen_global = 42;
+    e.gen_sum = 7;
     e.headers = &h;
     e.nvary = 2;
     snprintf(e.vary[0], 64, "X-Lang");
@@ -135,7 +136,8 @@ static void test_entry(void)
     size_t len;
     char *buf = skey_entry_encode(&e, &len);
     CHECK(skey_entry_decode(buf, len, &d, &dh, &dv) == 0);
-    CHECK(d.status == 203 && d.stored_ms == 1000 && d.fresh_until_ms == 61000 && d.gen == 42);
+    CHECK(d.status == 203 && d.stored_ms == 1000 && d.fresh_until_ms == 61000 &&
+          d.gen_global == 42 && d.gen_sum == 7);
     CHECK(d.len == 10 && memcmp(d.body, e.body, 10) == 0);
     CHECK(strcmp(evhttp_find_header(&dh, "ETag"), "\"a:b\"") == 0);
     CHECK(d.nvary == 2 && skey_vary_matches(&d, &req));
