@@ -925,8 +925,8 @@ static void on_bumped(void *arg, int status, long long value)
     (void)value;
     inval *iv = arg;
     if (status != RCACHE_OK)
-        log_warn("shared: a write's invalidation was not acknowledged by Redis; copies of "
-                 "that resource may be served until their ttl");
+        log_warn("shared: a write's invalidation was not acknowledged by Redis; owed, paid "
+                 "by a global bump once Redis answers again");
     iv->pending--;
     inval_settle(iv);
 }
@@ -943,15 +943,17 @@ static void bump_resource(void *arg, const route *r, const char *resource)
     if (skey_gen_key(key, w->sh->version, r->name, resource) < 0)
         return;
     log_debug("shared: write bumps %s", key);
-    if (rcache_incr(w->sh->rc, key, on_bumped, w->iv) == 0)
+    /* A bump Redis may not have applied is owed, and the global bump that
+     * pays it drops shared copies too (they record the global generation). */
+    if (rcache_bump(w->sh->rc, key, on_bumped, w->iv) == 0)
         w->iv->pending++;
 }
 
 int shared_invalidate(shared *sh, const routes *rt, const char *wpath, shared_done_cb *done,
                       void *arg)
 {
-    if (!redis_usable(sh))
-        return 0;
+    if (sh->rc == NULL || sh->closing)
+        return 0; /* (with Redis down, rcache_bump refuses each bump and owes it) */
     inval *iv = xcalloc(1, sizeof(*iv));
     iv->done = done;
     iv->arg = arg;

@@ -9,6 +9,7 @@ workers each, the upstream is upstream_app.py (no backend needed)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -204,6 +205,41 @@ def test_purge_of_everything_reaches_shared_entries():
     for p in (pa, pb):
         s, h, b = get(p, "/catalog/21")
         assert s == 200 and fetched_by(b) != old, (h, fetched_by(b), old)
+
+
+def test_write_while_redis_hangs_is_owed():
+    """A PUT answered while Redis hangs (SIGSTOP) and is known down: its
+    bump cannot even be sent (a command sent to a hung Redis would still
+    be applied when it resumes), so it is owed, and paid by a global bump
+    once Redis answers again: no instance serves the copy stored before
+    the write."""
+    for p in (pa, pb):
+        get(p, "/catalog/41")
+    s, h, b = get(pb, "/catalog/41")
+    assert h["x-cache"] == "HIT", h
+    old = fetched_by(b)
+    rpid = st.procs["redis"].pid
+    os.kill(rpid, signal.SIGSTOP)
+    try:
+        qcstack.wait_until(lambda: pa.health()["redis"] == "down", 5, "Redis known down")
+        time.sleep(0.5)  # by both workers
+        s, _, _ = get(pa, "/catalog/41", method="PUT")
+        assert s == 200, s
+    finally:
+        os.kill(rpid, signal.SIGCONT)
+    # Both instances reconnect (the hung connections were dropped); the
+    # first command connection of pa's worker that owes pays before
+    # anything else is read on it.
+    deadline = time.monotonic() + 5
+    while True:
+        fresh = [fetched_by(get(p, "/catalog/41")[2]) != old for p in (pa, pb)]
+        if all(fresh) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert all(fresh), fresh
+    for p in (pa, pb):  # and for good: not one worker still serving the old copy
+        for _ in range(6):
+            assert fetched_by(get(p, "/catalog/41")[2]) != old
 
 
 def fill_local(p, n=12):
