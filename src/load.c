@@ -107,6 +107,7 @@ struct load {
     char lock_key[KEY_MAX];
     scope_keys gens; /* the scope counters (scope.h) */
     char token[33];
+    char etag[ENVELOPE_ETAG_LEN + 1]; /* res.body's, once computed ('\0': not yet) */
     /* Orthogonal to the state: */
     bool local;    /* Redis is not part of this load: nothing stored */
     bool locked;   /* we hold the Redis lock: extended while loading, released at DONE */
@@ -349,8 +350,25 @@ static void load_finish_failed(load *ld, const origin_result *res)
     load_finish(ld, &a, FIN_STALE_OK);
 }
 
+/* The result's ETag (a SHA-256 of the body), computed once per body: the
+ * envelope stored in Redis, the copy kept in process and the answer all
+ * carry it, and each digest costs ~14k instructions. */
+static const char *load_etag(load *ld)
+{
+    if (ld->etag[0] == '\0')
+        envelope_etag(ld->res.body, ld->res.len, ld->etag);
+    return ld->etag;
+}
+
+/* Takes res (and its body) as the load's result. */
+static void load_set_result(load *ld, const origin_result *res)
+{
+    ld->res = *res;
+    ld->etag[0] = '\0';
+}
+
 /* The load's result as the envelope stored in Redis (caller frees). */
-static char *load_envelope(const load *ld, size_t *len)
+static char *load_envelope(load *ld, size_t *len)
 {
     envelope e = {0};
     e.status = ld->res.status;
@@ -359,7 +377,7 @@ static char *load_envelope(const load *ld, size_t *len)
     e.product_id = ld->r.product_id;
     e.gen_global = ld->gen_global;
     e.gen_product = ld->gen_product;
-    envelope_etag(ld->res.body, ld->res.len, e.etag);
+    memcpy(e.etag, load_etag(ld), sizeof(e.etag));
     return envelope_encode(&e, ld->res.body, ld->res.len, len);
 }
 
@@ -394,12 +412,10 @@ static void load_keep_in_process(load *ld, bool stored)
 static void load_finish_result(load *ld, bool stored)
 {
     load_keep_in_process(ld, stored);
-    char etag[ENVELOPE_ETAG_LEN + 1];
-    envelope_etag(ld->res.body, ld->res.len, etag);
     lookup_answer a = {ld->res.status,
                        ld->res.body,
                        ld->res.len,
-                       ld->res.status == 200 ? etag : NULL,
+                       ld->res.status == 200 ? load_etag(ld) : NULL,
                        ld->local ? X_BYPASS : X_MISS,
                        0,
                        0,
@@ -446,6 +462,7 @@ static void load_retry(load *ld)
     lookup *lk = ld->lk;
     free(ld->res.body);
     ld->res.body = NULL;
+    ld->etag[0] = '\0';
     load_refresh_promos(ld);
     metrics_inc(M_LOAD_RETRIES); /* every path below loads again */
     if (++ld->attempts >= MAX_ATTEMPTS) {
@@ -514,7 +531,7 @@ static void load_store(load *ld)
 static void on_origin(void *arg, origin_result *res)
 {
     load *ld = arg;
-    ld->res = *res; /* takes the body */
+    load_set_result(ld, res); /* takes the body */
     ld->stored_at_ms = wall_ms();
     if (shutting_down(ld))
         return;
@@ -543,7 +560,7 @@ static void load_origin(load *ld)
     if (origin_load(lk->pool, lk->tax, &ld->r, ld->promos, ld->npromos, on_origin, ld, &err) < 0) {
         origin_result res = {err.status, NULL, 0, 0};
         res.body = quote_render_error(err.code, err.message, &res.len);
-        ld->res = res;
+        load_set_result(ld, &res);
         load_finish_failed(ld, &res);
         return;
     }
@@ -580,15 +597,28 @@ static bool load_answer_from_entry(load *ld, const rcache_value *v)
 
 /* A fresh token for each lock attempt: an extension or release never
  * touches a lock that expired and is someone else's now. */
+/* A lock token no other load holds: this process's random seed (drawn by
+ * its first load, so a forked worker never shares its parent's) and a
+ * counter, in hex. RAND_bytes per load cost ~18k instructions and a getpid
+ * (OpenSSL's fork check), 16 snprintf calls another 8k. */
 static void load_new_token(load *ld)
 {
-    unsigned char raw[16];
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        log_error("lookup: RAND_bytes failed");
-        abort();
+    static const char hex[] = "0123456789abcdef";
+    lookup *lk = ld->lk;
+    if (!lk->token_seeded) {
+        if (RAND_bytes((unsigned char *)&lk->token_seed, sizeof(lk->token_seed)) != 1) {
+            log_error("lookup: RAND_bytes failed");
+            abort();
+        }
+        lk->token_seeded = true;
     }
-    for (size_t i = 0; i < sizeof(raw); i++)
-        snprintf(ld->token + 2 * i, 3, "%02x", raw[i]);
+    uint64_t v[2] = {lk->token_seed, lk->token_next++};
+    char *p = ld->token;
+    for (int w = 0; w < 2; w++) {
+        for (int shift = 60; shift >= 0; shift -= 4)
+            *p++ = hex[(v[w] >> shift) & 0xf];
+    }
+    *p = '\0';
 }
 
 /* Reads the entry and the lock while another instance holds (or held) it;

@@ -84,6 +84,11 @@ struct lookup {
     size_t pending;
     bool closing;
     bool warned_waiters;
+    /* The loads' lock tokens (load.c): a random seed drawn by this process's
+     * first load, and a counter. */
+    bool token_seeded;
+    uint64_t token_seed;
+    uint64_t token_next;
 };
 
 static inline int64_t mono_us(void)
