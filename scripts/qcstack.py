@@ -12,6 +12,9 @@ Environment:
              (default <repo>/build)
   QC_SRC     source root (default: the parent of this file's directory)
   QC_KEEP=1  keep the temp dir (logs, data) after stop()
+  QC_REDIS=cluster  every Stack(redis=True) starts a 3+3 Redis Cluster
+             (Cluster below) instead of one redis-server, and Proxy passes
+             --redis-cluster <seeds> instead of --redis (default: single)
 
 SQL: after schema.sql and the seed, every other scripts/sql/*.sql file is
 applied in name order (for instance the change-notification triggers), then
@@ -768,6 +771,11 @@ class Stack:
     tax_fail_rate, tax_drop_rate, tax_seed for the simulator; redis, postgres,
     tax: whether to start each; pg_stat_statements; detached: children in new
     sessions and nothing cleaned up at exit (used by `scripts/stack start`).
+
+    redis may also be "single" or "cluster"; True means $QC_REDIS (default
+    single). In cluster mode self.cluster is a Cluster (3 masters + 3
+    replicas), redis_port is None, redis_cli() spans the cluster and
+    stop_redis()/start_redis() stop and restart every node.
     """
 
     def __init__(self, products=10000, seed=1, tax_delay_ms=0, tax_jitter_ms=0,
@@ -777,7 +785,13 @@ class Stack:
         self.products, self.seed = products, seed
         self.tax_args = dict(delay_ms=tax_delay_ms, jitter_ms=tax_jitter_ms,
                              fail_rate=tax_fail_rate, drop_rate=tax_drop_rate, seed=tax_seed)
-        self.want = dict(redis=redis, postgres=postgres, tax=tax)
+        if redis is True:
+            redis = os.environ.get("QC_REDIS") or "single"
+        if redis not in (False, "single", "cluster"):
+            raise ValueError("redis=%r: True, False, 'single' or 'cluster'" % (redis,))
+        self.redis_mode = redis or None
+        self.cluster = None
+        self.want = dict(redis=bool(redis), postgres=postgres, tax=tax)
         self.pg_stat_statements = pg_stat_statements
         self.build = os.path.abspath(build or build_dir())
         self.detached = detached
@@ -808,6 +822,8 @@ class Stack:
         e = {}
         if self.redis_port:
             e["QUOTECACHE_REDIS"] = self.redis_addr
+        if self.cluster is not None:
+            e["QUOTECACHE_REDIS_CLUSTER"] = self.cluster.seeds
         if self.pg_port:
             e["QUOTECACHE_POSTGRES"] = self.conninfo
         if self.tax_port:
@@ -815,7 +831,10 @@ class Stack:
         return e
 
     def pids(self):
-        return {name: p.pid for name, p in self.procs.items() if p.poll() is None}
+        out = {name: p.pid for name, p in self.procs.items() if p.poll() is None}
+        if self.cluster is not None:
+            out.update(self.cluster.pids())
+        return out
 
     # -- lifecycle
 
@@ -826,7 +845,10 @@ class Stack:
             atexit.register(self.stop)
             _exit_on_sigterm()
         try:
-            if self.want["redis"]:
+            if self.redis_mode == "cluster":
+                self.cluster = Cluster(os.path.join(self.dir, "cluster"),
+                                       detached=self.detached)
+            elif self.want["redis"]:
                 self.redis_port = free_port()
                 self.start_redis()
             if self.want["tax"]:
@@ -859,6 +881,8 @@ class Stack:
             p = self.procs.pop(name, None)
             if p is not None:
                 self._stop_proc(name, p)
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.dir and os.environ.get("QC_KEEP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -886,7 +910,14 @@ class Stack:
     # -- redis
 
     def start_redis(self):
-        """(Re)start redis-server on self.redis_port."""
+        """(Re)start redis-server on self.redis_port (in cluster mode: every
+        stopped node, then wait for the cluster to agree)."""
+        if self.cluster is not None:
+            for node in self.cluster.nodes:
+                if not self.cluster.alive(node):
+                    self.cluster._spawn(node)
+            self.cluster.wait_ok(60)
+            return
         rdir = os.path.join(self.dir, "redis")
         os.makedirs(rdir, exist_ok=True)
         p, log = self._spawn("redis", [
@@ -896,6 +927,10 @@ class Stack:
         wait_until(lambda: self._redis_ping(), 10, "redis-server", p, log)
 
     def stop_redis(self, kill=False):
+        if self.cluster is not None:
+            for node in self.cluster.nodes:
+                self.cluster.stop_node(node, kill=kill)
+            return
         p = self.procs.pop("redis", None)
         if p is not None:
             self._stop_proc("redis", p, signal.SIGKILL if kill else None)
@@ -906,7 +941,11 @@ class Stack:
             return s.recv(64).startswith(b"+PONG")
 
     def redis_cli(self, *args):
-        """Run redis-cli against our redis; returns stdout without the final newline."""
+        """Run redis-cli against our redis; returns stdout without the final newline.
+        In cluster mode see Cluster.cli (keyed commands follow redirections,
+        INFO sums over the masters, KEYS/--scan concatenate)."""
+        if self.cluster is not None:
+            return self.cluster.cli(*args)
         r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.redis_port)]
                            + [str(a) for a in args], capture_output=True, timeout=30)
         if r.returncode != 0:
@@ -1116,6 +1155,8 @@ class Proxy:
     Keyword options override or add flags (underscores become dashes; True
     means a bare flag; None removes a default), e.g.
         Proxy(st, redis="none", ttl=1, workers=2)
+    On a cluster stack (st.cluster) the default is --redis-cluster <seeds>
+    and no --redis; an explicit redis=... option drops --redis-cluster.
     `flags` is a list of raw extra arguments appended last.
     """
 
@@ -1129,6 +1170,9 @@ class Proxy:
              "redis": stack.redis_addr if stack.redis_port else "none",
              "postgres": stack.conninfo if stack.pg_port else None,
              "tax-url": stack.tax_url if stack.tax_port else None}
+        if getattr(stack, "cluster", None) is not None and "redis" not in opts:
+            o["redis"] = None
+            o["redis-cluster"] = stack.cluster.seeds
         for k, v in opts.items():
             o[k.replace("_", "-")] = v
         if o.get("admin-listen") is None:
