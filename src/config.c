@@ -40,6 +40,8 @@ static const opt options[] = {
      "admin listener HOST:PORT (off by default; loopback only unless a token is set)"},
     {"admin-token", T_STR, OFF(admin_token), 0, 0, NULL, "bearer token for admin routes"},
     {"redis", T_REDIS, OFF(redis), 0, 0, "127.0.0.1:6379", "Redis HOST:PORT, or none"},
+    {"redis-cluster", T_STR, OFF(redis_cluster), 0, 0, NULL,
+     "Redis Cluster seed nodes HOST:PORT[,HOST:PORT...] (instead of --redis)"},
     {"postgres", T_STR, OFF(postgres), 0, 0, "host=127.0.0.1 dbname=pricing",
      "libpq conninfo or URI"},
     {"tax-url", T_STR, OFF(tax_url), 0, 0, "http://127.0.0.1:9090", "legacy tax service URL"},
@@ -99,6 +101,8 @@ typedef struct loader {
     qc_config *cfg;
     config_problems *probs;
     char source[NOPTS][96];
+    bool defaults_done;
+    bool redis_set; /* --redis given (flag, environment or file) */
 } loader;
 
 void config_problem(config_problems *probs, const char *fmt, ...)
@@ -214,6 +218,8 @@ static int set_value(qc_config *cfg, const opt *o, const char *value)
  * problem that names the source. Returns 0 or -1. */
 static int apply(loader *ld, const opt *o, const char *value, const char *source)
 {
+    if (o->type == T_REDIS && ld->defaults_done)
+        ld->redis_set = true;
     if (set_value(ld->cfg, o, value) < 0) {
         if (o->type == T_INT)
             config_problem(ld->probs, "%s: expected an integer from %ld to %ld, got '%.64s'",
@@ -467,6 +473,46 @@ static bool is_loopback(const char *host)
            strcmp(host, "::1") == 0;
 }
 
+/* --redis-cluster's list into the seeds; Redis is then enabled. */
+static void parse_cluster_seeds(loader *ld)
+{
+    qc_config *cfg = ld->cfg;
+    const char *src = source_of(ld, "redis-cluster");
+    const char *p = cfg->redis_cluster;
+
+    if (ld->redis_set) {
+        config_problem(ld->probs, "%s: not with --redis (one or the other)", src);
+        return;
+    }
+    cfg->redis_cluster_n = 0;
+    while (*p != '\0') {
+        char one[CONFIG_HOST_MAX + 16];
+        size_t n = strcspn(p, ",");
+        if (n == 0 || n >= sizeof(one) || cfg->redis_cluster_n == CONFIG_CLUSTER_SEEDS_MAX) {
+            config_problem(ld->probs, "%s: expected 1 to %d HOST:PORT separated by commas", src,
+                           CONFIG_CLUSTER_SEEDS_MAX);
+            return;
+        }
+        memcpy(one, p, n);
+        one[n] = '\0';
+        if (config_parse_hostport(one, &cfg->redis_cluster_seeds[cfg->redis_cluster_n]) < 0) {
+            config_problem(ld->probs, "%s: expected HOST:PORT, got '%.64s'", src, one);
+            return;
+        }
+        cfg->redis_cluster_n++;
+        p += n;
+        if (*p == ',' && *++p == '\0') {
+            config_problem(ld->probs, "%s: trailing comma", src);
+            return;
+        }
+    }
+    if (cfg->redis_cluster_n == 0) {
+        config_problem(ld->probs, "%s: expected HOST:PORT[,HOST:PORT...]", src);
+        return;
+    }
+    cfg->redis_enabled = true;
+}
+
 static void validate(loader *ld)
 {
     const qc_config *cfg = ld->cfg;
@@ -495,6 +541,8 @@ static void validate(loader *ld)
     if (cfg->admin_enabled && cfg->admin_token == NULL && !is_loopback(cfg->admin_listen.host))
         config_problem(p, "%s: a non-loopback address needs --admin-token",
                        source_of(ld, "admin-listen"));
+    if (cfg->redis_cluster != NULL)
+        parse_cluster_seeds(ld);
     enum log_level level;
     if (log_level_parse(cfg->log_level, &level) < 0)
         config_problem(p, "%s: expected debug, info, warn or error", source_of(ld, "log-level"));
@@ -521,6 +569,7 @@ int config_load_all(qc_config *cfg, int argc, char **argv, config_problems *prob
         }
     }
     cfg->admin_enabled = false;
+    ld->defaults_done = true;
     const char *file = getenv("QUOTECACHE_CONFIG");
     for (int i = 0; i < nflags; i++) {
         if (flags[i].o->offset == OFF(config_file))
@@ -587,6 +636,7 @@ void config_free(qc_config *cfg)
     free(cfg->config_file);
     free(cfg->upstream);
     free(cfg->routes_file);
+    free(cfg->redis_cluster);
     memset(cfg, 0, sizeof(*cfg));
     cfg->listen_fd = cfg->admin_fd = -1;
 }

@@ -38,6 +38,7 @@
 typedef struct metric_desc {
     const char *name;
     const char *help;
+    const char *label; /* NULL, or one label="value" of a family sharing name */
 } metric_desc;
 
 static const metric_desc counter_desc[M_COUNTER_COUNT] = {
@@ -77,6 +78,11 @@ static const metric_desc counter_desc[M_COUNTER_COUNT] = {
     [M_HOT_HITS] = {"hot_hits", "Quote answers served from the in-process tier."},
     [M_ACCESS_LOG_DROPPED] = {"access_log_dropped",
                               "Access-log lines dropped because the log buffer was full."},
+    [M_CLUSTER_MOVED] = {"redis_cluster_redirections",
+                         "Redis Cluster redirections followed, by kind.", "kind=\"moved\""},
+    [M_CLUSTER_ASK] = {"redis_cluster_redirections",
+                       "Redis Cluster redirections followed, by kind.", "kind=\"ask\""},
+    [M_CLUSTER_REFRESHES] = {"redis_cluster_refreshes", "Redis Cluster slot maps read."},
 };
 
 static const metric_desc gauge_desc[G_GAUGE_COUNT] = {
@@ -569,9 +575,16 @@ static void render_counters(sbuf *b, const metrics_slot *t)
 {
     for (int c = 0; c < M_COUNTER_COUNT; c++) {
         char name[64];
-        snprintf(name, sizeof(name), "%s_total", counter_desc[c].name);
-        render_header(b, name, counter_desc[c].help, "counter");
-        sbuf_printf(b, "quotecache_%s %llu\n", name, (unsigned long long)t->counters[c]);
+        const metric_desc *d = &counter_desc[c];
+        snprintf(name, sizeof(name), "%s_total", d->name);
+        /* A labelled family's members are adjacent: one header for all. */
+        if (c == 0 || strcmp(counter_desc[c - 1].name, d->name) != 0)
+            render_header(b, name, d->help, "counter");
+        if (d->label)
+            sbuf_printf(b, "quotecache_%s{%s} %llu\n", name, d->label,
+                        (unsigned long long)t->counters[c]);
+        else
+            sbuf_printf(b, "quotecache_%s %llu\n", name, (unsigned long long)t->counters[c]);
     }
 }
 

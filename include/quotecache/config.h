@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #define CONFIG_HOST_MAX 256
+#define CONFIG_CLUSTER_SEEDS_MAX 16
 
 typedef struct hostport {
     char host[CONFIG_HOST_MAX];
@@ -22,6 +23,11 @@ typedef struct qc_config {
     char *admin_token;  /* NULL when unset */
     bool redis_enabled; /* false for --redis none */
     hostport redis;
+    /* --redis-cluster: the seed nodes of a Redis Cluster (then redis_enabled
+     * is true and redis unused); NULL / 0 in single-node mode. */
+    char *redis_cluster;
+    int redis_cluster_n;
+    hostport redis_cluster_seeds[CONFIG_CLUSTER_SEEDS_MAX];
     char *postgres; /* libpq conninfo or URI */
     char *tax_url;
     int ttl_s;

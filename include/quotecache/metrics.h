@@ -31,6 +31,9 @@ enum metrics_counter {
     M_LOADS_AVOIDED,      /* lock won, but the value was already stored: no load */
     M_HOT_HITS,           /* answers served from the in-process tier */
     M_ACCESS_LOG_DROPPED, /* access-log lines dropped: buffer full */
+    M_CLUSTER_MOVED,      /* Redis Cluster MOVED redirections followed */
+    M_CLUSTER_ASK,        /* Redis Cluster ASK redirections followed */
+    M_CLUSTER_REFRESHES,  /* Redis Cluster slot maps read (CLUSTER SLOTS answered) */
     M_COUNTER_COUNT
 };
 
