@@ -327,12 +327,14 @@ def test_stampede_across_two_instances_is_one_origin_load():
         st.tax_reset()
         st.pg_stat_reset()
         res = [None, None]
+        t0 = time.monotonic()
         ths = [threading.Thread(target=lambda i=i: res.__setitem__(i, qcstack.concurrent_gets(
             (px1, px2)[i].port, [qpath(key)] * 100, timeout=20))) for i in (0, 1)]
         for t in ths:
             t.start()
         for t in ths:
             t.join(30)
+        took = time.monotonic() - t0
         answers = res[0] + res[1]
         assert all(a[0] == 200 for a in answers), {a[0] for a in answers}
         assert len({a[2] for a in answers}) == 1, "different bodies for one key"
@@ -340,7 +342,10 @@ def test_stampede_across_two_instances_is_one_origin_load():
         assert st.tax_stats() == 1, st.tax_stats()
         assert st.pg_statements(QUOTE_SQL) == 1, st.pg_statements(QUOTE_SQL)
         misses = sum(1 for a in answers if a[1].get("x-cache") == "MISS")
-        assert misses <= 1, misses
+        assert misses == 1, misses
+        # The other instance's crowd was woken by the cluster's announcement,
+        # not by a timer (as test_coalesce: one 300 ms load, under 1 s).
+        assert took < 1.0, took
     finally:
         st.tax_control(delay_ms=0)
 
@@ -504,12 +509,13 @@ def test_master_sigkill_under_load():
             time.sleep(0.05)
     try:
         time.sleep(0.8)
+        replicas = cl.replicas_of(victim)
+        r0 = [redirections(p)["refreshes"] for p in (px1, px2)]
+        # The kill follows the commit at once: the invalidation may not
+        # have reached the master, or its replica, yet.
         st.psql("UPDATE regional_prices SET list_price_cents = list_price_cents + 222 "
                 "WHERE region = 'US' AND product_id = %d" % hot[0])
         t_write = time.monotonic()
-        new = refs([hot])[hot]
-        assert new != old[hot]
-        replicas = cl.replicas_of(victim)
         cl.stop_node(victim, kill=True)
         t_kill = time.monotonic()
         prober = threading.Thread(target=probe, daemon=True)
@@ -520,6 +526,8 @@ def test_master_sigkill_under_load():
                 return cl.agreed() and cl.master_of_slot(slot_of(hot[0])) in replicas
             except (OSError, RuntimeError, ValueError):
                 return False
+        new = refs([hot])[hot]
+        assert new != old[hot]
         qcstack.wait_until(promoted, 30, "the promotion of a replica of %d" % victim["port"])
         t_promoted = time.monotonic()
         prober.join(RESUME_AFTER_PROMOTION_S + 10)
@@ -531,20 +539,21 @@ def test_master_sigkill_under_load():
     want[hot] = [old[hot], new]
     errors = check_answers(answers, want, "failover",
                            lambda a: t_kill <= a[1] and a[0] <= t_promoted + RESUME_AFTER_PROMOTION_S)
-    # The write is served within its 1 s, and never undone afterwards (a
-    # promoted replica that missed the invalidation must not bring it back).
+    # The write is served within its 1 s and stays served after the
+    # promotion (a promoted replica that missed the invalidation must not
+    # bring the old quote back).
     for which in (0, 1):
-        seen_new = False
-        for a in sorted((a for a in answers if a[2] == hot and a[6] == which and a[3] == 200),
-                        key=lambda a: a[0]):
-            got = project(a[5])
-            if a[0] > t_write + 1.0:
-                assert got == new, ("superseded quote %.2fs after the write (kill at +%.2fs)"
-                                    % (a[0] - t_write, t_kill - t_write), which, a[4], got)
-            if seen_new:
-                assert got == new, ("the old quote came back", which, a[0] - t_write, a[4])
-            seen_new = seen_new or got == new
-        assert seen_new, "px%d never served the write" % (which + 1)
+        late = [a for a in answers if a[2] == hot and a[6] == which and a[3] == 200
+                and a[0] > t_write + 1.0]
+        for a in late:
+            assert project(a[5]) == new, (
+                "superseded quote %.2fs after the write (kill at +%.2fs, promotion at +%.2fs)"
+                % (a[0] - t_write, t_kill - t_write, t_promoted - t_write), which, a[4])
+        assert any(a[0] > t_promoted + 0.5 for a in late), (
+            "px%d: no answer for the written key after the promotion" % (which + 1))
+    # Both found the new master by refreshing the map.
+    r1 = [redirections(p)["refreshes"] for p in (px1, px2)]
+    assert all(b > a for a, b in zip(r0, r1)), ("no slot map refresh", r0, r1)
     # It kept answering while the slots were down (origin, not 5xx only).
     down = [a for a in answers if t_kill + 0.2 < a[0] < t_promoted and a[2][0] in on_victim]
     ok_down = sum(1 for a in down if a[3] == 200)
