@@ -141,6 +141,11 @@ void key_global_gen(char out[KEY_MAX], const char *version)
     snprintf(out, KEY_MAX, "qc:%s:gen", version);
 }
 
+void key_dims(char out[KEY_MAX], const char *version)
+{
+    snprintf(out, KEY_MAX, "qc:%s:{dims}", version);
+}
+
 void key_channel(char out[KEY_MAX], const char *version)
 {
     snprintf(out, KEY_MAX, "qc:%s:loaded", version);

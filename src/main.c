@@ -82,6 +82,23 @@ static void worker_redis_state(void *arg, bool up)
         lookup_invalidate_all(w->lk);
 }
 
+/* --redis-cluster: the seeds, and the hash of the dimension counters
+ * (key.h). */
+static rcache *worker_rcache_cluster(worker *w, const qc_config *cfg)
+{
+    const char *hosts[CONFIG_CLUSTER_SEEDS_MAX];
+    int ports[CONFIG_CLUSTER_SEEDS_MAX];
+    char dims[KEY_MAX];
+
+    for (int i = 0; i < cfg->redis_cluster_n; i++) {
+        hosts[i] = cfg->redis_cluster_seeds[i].host;
+        ports[i] = cfg->redis_cluster_seeds[i].port;
+    }
+    key_dims(dims, cfg->key_version);
+    return rcache_new_cluster(w->base, hosts, ports, cfg->redis_cluster_n, dims,
+                              cfg->redis_timeout_ms, worker_redis_state, w);
+}
+
 static double ms_until(const struct timespec *t)
 {
     struct timespec now;
@@ -225,8 +242,11 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
     w->cat = catalog_new(w->base, w->pool, CATALOG_REFRESH_MS);
     if (cfg->redis_enabled) {
         char marker[KEY_MAX + 16], global[KEY_MAX];
-        w->rc = rcache_new(w->base, cfg->redis.host, cfg->redis.port, cfg->redis_timeout_ms,
-                           worker_redis_state, w);
+        if (cfg->redis_cluster_n > 0)
+            w->rc = worker_rcache_cluster(w, cfg);
+        else
+            w->rc = rcache_new(w->base, cfg->redis.host, cfg->redis.port, cfg->redis_timeout_ms,
+                               worker_redis_state, w);
         /* key.h's layout: qc:<version>:gen, and its marker next to it. */
         key_global_gen(global, cfg->key_version);
         snprintf(marker, sizeof(marker), "%s:checked", global);

@@ -20,9 +20,11 @@
 #include "quotecache/rcache.h"
 
 #include "quotecache/gencount.h"
+#include "quotecache/genmirror.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
+#include "quotecache/rcluster.h"
 #include "quotecache/rconn.h"
 
 #include <event2/event.h>
@@ -41,6 +43,14 @@
  * closing the socket never answers them: past this many, submits are refused
  * (callers fall back to the origin) instead of growing memory without end. */
 #define MAX_INFLIGHT 10000
+/* Cluster mode: the keys a read fetches from the entry's slot (the product
+ * and product-in-region counters, the entry); the rest comes from the
+ * mirror of the dimension counters, read every MIRROR_TICK_MS, and too old
+ * to vouch for anything past MIRROR_MAX_AGE_MS (the invalidation bound). */
+#define CL_READ_KEYS 3
+#define MIRROR_TICK_MS 250
+#define MIRROR_MAX_AGE_MS 1000
+#define SUB_MOVE_TICKS 4 /* subscriber down this many ticks: try another node */
 
 struct rc_sub {
     struct rc_sub *next;
@@ -81,6 +91,21 @@ struct rcache {
     struct event *pay;                /* pays a debt while up, outside the failing call */
     time_t last_err_log;              /* error lines are rate-limited to one a second */
     unsigned errs_unlogged;
+
+    /* Cluster mode (rcache_new_cluster); cl NULL: single node, cmd above. */
+    rcluster *cl;
+    char *dims_key; /* the hash of the counters without a hash tag */
+    int dims_slot;
+    genmirror *mirror; /* its fields, as last read (monotonic) */
+    bool mirror_ok;    /* read within MIRROR_MAX_AGE_MS */
+    int64_t mirror_at_ms;
+    bool mirror_inflight, mirror_again;
+    bool repair_inflight, repair_owed; /* the global bump after a regression */
+    bool cl_up;                        /* last state told to state_cb */
+    struct event *tick;                /* MIRROR_TICK_MS */
+    struct event *sub_move;            /* the subscriber to another node */
+    unsigned sub_node;
+    int sub_down_ticks;
 };
 
 enum op_kind {
@@ -103,7 +128,11 @@ struct rc_op {
     bool done;             /* the caller has had its answer; only freeing is left */
     bool bump;             /* a generation bump: if Redis may not have applied it, owe one */
     bool is_gg;            /* the bump is of the global generation: its answer is seen */
+    bool dim_bump;         /* cluster: a bump of a dimension: the mirror is read again */
     int64_t sent_us;       /* loop time when sent, for the command-latency histogram */
+    int slot;              /* cluster: where it goes (its first key's) */
+    uint64_t m_global;     /* cluster, reads: the mirror's global generation when sent */
+    uint64_t m_dims;       /* and its sum of the quote's dimension counters */
 };
 
 /* The loop's cached time: no clock read per command. */
@@ -129,6 +158,18 @@ static const char store_lua[] = "local g = redis.call('GET', KEYS[2]) or '0'\n"
                                 "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])\n"
                                 "redis.call('PUBLISH', ARGV[5], KEYS[1])\n"
                                 "return 1\n";
+
+/* Cluster mode's store: KEYS are the entry and its slot-local counters
+ * (product, product in region); ARGV[2] what they must sum to, which the
+ * caller derived from the load's sum and the mirror (rcache_store). */
+static const char store_cl_lua[] = "local p = 0\n"
+                                   "for i = 2, #KEYS do\n"
+                                   "  p = p + tonumber(redis.call('GET', KEYS[i]) or '0')\n"
+                                   "end\n"
+                                   "if p ~= tonumber(ARGV[2]) then return 0 end\n"
+                                   "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])\n"
+                                   "redis.call('PUBLISH', ARGV[4], KEYS[1])\n"
+                                   "return 1\n";
 
 static const char unlock_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
                                  "  return redis.call('DEL', KEYS[1])\n"
@@ -181,6 +222,7 @@ static const char *const cmd_probe[] = {"PING"};
 static void owe(rcache *rc);
 static void owed_pay(rcache *rc);
 static void saw_generation(rcache *rc, uint64_t gen_global);
+static void mirror_read(rcache *rc);
 
 /* ---- small helpers ---- */
 
@@ -271,6 +313,7 @@ static struct rc_op *op_new(rcache *rc, enum op_kind kind, const char *what, con
     op->what = what;
     size_t n = strnlen(key, sizeof(op->key) - 1);
     memcpy(op->key, key, n); /* truncated: for logs */
+    op->slot = rc->cl ? rcluster_keyslot(key, strlen(key)) : 0;
     evtimer_assign(&op->deadline, rc->base, op_on_deadline, op);
     return op;
 }
@@ -323,25 +366,52 @@ static int parse_gens(redisReply *const *el, rcache_value *v)
     return 0;
 }
 
+/* The keys a read fetches: all of rcache_value's on one node; in cluster
+ * mode the slot-local ones only (the rest is the mirror's). */
+static size_t read_keys(const rcache *rc)
+{
+    return rc->cl ? CL_READ_KEYS : RCACHE_READ_KEYS;
+}
+
+/* The counters and the entry of a read's first read_keys() elements. In
+ * cluster mode el holds the product and product-in-region counters and the
+ * entry; the global generation and the dimensions are the mirror's, as the
+ * op took them when sent. A sum of counters that only grow equals the sum
+ * a load recorded only when none of them moved. Returns 0, or a reason. */
+static const char *parse_read(const struct rc_op *op, redisReply *const *el, rcache_value *v)
+{
+    size_t n = read_keys(op->rc);
+    const redisReply *entry = el[n - 1];
+
+    if (op->rc->cl) {
+        uint64_t p, pr;
+        if (parse_gen(el[0], &p) < 0 || parse_gen(el[1], &pr) < 0)
+            return "generation counter is not an unsigned integer";
+        v->gen_global = op->m_global;
+        v->gen_product = p + pr + op->m_dims;
+    } else if (parse_gens(el, v) < 0) {
+        return "generation counter is not an unsigned integer";
+    }
+    if (entry->type == REDIS_REPLY_STRING) {
+        v->entry = entry->str;
+        v->entry_len = entry->len;
+    } else if (entry->type != REDIS_REPLY_NIL) {
+        return "entry is not a string";
+    }
+    return NULL;
+}
+
 static void op_answer_read(struct rc_op *op, const redisReply *r)
 {
     rcache_value v = {0};
-    const redisReply *entry;
+    const char *why;
 
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != RCACHE_READ_KEYS) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != read_keys(op->rc)) {
         op_fail(op, "unexpected reply shape");
         return;
     }
-    if (parse_gens(r->element, &v) < 0) {
-        op_fail(op, "generation counter is not an unsigned integer");
-        return;
-    }
-    entry = r->element[RCACHE_READ_KEYS - 1];
-    if (entry->type == REDIS_REPLY_STRING) {
-        v.entry = entry->str;
-        v.entry_len = entry->len;
-    } else if (entry->type != REDIS_REPLY_NIL) {
-        op_fail(op, "entry is not a string");
+    if ((why = parse_read(op, r->element, &v)) != NULL) {
+        op_fail(op, why);
         return;
     }
     saw_generation(op->rc, v.gen_global);
@@ -360,7 +430,7 @@ static void op_answer(struct rc_op *op, const redisReply *r)
     if (r->type == REDIS_REPLY_ERROR) {
         /* Only after SCRIPT FLUSH: reload, and EVAL until that answers. The
          * command itself is not retried: its caller sees an error. */
-        if (strncmp(r->str, "NOSCRIPT", 8) == 0 && rconn_is_up(op->rc->cmd))
+        if (strncmp(r->str, "NOSCRIPT", 8) == 0 && op->rc->cmd && rconn_is_up(op->rc->cmd))
             scripts_load(op->rc);
         op_fail(op, r->str);
         return;
@@ -399,10 +469,14 @@ static void op_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     (void)ac;
 
     rc->inflight--;
-    if (r) {
+    if (r && rc->cmd)
         rconn_replied(rc->cmd, !op->done);
+    if (r)
         metrics_observe_us(H_REDIS_COMMAND, 0, loop_us(rc) - op->sent_us);
-    }
+    if (r && op->is_gg && rc->cl && r->type == REDIS_REPLY_INTEGER)
+        genmirror_raise(rc->mirror, rc->global_key, (uint64_t)r->integer);
+    if (r && op->dim_bump && !rc->closing)
+        mirror_read(rc); /* this worker sees its own invalidation at once */
     if (r && r->type == REDIS_REPLY_INTEGER && op->is_gg)
         saw_generation(rc, (uint64_t)r->integer);
     else if (op->bump && (!r || r->type != REDIS_REPLY_INTEGER))
@@ -424,18 +498,27 @@ static void op_on_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     /* Before op_fail: from there the caller may even free rc. */
-    rconn_timed_out(op->rc->cmd);
+    if (op->rc->cmd)
+        rconn_timed_out(op->rc->cmd);
     op_fail(op, "timed out");
 }
 
 /* Sends the command; the op then belongs to hiredis until op_on_reply. On
  * failure nothing was sent, the op is freed and the callback never runs. */
+static void op_on_cluster_reply(void *arg, const redisReply *r)
+{
+    op_on_reply(NULL, (void *)r, arg);
+}
+
 static int op_send(struct rc_op *op, int argc, const char **argv, const size_t *lens)
 {
     rcache *rc = op->rc;
-    redisAsyncContext *ac = rconn_context(rc->cmd);
+    redisAsyncContext *ac = rc->cl ? NULL : rconn_context(rc->cmd);
+    bool sent =
+        rc->cl ? rcluster_command(rc->cl, op->slot, argc, argv, lens, op_on_cluster_reply, op) == 0
+               : ac && redisAsyncCommandArgv(ac, op_on_reply, op, argc, argv, lens) == REDIS_OK;
 
-    if (!ac || redisAsyncCommandArgv(ac, op_on_reply, op, argc, argv, lens) != REDIS_OK) {
+    if (!sent) {
         /* hiredis refuses while its context is dying, which is also when a
          * caller answered with a NULL reply may be submitting again. */
         op_free(op);
@@ -480,22 +563,34 @@ static void on_paid(void *arg, int status, long long result)
  * refusing it would leave an invalidation unapplied. */
 static void owed_pay(rcache *rc)
 {
-    const char *argv[2];
-    size_t lens[2];
+    const char *argv[4];
+    size_t lens[4];
+    int argc = 2;
     struct rc_op *op;
 
-    if (!rc->global_key || rc->owed == rc->paid || rc->pay_inflight || !rcache_is_up(rc))
+    if (!rc->global_key || rc->owed == rc->paid || rc->pay_inflight)
+        return;
+    if (rc->cl ? !rcluster_slot_up(rc->cl, rc->dims_slot) : !rcache_is_up(rc))
         return;
     argv[0] = "INCR";
     argv[1] = rc->global_key;
-    arg_lens(argv, lens, 2);
-    op = op_new(rc, OP_INT, "INCR", rc->global_key);
+    if (rc->cl) {
+        argv[0] = "HINCRBY";
+        argv[1] = rc->dims_key;
+        argv[2] = rc->global_key;
+        argv[3] = "1";
+        argc = 4;
+    }
+    arg_lens(argv, lens, argc);
+    op = op_new(rc, OP_INT, argv[0], rc->global_key);
+    if (rc->cl)
+        op->slot = rc->dims_slot;
     op->done_cb = on_paid;
     op->arg = rc;
     op->is_gg = true; /* not a bump: failing, it stays owed (no retry loop) */
     rc->paying = rc->owed;
     rc->pay_inflight = true;
-    if (op_send(op, 2, argv, lens) < 0)
+    if (op_send(op, argc, argv, lens) < 0)
         rc->pay_inflight = false;
 }
 
@@ -691,6 +786,238 @@ static void sub_on_connected(void *arg, rconn *c)
 static const rconn_hooks cmd_hooks = {cmd_on_connected, cmd_on_up, cmd_on_down};
 static const rconn_hooks sub_hooks = {sub_on_connected, NULL, NULL};
 
+/* ---- cluster mode: the mirror of the dimension counters ---- */
+
+static int64_t now_ms(rcache *rc)
+{
+    return loop_us(rc) / 1000;
+}
+
+/* What rcache_is_up answers in cluster mode, told to state_cb when it
+ * changes: every slot's master connected, a fresh mirror, no repair owed. */
+static bool cluster_usable(const rcache *rc)
+{
+    return rcluster_all_up(rc->cl) && rc->mirror_ok && !rc->repair_inflight && !rc->repair_owed;
+}
+
+static void state_check(rcache *rc)
+{
+    bool up = !rc->closing && cluster_usable(rc);
+    if (up == rc->cl_up)
+        return;
+    rc->cl_up = up;
+    log_info("redis cluster: %s", up ? "usable" : "not usable (a master or the mirror is away)");
+    if (up)
+        rc->inflight_warned = false;
+    if (rc->state_cb) {
+        rc->hiredis_depth++;
+        rc->state_cb(rc->state_arg, up);
+        rc->hiredis_depth--;
+    }
+    if (up)
+        owed_pay(rc);
+}
+
+static void repair(rcache *rc);
+
+/* HGETALL of the dimensions hash: field, value, field, value... */
+static void mirror_on_reply(void *arg, const redisReply *r)
+{
+    rcache *rc = arg;
+    bool regressed = false;
+
+    if (rc->closing)
+        return;
+    rc->mirror_inflight = false;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements % 2 == 0) {
+        genmirror_begin(rc->mirror);
+        for (size_t i = 0; i < r->elements; i += 2) {
+            const redisReply *f = r->element[i], *v = r->element[i + 1];
+            uint64_t g;
+            if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
+                gencount_parse(v->str, v->len, &g) < 0) {
+                log_redis_error(rc, "HGETALL", rc->dims_key, "a field is not a counter");
+                continue;
+            }
+            regressed |= genmirror_observe(rc->mirror, f->str, f->len, g);
+        }
+        regressed |= genmirror_end(rc->mirror);
+        rc->mirror_ok = true;
+        rc->mirror_at_ms = now_ms(rc);
+        if (rc->global_key)
+            saw_generation(rc, genmirror_get(rc->mirror, rc->global_key));
+        if (regressed) {
+            log_warn("redis cluster: a dimension counter went backwards (lost writes)");
+            repair(rc);
+        }
+    } else if (r != NULL) {
+        log_redis_error(rc, "HGETALL", rc->dims_key,
+                        r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply shape");
+    }
+    state_check(rc);
+    if (rc->mirror_again) {
+        rc->mirror_again = false;
+        mirror_read(rc);
+    }
+}
+
+/* Reads the mirror now, or right after the read in flight answers (which
+ * may have been sent before what the caller waits for). */
+static void mirror_read(rcache *rc)
+{
+    const char *argv[] = {"HGETALL", rc->dims_key};
+
+    if (!rc->cl || rc->closing)
+        return;
+    if (rc->mirror_inflight) {
+        rc->mirror_again = true;
+        return;
+    }
+    if (rcluster_command(rc->cl, rc->dims_slot, 2, argv, NULL, mirror_on_reply, rc) == 0)
+        rc->mirror_inflight = true;
+}
+
+/* After a regression or a replaced master: lifts every dimension counter to
+ * the mirror's value at least (so later bumps show again) and the global
+ * generation above everything seen: every cached quote is dropped once,
+ * since a lost increment may have left a superseded entry looking fresh.
+ * KEYS[1] the hash; ARGV[1] the global field, then field, value pairs.
+ * Returns the new global generation. */
+static const char repair_lua[] =
+    "local h = KEYS[1]\n"
+    "for i = 2, #ARGV, 2 do\n"
+    "  local cur = tonumber(redis.call('HGET', h, ARGV[i]) or '0') or 0\n"
+    "  if cur < tonumber(ARGV[i + 1]) then redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end\n"
+    "end\n"
+    "return redis.call('HINCRBY', h, ARGV[1], 1)\n";
+
+static void repair_on_reply(void *arg, const redisReply *r)
+{
+    rcache *rc = arg;
+
+    if (rc->closing)
+        return;
+    rc->repair_inflight = false;
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+        rc->repair_owed = true; /* the next tick tries again */
+        return;
+    }
+    genmirror_raise(rc->mirror, rc->global_key, (uint64_t)r->integer);
+    saw_generation(rc, (uint64_t)r->integer);
+    log_info("redis cluster: global generation moved to %lld (writes may have been lost)",
+             r->integer);
+    /* Copies and loads in flight here go too: what worker_redis_state does
+     * for a connection whose check bumped. */
+    rc->connect_bumped = true;
+    if (rc->cl_up && rc->state_cb) {
+        rc->hiredis_depth++;
+        rc->state_cb(rc->state_arg, true);
+        rc->hiredis_depth--;
+    }
+    mirror_read(rc);
+    state_check(rc);
+    rc->connect_bumped = false;
+}
+
+static void repair(rcache *rc)
+{
+    size_t n = genmirror_count(rc->mirror);
+    size_t argc = 5 + 2 * n;
+    const char **argv;
+    char(*vals)[24];
+
+    rc->repair_owed = true;
+    if (rc->repair_inflight || !rc->global_key || !rcluster_slot_up(rc->cl, rc->dims_slot)) {
+        state_check(rc);
+        return;
+    }
+    argv = xcalloc(argc, sizeof(*argv));
+    vals = xcalloc(n + 1, sizeof(*vals));
+    argv[0] = "EVAL";
+    argv[1] = repair_lua;
+    argv[2] = "1";
+    argv[3] = rc->dims_key;
+    argv[4] = rc->global_key;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v;
+        genmirror_at(rc->mirror, i, &argv[5 + 2 * i], &v);
+        snprintf(vals[i], sizeof(vals[i]), "%" PRIu64, v);
+        argv[6 + 2 * i] = vals[i];
+    }
+    if (rcluster_command(rc->cl, rc->dims_slot, (int)argc, argv, NULL, repair_on_reply, rc) == 0) {
+        rc->repair_inflight = true;
+        rc->repair_owed = false;
+    }
+    free(argv);
+    free(vals);
+    state_check(rc);
+}
+
+/* The subscriber follows the cluster: classic PUBLISH reaches every node,
+ * so any one will do; when it stays down, the next known node. */
+static void on_sub_move(evutil_socket_t fd, short what, void *arg);
+
+static void cl_on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    rcache *rc = arg;
+    (void)fd;
+    (void)what;
+
+    if (rc->mirror_ok && now_ms(rc) - rc->mirror_at_ms > MIRROR_MAX_AGE_MS) {
+        log_warn("redis cluster: the mirror of the dimension counters is %lld ms old",
+                 (long long)(now_ms(rc) - rc->mirror_at_ms));
+        rc->mirror_ok = false;
+    }
+    if (rc->repair_owed)
+        repair(rc);
+    mirror_read(rc);
+    state_check(rc);
+    rc->sub_down_ticks = rconn_is_up(rc->sub) ? 0 : rc->sub_down_ticks + 1;
+    if (rc->sub_down_ticks >= SUB_MOVE_TICKS) {
+        rc->sub_down_ticks = 0;
+        event_active(rc->sub_move, EV_TIMEOUT, 1);
+    }
+    struct timeval tv = ms_to_tv(MIRROR_TICK_MS);
+    evtimer_add(rc->tick, &tv);
+}
+
+static rconn *sub_connect(rcache *rc)
+{
+    const char *host = "";
+    int port = 0;
+    rcluster_node_addr(rc->cl, rc->sub_node, &host, &port);
+    return rconn_new(rc->base, "subscriber", host, port,
+                     (int)(rc->cmd_timeout->tv_sec * 1000 + rc->cmd_timeout->tv_usec / 1000),
+                     sub_probe, 2, &sub_hooks, rc);
+}
+
+static void on_sub_move(evutil_socket_t fd, short what, void *arg)
+{
+    rcache *rc = arg;
+    (void)fd;
+    (void)what;
+    if (rc->closing || rconn_is_up(rc->sub))
+        return;
+    rconn_free(rc->sub); /* from an event: outside every hiredis callback */
+    rc->sub_node++;
+    rc->sub = sub_connect(rc);
+}
+
+static void cl_on_change(void *arg)
+{
+    rcache *rc = arg;
+    if (!rc->mirror_ok)
+        mirror_read(rc);
+    state_check(rc);
+}
+
+static void cl_on_master_replaced(void *arg)
+{
+    repair(arg);
+}
+
+static const rcluster_hooks cl_hooks = {cl_on_change, cl_on_master_replaced};
+
 /* ---- public API ---- */
 
 rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_timeout_ms,
@@ -721,6 +1048,37 @@ rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_
     return rc;
 }
 
+rcache *rcache_new_cluster(struct event_base *base, const char *const *hosts, const int *ports,
+                           int n, const char *dims_key, int cmd_timeout_ms,
+                           rcache_state_cb *state_cb, void *state_arg)
+{
+    rcache *rc = xcalloc(1, sizeof(*rc));
+
+    rc->base = base;
+    rc->host = xstrdup(hosts[0]);
+    rc->port = ports[0];
+    struct timeval tv = ms_to_tv(cmd_timeout_ms > 0 ? cmd_timeout_ms : 1);
+    rc->cmd_timeout = event_base_init_common_timeout(base, &tv);
+    rc->pay = event_new(base, -1, 0, on_pay, rc);
+    rc->tick = evtimer_new(base, cl_on_tick, rc);
+    rc->sub_move = event_new(base, -1, 0, on_sub_move, rc);
+    if (!rc->cmd_timeout || !rc->pay || !rc->tick || !rc->sub_move) {
+        log_error("rcache: out of memory creating an event");
+        abort();
+    }
+    rc->state_cb = state_cb;
+    rc->state_arg = state_arg;
+    rc->dims_key = xstrdup(dims_key);
+    rc->dims_slot = rcluster_keyslot(dims_key, strlen(dims_key));
+    rc->mirror = genmirror_new();
+    /* Every connect is asynchronous: no callback runs before we return. */
+    rc->cl = rcluster_new(base, hosts, ports, n, cmd_timeout_ms, &cl_hooks, rc);
+    rc->sub = sub_connect(rc);
+    tv = ms_to_tv(MIRROR_TICK_MS);
+    evtimer_add(rc->tick, &tv);
+    return rc;
+}
+
 void rcache_free(rcache *rc)
 {
     if (!rc || rc->closing)
@@ -732,8 +1090,15 @@ void rcache_free(rcache *rc)
     }
     rc->closing = true;
     rconn_free(rc->cmd);
+    rcluster_free(rc->cl);
     rconn_free(rc->sub);
     event_free(rc->pay);
+    if (rc->cl) {
+        event_free(rc->tick);
+        event_free(rc->sub_move);
+    }
+    genmirror_free(rc->mirror);
+    free(rc->dims_key);
     free(rc->marker_key);
     free(rc->global_key);
     while (rc->subs) {
@@ -748,6 +1113,8 @@ void rcache_free(rcache *rc)
 
 bool rcache_is_up(const rcache *rc)
 {
+    if (rc->cl)
+        return !rc->closing && rc->cl_up;
     return !rc->closing && rconn_is_up(rc->cmd);
 }
 
@@ -772,15 +1139,30 @@ static void saw_generation(rcache *rc, uint64_t gen_global)
         rc->gen_seen = gen_global;
 }
 
-/* "MGET", the global counter, the scope counters, the entry. */
-static void mget_argv(const char *argv[RCACHE_READ_KEYS + 1], const char *entry_key,
-                      const char *gen_global_key, const scope_keys *scopes)
+/* "MGET", the global counter, the scope counters, the entry; in cluster
+ * mode "MGET", the product and product-in-region counters, the entry (one
+ * slot), with the mirror's share taken into op. Returns the argc. */
+static int mget_argv(struct rc_op *op, const char *argv[RCACHE_READ_KEYS + 1],
+                     const char *entry_key, const char *gen_global_key, const scope_keys *scopes)
 {
+    rcache *rc = op->rc;
+
     argv[0] = "MGET";
+    if (rc->cl) {
+        argv[1] = scopes->key[SCOPE_PRODUCT];
+        argv[2] = scopes->key[SCOPE_PRODUCT_REGION];
+        argv[3] = entry_key;
+        op->m_global = genmirror_get(rc->mirror, gen_global_key);
+        op->m_dims = 0;
+        for (int i = SCOPE_CURRENCY; i < SCOPE_KINDS; i++)
+            op->m_dims += genmirror_get(rc->mirror, scopes->key[i]);
+        return CL_READ_KEYS + 1;
+    }
     argv[1] = gen_global_key;
     for (int i = 0; i < SCOPE_KINDS; i++)
         argv[2 + i] = scopes->key[i];
     argv[RCACHE_READ_KEYS] = entry_key;
+    return RCACHE_READ_KEYS + 1;
 }
 
 int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
@@ -792,12 +1174,50 @@ int rcache_read(rcache *rc, const char *entry_key, const char *gen_global_key,
 
     if (!rcache_is_up(rc))
         return -1;
-    mget_argv(argv, entry_key, gen_global_key, scopes);
     op = op_new(rc, OP_READ, "MGET", entry_key);
     op->read_cb = cb;
     op->arg = arg;
-    arg_lens(argv, lens, RCACHE_READ_KEYS + 1);
-    return op_submit(op, RCACHE_READ_KEYS + 1, argv, lens);
+    int argc = mget_argv(op, argv, entry_key, gen_global_key, scopes);
+    arg_lens(argv, lens, argc);
+    return op_submit(op, argc, argv, lens);
+}
+
+/* The fence in two halves: in process, the mirror must still show the
+ * global generation and the dimension counters the load recorded (their
+ * share of gen_product); in Redis, the slot-local counters must still sum
+ * to the rest. When the mirror moved, the expected sum is one no counter
+ * can have ("-1"): refused, with the callback as usual. */
+static int store_cluster(rcache *rc, const char *entry_key, const char *gen_global_key,
+                         const scope_keys *scopes, uint64_t gen_global, uint64_t gen_product,
+                         const char *value, size_t len, int64_t ttl_ms, const char *channel,
+                         rcache_done_cb *cb, void *arg)
+{
+    char local[24] = "-1", ttl[24];
+    const char *argv[] = {"EVAL",
+                          store_cl_lua,
+                          "3",
+                          entry_key,
+                          scopes->key[SCOPE_PRODUCT],
+                          scopes->key[SCOPE_PRODUCT_REGION],
+                          value ? value : "",
+                          local,
+                          ttl,
+                          channel};
+    size_t lens[10];
+    uint64_t dims = 0;
+    struct rc_op *op;
+
+    for (int i = SCOPE_CURRENCY; i < SCOPE_KINDS; i++)
+        dims += genmirror_get(rc->mirror, scopes->key[i]);
+    if (genmirror_get(rc->mirror, gen_global_key) == gen_global && gen_product >= dims)
+        snprintf(local, sizeof(local), "%" PRIu64, gen_product - dims);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms);
+    arg_lens(argv, lens, 10);
+    lens[6] = len; /* binary */
+    op = op_new(rc, OP_INT, "store", entry_key);
+    op->done_cb = cb;
+    op->arg = arg;
+    return op_submit(op, 10, argv, lens);
 }
 
 int rcache_store(rcache *rc, const char *entry_key, const char *gen_global_key,
@@ -814,6 +1234,9 @@ int rcache_store(rcache *rc, const char *entry_key, const char *gen_global_key,
     /* PX 0 or less is a Redis error: refuse it here, nothing sent. */
     if (!rcache_is_up(rc) || ttl_ms <= 0)
         return -1;
+    if (rc->cl)
+        return store_cluster(rc, entry_key, gen_global_key, scopes, gen_global, gen_product, value,
+                             len, ttl_ms, channel, cb, arg);
     snprintf(nkeys, sizeof(nkeys), "%d", NKEYS);
     snprintf(gg, sizeof(gg), "%" PRIu64, gen_global);
     snprintf(gp, sizeof(gp), "%" PRIu64, gen_product);
@@ -892,23 +1315,38 @@ int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
     return submit_int(rc, "INCR", key, 2, argv, cb, arg);
 }
 
+/* Cluster mode: a counter without a hash tag (the global generation, a
+ * currency, tier or region promotions) is a field of the dimensions hash. */
+static bool is_dim(const rcache *rc, const char *key)
+{
+    return rc->cl != NULL && strchr(key, '{') == NULL;
+}
+
 int rcache_bump(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
 {
-    const char *argv[] = {"INCR", key};
-    size_t lens[2];
+    const char *incr[] = {"INCR", key};
+    const char *hincr[] = {"HINCRBY", rc->dims_key, key, "1"};
+    bool dim = is_dim(rc, key);
+    const char **argv = dim ? hincr : incr;
+    int argc = dim ? 4 : 2;
+    size_t lens[4];
     struct rc_op *op;
 
     if (!rcache_is_up(rc)) {
         owe(rc);
         return -1;
     }
-    arg_lens(argv, lens, 2);
-    op = op_new(rc, OP_INT, "INCR", key);
+    arg_lens(argv, lens, argc);
+    op = op_new(rc, OP_INT, argv[0], key);
     op->done_cb = cb;
     op->arg = arg;
     op->bump = true;
     op->is_gg = rc->global_key && strcmp(key, rc->global_key) == 0;
-    if (op_submit(op, 2, argv, lens) < 0) {
+    if (dim) {
+        op->slot = rc->dims_slot;
+        op->dim_bump = true;
+    }
+    if (op_submit(op, argc, argv, lens) < 0) {
         owe(rc);
         return -1;
     }
@@ -958,6 +1396,175 @@ static const char bump_many_lua[] =
     "end\n"
     "return #KEYS\n";
 
+/* Cluster mode: one script per slot, never CROSSSLOT. The product
+ * counters of one slot: KEYS each counter then its once-key when it has
+ * one; ARGV[1] the once-key TTL, ARGV[1 + i] "1" when counter i has. */
+static const char bump_slot_lua[] =
+    "local k = 1\n"
+    "for i = 2, #ARGV do\n"
+    "  local c = KEYS[k]\n"
+    "  k = k + 1\n"
+    "  local go = true\n"
+    "  if ARGV[i] == '1' then\n"
+    "    go = redis.call('SET', KEYS[k], '1', 'NX', 'PX', ARGV[1])\n"
+    "    k = k + 1\n"
+    "  end\n"
+    "  if go then redis.call('INCR', c) end\n"
+    "end\n"
+    "return #ARGV - 1\n";
+
+/* The dimension counters: KEYS[1] the hash, then the once-keys there are
+ * (tagged {dims} too: rcache_bump_many); ARGV[1] the TTL, then per counter
+ * its field and "1" when it has a once-key. */
+static const char bump_dims_lua[] =
+    "local k = 2\n"
+    "for i = 2, #ARGV, 2 do\n"
+    "  local go = true\n"
+    "  if ARGV[i + 1] == '1' then\n"
+    "    go = redis.call('SET', KEYS[k], '1', 'NX', 'PX', ARGV[1])\n"
+    "    k = k + 1\n"
+    "  end\n"
+    "  if go then redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end\n"
+    "end\n"
+    "return (#ARGV - 1) / 2\n";
+
+/* The parts of one rcache_bump_many in cluster mode: the caller hears once,
+ * when all have answered. */
+struct bump_joint {
+    rcache_done_cb *cb;
+    void *arg;
+    size_t n;
+    int pending;
+    bool failed;
+};
+
+static void bump_joint_done(void *arg, int status, long long result)
+{
+    struct bump_joint *j = arg;
+    (void)result;
+    if (status != RCACHE_OK)
+        j->failed = true;
+    if (--j->pending > 0)
+        return;
+    if (j->cb)
+        j->cb(j->arg, j->failed ? RCACHE_ERR : RCACHE_OK, (long long)j->n);
+    free(j);
+}
+
+static const rcache *sort_rc; /* qsort has no argument; loops are single-threaded */
+static const char *const *sort_keys;
+
+/* The group of keys[i]: its slot, or -1 for the dimensions hash. */
+static int bump_group(size_t i)
+{
+    return is_dim(sort_rc, sort_keys[i]) ? -1
+                                         : rcluster_keyslot(sort_keys[i], strlen(sort_keys[i]));
+}
+
+static int by_group(const void *a, const void *b)
+{
+    int ga = bump_group(*(const size_t *)a), gb = bump_group(*(const size_t *)b);
+    return (ga > gb) - (ga < gb);
+}
+
+/* Sends the counters idx[0..m) (one group) as one script. */
+static int bump_part_send(rcache *rc, const char *const *keys, const char *const *once_keys,
+                          const size_t *idx, size_t m, const char *ttl, struct bump_joint *j)
+{
+    bool dims = is_dim(rc, keys[idx[0]]);
+    size_t cap = 4 + 3 * m + 1, argc = 3, nk = 0;
+    const char **argv = xcalloc(cap, sizeof(*argv));
+    const char **av = xcalloc(cap, sizeof(*av)); /* ARGV, copied after KEYS */
+    char **owned = xcalloc(m + 1, sizeof(*owned));
+    size_t *lens = xcalloc(cap, sizeof(*lens));
+    size_t nav = 0, nowned = 0;
+    char nkeys[24];
+    int r;
+
+    argv[0] = "EVAL";
+    argv[1] = dims ? bump_dims_lua : bump_slot_lua;
+    av[nav++] = ttl;
+    if (dims)
+        argv[argc++] = rc->dims_key, nk++;
+    for (size_t i = 0; i < m; i++) {
+        const char *once = once_keys[idx[i]];
+        bool has = once[0] != '\0';
+        if (!dims)
+            argv[argc++] = keys[idx[i]], nk++;
+        else
+            av[nav++] = keys[idx[i]];
+        if (has && dims) {
+            size_t len = strlen(rc->dims_key) + strlen(once) + 2;
+            owned[nowned] = xmalloc(len);
+            snprintf(owned[nowned], len, "%s:%s", rc->dims_key, once);
+            argv[argc++] = owned[nowned++], nk++;
+        } else if (has) {
+            argv[argc++] = once, nk++;
+        }
+        av[nav++] = has ? "1" : "0";
+    }
+    snprintf(nkeys, sizeof(nkeys), "%zu", nk);
+    argv[2] = nkeys;
+    memcpy(argv + argc, av, nav * sizeof(*av));
+    argc += nav;
+    arg_lens(argv, lens, (int)argc);
+    struct rc_op *op = op_new(rc, OP_INT, "bump_many", argv[3]);
+    op->done_cb = bump_joint_done;
+    op->arg = j;
+    op->bump = true;
+    op->dim_bump = dims;
+    r = op_submit(op, (int)argc, argv, lens);
+    for (size_t i = 0; i < nowned; i++)
+        free(owned[i]);
+    free(owned);
+    free(argv);
+    free(av);
+    free(lens);
+    return r;
+}
+
+static int bump_many_cluster(rcache *rc, const char *const *keys, const char *const *once_keys,
+                             size_t n, int64_t once_ttl_ms, rcache_done_cb *cb, void *arg)
+{
+    size_t *idx = xcalloc(n, sizeof(*idx));
+    char ttl[24];
+    int nparts = 0, r = 0;
+
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    sort_rc = rc;
+    sort_keys = keys;
+    qsort(idx, n, sizeof(*idx), by_group);
+    for (size_t i = 0; i < n; i++)
+        nparts += i == 0 || bump_group(idx[i]) != bump_group(idx[i - 1]);
+    struct bump_joint *j = xcalloc(1, sizeof(*j));
+    j->cb = cb;
+    j->arg = arg;
+    j->n = n;
+    j->pending = nparts;
+    snprintf(ttl, sizeof(ttl), "%" PRId64, once_ttl_ms);
+    for (size_t from = 0, part = 0; from < n; part++) {
+        size_t to = from + 1;
+        sort_rc = rc;
+        sort_keys = keys;
+        while (to < n && bump_group(idx[to]) == bump_group(idx[from]))
+            to++;
+        if (bump_part_send(rc, keys, once_keys, idx + from, to - from, ttl, j) < 0) {
+            owe(rc);
+            if (part == 0) { /* nothing sent: refused as a whole */
+                free(j);
+                r = -1;
+                break;
+            }
+            j->failed = true;
+            j->pending--; /* the first part is still in flight: no callback yet */
+        }
+        from = to;
+    }
+    free(idx);
+    return r;
+}
+
 int rcache_bump_many(rcache *rc, const char *const *keys, const char *const *once_keys, size_t n,
                      int64_t once_ttl_ms, rcache_done_cb *cb, void *arg)
 {
@@ -969,6 +1576,8 @@ int rcache_bump_many(rcache *rc, const char *const *keys, const char *const *onc
         owe(rc);
         return -1;
     }
+    if (rc->cl)
+        return bump_many_cluster(rc, keys, once_keys, n, once_ttl_ms, cb, arg);
     size_t argc = 2 * n + 4;
     const char **argv = xcalloc(argc, sizeof(*argv));
     size_t *lens = xcalloc(argc, sizeof(*lens));
@@ -1077,12 +1686,12 @@ int rcache_lock_read(rcache *rc, const char *lock_key, const char *token, int64_
         free(j);
         return -1;
     }
-    mget_argv(mget, entry_key, gen_global_key, scopes);
-    arg_lens(mget, lens, RCACHE_READ_KEYS + 1);
     op = op_new(rc, OP_READ, "MGET", entry_key);
     op->read_cb = joint_on_read;
     op->arg = j;
-    if (op_submit(op, RCACHE_READ_KEYS + 1, mget, lens) < 0)
+    int argc = mget_argv(op, mget, entry_key, gen_global_key, scopes);
+    arg_lens(mget, lens, argc);
+    if (op_submit(op, argc, mget, lens) < 0)
         joint_answer(j, RCACHE_ERR); /* the caller hears once the lock answers */
     return 0;
 }
@@ -1104,29 +1713,21 @@ static const char check_lua[] =
 static void op_answer_check(struct rc_op *op, const redisReply *r)
 {
     rcache_lock_value lv = {0};
-    const redisReply *entry;
+    size_t got = read_keys(op->rc), pttl = got + 1;
+    const char *why;
 
-    enum { GOT = RCACHE_READ_KEYS, PTTL = RCACHE_READ_KEYS + 1 };
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != RCACHE_READ_KEYS + 2 ||
-        r->element[GOT]->type != REDIS_REPLY_INTEGER ||
-        r->element[PTTL]->type != REDIS_REPLY_INTEGER) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != got + 2 ||
+        r->element[got]->type != REDIS_REPLY_INTEGER ||
+        r->element[pttl]->type != REDIS_REPLY_INTEGER) {
         op_fail(op, "unexpected reply shape");
         return;
     }
-    if (parse_gens(r->element, &lv.v) < 0) {
-        op_fail(op, "generation counter is not an unsigned integer");
+    if ((why = parse_read(op, r->element, &lv.v)) != NULL) {
+        op_fail(op, why);
         return;
     }
-    entry = r->element[RCACHE_READ_KEYS - 1];
-    if (entry->type == REDIS_REPLY_STRING) {
-        lv.v.entry = entry->str;
-        lv.v.entry_len = entry->len;
-    } else if (entry->type != REDIS_REPLY_NIL) {
-        op_fail(op, "entry is not a string");
-        return;
-    }
-    lv.acquired = r->element[GOT]->integer == 1;
-    lv.lock_pttl = r->element[PTTL]->integer;
+    lv.acquired = r->element[got]->integer == 1;
+    lv.lock_pttl = r->element[pttl]->integer;
     op->done = true;
     op->lock_cb(op->arg, RCACHE_OK, &lv);
 }
@@ -1135,26 +1736,28 @@ int rcache_check(rcache *rc, const char *lock_key, const char *token, int64_t tt
                  const char *entry_key, const char *gen_global_key, const scope_keys *scopes,
                  rcache_lock_cb *cb, void *arg)
 {
-    enum { NKEYS = RCACHE_READ_KEYS + 1, ARGC = 3 + NKEYS + 2 };
+    enum { ARGC_MAX = 3 + RCACHE_READ_KEYS + 1 + 2 };
     char nkeys[8], ttl[24];
-    const char *argv[ARGC] = {"EVAL", check_lua, nkeys};
-    size_t lens[ARGC];
+    const char *argv[ARGC_MAX] = {"EVAL", check_lua, nkeys};
+    size_t lens[ARGC_MAX];
     struct rc_op *op;
 
     if (!rcache_is_up(rc) || (token != NULL && ttl_ms <= 0))
         return -1;
-    snprintf(nkeys, sizeof(nkeys), "%d", NKEYS);
-    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms > 0 ? ttl_ms : 1);
-    mget_argv(argv + 2, entry_key, gen_global_key, scopes); /* overwrites argv[2] */
-    argv[2] = nkeys;
-    argv[3 + NKEYS - 1] = lock_key;
-    argv[3 + NKEYS] = token ? token : "";
-    argv[3 + NKEYS + 1] = ttl;
-    arg_lens(argv, lens, ARGC);
     op = op_new(rc, OP_CHECK, "check", lock_key);
     op->lock_cb = cb;
     op->arg = arg;
-    return op_submit(op, ARGC, argv, lens);
+    /* The read's keys then the lock: KEYS; its "MGET" overwrites argv[2]. */
+    int nkeys_n = mget_argv(op, argv + 2, entry_key, gen_global_key, scopes);
+    int argc = 3 + nkeys_n + 2;
+    snprintf(nkeys, sizeof(nkeys), "%d", nkeys_n);
+    snprintf(ttl, sizeof(ttl), "%" PRId64, ttl_ms > 0 ? ttl_ms : 1);
+    argv[2] = nkeys;
+    argv[3 + nkeys_n - 1] = lock_key;
+    argv[3 + nkeys_n] = token ? token : "";
+    argv[3 + nkeys_n + 1] = ttl;
+    arg_lens(argv, lens, argc);
+    return op_submit(op, argc, argv, lens);
 }
 
 static const char extend_lua[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"

@@ -8,6 +8,9 @@
  *   global gen     qc:<version>:gen
  *   scope gens     scope.h (currency, tier, region promotions, ...)
  *   announcements  qc:<version>:loaded          (pub/sub channel)
+ *   dimensions     qc:<version>:{dims}          (Redis Cluster only: a hash whose
+ *                  fields are the counters without a hash tag, global gen and
+ *                  currency, tier, region promotions, under their names above)
  * The digest covers the version, the canonical request and the sorted ids of
  * the promotions active for (product, region) at the time of the request. */
 #ifndef QUOTECACHE_KEY_H
@@ -31,6 +34,7 @@ void key_lock(char out[KEY_MAX], const char *entry_key);
 void key_product_gen(char out[KEY_MAX], const char *version, int64_t product_id);
 void key_global_gen(char out[KEY_MAX], const char *version);
 void key_channel(char out[KEY_MAX], const char *version);
+void key_dims(char out[KEY_MAX], const char *version);
 
 /* Extracts the product id from an entry key (the hash tag). Returns it, or
  * -1 when the key is not one of ours. */

@@ -65,6 +65,24 @@ typedef void rcache_state_cb(void *arg, bool up);
  * deadline of every command. */
 rcache *rcache_new(struct event_base *base, const char *host, int port, int cmd_timeout_ms,
                    rcache_state_cb *state_cb, void *state_arg);
+/* Redis Cluster mode (rcluster.h): the same calls, on a cluster found from
+ * the seeds hosts[i]:ports[i]. Each command goes to the master of its first
+ * key's slot; the keys of one command share a slot. The counters without a
+ * hash tag (the global generation; currency, tier and region promotions:
+ * "dimensions") are fields, under their names, of the hash dims_key, which
+ * each worker mirrors in process (read every 250 ms, right after each
+ * dimension bump it sends is answered, never accepting a lower value): a
+ * read is then one MGET in the entry's slot (product and product-in-region
+ * counters, entry), with the global generation and the dimensions' share of
+ * gen_product taken from the mirror; a store fences the slot-local counters
+ * in Redis and the mirror in process. A counter seen going backwards, or a
+ * master replaced (failover), bumps the global generation above all seen.
+ * Up (state_cb, rcache_is_up) means: every slot's master connected, the
+ * mirror read within the last second. Needs rcache_guard_generations (its
+ * global key; the marker is not used). */
+rcache *rcache_new_cluster(struct event_base *base, const char *const *hosts, const int *ports,
+                           int n, const char *dims_key, int cmd_timeout_ms,
+                           rcache_state_cb *state_cb, void *state_arg);
 /* Closes both connections; pending callbacks fire with RCACHE_ERR before it
  * returns (the one exception to "never before returning": shutdown). Not
  * from inside a reply, message or state callback of this rcache (it aborts

@@ -100,6 +100,8 @@ static void test_layout(void)
     CHECK(strcmp(x, "qc:v1:gen") == 0);
     key_channel(x, "v1");
     CHECK(strcmp(x, "qc:v1:loaded") == 0);
+    key_dims(x, "v1"); /* cluster mode: one hash tag, one slot for all dimensions */
+    CHECK(strcmp(x, "qc:v1:{dims}") == 0);
 }
 
 static void test_versions(void)
