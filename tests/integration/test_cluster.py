@@ -36,7 +36,9 @@ FIELDS = ("unit_price_cents", "promo_ids", "volume_pricing")
 # After the cluster agrees on the promoted replica, how long quotecache may
 # take to read and write Redis again (find the new master, reconnect). Its
 # refresh runs on the first connection error or redirection; measured
-# 0.1-0.6 s on this box under the test's load (see the printed timings).
+# 0.08-0.18 s on this box under the test's load (plain and ASan builds, the
+# promotion itself 2.8-2.9 s with --cluster-node-timeout 1500; see the
+# printed timings), so 2 s is a margin for a busy box, not the expectation.
 RESUME_AFTER_PROMOTION_S = 2.0
 
 st = cl = None
@@ -479,8 +481,8 @@ def test_slot_migration_under_load():
 def test_master_sigkill_under_load():
     """SIGKILL the master of the hot product right after a write to it,
     under load on both instances (the hot key and products on every master):
-    every 200 is the reference (the written key: the new price once its
-    1 s is up, and never the old one again once the new one was served);
+    every 200 is the reference (the written key: the new price from 1 s
+    after the write on, through and after the promotion);
     5xx only while the slots are unreachable; and Redis works again for
     that slot (a new key stored by px1 is a HIT on px2) within
     RESUME_AFTER_PROMOTION_S of the cluster's promotion."""
