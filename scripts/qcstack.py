@@ -807,6 +807,9 @@ class Stack:
 
     @property
     def redis_addr(self):
+        if self.redis_port is None and self.cluster is not None:
+            raise RuntimeError("a cluster stack has no single Redis address: "
+                               "use st.cluster.seeds (this test is single-node only)")
         return "127.0.0.1:%d" % self.redis_port
 
     @property
@@ -848,6 +851,8 @@ class Stack:
             if self.redis_mode == "cluster":
                 self.cluster = Cluster(os.path.join(self.dir, "cluster"),
                                        detached=self.detached)
+                sys.stderr.write("qcstack: Redis Cluster, 3 masters + 3 replicas, seeds %s\n"
+                                 % self.cluster.seeds)
             elif self.want["redis"]:
                 self.redis_port = free_port()
                 self.start_redis()
