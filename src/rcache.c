@@ -7,6 +7,12 @@
  * themselves (connect, backoff, hung detection) are rconn's. Nothing here
  * outlives rcache_free.
  *
+ * In cluster mode (rcache_new_cluster) the commands go through rcluster
+ * (one connection per master, redirections) instead of the one command
+ * connection, and this file also owns the mirror of the dimensions hash
+ * (its reads, its repair after a regression or a failover) and moves the
+ * subscriber between nodes. What a command touches stays in one slot.
+ *
  * hiredis 0.14.1 behaviour this file is built on (async.c at v0.14.1):
  * - when a context dies every pending reply callback runs with a NULL reply;
  * - rcache_free must not be called from any callback this module runs on
@@ -94,6 +100,7 @@ struct rcache {
 
     /* Cluster mode (rcache_new_cluster); cl NULL: single node, cmd above. */
     rcluster *cl;
+    int cmd_timeout_ms;
     char *dims_key; /* the hash of the counters without a hash tag */
     int dims_slot;
     genmirror *mirror; /* its fields, as last read (monotonic) */
@@ -161,12 +168,17 @@ static const char store_lua[] = "local g = redis.call('GET', KEYS[2]) or '0'\n"
 
 /* Cluster mode's store: KEYS are the entry and its slot-local counters
  * (product, product in region); ARGV[2] what they must sum to, which the
- * caller derived from the load's sum and the mirror (rcache_store). */
+ * caller derived from the load's sum and the mirror (rcache_store). A
+ * stored entry's counters are made to exist (0 reads as absent does): a
+ * slot being migrated answers a multi-key read with TRYAGAIN unless all its
+ * keys are on one side, so an entry migrated with its counters keeps
+ * hitting (through ASK) during a resharding. */
 static const char store_cl_lua[] = "local p = 0\n"
                                    "for i = 2, #KEYS do\n"
                                    "  p = p + tonumber(redis.call('GET', KEYS[i]) or '0')\n"
                                    "end\n"
                                    "if p ~= tonumber(ARGV[2]) then return 0 end\n"
+                                   "for i = 2, #KEYS do redis.call('SET', KEYS[i], '0', 'NX') end\n"
                                    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])\n"
                                    "redis.call('PUBLISH', ARGV[4], KEYS[1])\n"
                                    "return 1\n";
@@ -986,9 +998,10 @@ static rconn *sub_connect(rcache *rc)
     const char *host = "";
     int port = 0;
     rcluster_node_addr(rc->cl, rc->sub_node, &host, &port);
-    return rconn_new(rc->base, "subscriber", host, port,
-                     (int)(rc->cmd_timeout->tv_sec * 1000 + rc->cmd_timeout->tv_usec / 1000),
-                     sub_probe, 2, &sub_hooks, rc);
+    /* Not from rc->cmd_timeout: a common timeout's tv_usec holds libevent's
+     * own bits. */
+    return rconn_new(rc->base, "subscriber", host, port, rc->cmd_timeout_ms, sub_probe, 2,
+                     &sub_hooks, rc);
 }
 
 static void on_sub_move(evutil_socket_t fd, short what, void *arg)
@@ -1068,6 +1081,7 @@ rcache *rcache_new_cluster(struct event_base *base, const char *const *hosts, co
     }
     rc->state_cb = state_cb;
     rc->state_arg = state_arg;
+    rc->cmd_timeout_ms = cmd_timeout_ms > 0 ? cmd_timeout_ms : 1;
     rc->dims_key = xstrdup(dims_key);
     rc->dims_slot = rcluster_keyslot(dims_key, strlen(dims_key));
     rc->mirror = genmirror_new();
@@ -1451,20 +1465,19 @@ static void bump_joint_done(void *arg, int status, long long result)
     free(j);
 }
 
-static const rcache *sort_rc; /* qsort has no argument; loops are single-threaded */
-static const char *const *sort_keys;
-
-/* The group of keys[i]: its slot, or -1 for the dimensions hash. */
-static int bump_group(size_t i)
-{
-    return is_dim(sort_rc, sort_keys[i]) ? -1
-                                         : rcluster_keyslot(sort_keys[i], strlen(sort_keys[i]));
-}
+/* One counter of a batch and its group: its slot, or -1 for the
+ * dimensions hash. Sorted by group, then by position (a stable order). */
+struct bump_item {
+    int group;
+    size_t i;
+};
 
 static int by_group(const void *a, const void *b)
 {
-    int ga = bump_group(*(const size_t *)a), gb = bump_group(*(const size_t *)b);
-    return (ga > gb) - (ga < gb);
+    const struct bump_item *x = a, *y = b;
+    if (x->group != y->group)
+        return (x->group > y->group) - (x->group < y->group);
+    return (x->i > y->i) - (x->i < y->i);
 }
 
 /* Sends the counters idx[0..m) (one group) as one script. */
@@ -1526,17 +1539,20 @@ static int bump_part_send(rcache *rc, const char *const *keys, const char *const
 static int bump_many_cluster(rcache *rc, const char *const *keys, const char *const *once_keys,
                              size_t n, int64_t once_ttl_ms, rcache_done_cb *cb, void *arg)
 {
+    struct bump_item *it = xcalloc(n, sizeof(*it));
     size_t *idx = xcalloc(n, sizeof(*idx));
     char ttl[24];
     int nparts = 0, r = 0;
 
-    for (size_t i = 0; i < n; i++)
-        idx[i] = i;
-    sort_rc = rc;
-    sort_keys = keys;
-    qsort(idx, n, sizeof(*idx), by_group);
-    for (size_t i = 0; i < n; i++)
-        nparts += i == 0 || bump_group(idx[i]) != bump_group(idx[i - 1]);
+    for (size_t i = 0; i < n; i++) {
+        it[i].i = i;
+        it[i].group = is_dim(rc, keys[i]) ? -1 : rcluster_keyslot(keys[i], strlen(keys[i]));
+    }
+    qsort(it, n, sizeof(*it), by_group);
+    for (size_t i = 0; i < n; i++) {
+        idx[i] = it[i].i;
+        nparts += i == 0 || it[i].group != it[i - 1].group;
+    }
     struct bump_joint *j = xcalloc(1, sizeof(*j));
     j->cb = cb;
     j->arg = arg;
@@ -1545,9 +1561,7 @@ static int bump_many_cluster(rcache *rc, const char *const *keys, const char *co
     snprintf(ttl, sizeof(ttl), "%" PRId64, once_ttl_ms);
     for (size_t from = 0, part = 0; from < n; part++) {
         size_t to = from + 1;
-        sort_rc = rc;
-        sort_keys = keys;
-        while (to < n && bump_group(idx[to]) == bump_group(idx[from]))
+        while (to < n && it[to].group == it[from].group)
             to++;
         if (bump_part_send(rc, keys, once_keys, idx + from, to - from, ttl, j) < 0) {
             owe(rc);
@@ -1561,6 +1575,7 @@ static int bump_many_cluster(rcache *rc, const char *const *keys, const char *co
         }
         from = to;
     }
+    free(it);
     free(idx);
     return r;
 }

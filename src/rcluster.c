@@ -136,7 +136,8 @@ struct rc_node {
     char host[RCLUSTER_HOST_MAX];
     int port;
     char id[RCLUSTER_ID_MAX + 1];
-    int nslots; /* slots it serves in the current map */
+    int nslots;          /* slots it serves in the current map */
+    int complete_nslots; /* and in the last map that had every slot */
     rconn *conn;
 };
 
@@ -154,6 +155,7 @@ struct rcluster {
     struct event *refresh_deadline;
     redisAsyncContext *refresh_ac; /* where the one in flight went; NULL: none */
     unsigned next_ask;             /* round robin over the nodes asked */
+    bool map_warned;               /* an unusable map was logged */
     bool closing;
 };
 
@@ -241,8 +243,9 @@ static void refresh_rearm(rcluster *cl)
         arm(cl->refresh, rcluster_all_up(cl) ? RCLUSTER_REFRESH_MS : RCLUSTER_REFRESH_FAST_MS);
 }
 
-/* Installs a parsed map. A node that served slots and serves none now, or
- * answers under another id, had its writes maybe lost: on_master_replaced. */
+/* Installs a parsed map. A node that served slots in the last complete map
+ * and serves none in this complete one, or that answers under another id,
+ * had its writes maybe lost: on_master_replaced. */
 static void map_apply(rcluster *cl, const rcluster_range *rg, int n, const char *asked_host)
 {
     uint8_t next[RCLUSTER_SLOTS];
@@ -256,8 +259,11 @@ static void map_apply(rcluster *cl, const rcluster_range *rg, int n, const char 
         if (idx < 0)
             continue;
         struct rc_node *nd = cl->node[idx];
-        if (rg[i].id[0] && nd->id[0] && strcmp(nd->id, rg[i].id) != 0 && nd->nslots > 0)
+        if (rg[i].id[0] && nd->id[0] && strcmp(nd->id, rg[i].id) != 0 && nd->nslots > 0) {
+            log_debug("redis cluster: %s:%d is node %s now, was %s", nd->host, nd->port, rg[i].id,
+                      nd->id);
             replaced = true; /* same address, another node (restarted empty, re-created) */
+        }
         if (rg[i].id[0])
             memcpy(nd->id, rg[i].id, sizeof(nd->id));
         for (int s = rg[i].lo; s <= rg[i].hi; s++) {
@@ -267,11 +273,18 @@ static void map_apply(rcluster *cl, const rcluster_range *rg, int n, const char 
         }
         nslots[idx] += rg[i].hi - rg[i].lo + 1;
     }
-    for (int i = 0; i < cl->nnodes; i++) {
-        if (cl->mapped && cl->node[i]->nslots > 0 && nslots[i] == 0)
+    /* Only complete maps are compared: a node's view of a cluster being
+     * created or healing may lack others' slots for a while. */
+    for (int i = 0; i < cl->nnodes && covered == RCLUSTER_SLOTS; i++) {
+        if (cl->node[i]->complete_nslots > 0 && nslots[i] == 0) {
+            log_debug("redis cluster: %s:%d serves no slot now", cl->node[i]->host,
+                      cl->node[i]->port);
             replaced = true;
-        cl->node[i]->nslots = nslots[i];
+        }
+        cl->node[i]->complete_nslots = nslots[i];
     }
+    for (int i = 0; i < cl->nnodes; i++)
+        cl->node[i]->nslots = nslots[i];
     memcpy(cl->slot_node, next, sizeof(next));
     cl->covered = covered;
     cl->mapped = true;
@@ -297,11 +310,17 @@ static void slots_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         int max = r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? (int)r->elements : 1;
         rcluster_range *rg = xcalloc((size_t)max, sizeof(*rg));
         int n = rcluster_parse_slots(r, rg, max);
-        if (n > 0)
+        if (n > 0) {
             map_apply(cl, rg, n, ac->c.tcp.host ? ac->c.tcp.host : "");
-        else
-            log_warn("redis cluster: CLUSTER SLOTS: %s",
-                     r->type == REDIS_REPLY_ERROR ? r->str : "unusable answer");
+            cl->map_warned = false;
+        } else if (!cl->map_warned) {
+            /* Once until a map is read: a cluster being created answers an
+             * empty map for a while, every 200 ms. */
+            log_warn("redis cluster: CLUSTER SLOTS: %s", r->type == REDIS_REPLY_ERROR ? r->str
+                                                         : n == 0 ? "no slots assigned yet"
+                                                                  : "unusable answer");
+            cl->map_warned = true;
+        }
         free(rg);
     }
     refresh_rearm(cl);
@@ -372,8 +391,9 @@ static int creq_send(struct creq *q, int idx, bool asking)
 }
 
 /* A MOVED or ASK answer: sent again to the node named, unless the bound is
- * reached or that node is not connected (then the error is the answer,
- * and the map is re-read). Returns 0 when sent again. */
+ * reached, that node serves no slot in the current map, or it is not
+ * connected (then the error is the answer, and the map is re-read).
+ * Returns 0 when sent again. */
 static int creq_redirect(struct creq *q, const redisReply *r)
 {
     rcluster *cl = q->cl;
@@ -384,8 +404,13 @@ static int creq_redirect(struct creq *q, const redisReply *r)
         return -1;
     q->redirects++;
     int idx = node_get(cl, rd.host, rd.port);
-    if (idx < 0)
+    if (idx < 0 || cl->node[idx]->nslots == 0) {
+        /* Not a master in our map: maybe a replica promoted by a failover
+         * we have not seen yet, whose data may lack acknowledged writes.
+         * The owner learns of it from the next map (on_master_replaced). */
+        rcluster_refresh(cl);
         return -1;
+    }
     if (rd.ask) {
         metrics_inc(M_CLUSTER_ASK);
     } else {

@@ -12,8 +12,9 @@
  * entry and the global counter (one MGET) and compares their sum with the
  * sum its load started under. Counters only grow (INCR), so the sum moves
  * whenever one of them does; Redis losing them is the global guard's case.
- * The first two share the entry's hash slot; the last three do not (what a
- * Redis Cluster mode would need: README, "Invalidation").
+ * The first two share the entry's hash slot; the last three do not: in
+ * Redis Cluster mode they are fields of one hash, mirrored in process
+ * (rcache.h, rcache_new_cluster; README, "Invalidation").
  *
  * In process the same scopes bump hashed local counters (scope_bucket), so
  * the hot tier and the loads in flight honour them as well. */

@@ -209,6 +209,47 @@ static void test_upstream_settings(void)
     config_free(&cfg);
 }
 
+static void test_redis_cluster(void)
+{
+    qc_config cfg;
+    config_problems p;
+
+    const char *ok[] = {"--redis-cluster", "127.0.0.1:7000,[::1]:7001,h:7002"};
+    CHECK(load(&cfg, &p, 2, ok) == CONFIG_OK);
+    CHECK(cfg.redis_enabled && cfg.redis_cluster_n == 3);
+    CHECK(strcmp(cfg.redis_cluster_seeds[0].host, "127.0.0.1") == 0);
+    CHECK(cfg.redis_cluster_seeds[0].port == 7000);
+    CHECK(strcmp(cfg.redis_cluster_seeds[1].host, "::1") == 0);
+    CHECK(cfg.redis_cluster_seeds[2].port == 7002);
+    config_free(&cfg);
+
+    const char *single[] = {"--redis", "127.0.0.1:6380"}; /* unchanged */
+    CHECK(load(&cfg, &p, 2, single) == CONFIG_OK);
+    CHECK(cfg.redis_enabled && cfg.redis_cluster_n == 0 && cfg.redis.port == 6380);
+    config_free(&cfg);
+
+    const char *both[] = {"--redis", "127.0.0.1:6380", "--redis-cluster", "127.0.0.1:7000"};
+    CHECK(load(&cfg, &p, 4, both) == CONFIG_ERROR);
+    CHECK(has_problem(&p, "--redis-cluster: not with --redis"));
+    config_free(&cfg);
+
+    const char *bad[][2] = {{"--redis-cluster", "127.0.0.1:7000,"},
+                            {"--redis-cluster", "127.0.0.1"},
+                            {"--redis-cluster", ",h:1"},
+                            {"--redis-cluster", ""}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK(load(&cfg, &p, 2, bad[i]) == CONFIG_ERROR);
+        CHECK(has_problem(&p, "--redis-cluster: "));
+        config_free(&cfg);
+    }
+
+    const char *path = write_file("cluster.conf", "redis-cluster = h1:7000,h2:7001\n");
+    const char *file[] = {"--config", path};
+    CHECK(load(&cfg, &p, 2, file) == CONFIG_OK);
+    CHECK(cfg.redis_cluster_n == 2 && strcmp(cfg.redis_cluster_seeds[1].host, "h2") == 0);
+    config_free(&cfg);
+}
+
 int main(void)
 {
     CHECK(mkdtemp(dir) != NULL);
@@ -218,6 +259,7 @@ int main(void)
     test_reloadable();
     test_restart_backoff();
     test_upstream_settings();
+    test_redis_cluster();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
