@@ -496,7 +496,7 @@ class Cluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def pids(self):
-        return {"redis-%d" % n["port"]: n["proc"].pid for n in self.nodes if self.alive(n)}
+        return {"redis_%d" % n["port"]: n["proc"].pid for n in self.nodes if self.alive(n)}
 
     @staticmethod
     def alive(node):
@@ -1374,6 +1374,9 @@ def env_pids(env):
         if not (k.startswith("QCSTACK_") and k.endswith("_PID")):
             continue
         name, pid = k[len("QCSTACK_"):-len("_PID")], int(v)
+        exe = EXPECTED_EXE.get(name.split("_")[0])  # REDIS_<port>: a cluster node
+        if not exe:
+            continue
         if not pid_alive(pid):
             continue
         try:
@@ -1381,8 +1384,7 @@ def env_pids(env):
                 cmd = f.read().split(b"\0")
         except OSError:
             continue
-        if EXPECTED_EXE.get(name, "").encode() in os.path.basename(cmd[0]) or \
-                EXPECTED_EXE.get(name, "").encode() in cmd[0]:
+        if exe.encode() in os.path.basename(cmd[0]) or exe.encode() in cmd[0]:
             out[name] = pid
     return out
 
