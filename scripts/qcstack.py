@@ -12,6 +12,9 @@ Environment:
              (default <repo>/build)
   QC_SRC     source root (default: the parent of this file's directory)
   QC_KEEP=1  keep the temp dir (logs, data) after stop()
+  QC_REDIS=cluster  every Stack(redis=True) starts a 3+3 Redis Cluster
+             (Cluster below) instead of one redis-server, and Proxy passes
+             --redis-cluster <seeds> instead of --redis (default: single)
 
 SQL: after schema.sql and the seed, every other scripts/sql/*.sql file is
 applied in name order (for instance the change-notification triggers), then
@@ -326,6 +329,433 @@ def cont_process(pid):
     os.kill(pid, signal.SIGCONT)
 
 
+# ---------------------------------------------------------------- Redis Cluster
+
+
+def resp(port, *args, host="127.0.0.1", timeout=5.0):
+    """One command to one Redis node over a fresh connection (RESP2), so a
+    killed node or a redirection is seen as it is: returns the decoded reply
+    (str, int, list, None); an error reply is returned as RespError, not
+    raised, so a caller can look at MOVED/ASK/CLUSTERDOWN."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(_resp_encode(args))
+        return _RespReader(s).read()
+
+
+class RespError(str):
+    """An error reply ("-MOVED 1234 127.0.0.1:7001", ...)."""
+
+
+def _resp_encode(args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class _RespReader:
+    def __init__(self, sock):
+        self.s, self.buf = sock, b""
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def _exact(self, n):
+        while len(self.buf) < n + 2:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RespError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exact(n).decode(errors="replace")
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise ValueError("bad RESP line %r" % line)
+
+
+class Cluster:
+    """A private Redis Cluster on loopback: `masters` masters with
+    `replicas` replicas each (default 3 + 3), every node a redis-server
+    --cluster-enabled yes on a free port with its own dir, joined with
+    `redis-cli --cluster create`. A short --cluster-node-timeout (1500 ms)
+    makes a killed master's replica take over within seconds.
+
+        with qcstack.Cluster(dir) as cl:
+            Proxy(st, redis_cluster=cl.seeds)
+            cl.master_of("qc:v1:{42}:gen")       # the node serving that key
+            took = cl.kill_master(node)           # SIGKILL, wait for promotion
+            cl.migrate_slot(slot, dst=other)      # SETSLOT + MIGRATE, live
+
+    Nodes are dicts {port, dir, proc, log}; only their PIDs are signalled.
+    The map calls (CLUSTER NODES/SLOTS) go through `resp`, a tiny RESP
+    client on a fresh socket per command (no state to go stale across a
+    failover)."""
+
+    def __init__(self, dir=None, masters=3, replicas=1, node_timeout_ms=1500,
+                 detached=False, start=True):
+        self.own_dir = dir is None
+        self.dir = dir or tempfile.mkdtemp(prefix="qccluster-", dir="/tmp")
+        os.makedirs(self.dir, exist_ok=True)
+        self.n_masters, self.n_replicas = masters, replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.detached = detached
+        self.nodes = []
+        self.seed_ports = []
+        self._stopped = False
+        if start:
+            self.start()
+
+    # -- lifecycle
+
+    def start(self):
+        if not self.detached:
+            atexit.register(self.stop)
+            _exit_on_sigterm()
+        try:
+            for i in range(self.n_masters * (1 + self.n_replicas)):
+                port = free_port()
+                d = os.path.join(self.dir, "node-%d" % port)
+                os.makedirs(d)
+                # Its own bus port: port + 10000 (the default) may be taken
+                # or out of range for a port from the ephemeral range.
+                node = {"port": port, "bus": free_port(), "dir": d, "proc": None,
+                        "log": os.path.join(d, "redis.log")}
+                self.nodes.append(node)
+                self._spawn(node)
+            for node in self.nodes:
+                wait_until(lambda: resp(node["port"], "PING") == "PONG", 10,
+                           "cluster node %d" % node["port"], node["proc"], node["log"])
+            r = subprocess.run(
+                ["redis-cli", "--cluster", "create"]
+                + ["127.0.0.1:%d" % n["port"] for n in self.nodes]
+                + ["--cluster-replicas", str(self.n_replicas), "--cluster-yes"],
+                capture_output=True, timeout=60)
+            if r.returncode != 0:
+                raise RuntimeError("redis-cli --cluster create: %s%s"
+                                   % (r.stdout.decode(errors="replace")[-2000:],
+                                      r.stderr.decode(errors="replace")))
+            self.wait_ok(30)
+            self.seed_ports = [m["port"] for m in self.masters()]
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, node):
+        kw = {} if self.detached else {"preexec_fn": _die_with_parent}
+        with open(node["log"], "ab") as out:
+            node["proc"] = subprocess.Popen(
+                ["redis-server", "--port", str(node["port"]), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-port", str(node["bus"]),
+                 "--cluster-node-timeout", str(self.node_timeout_ms),
+                 # A replica may always take over (its data is as fresh as
+                 # the test made it; the default refuses after a long gap).
+                 "--cluster-replica-validity-factor", "0",
+                 "--save", "", "--appendonly", "no", "--daemonize", "no",
+                 "--dir", node["dir"], "--protected-mode", "no", "--maxclients", "10000"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=node["dir"], start_new_session=self.detached, **kw)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        """Stop every node this cluster started (SIGTERM, then SIGKILL);
+        remove its dir if it made it."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for node in self.nodes:
+            self.stop_node(node)
+        if self.own_dir and os.environ.get("QC_KEEP") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def pids(self):
+        return {"redis_%d" % n["port"]: n["proc"].pid for n in self.nodes if self.alive(n)}
+
+    @staticmethod
+    def alive(node):
+        return node["proc"] is not None and node["proc"].poll() is None
+
+    def stop_node(self, node, kill=False):
+        p, node["proc"] = node["proc"], None
+        if p is not None:
+            kill_pid(p.pid, signal.SIGKILL if kill else signal.SIGTERM, timeout=15, proc=p)
+
+    def restart_node(self, node, timeout=30):
+        """Start a stopped node again on its port and dir (its nodes.conf
+        keeps its identity; a former master comes back as a replica of the
+        node that took over) and wait until the cluster agrees again."""
+        assert not self.alive(node), node["port"]
+        self._spawn(node)
+        wait_until(lambda: resp(node["port"], "PING") == "PONG", 10,
+                   "cluster node %d" % node["port"], node["proc"], node["log"])
+        self.wait_ok(timeout)
+
+    # -- addresses and the map
+
+    @property
+    def seeds(self):
+        """HOST:PORT,... of the masters the cluster was created with (a
+        killed one stays listed: a client must get past a dead seed)."""
+        return ",".join("127.0.0.1:%d" % p for p in self.seed_ports)
+
+    def node(self, port):
+        return next(n for n in self.nodes if n["port"] == port)
+
+    def live(self):
+        return [n for n in self.nodes if self.alive(n)]
+
+    def cmd(self, node, *args):
+        return resp(node["port"], *args)
+
+    def any_node(self):
+        return self.live()[0]
+
+    def cluster_nodes(self, node=None):
+        """CLUSTER NODES as seen by `node`: {port: {id, flags, master, slots}}."""
+        out = {}
+        for line in self.cmd(node or self.any_node(), "CLUSTER", "NODES").splitlines():
+            f = line.split()
+            port = int(f[1].split("@")[0].rsplit(":", 1)[1])
+            out[port] = {"id": f[0], "flags": set(f[2].split(",")),
+                         "master": None if f[3] == "-" else f[3],
+                         "link": f[7], "slots": f[8:]}
+        return out
+
+    def node_id(self, node):
+        return self.cmd(node, "CLUSTER", "MYID")
+
+    def slot_map(self, node=None):
+        """CLUSTER SLOTS as seen by `node`: sorted [(start, end, master port)]."""
+        rows = self.cmd(node or self.any_node(), "CLUSTER", "SLOTS")
+        if isinstance(rows, RespError):
+            raise RuntimeError("CLUSTER SLOTS: %s" % rows)
+        return sorted((r[0], r[1], r[2][1]) for r in rows)
+
+    def masters(self):
+        """The live nodes that own slots, as every node sees them now."""
+        ports = sorted({m for _, _, m in self.slot_map()})
+        return [self.node(p) for p in ports if self.alive(self.node(p))]
+
+    def replicas_of(self, master):
+        mid = self.node_id(master)
+        view = self.cluster_nodes()
+        return [self.node(p) for p, v in view.items() if v["master"] == mid]
+
+    def keyslot(self, key):
+        return self.cmd(self.any_node(), "CLUSTER", "KEYSLOT", key)
+
+    def master_of_slot(self, slot):
+        for a, b, port in self.slot_map():
+            if a <= slot <= b:
+                return self.node(port)
+        raise RuntimeError("slot %d not served" % slot)
+
+    def master_of(self, key):
+        """The master that serves `key` (by CLUSTER KEYSLOT)."""
+        return self.master_of_slot(self.keyslot(key))
+
+    def state_ok(self, node):
+        info = self.cmd(node, "CLUSTER", "INFO")
+        return isinstance(info, str) and "cluster_state:ok" in info
+
+    def agreed(self):
+        """Every live node says cluster_state:ok and reports the same slot
+        map covering all 16384 slots, owned by live masters only."""
+        maps, live = [], {n["port"] for n in self.live()}
+        for n in self.live():
+            if not self.state_ok(n):
+                return False
+            view = self.cluster_nodes(n)
+            # A restarted node counts once everyone has it back (no fail flag).
+            if any(view.get(p) is None or view[p]["flags"] & {"fail", "fail?"} for p in live):
+                return False
+            # Every live node has its role: a master with slots, or a
+            # replica whose replication link is up (so a failover loses
+            # nothing the test wrote).
+            for p in live:
+                v = view[p]
+                if "slave" in v["flags"]:
+                    if v["master"] is None:
+                        return False
+                elif not v["slots"]:
+                    return False
+            if "slave" in view[n["port"]]["flags"]:
+                role = self.cmd(n, "ROLE")
+                if not (isinstance(role, list) and role[0] == "slave" and role[3] == "connected"):
+                    return False
+            maps.append(self.slot_map(n))
+        if any(m != maps[0] for m in maps):
+            return False
+        covered = sum(b - a + 1 for a, b, _ in maps[0])
+        return covered == 16384 and all(self.alive(self.node(p)) for _, _, p in maps[0])
+
+    def wait_ok(self, timeout=30):
+        def ok():
+            try:
+                return self.agreed()
+            except (OSError, RuntimeError, ValueError):
+                return False
+        wait_until(ok, timeout, "redis cluster agreement (state ok, one slot map)")
+
+    # -- faults and resharding
+
+    def kill_master(self, master, timeout=30):
+        """SIGKILL `master` and wait until one of its replicas owns its
+        slots and every live node agrees. Returns (new master node, seconds
+        from the kill to agreement)."""
+        replicas = self.replicas_of(master)
+        assert replicas, "master %d has no replica" % master["port"]
+        slots = [(a, b) for a, b, p in self.slot_map() if p == master["port"]]
+        t0 = time.monotonic()
+        self.stop_node(master, kill=True)
+
+        def promoted():
+            try:
+                if not self.agreed():
+                    return False
+                owners = {p for a, b, p in self.slot_map() if (a, b) in slots}
+                return len(owners) == 1 and owners <= {r["port"] for r in replicas}
+            except (OSError, RuntimeError, ValueError):
+                return False
+        wait_until(promoted, timeout, "promotion of a replica of %d" % master["port"])
+        took = time.monotonic() - t0
+        new = self.master_of_slot(slots[0][0])
+        return new, took
+
+    def keys(self, pattern="*"):
+        """{master port: [keys]} matching `pattern` on every master (SCAN)."""
+        out = {}
+        for m in self.masters():
+            cursor, got = "0", []
+            while True:
+                cursor, batch = self.cmd(m, "SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                got += batch
+                if cursor == "0":
+                    break
+            out[m["port"]] = got
+        return out
+
+    def migrate_slot(self, slot, dst, batch=10, pause=0.0, hold=0.0):
+        """Move `slot` from its master to `dst` live, the way redis-cli
+        --cluster reshard does: SETSLOT IMPORTING on dst, MIGRATING on the
+        source, MIGRATE its keys in batches of `batch` (sleeping `pause`
+        between batches), then, `hold` seconds later (ASK redirections are
+        answered meanwhile), SETSLOT NODE on dst, the source, and every other
+        master. Returns the number of keys moved."""
+        src = self.master_of_slot(slot)
+        assert src is not dst, "slot %d already on %d" % (slot, dst["port"])
+        src_id, dst_id = self.node_id(src), self.node_id(dst)
+        self._ok(self.cmd(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id))
+        self._ok(self.cmd(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id))
+        moved = 0
+        while True:
+            keys = self.cmd(src, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            r = self.cmd(src, "MIGRATE", "127.0.0.1", dst["port"], "", 0, 5000,
+                         "REPLACE", "KEYS", *keys)
+            if isinstance(r, RespError):
+                raise RuntimeError("MIGRATE slot %d: %s" % (slot, r))
+            moved += len(keys)
+            if pause:
+                time.sleep(pause)
+        if hold:
+            time.sleep(hold)
+        self._ok(self.cmd(dst, "CLUSTER", "SETSLOT", slot, "NODE", dst_id))
+        self._ok(self.cmd(src, "CLUSTER", "SETSLOT", slot, "NODE", dst_id))
+        for m in self.masters():
+            if m is not src and m is not dst:
+                self._ok(self.cmd(m, "CLUSTER", "SETSLOT", slot, "NODE", dst_id))
+        self.wait_ok(30)
+        return moved
+
+    @staticmethod
+    def _ok(r):
+        if isinstance(r, RespError) or r != "OK":
+            raise RuntimeError("redis: %s" % r)
+        return r
+
+    # -- redis-cli over the whole cluster (what Stack.redis_cli does on one node)
+
+    def cli(self, *args):
+        """redis-cli semantics for tests written against one node: keyed
+        commands follow redirections (-c); FLUSHALL/FLUSHDB/CONFIG/CLIENT/
+        SCRIPT go to every master; INFO sums the cmdstat_* counters over the
+        masters; KEYS and --scan concatenate every master's keys."""
+        a = [str(x) for x in args]
+        head = a[0].upper() if a else ""
+        if head in ("KEYS", "--SCAN"):
+            return "\n".join(x for m in self.masters() for x in
+                             self._cli(m, *a).splitlines() if x)
+        if head == "INFO":
+            return self._summed_info(a)
+        if head in ("FLUSHALL", "FLUSHDB", "CONFIG", "CLIENT", "SCRIPT", "DBSIZE"):
+            outs = [self._cli(m, *a) for m in self.masters()]
+            if all(o.lstrip("-").isdigit() for o in outs):
+                return str(sum(int(o) for o in outs))
+            return outs[0]
+        return self._cli(self.any_master(), "-c", *a)
+
+    def any_master(self):
+        return self.masters()[0]
+
+    @staticmethod
+    def _cli(node, *args):
+        r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(node["port"])]
+                           + list(args), capture_output=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError("redis-cli %s: %s" % (args, r.stderr.decode(errors="replace")))
+        return r.stdout.decode(errors="replace").rstrip("\n")
+
+    def _summed_info(self, a):
+        sums, order, other = {}, [], []
+        for m in self.masters():
+            for line in self._cli(m, *a).splitlines():
+                name, sep, fields = line.partition(":")
+                if not (sep and name.startswith("cmdstat_")):
+                    other.append(line)
+                    continue
+                if name not in sums:
+                    sums[name] = {}
+                    order.append(name)
+                for kv in fields.split(","):
+                    k, _, v = kv.partition("=")
+                    try:
+                        sums[name][k] = sums[name].get(k, 0) + float(v)
+                    except ValueError:
+                        pass
+        lines = ["%s:%s" % (n, ",".join("%s=%s" % (k, int(v) if v == int(v) else v)
+                                        for k, v in sums[n].items())) for n in order]
+        return "\n".join(lines + other)
+
+
 # ---------------------------------------------------------------- the stack
 
 
@@ -341,6 +771,11 @@ class Stack:
     tax_fail_rate, tax_drop_rate, tax_seed for the simulator; redis, postgres,
     tax: whether to start each; pg_stat_statements; detached: children in new
     sessions and nothing cleaned up at exit (used by `scripts/stack start`).
+
+    redis may also be "single" or "cluster"; True means $QC_REDIS (default
+    single). In cluster mode self.cluster is a Cluster (3 masters + 3
+    replicas), redis_port is None, redis_cli() spans the cluster and
+    stop_redis()/start_redis() stop and restart every node.
     """
 
     def __init__(self, products=10000, seed=1, tax_delay_ms=0, tax_jitter_ms=0,
@@ -350,7 +785,13 @@ class Stack:
         self.products, self.seed = products, seed
         self.tax_args = dict(delay_ms=tax_delay_ms, jitter_ms=tax_jitter_ms,
                              fail_rate=tax_fail_rate, drop_rate=tax_drop_rate, seed=tax_seed)
-        self.want = dict(redis=redis, postgres=postgres, tax=tax)
+        if redis is True:
+            redis = os.environ.get("QC_REDIS") or "single"
+        if redis not in (False, "single", "cluster"):
+            raise ValueError("redis=%r: True, False, 'single' or 'cluster'" % (redis,))
+        self.redis_mode = redis or None
+        self.cluster = None
+        self.want = dict(redis=bool(redis), postgres=postgres, tax=tax)
         self.pg_stat_statements = pg_stat_statements
         self.build = os.path.abspath(build or build_dir())
         self.detached = detached
@@ -366,6 +807,9 @@ class Stack:
 
     @property
     def redis_addr(self):
+        if self.redis_port is None and self.cluster is not None:
+            raise RuntimeError("a cluster stack has no single Redis address: "
+                               "use st.cluster.seeds (this test is single-node only)")
         return "127.0.0.1:%d" % self.redis_port
 
     @property
@@ -381,6 +825,8 @@ class Stack:
         e = {}
         if self.redis_port:
             e["QUOTECACHE_REDIS"] = self.redis_addr
+        if self.cluster is not None:
+            e["QUOTECACHE_REDIS_CLUSTER"] = self.cluster.seeds
         if self.pg_port:
             e["QUOTECACHE_POSTGRES"] = self.conninfo
         if self.tax_port:
@@ -388,7 +834,10 @@ class Stack:
         return e
 
     def pids(self):
-        return {name: p.pid for name, p in self.procs.items() if p.poll() is None}
+        out = {name: p.pid for name, p in self.procs.items() if p.poll() is None}
+        if self.cluster is not None:
+            out.update(self.cluster.pids())
+        return out
 
     # -- lifecycle
 
@@ -399,7 +848,12 @@ class Stack:
             atexit.register(self.stop)
             _exit_on_sigterm()
         try:
-            if self.want["redis"]:
+            if self.redis_mode == "cluster":
+                self.cluster = Cluster(os.path.join(self.dir, "cluster"),
+                                       detached=self.detached)
+                sys.stderr.write("qcstack: Redis Cluster, 3 masters + 3 replicas, seeds %s\n"
+                                 % self.cluster.seeds)
+            elif self.want["redis"]:
                 self.redis_port = free_port()
                 self.start_redis()
             if self.want["tax"]:
@@ -432,6 +886,8 @@ class Stack:
             p = self.procs.pop(name, None)
             if p is not None:
                 self._stop_proc(name, p)
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.dir and os.environ.get("QC_KEEP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -459,7 +915,14 @@ class Stack:
     # -- redis
 
     def start_redis(self):
-        """(Re)start redis-server on self.redis_port."""
+        """(Re)start redis-server on self.redis_port (in cluster mode: every
+        stopped node, then wait for the cluster to agree)."""
+        if self.cluster is not None:
+            for node in self.cluster.nodes:
+                if not self.cluster.alive(node):
+                    self.cluster._spawn(node)
+            self.cluster.wait_ok(60)
+            return
         rdir = os.path.join(self.dir, "redis")
         os.makedirs(rdir, exist_ok=True)
         p, log = self._spawn("redis", [
@@ -469,6 +932,10 @@ class Stack:
         wait_until(lambda: self._redis_ping(), 10, "redis-server", p, log)
 
     def stop_redis(self, kill=False):
+        if self.cluster is not None:
+            for node in self.cluster.nodes:
+                self.cluster.stop_node(node, kill=kill)
+            return
         p = self.procs.pop("redis", None)
         if p is not None:
             self._stop_proc("redis", p, signal.SIGKILL if kill else None)
@@ -479,7 +946,11 @@ class Stack:
             return s.recv(64).startswith(b"+PONG")
 
     def redis_cli(self, *args):
-        """Run redis-cli against our redis; returns stdout without the final newline."""
+        """Run redis-cli against our redis; returns stdout without the final newline.
+        In cluster mode see Cluster.cli (keyed commands follow redirections,
+        INFO sums over the masters, KEYS/--scan concatenate)."""
+        if self.cluster is not None:
+            return self.cluster.cli(*args)
         r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.redis_port)]
                            + [str(a) for a in args], capture_output=True, timeout=30)
         if r.returncode != 0:
@@ -689,6 +1160,8 @@ class Proxy:
     Keyword options override or add flags (underscores become dashes; True
     means a bare flag; None removes a default), e.g.
         Proxy(st, redis="none", ttl=1, workers=2)
+    On a cluster stack (st.cluster) the default is --redis-cluster <seeds>
+    and no --redis; an explicit redis=... option drops --redis-cluster.
     `flags` is a list of raw extra arguments appended last.
     """
 
@@ -702,6 +1175,9 @@ class Proxy:
              "redis": stack.redis_addr if stack.redis_port else "none",
              "postgres": stack.conninfo if stack.pg_port else None,
              "tax-url": stack.tax_url if stack.tax_port else None}
+        if getattr(stack, "cluster", None) is not None and "redis" not in opts:
+            o["redis"] = None
+            o["redis-cluster"] = stack.cluster.seeds
         for k, v in opts.items():
             o[k.replace("_", "-")] = v
         if o.get("admin-listen") is None:
@@ -898,6 +1374,9 @@ def env_pids(env):
         if not (k.startswith("QCSTACK_") and k.endswith("_PID")):
             continue
         name, pid = k[len("QCSTACK_"):-len("_PID")], int(v)
+        exe = EXPECTED_EXE.get(name.split("_")[0])  # REDIS_<port>: a cluster node
+        if not exe:
+            continue
         if not pid_alive(pid):
             continue
         try:
@@ -905,8 +1384,7 @@ def env_pids(env):
                 cmd = f.read().split(b"\0")
         except OSError:
             continue
-        if EXPECTED_EXE.get(name, "").encode() in os.path.basename(cmd[0]) or \
-                EXPECTED_EXE.get(name, "").encode() in cmd[0]:
+        if exe.encode() in os.path.basename(cmd[0]) or exe.encode() in cmd[0]:
             out[name] = pid
     return out
 
