@@ -298,6 +298,54 @@ enum {
     FIN_STALE_OK = 2   /* the origin failed: waiters may get the stale copy */
 };
 
+/* A lock our load could not release (Redis unusable: a failover, a hang;
+ * or the release lost with its connection) would outlive the load until
+ * --lock-ttl, and every instance's requests for the key would wait that
+ * long: kept for load_redis_up. */
+static void abandon_lock(lookup *lk, const char *lock_key, const char *token, const char *key)
+{
+    struct abandoned_lock *a = &lk->abandoned[lk->abandoned_next];
+    lk->abandoned_next = (lk->abandoned_next + 1) % ABANDONED_MAX;
+    if (lk->nabandoned < ABANDONED_MAX)
+        lk->nabandoned++;
+    snprintf(a->lock_key, sizeof(a->lock_key), "%s", lock_key);
+    snprintf(a->key, sizeof(a->key), "%s", key);
+    snprintf(a->token, sizeof(a->token), "%s", token);
+}
+
+typedef struct unlock_op {
+    lookup *lk; /* outlives the op: rcache_free answers it first */
+    struct abandoned_lock a;
+} unlock_op;
+
+static void on_unlocked(void *arg, int status, long long deleted)
+{
+    (void)deleted;
+    unlock_op *op = arg;
+    if (status != RCACHE_OK)
+        abandon_lock(op->lk, op->a.lock_key, op->a.token, op->a.key);
+    free(op);
+}
+
+/* Token-guarded: a lock that expired and was taken since is left alone.
+ * announce: wake the waiters (no value was stored). */
+static void release_lock(lookup *lk, const char *lock_key, const char *token, const char *key,
+                         bool announce)
+{
+    unlock_op *op = xmalloc(sizeof(*op));
+    op->lk = lk;
+    snprintf(op->a.lock_key, sizeof(op->a.lock_key), "%s", lock_key);
+    snprintf(op->a.key, sizeof(op->a.key), "%s", key);
+    snprintf(op->a.token, sizeof(op->a.token), "%s", token);
+    if (rcache_unlock(lk->rc, lock_key, token, on_unlocked, op) < 0) {
+        free(op);
+        abandon_lock(lk, lock_key, token, key);
+        return;
+    }
+    if (announce)
+        rcache_publish(lk->rc, lk->channel, key, NULL, NULL);
+}
+
 /* Takes the waiters out of the table first, then answers each: an answer
  * may start a new flight for the same key, which must not find this one. */
 static void load_finish(load *ld, const lookup_answer *a, int flags)
@@ -309,12 +357,12 @@ static void load_finish(load *ld, const lookup_answer *a, int flags)
     flight_free(ld->f);
     load_unlink(ld);
     if (ld->locked && redis_usable(lk)) {
-        rcache_unlock(lk->rc, ld->lock_key, ld->token, NULL, NULL);
         metrics_observe_us(H_LOCK_HOLD, 0, mono_us() - ld->locked_us);
         /* Instances waiting on our lock re-check now, not at its deadline:
          * with no value stored, one of them takes over. */
-        if (!(flags & FIN_ANNOUNCED))
-            rcache_publish(lk->rc, lk->channel, ld->key, NULL, NULL);
+        release_lock(lk, ld->lock_key, ld->token, ld->key, !(flags & FIN_ANNOUNCED));
+    } else if (ld->locked && lk->rc != NULL) {
+        abandon_lock(lk, ld->lock_key, ld->token, ld->key);
     }
     event_free(ld->timer);
     metrics_gauge_set(G_FLIGHTS, (int64_t)flight_table_flights(lk->flights));
@@ -786,6 +834,20 @@ void load_redis_down(lookup *lk)
         if (ld->state == LS_WAITING_REMOTE)
             remote_check(ld);
     }
+}
+
+/* Redis is back: the locks our loads could not release go now (each
+ * guarded by its token: one that expired and was taken since is left
+ * alone), each with the announcement that wakes its waiters. */
+void load_redis_up(lookup *lk)
+{
+    size_t n = lk->nabandoned;
+    struct abandoned_lock *all = xmalloc(n * sizeof(*all) + 1);
+    memcpy(all, lk->abandoned, n * sizeof(*all));
+    lk->nabandoned = lk->abandoned_next = 0;
+    for (size_t i = 0; i < n; i++)
+        release_lock(lk, all[i].lock_key, all[i].token, all[i].key, true);
+    free(all);
 }
 
 void load_log_lease(const lookup *lk)

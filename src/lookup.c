@@ -373,6 +373,11 @@ void lookup_redis_down(lookup *lk)
     load_redis_down(lk);
 }
 
+void lookup_redis_up(lookup *lk)
+{
+    load_redis_up(lk);
+}
+
 bool lookup_quote_hot(lookup *lk, const quote_req *r, int64_t now_ms, lookup_answer *a)
 {
     /* With Redis configured but away, answers are BYPASS loads: the copies

@@ -65,6 +65,8 @@ struct lookup_req {
 
 typedef struct lookup_req lk_req;
 
+#define ABANDONED_MAX 64
+
 struct lookup {
     struct event_base *base;
     const qc_config *cfg;
@@ -89,6 +91,16 @@ struct lookup {
     bool token_seeded;
     uint64_t token_seed;
     uint64_t token_next;
+    /* Locks held by loads that finished while Redis was unusable (load.c):
+     * released, and announced, once it is back, so that instances waiting
+     * on them do not wait for their expiry (--lock-ttl). The oldest is
+     * forgotten past ABANDONED_MAX: it expires. */
+    struct abandoned_lock {
+        char lock_key[KEY_MAX];
+        char key[KEY_MAX];
+        char token[33];
+    } abandoned[ABANDONED_MAX];
+    size_t nabandoned, abandoned_next;
 };
 
 static inline int64_t mono_us(void)
@@ -180,6 +192,7 @@ void load_join(load *ld, const lk_req *q);
 void load_on_message(void *arg, const char *msg, size_t len);
 /* Redis went away: loads waiting on another instance load in process. */
 void load_redis_down(lookup *lk);
+void load_redis_up(lookup *lk);
 /* At start: says (once per worker) when --lock-ttl is shorter than a load
  * may run, which the lock's extension makes safe. */
 void load_log_lease(const lookup *lk);

@@ -73,6 +73,7 @@ static void worker_redis_state(void *arg, bool up)
         lookup_redis_down(w->lk);
         return;
     }
+    lookup_redis_up(w->lk);
     /* A reconnect bumps nothing by itself (rcache_guard_generations): the
      * shared cache survives restarts of any instance. When the connection's
      * check did move the global generation (Redis lost data, or we owed an

@@ -91,6 +91,8 @@ void lookup_set_trust(lookup *lk, int64_t trust_ms);
 
 /* Redis connection lost: stop waiting on other instances' loads. */
 void lookup_redis_down(lookup *lk);
+/* Redis is usable again: locks that loads could not release are released. */
+void lookup_redis_up(lookup *lk);
 
 /* Requests currently owned (waiting on Redis or on a load). */
 size_t lookup_pending(const lookup *lk);

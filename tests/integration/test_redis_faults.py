@@ -319,5 +319,47 @@ def test_write_while_redis_down_is_not_undone_by_a_snapshot():
             p.kill()
 
 
+
+def test_lock_of_a_load_that_ended_while_redis_hung_is_released():
+    """Instance a holds the lock of a slow load when Redis hangs (SIGSTOP,
+    as a master does while a failover promotes its replica); a's load ends
+    in process and cannot release it. Once Redis answers again, a releases
+    it: b's request for the key does not wait for the lock's expiry
+    (--lock-ttl 15000)."""
+    a = qcstack.Proxy(st, lock_ttl=15000, tax_timeout=8000)
+    b = qcstack.Proxy(st, lock_ttl=15000, tax_timeout=8000)
+    for p in (a, b):
+        p.wait_health(status="ok", redis="up")
+    pid = take_product()
+    # Longer than a needs to see Redis hung (< 3 s): its load ends once
+    # Redis is known down (a store, unlock or announcement sent before
+    # would wait in the socket and apply on SIGCONT).
+    st.tax_control(delay_ms=4000)
+    rpid = st.procs["redis"].pid
+    first = []
+    t = threading.Thread(target=lambda: first.append(a.get(qpath(pid), timeout=10)))
+    try:
+        t.start()
+        time.sleep(0.3)  # a holds the lock; its tax call runs
+        os.kill(rpid, signal.SIGSTOP)
+        qcstack.wait_until(lambda: a.health()["redis"] == "down", 5, "a knows Redis down")
+        t.join(15)
+        assert first and first[0][0] == 200, first
+        assert a.health()["redis"] == "down"
+    finally:
+        os.kill(rpid, signal.SIGCONT)
+        st.tax_control(delay_ms=0)
+    for p in (a, b):
+        p.wait_health(redis="up", timeout=5)
+    t0 = time.monotonic()
+    s, h, _ = b.get(qpath(pid), timeout=10)
+    took = time.monotonic() - t0
+    assert s == 200, (s, h)
+    assert took < 2.0, ("b waited for a's abandoned lock", took)
+    print("abandoned lock: b answered in %.3f s after Redis resumed" % took, flush=True)
+    a.stop_clean()
+    b.stop_clean()
+
+
 if __name__ == "__main__":
     qctest.main(globals())
