@@ -66,6 +66,22 @@ static void put_folded(strbuf *sb, const char *v, size_t n, enum route_case fold
     }
 }
 
+/* The one value of field name in h (NULL: absent). Returns -1 when it
+ * is sent twice: the key would hold the first while the application may
+ * read the last, or both, and store its answer for another value. */
+static int field_once(const struct evkeyvalq *h, const char *name, const char **out)
+{
+    *out = NULL;
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, name) != 0)
+            continue;
+        if (*out != NULL)
+            return -1;
+        *out = kv->value;
+    }
+    return 0;
+}
+
 int skey_canonical(const route *r, const char *path, const char *query,
                    const struct evkeyvalq *headers, char *canon, size_t canon_len, char *fwd,
                    size_t fwd_len)
@@ -111,7 +127,9 @@ int skey_canonical(const route *r, const char *path, const char *query,
         strbuf_str(&c, "&");
     }
     for (int i = 0; i < r->nheaders; i++) {
-        const char *v = evhttp_find_header(headers, r->headers[i]);
+        const char *v;
+        if (field_once(headers, r->headers[i], &v) < 0)
+            return -1;
         strbuf_str(&c, "\n");
         strbuf_str(&c, v ? v : ABSENT);
     }

@@ -30,7 +30,7 @@ struct evkeyvalq;
  * present, normalized, in the route's order; ignored ones dropped) into
  * fwd. Returns 0, or -1 when the request is not cacheable: a parameter
  * neither named nor ignored (it may change the answer and is not in the
- * key), one named twice, or too long. */
+ * key), one named twice, a named field sent twice, or too long. */
 int skey_canonical(const route *r, const char *path, const char *query,
                    const struct evkeyvalq *headers, char *canon, size_t canon_len, char *fwd,
                    size_t fwd_len);

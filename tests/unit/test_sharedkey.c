@@ -54,6 +54,10 @@ static void test_canonical(const routes *rt)
     CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == 0);
     evhttp_add_header(&h, "Accept-Language", "fr");
     CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) != 0);
+    /* Named twice: the key has the first, the application may read the
+     * last (or both); its answer for "de" would be stored as "fr"'s. */
+    evhttp_add_header(&h, "Accept-Language", "de");
+    CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == -1);
     evhttp_clear_headers(&h);
 }
 
