@@ -104,10 +104,22 @@ int skey_canonical(const route *r, const char *path, const char *query,
         }
         p += plen + (p[plen] == '&');
     }
+    /* RFC 9111 2: the key is the target URI, its authority included; an
+     * application that builds links from Host (or X-Forwarded-Host, which
+     * the upstream module sets from it) would have one client's Host
+     * served to every other. A host has no case. */
+    const char *host;
+    if (field_once(headers, "Host", &host) < 0)
+        return -1;
     strbuf c = strbuf_on(canon, canon_len), f = strbuf_on(fwd, fwd_len);
     strbuf_str(&c, r->name);
     strbuf_str(&c, "\n");
     strbuf_str(&c, path);
+    strbuf_str(&c, "\n");
+    if (host != NULL)
+        put_folded(&c, host, strlen(host), CASE_LOWER);
+    else
+        strbuf_str(&c, ABSENT);
     strbuf_str(&c, "\n");
     for (int i = 0; i < r->nquery; i++) {
         const route_query *q = &r->query[i];

@@ -7,6 +7,7 @@ horizon, and a 2xx write that invalidates shared and local copies on every
 worker of every instance. Real Redis, two quotecache instances of two
 workers each, the upstream is upstream_app.py (no backend needed)."""
 
+import http.client
 import json
 import os
 import subprocess
@@ -28,6 +29,8 @@ ROUTES = {"routes": [
     {"name": "rfc", "path": "/rfc/{case}", "policy": "shared", "ttl": 60,
      "query": ["h_Cache-Control", "h_Set-Cookie", "h_Vary", "h_ETag"]},
     {"name": "flaky", "path": "/flaky/{x}", "policy": "shared", "ttl": 1, "stale": 3},
+    {"name": "tenant", "path": "/tenant/{t}", "policy": "shared", "ttl": 60,
+     "headers": ["X-Tenant"]},
     {"name": "cart", "path": "/cart/{cart}", "policy": "local", "ttl": 60,
      "identity": "header:X-User"},
 ]}
@@ -67,8 +70,13 @@ def calls(path):
     return json.loads(b)["calls"].get(path, 0)
 
 
+# The public name both instances are reached by (behind one balancer):
+# the Host is in a shared key, and each instance has its own port.
+HOST = {"Host": "shop.example"}
+
+
 def get(p, path, headers=None, method="GET"):
-    return qcstack.http_request(p.port, method, path, headers=headers)
+    return qcstack.http_request(p.port, method, path, headers=dict(HOST, **(headers or {})))
 
 
 def fetched_by(body):
@@ -83,7 +91,8 @@ def test_concurrent_misses_on_two_instances_one_fetch():
     out = {}
 
     def fire(p, name):
-        out[name] = qcstack.concurrent_gets(p.port, ["/slow?ms=600&v=c1"] * 100, timeout=20)
+        out[name] = qcstack.concurrent_gets(p.port, ["/slow?ms=600&v=c1"] * 100, headers=HOST,
+                                            timeout=20)
     ts = [threading.Thread(target=fire, args=(p, n)) for p, n in ((pa, "a"), (pb, "b"))]
     for t in ts:
         t.start()
@@ -179,6 +188,38 @@ def test_put_invalidates_shared_on_both_instances():
             assert s == 200 and fetched_by(b) != before[path], (path, h)
     s, h, b = get(pb, "/catalog/8")  # another resource: kept
     assert h["x-cache"] == "HIT" and fetched_by(b) == before["/catalog/8"]
+
+
+def echoed(body, name):
+    return [v for k, v in json.loads(body)["headers"] if k.lower() == name.lower()]
+
+
+def test_host_is_in_the_key():
+    # RFC 9111 2: the key is the target URI, its authority included. An
+    # application that builds links from Host must not have one client's
+    # Host served to everyone (cache poisoning by an unkeyed field).
+    s, h, b = get(pa, "/catalog/host", {"Host": "evil.example"})
+    assert s == 200 and h["x-cache"] == "MISS" and echoed(b, "Host") == ["evil.example"]
+    for p in (pa, pb):
+        s, h, b = get(p, "/catalog/host", {"Host": "127.0.0.1:%d" % p.port})
+        assert s == 200 and echoed(b, "Host") != ["evil.example"], (h, b)
+    s, h, _ = get(pb, "/catalog/host", {"Host": "EVIL.example"})  # a host has no case
+    assert h["x-cache"] == "HIT", h
+
+
+def test_named_field_twice_not_cached():
+    # The key would hold the first X-Tenant, the application reads both.
+    conn = http.client.HTTPConnection("127.0.0.1", pa.port, timeout=5)
+    conn.putrequest("GET", "/tenant/1")
+    conn.putheader("X-Tenant", "a")
+    conn.putheader("X-Tenant", "b")
+    conn.endheaders()
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    assert r.status == 200 and r.getheader("X-Cache") == "BYPASS", r.getheaders()
+    s, h, b = get(pb, "/tenant/1", {"X-Tenant": "a"})
+    assert s == 200 and h["x-cache"] == "MISS" and echoed(b, "X-Tenant") == ["a"], (h, b)
 
 
 def fill_local(p, n=12):

@@ -54,6 +54,17 @@ static void test_canonical(const routes *rt)
     CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == 0);
     evhttp_add_header(&h, "Accept-Language", "fr");
     CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) != 0);
+    /* The authority is in the key, whatever its case. */
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Host", "shop.example");
+    CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Host", "evil.example");
+    CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) != 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Host", "Shop.EXAMPLE");
+    CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) == 0);
+    evhttp_add_header(&h, "Accept-Language", "fr");
     /* Named twice: the key has the first, the application may read the
      * last (or both); its answer for "de" would be stored as "fr"'s. */
     evhttp_add_header(&h, "Accept-Language", "de");
