@@ -150,6 +150,37 @@ int skey_canonical(const route *r, const char *path, const char *query,
 
 /* ---- resources ---- */
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)tolower((unsigned char)c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A {param}'s value in its RFC 3986 6.2.2 normal form: an unreserved
+ * character decoded, any other escape in upper case. /catalog/q%31 is
+ * /catalog/q1 to the application: a write to one spelling must reach the
+ * copies of the other, or they outlive the write. */
+static void put_segment(strbuf *sb, const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (v[i] == '%' && i + 2 < n && (hi = hexval(v[i + 1])) >= 0 &&
+            (lo = hexval(v[i + 2])) >= 0) {
+            char c = (char)(hi * 16 + lo);
+            char esc[3] = {'%', "0123456789ABCDEF"[hi], "0123456789ABCDEF"[lo]};
+            if (isalnum((unsigned char)c) || c == '-' || c == '.' || c == '_' || c == '~')
+                strbuf_mem(sb, &c, 1);
+            else
+                strbuf_mem(sb, esc, 3);
+            i += 2;
+            continue;
+        }
+        strbuf_mem(sb, &v[i], 1);
+    }
+}
+
 int skey_resource(const route *r, const char *path, char *out, size_t len)
 {
     route_param ps[ROUTE_PARAMS_MAX];
@@ -160,7 +191,7 @@ int skey_resource(const route *r, const char *path, char *out, size_t len)
     strbuf_str(&sb, r->name);
     for (int i = 0; i < n; i++) {
         strbuf_str(&sb, "\x1f");
-        strbuf_mem(&sb, ps[i].value, ps[i].len);
+        put_segment(&sb, ps[i].value, ps[i].len);
     }
     return strbuf_ok(&sb) ? 0 : -1;
 }
@@ -283,7 +314,7 @@ int skey_write_resources(const routes *rt, const char *wpath, enum route_policy 
             for (int j = 0; j < nm; j++) {
                 if (strcmp(m[j].name, names[k]) == 0) {
                     strbuf_str(&sb, "\x1f");
-                    strbuf_mem(&sb, m[j].value, m[j].len);
+                    put_segment(&sb, m[j].value, m[j].len);
                     found++;
                     break;
                 }

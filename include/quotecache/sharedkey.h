@@ -36,7 +36,8 @@ int skey_canonical(const route *r, const char *path, const char *query,
                    size_t fwd_len);
 
 /* The resource of r for path (r must match it): "<route>" and each
- * {param}'s value, into out. Returns 0 or -1 (no match, too long). */
+ * {param}'s value (its escapes normalized, RFC 3986 6.2.2: q%31 is q1),
+ * into out. Returns 0 or -1 (no match, too long). */
 int skey_resource(const route *r, const char *path, char *out, size_t len);
 
 /* The Redis keys of a canonical request under resource. */

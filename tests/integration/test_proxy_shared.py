@@ -222,6 +222,22 @@ def test_named_field_twice_not_cached():
     assert s == 200 and h["x-cache"] == "MISS" and echoed(b, "X-Tenant") == ["a"], (h, b)
 
 
+def test_write_invalidates_percent_encoded_copies():
+    # /catalog/q%31 is /catalog/q1 (RFC 3986 6.2.2.2): a PUT of either
+    # drops the copies of both, or a read of the other spelling is served
+    # the answer from before the acknowledged write.
+    for read, write in (("/catalog/q%31", "/catalog/q1"), ("/catalog/r1", "/catalog/%721")):
+        s, _, b = get(pa, read)
+        old = fetched_by(b)
+        s, h, _ = get(pb, read)
+        assert h["x-cache"] == "HIT"
+        s, h, _ = get(pa, write, method="PUT")
+        assert s == 200
+        for p in (pa, pb):
+            s, h, b = get(p, read)
+            assert s == 200 and fetched_by(b) != old, (read, write, h)
+
+
 def fill_local(p, n=12):
     """Copies of /cart/9 for user u on every worker of p (new connections
     spread over the workers): the ids of the requests that fetched them."""

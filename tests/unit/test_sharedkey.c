@@ -123,6 +123,21 @@ static void test_writes(const routes *rt)
     CHECK(strcmp(s.what[0], "list|list") == 0);
     memset(&s, 0, sizeof(s));
     CHECK(skey_write_resources(rt, "/elsewhere/7", ROUTE_SHARED, note, &s) == 0);
+    /* One resource however its {params} are spelled (RFC 3986 6.2.2). */
+    const route *r = routes_match(rt, EVHTTP_REQ_GET, "/catalog/7");
+    char a[SKEY_RESOURCE_MAX], b[SKEY_RESOURCE_MAX];
+    CHECK(skey_resource(r, "/catalog/q%31", a, sizeof(a)) == 0);
+    CHECK(skey_resource(r, "/catalog/q1", b, sizeof(b)) == 0 && strcmp(a, b) == 0);
+    CHECK(skey_resource(r, "/catalog/a%2fb", a, sizeof(a)) == 0);
+    CHECK(skey_resource(r, "/catalog/a%2Fb", b, sizeof(b)) == 0 && strcmp(a, b) == 0);
+    CHECK(skey_resource(r, "/catalog/a%2", a, sizeof(a)) == 0 && strcmp(a, "catalog\x1f"
+                                                                           "a%2") == 0);
+    memset(&s, 0, sizeof(s));
+    CHECK(skey_write_resources(rt, "/catalog/%71%31", ROUTE_SHARED, note, &s) == 2);
+    CHECK(strcmp(s.what[0], "catalog|catalog\x1f"
+                            "q1") == 0);
+    CHECK(strcmp(s.what[1], "reviews|reviews\x1f"
+                            "q1") == 0);
 }
 
 static void test_entry(void)
