@@ -131,6 +131,7 @@ struct sload {
     upstream_op *up;
     char *stale; /* an entry past its freshness, within the stale horizon */
     size_t stale_len;
+    uint64_t stale_gen; /* the resource counter it was stored under */
     /* The fetched answer. */
     int status;
     struct evkeyvalq rh;
@@ -695,8 +696,17 @@ void shared_on_message(shared *sh, const char *msg, size_t len)
         sl_remote_read(ld);
 }
 
+/* The load's fallback copy, of counter gen. */
+static void sl_keep_stale(sload *ld, const char *stale, size_t stale_len, uint64_t gen)
+{
+    ld->stale = xmalloc(stale_len);
+    memcpy(ld->stale, stale, stale_len);
+    ld->stale_len = stale_len;
+    ld->stale_gen = gen;
+}
+
 /* Starts the flight of q's key and its load, whose first step is sent. */
-static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_len)
+static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_len, uint64_t gen)
 {
     sload *ld = xcalloc(1, sizeof(*ld));
     ld->sh = sh;
@@ -718,11 +728,8 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
     snprintf(ld->peer, sizeof(ld->peer), "%s", ip ? ip : "unknown");
     const char *id = evhttp_find_header(evhttp_request_get_output_headers(q->req), "X-Request-Id");
     snprintf(ld->request_id, sizeof(ld->request_id), "%s", id ? id : "");
-    if (stale != NULL) {
-        ld->stale = xmalloc(stale_len);
-        memcpy(ld->stale, stale, stale_len);
-        ld->stale_len = stale_len;
-    }
+    if (stale != NULL)
+        sl_keep_stale(ld, stale, stale_len, gen);
     ld->timer = evtimer_new(sh->base, sl_on_timer, ld);
     ld->f = flight_start(sh->flights, ld->k.entry);
     flight_set_owner(ld->f, ld);
@@ -751,26 +758,30 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
 /* ---- requests ---- */
 
 /* q joins its key's flight, or starts it; or, past the waiter bounds,
- * asks the upstream itself. stale: a copy for the load to fall back on. */
-static void req_wait(shared_req *q, const char *stale, size_t stale_len)
+ * asks the upstream itself. stale: a copy for the load to fall back on.
+ * gen: the resource counter q read (0: none read). */
+static void req_wait(shared_req *q, const char *stale, size_t stale_len, uint64_t gen)
 {
     shared *sh = q->sh;
     flight *f = flight_find(sh->flights, q->k.entry);
     if (f == NULL) {
-        sl_start(sh, q, stale, stale_len);
+        sl_start(sh, q, stale, stale_len, gen);
         return;
+    }
+    sload *ld = flight_owner(f);
+    if (ld->stale != NULL && gen > ld->stale_gen) {
+        /* A write was acknowledged since the load kept its copy: q came
+         * after it, and neither q nor anyone later may be served it. */
+        free(ld->stale);
+        ld->stale = NULL;
     }
     if (flight_join(sh->flights, f, &q->w) < 0) {
         req_forward(q);
         return;
     }
     q->phase = RQ_WAITING;
-    sload *ld = flight_owner(f);
-    if (stale != NULL && ld->stale == NULL) {
-        ld->stale = xmalloc(stale_len);
-        memcpy(ld->stale, stale, stale_len);
-        ld->stale_len = stale_len;
-    }
+    if (stale != NULL && ld->stale == NULL)
+        sl_keep_stale(ld, stale, stale_len, gen);
 }
 
 static void reading_unlink(shared_req *q)
@@ -817,7 +828,7 @@ static void on_read(void *arg, int status, const rcache_value *v)
     }
     evhttp_clear_headers(&h);
     evhttp_clear_headers(&vv);
-    req_wait(q, stale, stale ? v->entry_len : 0);
+    req_wait(q, stale, stale ? v->entry_len : 0, status == RCACHE_OK ? v->gen_global : 0);
 }
 
 shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, const char *path,
@@ -861,7 +872,7 @@ shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, c
             sh->reading->prev = q;
         sh->reading = q;
     } else {
-        req_wait(q, NULL, 0); /* never answers before returning: fetches take a loop turn */
+        req_wait(q, NULL, 0, 0); /* never answers before returning: fetches take a loop turn */
     }
 done:
     free(canon);

@@ -29,6 +29,8 @@ ROUTES = {"routes": [
     {"name": "rfc", "path": "/rfc/{case}", "policy": "shared", "ttl": 60,
      "query": ["h_Cache-Control", "h_Set-Cookie", "h_Vary", "h_ETag"]},
     {"name": "flaky", "path": "/flaky/{x}", "policy": "shared", "ttl": 1, "stale": 3},
+    {"name": "failing", "methods": ["GET", "HEAD", "PUT"], "path": "/failing/{x}",
+     "policy": "shared", "ttl": 1, "stale": 10},
     {"name": "tenant", "path": "/tenant/{t}", "policy": "shared", "ttl": 60,
      "headers": ["X-Tenant"]},
     {"name": "cart", "path": "/cart/{cart}", "policy": "local", "ttl": 60,
@@ -291,6 +293,36 @@ def test_write_during_fetch_not_stored():
     assert calls("/slow") == n0 + 3, calls("/slow")  # GET, PUT, the GET again
     s, h, b2 = get(pb, "/slow?ms=800&v=f")
     assert h["x-cache"] == "HIT" and b2 == b  # the copy fetched after the write
+
+
+def test_no_stale_copy_after_an_acknowledged_write():
+    # A copy past its ttl is the fallback of the load that refetches it.
+    # A write acknowledged while that fetch fails makes the copy
+    # superseded: a read that arrives after the write (and joins the load)
+    # must not be served it STALE. One worker, so the read joins the load.
+    path = os.path.join(st.dir, "routes.json")
+    p1 = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port, routes=path,
+                       admin_listen=None, workers=1)
+    try:
+        s, h, b = get(p1, "/failing/w")
+        assert s == 200 and h["x-cache"] == "MISS"
+        time.sleep(1.3)
+        qcstack.http_get(app_port, "/mode?get_ms=2000&get_code=503")
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=get(p1, "/failing/w")))
+        t.start()
+        time.sleep(0.4)  # the load (with the expired copy) is fetching
+        s, h, _ = get(p1, "/failing/w", method="PUT")
+        assert s == 200, (s, h)
+        s, h, b2 = get(p1, "/failing/w")
+        assert h["x-cache"] != "STALE" and b2 != b, (s, h)
+        t.join()
+        # It came before the write, and is answered once the fetch fails:
+        # the copy is superseded by then, for it too.
+        assert first["r"][0] == 503 and first["r"][1]["x-cache"] != "STALE", first
+    finally:
+        qcstack.http_get(app_port, "/mode")
+        p1.stop()
 
 
 def test_stale_within_horizon_then_error():
