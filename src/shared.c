@@ -182,17 +182,6 @@ static void scope_keys_one(scope_keys *out, const char *gen_key)
 
 /* ---- answering one request ---- */
 
-static bool vary_same(int n, const char (*names)[64], const struct evkeyvalq *a,
-                      const struct evkeyvalq *b)
-{
-    for (int i = 0; i < n; i++) {
-        const char *x = evhttp_find_header(a, names[i]), *y = evhttp_find_header(b, names[i]);
-        if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
-            return false;
-    }
-    return true;
-}
-
 static void req_free(shared_req *q)
 {
     free(q->target);
@@ -370,7 +359,7 @@ static void wake_one(sload *ld, shared_req *q, const sresult *s)
     if (s->failed && ld->stale != NULL &&
         req_answer_entry(q, ld->stale, ld->stale_len, X_STALE) == 0)
         return;
-    bool same = s->vary_values == NULL || vary_same(s->nvary, s->vary, s->vary_values, in);
+    bool same = s->vary_values == NULL || skey_vary_same(s->nvary, s->vary, s->vary_values, in);
     if ((q->leader && s->fetched) || (s->shareable && same)) {
         req_answer(q, s, q->leader && s->fetched ? X_MISS : X_COALESCED);
         return;
@@ -543,6 +532,11 @@ static void on_fetch(void *arg, const upstream_answer *a)
     ld->status = a->status;
     ld->seconds = a->seconds;
     httpcache_decide(a->status, &ld->hdrs, &ld->rh, true, ld->r->ttl_s, &ld->v);
+    if (ld->v.store &&
+        !skey_vary_same(ld->v.nvary, (const char(*)[64])ld->v.vary, &ld->hdrs, &ld->hdrs)) {
+        ld->v.store = false;
+        ld->v.why = "a Vary field sent twice";
+    }
     if (!ld->v.store)
         log_debug("shared %s: not stored (%s)", ld->k.entry, ld->v.why);
     if (!ld->v.store || ld->local || !redis_usable(ld->sh)) {

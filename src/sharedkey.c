@@ -428,13 +428,20 @@ int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyva
     return 0;
 }
 
-bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req)
+bool skey_vary_same(int n, const char (*names)[64], const struct evkeyvalq *a,
+                    const struct evkeyvalq *b)
 {
-    for (int i = 0; i < e->nvary; i++) {
-        const char *stored = evhttp_find_header(e->vary_values, e->vary[i]);
-        const char *now = evhttp_find_header(req, e->vary[i]);
-        if ((stored == NULL) != (now == NULL) || (stored && strcmp(stored, now) != 0))
+    for (int i = 0; i < n; i++) {
+        const char *x, *y;
+        if (field_once(a, names[i], &x) < 0 || field_once(b, names[i], &y) < 0)
+            return false;
+        if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
             return false;
     }
     return true;
+}
+
+bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req)
+{
+    return skey_vary_same(e->nvary, (const char(*)[64])e->vary, e->vary_values, req);
 }

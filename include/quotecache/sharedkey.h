@@ -85,5 +85,12 @@ int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyva
                       struct evkeyvalq *vary_values);
 /* True when req has the stored request's values of e's Vary fields. */
 bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req);
+/* True when a and b have the same values of the n fields names (absent:
+ * absent), and neither sends one of them twice: a field sent twice has no
+ * one value a variant is made for (a variant stored under the first line
+ * may have been answered for the last). skey_vary_same(n, names, r, r):
+ * r may have a variant at all. */
+bool skey_vary_same(int n, const char (*names)[64], const struct evkeyvalq *a,
+                    const struct evkeyvalq *b);
 
 #endif

@@ -87,6 +87,10 @@ def fetched_by(body):
     return [v for k, v in json.loads(body)["headers"] if k.lower() == "x-request-id"][0]
 
 
+def echoed(body, name):
+    return [v for k, v in json.loads(body)["headers"] if k.lower() == name.lower()]
+
+
 def test_concurrent_misses_on_two_instances_one_fetch():
     # 200 requests at once, half on each instance (two workers each): one
     # upstream call; every one answered with the same body.
@@ -159,6 +163,24 @@ def test_vary_honoured():
     assert calls("/rfc/vary") == 2
 
 
+def test_vary_field_twice_not_a_variant():
+    # The stored request's X-Lang would be its first line, the application
+    # read both: the answer for "en, evil" must not be served as "en"'s.
+    path = "/rfc/vary2?h_Vary=X-Lang"
+    conn = http.client.HTTPConnection("127.0.0.1", pa.port, timeout=5)
+    conn.putrequest("GET", path, skip_host=True)
+    for k, v in (("Host", HOST["Host"]), ("X-Lang", "en"), ("X-Lang", "evil")):
+        conn.putheader(k, v)
+    conn.endheaders()
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    assert r.status == 200 and r.getheader("X-Cache") == "MISS"
+    for p in (pa, pb):
+        s, h, b = get(p, path, {"X-Lang": "en"})
+        assert s == 200 and echoed(b, "X-Lang") == ["en"], (h, b)
+
+
 def test_etag_304_and_max_age_cap():
     path = "/rfc/etag?h_ETag=%22v1%22&h_Cache-Control=max-age%3D20"
     s, h, _ = get(pa, path)
@@ -190,10 +212,6 @@ def test_put_invalidates_shared_on_both_instances():
             assert s == 200 and fetched_by(b) != before[path], (path, h)
     s, h, b = get(pb, "/catalog/8")  # another resource: kept
     assert h["x-cache"] == "HIT" and fetched_by(b) == before["/catalog/8"]
-
-
-def echoed(body, name):
-    return [v for k, v in json.loads(body)["headers"] if k.lower() == name.lower()]
 
 
 def test_host_is_in_the_key():

@@ -169,6 +169,13 @@ static void test_entry(void)
     CHECK(d.len == 10 && memcmp(d.body, e.body, 10) == 0);
     CHECK(strcmp(evhttp_find_header(&dh, "ETag"), "\"a:b\"") == 0);
     CHECK(d.nvary == 2 && skey_vary_matches(&d, &req));
+    evhttp_add_header(&req, "X-Lang", "evil"); /* twice: no one value */
+    CHECK(!skey_vary_matches(&d, &req));
+    evhttp_remove_header(&req, "X-Lang");
+    CHECK(!skey_vary_matches(&d, &req) && evhttp_find_header(&req, "X-Lang") != NULL);
+    evhttp_clear_headers(&req);
+    evhttp_add_header(&req, "X-Lang", "en");
+    CHECK(skey_vary_matches(&d, &req));
     evhttp_add_header(&req, "X-Absent", "now present");
     CHECK(!skey_vary_matches(&d, &req));
     /* Cut or grown: refused. */
