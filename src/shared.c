@@ -151,6 +151,7 @@ typedef struct sresult {
     bool failed;    /* upstream error or 5xx: STALE when a waiter can have it */
     bool fetched;   /* by this load (the first request's MISS), not another's store */
     bool shareable; /* may be given to waiters other than the first */
+    bool bodiless;  /* a HEAD's own answer: its Content-Length is the upstream's */
     const char *cache_status;
     int64_t stored_ms, fresh_until_ms; /* a stored copy: Age and ttl (0: none) */
     int nvary;
@@ -238,9 +239,11 @@ static void req_answer(shared_req *q, const sresult *s, enum metrics_xcache x)
     if (s->err == NULL && s->status == 200 && httpcache_not_modified(in, etag, last_modified)) {
         out.status = 304;
     } else if (s->err == NULL && q->head) {
-        snprintf(buf, sizeof(buf), "%zu", s->len);
-        evhttp_remove_header(&out.headers, "Content-Length");
-        evhttp_add_header(&out.headers, "Content-Length", buf);
+        if (!s->bodiless) { /* the GET's body is here: its length is ours to say */
+            snprintf(buf, sizeof(buf), "%zu", s->len);
+            evhttp_remove_header(&out.headers, "Content-Length");
+            evhttp_add_header(&out.headers, "Content-Length", buf);
+        }
     } else if (s->err == NULL) {
         out.owned = out.body = evbuffer_new();
         evbuffer_add(out.body, s->body, s->len);
@@ -304,6 +307,7 @@ static void on_forwarded(void *arg, const upstream_answer *a)
         proxyhdr_move_all(a->headers, &h);
         s.status = a->status;
         s.h = &h;
+        s.bodiless = q->head;
         s.len = evbuffer_get_length(a->body);
         s.body = (const char *)evbuffer_pullup(a->body, -1);
     }

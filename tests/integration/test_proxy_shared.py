@@ -31,6 +31,8 @@ ROUTES = {"routes": [
     {"name": "flaky", "path": "/flaky/{x}", "policy": "shared", "ttl": 1, "stale": 3},
     {"name": "failing", "methods": ["GET", "HEAD", "PUT"], "path": "/failing/{x}",
      "policy": "shared", "ttl": 1, "stale": 10},
+    {"name": "slowvary", "path": "/sv/{x}", "policy": "shared", "ttl": 60,
+     "query": ["h_Vary", "sleep_ms"]},
     {"name": "tenant", "path": "/tenant/{t}", "policy": "shared", "ttl": 60,
      "headers": ["X-Tenant"]},
     {"name": "cart", "path": "/cart/{cart}", "policy": "local", "ttl": 60,
@@ -340,6 +342,30 @@ def test_no_stale_copy_after_an_acknowledged_write():
         assert first["r"][0] == 503 and first["r"][1]["x-cache"] != "STALE", first
     finally:
         qcstack.http_get(app_port, "/mode")
+        p1.stop()
+
+
+def test_head_forwarded_on_its_own_keeps_its_length():
+    # A HEAD coalesced on a GET of another Vary variant is forwarded on its
+    # own: its answer has no body here, its Content-Length is the
+    # upstream's (not 0). One worker, so the HEAD joins the GET's load.
+    path = os.path.join(st.dir, "routes.json")
+    p1 = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port, routes=path,
+                       admin_listen=None, workers=1)
+    try:
+        target = "/sv/1?h_Vary=X-Lang&sleep_ms=600"
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=get(p1, target, {"X-Lang": "en"})))
+        t.start()
+        time.sleep(0.2)
+        s, h, b = get(p1, target, {"X-Lang": "fr"}, method="HEAD")
+        t.join()
+        assert first["r"][1]["x-cache"] == "MISS"
+        assert s == 200 and h["x-cache"] == "MISS" and b == b"", (s, h)
+        s, hg, bg = get(p1, target, {"X-Lang": "fr"})  # the fr variant, now stored
+        assert int(h["content-length"]) > 0 and abs(int(h["content-length"]) - len(bg)) < 8, (
+            h, len(bg))
+    finally:
         p1.stop()
 
 

@@ -18,8 +18,8 @@ Endpoints (any method unless said):
   /mode?get_ms=N&get_code=C  from now on a GET of /failing/... waits N ms,
                       then answers C (no query: back to echoes); other
                       methods stay echoes (a write succeeds while reads fail)
-Every other path counts like /echo, answers ?code=N (200) and adds the
-fields ?h_<Name>=<value> to its answer.
+Every other path counts like /echo, answers ?code=N (200) after
+?sleep_ms=N (0) and adds the fields ?h_<Name>=<value> to its answer.
 Started with `python3 upstream_app.py PORT`; prints "ready" on stdout.
 """
 
@@ -154,6 +154,7 @@ class Handler(BaseHTTPRequestHandler):
         # fields given as ?h_<Name>=<value> (Cache-Control, Vary, ...).
         extra = [("X-Upstream", "yes")] + [(k[2:], v) for k, v in q.items()
                                            if k.startswith("h_")]
+        time.sleep(int(q.get("sleep_ms", "0")) / 1000.0)
         return self.send(int(q.get("code", "200")), echo, extra=extra)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
