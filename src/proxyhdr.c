@@ -153,6 +153,17 @@ static int count_fields(const struct evkeyvalq *h, const char *name, const char 
     return n;
 }
 
+int proxyhdr_check_bodyless(const struct evkeyvalq *in, const char **why)
+{
+    const char *v = NULL;
+    if (count_fields(in, "Transfer-Encoding", &v) > 0 ||
+        (count_fields(in, "Content-Length", &v) > 0 && strspn(v, "0") != strlen(v))) {
+        *why = "a body on a HEAD or TRACE request";
+        return -1;
+    }
+    return 0;
+}
+
 int proxyhdr_check_framing(const struct evkeyvalq *in, const char **why)
 {
     const char *cl = NULL, *te = NULL;
