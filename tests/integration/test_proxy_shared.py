@@ -260,6 +260,21 @@ def test_write_invalidates_percent_encoded_copies():
             assert s == 200 and fetched_by(b) != old, (read, write, h)
 
 
+def test_write_answered_3xx_invalidates():
+    # RFC 9111 4.4: a non-error answer (2xx or 3xx) to an unsafe method
+    # invalidates. A POST answered 303 See Other, then the GET it points
+    # to, is the usual form post: the GET must see the write.
+    s, _, b = get(pa, "/catalog/p303")
+    old = fetched_by(b)
+    s, h, _ = get(pb, "/catalog/p303")
+    assert h["x-cache"] == "HIT"
+    s, h, _ = get(pa, "/catalog/p303?code=303", method="PUT")
+    assert s == 303, (s, h)
+    for p in (pa, pb):
+        s, h, b = get(p, "/catalog/p303")
+        assert s == 200 and fetched_by(b) != old, h
+
+
 def fill_local(p, n=12):
     """Copies of /cart/9 for user u on every worker of p (new connections
     spread over the workers): the ids of the requests that fetched them."""
