@@ -934,7 +934,9 @@ static void bump_resource(void *arg, const route *r, const char *resource)
     if (skey_gen_key(key, w->sh->version, r->name, resource) < 0)
         return;
     log_debug("shared: write bumps %s", key);
-    if (rcache_incr(w->sh->rc, key, on_bumped, w->iv) == 0)
+    /* Unique: a copy fenced on a lost counter's value never matches its
+     * successor (a lost counter would start again at 1). */
+    if (rcache_incr_unique(w->sh->rc, key, on_bumped, w->iv) == 0)
         w->iv->pending++;
 }
 

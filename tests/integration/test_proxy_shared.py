@@ -275,6 +275,25 @@ def test_write_answered_3xx_invalidates():
         assert s == 200 and fetched_by(b) != old, h
 
 
+def test_lost_counter_never_revives_an_old_copy():
+    # A resource's counter lost (evicted under allkeys-lru, or in a
+    # failover) while its copy stays: the next write's INCR must not give
+    # back the value the copy was fenced on, or the copy from before that
+    # acknowledged write is a HIT again.
+    get(pa, "/catalog/lost", method="PUT")
+    s, h, b = get(pa, "/catalog/lost")
+    assert h["x-cache"] == "MISS"
+    old = fetched_by(b)
+    gens = st.redis_cli("--scan", "--pattern", "qc:*{r:catalog:*}:gen").split()
+    for g in gens:
+        st.redis_cli("DEL", g)
+    s, h, _ = get(pa, "/catalog/lost", method="PUT")
+    assert s == 200
+    for p in (pa, pb):
+        s, h, b = get(p, "/catalog/lost")
+        assert s == 200 and fetched_by(b) != old, h
+
+
 def fill_local(p, n=12):
     """Copies of /cart/9 for user u on every worker of p (new connections
     spread over the workers): the ids of the requests that fetched them."""
