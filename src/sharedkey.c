@@ -82,6 +82,18 @@ static int field_once(const struct evkeyvalq *h, const char *name, const char **
     return 0;
 }
 
+/* A control byte: never in a valid field value or query, and \x02 in
+ * one would spell ABSENT (a request without the field would get the
+ * answer to this one). */
+static bool has_ctl(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return true;
+    }
+    return false;
+}
+
 int skey_canonical(const route *r, const char *path, const char *query,
                    const struct evkeyvalq *headers, char *canon, size_t canon_len, char *fwd,
                    size_t fwd_len)
@@ -98,6 +110,8 @@ int skey_canonical(const route *r, const char *path, const char *query,
                     return -1; /* twice: which one would the application read? */
                 val[i] = nlen < plen ? p + nlen + 1 : "";
                 vlen[i] = nlen < plen ? plen - nlen - 1 : 0;
+                if (has_ctl(val[i], vlen[i]))
+                    return -1;
             } else if (!ignored(r, p, nlen)) {
                 return -1;
             }
@@ -109,7 +123,7 @@ int skey_canonical(const route *r, const char *path, const char *query,
      * the upstream module sets from it) would have one client's Host
      * served to every other. A host has no case. */
     const char *host;
-    if (field_once(headers, "Host", &host) < 0)
+    if (field_once(headers, "Host", &host) < 0 || (host && has_ctl(host, strlen(host))))
         return -1;
     strbuf c = strbuf_on(canon, canon_len), f = strbuf_on(fwd, fwd_len);
     strbuf_str(&c, r->name);
@@ -140,7 +154,7 @@ int skey_canonical(const route *r, const char *path, const char *query,
     }
     for (int i = 0; i < r->nheaders; i++) {
         const char *v;
-        if (field_once(headers, r->headers[i], &v) < 0)
+        if (field_once(headers, r->headers[i], &v) < 0 || (v && has_ctl(v, strlen(v))))
             return -1;
         strbuf_str(&c, "\n");
         strbuf_str(&c, v ? v : ABSENT);

@@ -244,6 +244,16 @@ def test_named_field_twice_not_cached():
     assert s == 200 and h["x-cache"] == "MISS" and echoed(b, "X-Tenant") == ["a"], (h, b)
 
 
+def test_control_byte_never_reads_as_absent():
+    # The key marks an absent field with \x02: a request sending that byte
+    # was stored under the key of requests without the field.
+    out = qcstack.raw_request(pa.port, b"GET /tenant/ctl HTTP/1.1\r\nHost: shop.example\r\n"
+                              b"X-Tenant: \x02\r\nConnection: close\r\n\r\n", timeout=5)
+    assert qcstack.parse_response(out)[1].get("x-cache") == "BYPASS", out
+    s, h, b = get(pb, "/tenant/ctl")
+    assert s == 200 and h["x-cache"] == "MISS" and echoed(b, "X-Tenant") == [], (h, b)
+
+
 def test_write_invalidates_percent_encoded_copies():
     # /catalog/q%31 is /catalog/q1 (RFC 3986 6.2.2.2): a PUT of either
     # drops the copies of both, or a read of the other spelling is served

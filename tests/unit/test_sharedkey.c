@@ -54,6 +54,10 @@ static void test_canonical(const routes *rt)
     CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == 0);
     evhttp_add_header(&h, "Accept-Language", "fr");
     CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) != 0);
+    /* A control byte (\x02 would read as "absent"): not cacheable. */
+    CHECK(canon(r, "/catalog/7", "lang=\x02", &h, a, fa) == -1);
+    evhttp_add_header(&h, "Accept-Language", "\x02");
+    CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == -1);
     /* The authority is in the key, whatever its case. */
     evhttp_clear_headers(&h);
     evhttp_add_header(&h, "Host", "shop.example");
