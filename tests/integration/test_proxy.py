@@ -425,6 +425,15 @@ def test_smuggling_body_on_head_or_trace_refused():
     assert qcstack.parse_response(out)[0] == 200, out
 
 
+def test_two_hosts_refused():
+    # RFC 9112 3.2: we would key and forward by the first, the application
+    # may read the last.
+    n = calls("/echo")
+    out = raw(b"GET /echo HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+    assert qcstack.parse_response(out)[0] == 400, out
+    assert calls("/echo") == n
+
+
 def test_smuggling_signed_content_length_refused():
     assert_refused_and_closed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd")
 
