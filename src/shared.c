@@ -703,6 +703,20 @@ static void sl_keep_stale(sload *ld, const char *stale, size_t stale_len, uint64
     ld->stale_gen = gen;
 }
 
+/* The first request's fields a fetch for every waiter leaves out: its
+ * validators, which we answer from the fetched copy (an upstream 304 has
+ * nothing to store or share: each waiter then asked on its own), and its
+ * range (a 206 neither; a whole answer to a range is allowed). */
+static bool fetch_skips(const char *name)
+{
+    static const char *const skip[] = {"If-None-Match", "If-Modified-Since", "Range", "If-Range"};
+    for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++) {
+        if (strcasecmp(name, skip[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Starts the flight of q's key and its load, whose first step is sent. */
 static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_len, uint64_t gen)
 {
@@ -716,8 +730,10 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
     TAILQ_INIT(&ld->rh);
     ld->body = evbuffer_new();
     struct evkeyvalq *in = evhttp_request_get_input_headers(q->req);
-    for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(&ld->hdrs, kv->key, kv->value);
+    for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (!fetch_skips(kv->key))
+            evhttp_add_header(&ld->hdrs, kv->key, kv->value);
+    }
     char *ip = NULL;
     ev_uint16_t port = 0;
     struct evhttp_connection *evcon = evhttp_request_get_connection(q->req);

@@ -32,7 +32,7 @@ ROUTES = {"routes": [
     {"name": "failing", "methods": ["GET", "HEAD", "PUT"], "path": "/failing/{x}",
      "policy": "shared", "ttl": 1, "stale": 10},
     {"name": "slowvary", "path": "/sv/{x}", "policy": "shared", "ttl": 60,
-     "query": ["h_Vary", "sleep_ms"]},
+     "query": ["h_Vary", "sleep_ms", "h_ETag"]},
     {"name": "tenant", "path": "/tenant/{t}", "policy": "shared", "ttl": 60,
      "headers": ["X-Tenant"]},
     {"name": "cart", "path": "/cart/{cart}", "policy": "local", "ttl": 60,
@@ -411,6 +411,28 @@ def test_head_forwarded_on_its_own_keeps_its_length():
             h, len(bg))
     finally:
         p1.stop()
+
+
+def test_conditional_first_request_still_fills_the_cache():
+    # The fetch is made for every waiter: the first request's If-None-Match
+    # is ours to answer (a 304 from the stored copy), not the upstream's,
+    # whose 304 has nothing to store or share: each waiter then asked the
+    # upstream on its own.
+    target = "/sv/etag?sleep_ms=500&h_ETag=%22t1%22"
+    n0 = calls("/sv/etag")
+    first = {}
+    t = threading.Thread(target=lambda: first.update(
+        r=get(pa, target, {"If-None-Match": '"t1"'})))
+    t.start()
+    time.sleep(0.15)
+    res = qcstack.concurrent_gets(pa.port, [target] * 20, headers=HOST, timeout=10)
+    t.join()
+    assert first["r"][0] == 304, first
+    assert all(s == 200 for s, _, _ in res), [s for s, _, _ in res]
+    s, h, _ = get(pb, target)
+    assert h["x-cache"] == "HIT", h
+    # One fetch per worker of pa at most (the 20 spread over its 2 workers).
+    assert calls("/sv/etag") - n0 <= 2, calls("/sv/etag") - n0
 
 
 def test_stale_within_horizon_then_error():

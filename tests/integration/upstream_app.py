@@ -19,7 +19,8 @@ Endpoints (any method unless said):
                       then answers C (no query: back to echoes); other
                       methods stay echoes (a write succeeds while reads fail)
 Every other path counts like /echo, answers ?code=N (200) after
-?sleep_ms=N (0) and adds the fields ?h_<Name>=<value> to its answer.
+?sleep_ms=N (0) and adds the fields ?h_<Name>=<value> to its answer (a 304
+to an If-None-Match equal to ?h_ETag).
 Started with `python3 upstream_app.py PORT`; prints "ready" on stdout.
 """
 
@@ -155,6 +156,8 @@ class Handler(BaseHTTPRequestHandler):
         extra = [("X-Upstream", "yes")] + [(k[2:], v) for k, v in q.items()
                                            if k.startswith("h_")]
         time.sleep(int(q.get("sleep_ms", "0")) / 1000.0)
+        if "h_ETag" in q and self.headers.get("If-None-Match") == q["h_ETag"]:
+            return self.send(304, extra=extra)  # a conditional GET of the current tag
         return self.send(int(q.get("code", "200")), echo, extra=extra)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
