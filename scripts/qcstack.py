@@ -275,6 +275,8 @@ def concurrent_gets(port, paths, n_threads=None, headers=None, timeout=10, host=
     an answer. n_threads is accepted for compatibility and ignored."""
     del n_threads
     extra = "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
+    if not any(k.lower() == "host" for k in (headers or {})):  # a given Host replaces ours
+        extra = "Host: %s:%d\r\n" % (host, port) + extra
     sel = selectors.DefaultSelector()
     socks, bufs, results = [], [], [None] * len(paths)
     try:
@@ -282,8 +284,7 @@ def concurrent_gets(port, paths, n_threads=None, headers=None, timeout=10, host=
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
             s.connect_ex((host, port))
-            req = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\n%sConnection: close\r\n\r\n"
-                   % (path, host, port, extra)).encode()
+            req = ("GET %s HTTP/1.1\r\n%sConnection: close\r\n\r\n" % (path, extra)).encode()
             socks.append(s)
             bufs.append(bytearray())
             sel.register(s, selectors.EVENT_WRITE, [i, req])

@@ -42,11 +42,11 @@ struct proxy_op {
     const route *r;
     bool head;
     char *key;            /* non-NULL: store a cacheable answer under it */
-    char *invalidate_key; /* non-NULL: a write; a 2xx drops that GET copy */
+    char *invalidate_key; /* non-NULL: a write; a 2xx or 3xx drops that GET copy */
     struct evkeyvalq req; /* the client's fields, for the store decision and Vary */
     shared_req *sq;       /* a shared route's request instead of up */
     char *wpath;          /* a write: its path, for the invalidation of its resources */
-    /* A 2xx write waits for Redis to acknowledge its counter bumps before
+    /* A 2xx or 3xx write waits for Redis to acknowledge its counter bumps before
      * it is answered, so no instance serves the old copy after the
      * client saw the write succeed. */
     bool bumping;
@@ -316,7 +316,7 @@ static void on_message(void *arg, const char *msg, size_t len)
     shared_on_message(p->sh, msg, len);
 }
 
-/* A 2xx write: every worker of every instance drops its local copies (a
+/* A 2xx or 3xx write: every worker of every instance drops its local copies (a
  * message on the routes channel, this worker's included; without Redis
  * this worker alone), and the shared resources' counters are bumped.
  * Returns true when the answer must wait for the bumps (op_bumped). */
@@ -392,10 +392,11 @@ static void on_upstream(void *arg, const upstream_answer *a)
         }
         out.status = a->status;
         out.body = op->head ? NULL : a->body;
-        /* RFC 9111 4.4: a successful write makes the stored GET of its
-         * target (for this identity) invalid, and its resources' copies
-         * everywhere. */
-        if (op->wpath != NULL && a->status >= 200 && a->status < 300) {
+        /* RFC 9111 4.4: a write answered without error (2xx, or 3xx: a
+         * form POST answered 303 is followed by the GET of what it
+         * changed) makes the stored GET of its target (for this
+         * identity) invalid, and its resources' copies everywhere. */
+        if (op->wpath != NULL && a->status >= 200 && a->status < 400) {
             if (op->invalidate_key != NULL)
                 lcache_delete(op->p->lc, op->invalidate_key);
             if (invalidate_write(op)) {

@@ -141,7 +141,7 @@ void proxyhdr_set_forwarded(const struct evkeyvalq *in, struct evkeyvalq *out,
     append_list(in, out, "Via", PROXYHDR_VIA);
 }
 
-static int count_fields(const struct evkeyvalq *h, const char *name, const char **value)
+int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **value)
 {
     int n = 0;
     for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
@@ -153,11 +153,22 @@ static int count_fields(const struct evkeyvalq *h, const char *name, const char 
     return n;
 }
 
+int proxyhdr_check_bodyless(const struct evkeyvalq *in, const char **why)
+{
+    const char *v = NULL;
+    if (proxyhdr_count(in, "Transfer-Encoding", &v) > 0 ||
+        (proxyhdr_count(in, "Content-Length", &v) > 0 && strspn(v, "0") != strlen(v))) {
+        *why = "a body on a HEAD or TRACE request";
+        return -1;
+    }
+    return 0;
+}
+
 int proxyhdr_check_framing(const struct evkeyvalq *in, const char **why)
 {
     const char *cl = NULL, *te = NULL;
-    int ncl = count_fields(in, "Content-Length", &cl);
-    int nte = count_fields(in, "Transfer-Encoding", &te);
+    int ncl = proxyhdr_count(in, "Content-Length", &cl);
+    int nte = proxyhdr_count(in, "Transfer-Encoding", &te);
     if (ncl > 0 && nte > 0)
         *why = "both Content-Length and Transfer-Encoding";
     else if (ncl > 1)

@@ -1342,6 +1342,18 @@ static int submit_int(rcache *rc, const char *what, const char *key, int argc, c
     return op_submit(op, argc, argv, lens);
 }
 
+/* A counter INCR creates (it was never there, or was evicted or lost in
+ * a failover) starts at Redis's clock in ms, not 1: copies fenced on the
+ * lost counter's values must never match it again. */
+static const char incr_lua[] = "redis.replicate_commands()\n"
+                               "local v = redis.call('INCR', KEYS[1])\n"
+                               "if v == 1 then\n"
+                               "  local t = redis.call('TIME')\n"
+                               "  v = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+                               "  redis.call('SET', KEYS[1], string.format('%d', v))\n"
+                               "end\n"
+                               "return v\n";
+
 int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
 {
     const char *argv[] = {"INCR", key};
@@ -1353,6 +1365,28 @@ int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
 static bool is_dim(const rcache *rc, const char *key)
 {
     return rc->cl != NULL && strchr(key, '{') == NULL;
+}
+
+int rcache_incr_unique(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)
+{
+    const char *argv[] = {"EVAL", incr_lua, "1", key};
+    size_t lens[4];
+    struct rc_op *op;
+
+    if (!rcache_is_up(rc)) {
+        owe(rc); /* the debt rule of rcache_bump */
+        return -1;
+    }
+    arg_lens(argv, lens, 4);
+    op = op_new(rc, OP_INT, "INCR", key);
+    op->done_cb = cb;
+    op->arg = arg;
+    op->bump = true;
+    if (op_submit(op, 4, argv, lens) < 0) {
+        owe(rc);
+        return -1;
+    }
+    return 0;
 }
 
 int rcache_bump(rcache *rc, const char *key, rcache_done_cb *cb, void *arg)

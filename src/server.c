@@ -668,13 +668,23 @@ static void route_public(server *s, struct evhttp_request *req)
     if (reject_oversized(s, req, R_OTHER))
         return;
     const char *why;
-    if (proxyhdr_check_framing(evhttp_request_get_input_headers(req), &why) < 0) {
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    bool bodyless = m == EVHTTP_REQ_HEAD || m == EVHTTP_REQ_TRACE;
+    const char *host;
+    if (proxyhdr_check_framing(in, &why) < 0 ||
+        (bodyless && proxyhdr_check_bodyless(in, &why) < 0)) {
         /* The next request's first byte is unknown: close after the 400. */
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         send_error(s, req, R_OTHER, 400, "bad_framing", why);
         return;
     }
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (proxyhdr_count(in, "Host", &host) > 1) {
+        /* RFC 9112 3.2: a 400. We key and set X-Forwarded-Host by the first;
+         * the application may read the last. */
+        send_error(s, req, R_OTHER, 400, "bad_host", "more than one Host");
+        return;
+    }
     if (m == EVHTTP_REQ_TRACE || m == EVHTTP_REQ_CONNECT) {
         /* Never answered nor forwarded: TRACE echoes credentials back to a
          * script (cross-site tracing), CONNECT would make us a tunnel. */

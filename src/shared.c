@@ -136,6 +136,7 @@ struct sload {
     upstream_op *up;
     char *stale; /* an entry past its freshness, within the stale horizon */
     size_t stale_len;
+    uint64_t stale_gen; /* the counters read with it (global + resource sum) */
     /* The fetched answer. */
     int status;
     struct evkeyvalq rh;
@@ -155,6 +156,7 @@ typedef struct sresult {
     bool failed;    /* upstream error or 5xx: STALE when a waiter can have it */
     bool fetched;   /* by this load (the first request's MISS), not another's store */
     bool shareable; /* may be given to waiters other than the first */
+    bool bodiless;  /* a HEAD's own answer: its Content-Length is the upstream's */
     const char *cache_status;
     int64_t stored_ms, fresh_until_ms; /* a stored copy: Age and ttl (0: none) */
     int nvary;
@@ -191,17 +193,6 @@ static void scope_keys_one(scope_keys *out, const char *gen_key)
 }
 
 /* ---- answering one request ---- */
-
-static bool vary_same(int n, const char (*names)[64], const struct evkeyvalq *a,
-                      const struct evkeyvalq *b)
-{
-    for (int i = 0; i < n; i++) {
-        const char *x = evhttp_find_header(a, names[i]), *y = evhttp_find_header(b, names[i]);
-        if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
-            return false;
-    }
-    return true;
-}
 
 static void req_free(shared_req *q)
 {
@@ -259,9 +250,11 @@ static void req_answer(shared_req *q, const sresult *s, enum metrics_xcache x)
     if (s->err == NULL && s->status == 200 && httpcache_not_modified(in, etag, last_modified)) {
         out.status = 304;
     } else if (s->err == NULL && q->head) {
-        snprintf(buf, sizeof(buf), "%zu", s->len);
-        evhttp_remove_header(&out.headers, "Content-Length");
-        evhttp_add_header(&out.headers, "Content-Length", buf);
+        if (!s->bodiless) { /* the GET's body is here: its length is ours to say */
+            snprintf(buf, sizeof(buf), "%zu", s->len);
+            evhttp_remove_header(&out.headers, "Content-Length");
+            evhttp_add_header(&out.headers, "Content-Length", buf);
+        }
     } else if (s->err == NULL) {
         out.owned = out.body = evbuffer_new();
         evbuffer_add(out.body, s->body, s->len);
@@ -325,6 +318,7 @@ static void on_forwarded(void *arg, const upstream_answer *a)
         proxyhdr_move_all(a->headers, &h);
         s.status = a->status;
         s.h = &h;
+        s.bodiless = q->head;
         s.len = evbuffer_get_length(a->body);
         s.body = (const char *)evbuffer_pullup(a->body, -1);
     }
@@ -380,7 +374,7 @@ static void wake_one(sload *ld, shared_req *q, const sresult *s)
     if (s->failed && ld->stale != NULL &&
         req_answer_entry(q, ld->stale, ld->stale_len, X_STALE) == 0)
         return;
-    bool same = s->vary_values == NULL || vary_same(s->nvary, s->vary, s->vary_values, in);
+    bool same = s->vary_values == NULL || skey_vary_same(s->nvary, s->vary, s->vary_values, in);
     if ((q->leader && s->fetched) || (s->shareable && same)) {
         req_answer(q, s, q->leader && s->fetched ? X_MISS : X_COALESCED);
         return;
@@ -557,6 +551,11 @@ static void on_fetch(void *arg, const upstream_answer *a)
     ld->status = a->status;
     ld->seconds = a->seconds;
     httpcache_decide(a->status, &ld->hdrs, &ld->rh, true, ld->r->ttl_s, &ld->v);
+    if (ld->v.store &&
+        !skey_vary_same(ld->v.nvary, (const char(*)[64])ld->v.vary, &ld->hdrs, &ld->hdrs)) {
+        ld->v.store = false;
+        ld->v.why = "a Vary field sent twice";
+    }
     if (!ld->v.store)
         log_debug("shared %s: not stored (%s)", ld->k.entry, ld->v.why);
     if (!ld->v.store || ld->local || !redis_usable(ld->sh)) {
@@ -712,8 +711,31 @@ void shared_on_message(shared *sh, const char *msg, size_t len)
         sl_remote_read(ld);
 }
 
+/* The load's fallback copy, of counter gen. */
+static void sl_keep_stale(sload *ld, const char *stale, size_t stale_len, uint64_t gen)
+{
+    ld->stale = xmalloc(stale_len);
+    memcpy(ld->stale, stale, stale_len);
+    ld->stale_len = stale_len;
+    ld->stale_gen = gen;
+}
+
+/* The first request's fields a fetch for every waiter leaves out: its
+ * validators, which we answer from the fetched copy (an upstream 304 has
+ * nothing to store or share: each waiter then asked on its own), and its
+ * range (a 206 neither; a whole answer to a range is allowed). */
+static bool fetch_skips(const char *name)
+{
+    static const char *const skip[] = {"If-None-Match", "If-Modified-Since", "Range", "If-Range"};
+    for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++) {
+        if (strcasecmp(name, skip[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Starts the flight of q's key and its load, whose first step is sent. */
-static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_len)
+static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_len, uint64_t gen)
 {
     sload *ld = xcalloc(1, sizeof(*ld));
     ld->sh = sh;
@@ -725,8 +747,10 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
     TAILQ_INIT(&ld->rh);
     ld->body = evbuffer_new();
     struct evkeyvalq *in = evhttp_request_get_input_headers(q->req);
-    for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(&ld->hdrs, kv->key, kv->value);
+    for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (!fetch_skips(kv->key))
+            evhttp_add_header(&ld->hdrs, kv->key, kv->value);
+    }
     char *ip = NULL;
     ev_uint16_t port = 0;
     struct evhttp_connection *evcon = evhttp_request_get_connection(q->req);
@@ -735,11 +759,8 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
     snprintf(ld->peer, sizeof(ld->peer), "%s", ip ? ip : "unknown");
     const char *id = evhttp_find_header(evhttp_request_get_output_headers(q->req), "X-Request-Id");
     snprintf(ld->request_id, sizeof(ld->request_id), "%s", id ? id : "");
-    if (stale != NULL) {
-        ld->stale = xmalloc(stale_len);
-        memcpy(ld->stale, stale, stale_len);
-        ld->stale_len = stale_len;
-    }
+    if (stale != NULL)
+        sl_keep_stale(ld, stale, stale_len, gen);
     ld->timer = evtimer_new(sh->base, sl_on_timer, ld);
     ld->f = flight_start(sh->flights, ld->k.entry);
     flight_set_owner(ld->f, ld);
@@ -768,26 +789,30 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
 /* ---- requests ---- */
 
 /* q joins its key's flight, or starts it; or, past the waiter bounds,
- * asks the upstream itself. stale: a copy for the load to fall back on. */
-static void req_wait(shared_req *q, const char *stale, size_t stale_len)
+ * asks the upstream itself. stale: a copy for the load to fall back on.
+ * gen: the counters q read, global + resource sum (0: none read). */
+static void req_wait(shared_req *q, const char *stale, size_t stale_len, uint64_t gen)
 {
     shared *sh = q->sh;
     flight *f = flight_find(sh->flights, q->k.entry);
     if (f == NULL) {
-        sl_start(sh, q, stale, stale_len);
+        sl_start(sh, q, stale, stale_len, gen);
         return;
+    }
+    sload *ld = flight_owner(f);
+    if (ld->stale != NULL && gen > ld->stale_gen) {
+        /* A write was acknowledged since the load kept its copy: q came
+         * after it, and neither q nor anyone later may be served it. */
+        free(ld->stale);
+        ld->stale = NULL;
     }
     if (flight_join(sh->flights, f, &q->w) < 0) {
         req_forward(q);
         return;
     }
     q->phase = RQ_WAITING;
-    sload *ld = flight_owner(f);
-    if (stale != NULL && ld->stale == NULL) {
-        ld->stale = xmalloc(stale_len);
-        memcpy(ld->stale, stale, stale_len);
-        ld->stale_len = stale_len;
-    }
+    if (stale != NULL && ld->stale == NULL)
+        sl_keep_stale(ld, stale, stale_len, gen);
 }
 
 static void reading_unlink(shared_req *q)
@@ -834,7 +859,10 @@ static void on_read(void *arg, int status, const rcache_value *v)
     }
     evhttp_clear_headers(&h);
     evhttp_clear_headers(&vv);
-    req_wait(q, stale, stale ? v->entry_len : 0);
+    /* Both counters only grow: their sum moves whenever a write (or a
+     * global bump) happened since. */
+    req_wait(q, stale, stale ? v->entry_len : 0,
+             status == RCACHE_OK ? v->gen_global + v->gen_product : 0);
 }
 
 shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, const char *path,
@@ -879,7 +907,7 @@ shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, c
             sh->reading->prev = q;
         sh->reading = q;
     } else {
-        req_wait(q, NULL, 0); /* never answers before returning: fetches take a loop turn */
+        req_wait(q, NULL, 0, 0); /* never answers before returning: fetches take a loop turn */
     }
 done:
     free(canon);
@@ -943,9 +971,11 @@ static void bump_resource(void *arg, const route *r, const char *resource)
     if (skey_gen_key(key, w->sh->version, r->name, resource) < 0)
         return;
     log_debug("shared: write bumps %s", key);
-    /* A bump Redis may not have applied is owed, and the global bump that
-     * pays it drops shared copies too (they record the global generation). */
-    if (rcache_bump(w->sh->rc, key, on_bumped, w->iv) == 0)
+    /* Unique: a copy fenced on a lost counter's value never matches its
+     * successor (a lost counter would start again at 1). A bump Redis may
+     * not have applied is owed, and the global bump that pays it drops
+     * shared copies too (they record the global generation). */
+    if (rcache_incr_unique(w->sh->rc, key, on_bumped, w->iv) == 0)
         w->iv->pending++;
 }
 

@@ -66,6 +66,34 @@ static void put_folded(strbuf *sb, const char *v, size_t n, enum route_case fold
     }
 }
 
+/* The one value of field name in h (NULL: absent). Returns -1 when it
+ * is sent twice: the key would hold the first while the application may
+ * read the last, or both, and store its answer for another value. */
+static int field_once(const struct evkeyvalq *h, const char *name, const char **out)
+{
+    *out = NULL;
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, name) != 0)
+            continue;
+        if (*out != NULL)
+            return -1;
+        *out = kv->value;
+    }
+    return 0;
+}
+
+/* A control byte: never in a valid field value or query, and \x02 in
+ * one would spell ABSENT (a request without the field would get the
+ * answer to this one). */
+static bool has_ctl(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return true;
+    }
+    return false;
+}
+
 int skey_canonical(const route *r, const char *path, const char *query,
                    const struct evkeyvalq *headers, char *canon, size_t canon_len, char *fwd,
                    size_t fwd_len)
@@ -82,16 +110,30 @@ int skey_canonical(const route *r, const char *path, const char *query,
                     return -1; /* twice: which one would the application read? */
                 val[i] = nlen < plen ? p + nlen + 1 : "";
                 vlen[i] = nlen < plen ? plen - nlen - 1 : 0;
+                if (has_ctl(val[i], vlen[i]))
+                    return -1;
             } else if (!ignored(r, p, nlen)) {
                 return -1;
             }
         }
         p += plen + (p[plen] == '&');
     }
+    /* RFC 9111 2: the key is the target URI, its authority included; an
+     * application that builds links from Host (or X-Forwarded-Host, which
+     * the upstream module sets from it) would have one client's Host
+     * served to every other. A host has no case. */
+    const char *host;
+    if (field_once(headers, "Host", &host) < 0 || (host && has_ctl(host, strlen(host))))
+        return -1;
     strbuf c = strbuf_on(canon, canon_len), f = strbuf_on(fwd, fwd_len);
     strbuf_str(&c, r->name);
     strbuf_str(&c, "\n");
     strbuf_str(&c, path);
+    strbuf_str(&c, "\n");
+    if (host != NULL)
+        put_folded(&c, host, strlen(host), CASE_LOWER);
+    else
+        strbuf_str(&c, ABSENT);
     strbuf_str(&c, "\n");
     for (int i = 0; i < r->nquery; i++) {
         const route_query *q = &r->query[i];
@@ -111,7 +153,9 @@ int skey_canonical(const route *r, const char *path, const char *query,
         strbuf_str(&c, "&");
     }
     for (int i = 0; i < r->nheaders; i++) {
-        const char *v = evhttp_find_header(headers, r->headers[i]);
+        const char *v;
+        if (field_once(headers, r->headers[i], &v) < 0 || (v && has_ctl(v, strlen(v))))
+            return -1;
         strbuf_str(&c, "\n");
         strbuf_str(&c, v ? v : ABSENT);
     }
@@ -119,6 +163,37 @@ int skey_canonical(const route *r, const char *path, const char *query,
 }
 
 /* ---- resources ---- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)tolower((unsigned char)c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A {param}'s value in its RFC 3986 6.2.2 normal form: an unreserved
+ * character decoded, any other escape in upper case. /catalog/q%31 is
+ * /catalog/q1 to the application: a write to one spelling must reach the
+ * copies of the other, or they outlive the write. */
+static void put_segment(strbuf *sb, const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (v[i] == '%' && i + 2 < n && (hi = hexval(v[i + 1])) >= 0 &&
+            (lo = hexval(v[i + 2])) >= 0) {
+            char c = (char)(hi * 16 + lo);
+            char esc[3] = {'%', "0123456789ABCDEF"[hi], "0123456789ABCDEF"[lo]};
+            if (isalnum((unsigned char)c) || c == '-' || c == '.' || c == '_' || c == '~')
+                strbuf_mem(sb, &c, 1);
+            else
+                strbuf_mem(sb, esc, 3);
+            i += 2;
+            continue;
+        }
+        strbuf_mem(sb, &v[i], 1);
+    }
+}
 
 int skey_resource(const route *r, const char *path, char *out, size_t len)
 {
@@ -130,7 +205,7 @@ int skey_resource(const route *r, const char *path, char *out, size_t len)
     strbuf_str(&sb, r->name);
     for (int i = 0; i < n; i++) {
         strbuf_str(&sb, "\x1f");
-        strbuf_mem(&sb, ps[i].value, ps[i].len);
+        put_segment(&sb, ps[i].value, ps[i].len);
     }
     return strbuf_ok(&sb) ? 0 : -1;
 }
@@ -253,7 +328,7 @@ int skey_write_resources(const routes *rt, const char *wpath, enum route_policy 
             for (int j = 0; j < nm; j++) {
                 if (strcmp(m[j].name, names[k]) == 0) {
                     strbuf_str(&sb, "\x1f");
-                    strbuf_mem(&sb, m[j].value, m[j].len);
+                    put_segment(&sb, m[j].value, m[j].len);
                     found++;
                     break;
                 }
@@ -369,13 +444,20 @@ int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyva
     return 0;
 }
 
-bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req)
+bool skey_vary_same(int n, const char (*names)[64], const struct evkeyvalq *a,
+                    const struct evkeyvalq *b)
 {
-    for (int i = 0; i < e->nvary; i++) {
-        const char *stored = evhttp_find_header(e->vary_values, e->vary[i]);
-        const char *now = evhttp_find_header(req, e->vary[i]);
-        if ((stored == NULL) != (now == NULL) || (stored && strcmp(stored, now) != 0))
+    for (int i = 0; i < n; i++) {
+        const char *x, *y;
+        if (field_once(a, names[i], &x) < 0 || field_once(b, names[i], &y) < 0)
+            return false;
+        if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
             return false;
     }
     return true;
+}
+
+bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req)
+{
+    return skey_vary_same(e->nvary, (const char(*)[64])e->vary, e->vary_values, req);
 }

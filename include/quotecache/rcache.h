@@ -129,6 +129,10 @@ int rcache_unlock(rcache *rc, const char *lock_key, const char *token, rcache_do
 
 /* INCR key. result: the new value. cb may be NULL. */
 int rcache_incr(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
+/* The same, but a counter it creates starts at Redis's clock (ms), not 1:
+ * above any value a lost (evicted, failed over) counter had; and with
+ * rcache_bump's debt rule (not applied for sure: owed). */
+int rcache_incr_unique(rcache *rc, const char *key, rcache_done_cb *cb, void *arg);
 
 /* INCR of a generation counter (an invalidation). Like rcache_incr, and
  * more: when Redis may not have applied it (refused here: then -1, Redis

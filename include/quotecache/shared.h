@@ -51,7 +51,7 @@ shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, c
 /* The client left: cb will not fire. */
 void shared_cancel(shared_req *q);
 
-/* A write to wpath was answered 2xx: bumps the counter of every shared
+/* A write to wpath was answered 2xx or 3xx: bumps the counter of every shared
  * resource it touches (sharedkey.h); done runs once all are acknowledged
  * (or failed; never before this returns). Returns the number of bumps
  * sent; 0: done will not run. */

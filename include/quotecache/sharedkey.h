@@ -30,13 +30,14 @@ struct evkeyvalq;
  * present, normalized, in the route's order; ignored ones dropped) into
  * fwd. Returns 0, or -1 when the request is not cacheable: a parameter
  * neither named nor ignored (it may change the answer and is not in the
- * key), one named twice, or too long. */
+ * key), one named twice, a named field sent twice, or too long. */
 int skey_canonical(const route *r, const char *path, const char *query,
                    const struct evkeyvalq *headers, char *canon, size_t canon_len, char *fwd,
                    size_t fwd_len);
 
 /* The resource of r for path (r must match it): "<route>" and each
- * {param}'s value, into out. Returns 0 or -1 (no match, too long). */
+ * {param}'s value (its escapes normalized, RFC 3986 6.2.2: q%31 is q1),
+ * into out. Returns 0 or -1 (no match, too long). */
 int skey_resource(const route *r, const char *path, char *out, size_t len);
 
 /* The Redis keys of a canonical request under resource. */
@@ -86,5 +87,12 @@ int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyva
                       struct evkeyvalq *vary_values);
 /* True when req has the stored request's values of e's Vary fields. */
 bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req);
+/* True when a and b have the same values of the n fields names (absent:
+ * absent), and neither sends one of them twice: a field sent twice has no
+ * one value a variant is made for (a variant stored under the first line
+ * may have been answered for the last). skey_vary_same(n, names, r, r):
+ * r may have a variant at all. */
+bool skey_vary_same(int n, const char (*names)[64], const struct evkeyvalq *a,
+                    const struct evkeyvalq *b);
 
 #endif

@@ -410,6 +410,30 @@ def test_smuggling_odd_transfer_encodings_refused():
                                   + te + b"\r\n\r\n4\r\nabcd\r\n0\r\n\r\n")
 
 
+def test_smuggling_body_on_head_or_trace_refused():
+    # evhttp reads no body for HEAD or TRACE: the announced one would be
+    # the next request on the connection, hidden from whoever framed it.
+    smuggled = b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"
+    for m in (b"HEAD", b"TRACE"):
+        assert_refused_and_closed(m + b" /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                                  % len(smuggled) + smuggled)
+        assert_refused_and_closed(m + b" /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+                                  b"chunked\r\n\r\n%x\r\n" % len(smuggled) + smuggled
+                                  + b"\r\n0\r\n\r\n")
+    # An empty body said out loud is no body.
+    out = raw(b"HEAD /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert qcstack.parse_response(out)[0] == 200, out
+
+
+def test_two_hosts_refused():
+    # RFC 9112 3.2: we would key and forward by the first, the application
+    # may read the last.
+    n = calls("/echo")
+    out = raw(b"GET /echo HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+    assert qcstack.parse_response(out)[0] == 400, out
+    assert calls("/echo") == n
+
+
 def test_smuggling_signed_content_length_refused():
     assert_refused_and_closed(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd")
 

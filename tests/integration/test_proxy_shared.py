@@ -7,6 +7,7 @@ horizon, and a 2xx write that invalidates shared and local copies on every
 worker of every instance. Real Redis, two quotecache instances of two
 workers each, the upstream is upstream_app.py (no backend needed)."""
 
+import http.client
 import json
 import os
 import signal
@@ -29,6 +30,12 @@ ROUTES = {"routes": [
     {"name": "rfc", "path": "/rfc/{case}", "policy": "shared", "ttl": 60,
      "query": ["h_Cache-Control", "h_Set-Cookie", "h_Vary", "h_ETag"]},
     {"name": "flaky", "path": "/flaky/{x}", "policy": "shared", "ttl": 1, "stale": 3},
+    {"name": "failing", "methods": ["GET", "HEAD", "PUT"], "path": "/failing/{x}",
+     "policy": "shared", "ttl": 1, "stale": 10},
+    {"name": "slowvary", "path": "/sv/{x}", "policy": "shared", "ttl": 60,
+     "query": ["h_Vary", "sleep_ms", "h_ETag"]},
+    {"name": "tenant", "path": "/tenant/{t}", "policy": "shared", "ttl": 60,
+     "headers": ["X-Tenant"]},
     {"name": "cart", "path": "/cart/{cart}", "policy": "local", "ttl": 60,
      "identity": "header:X-User"},
 ]}
@@ -68,8 +75,13 @@ def calls(path):
     return json.loads(b)["calls"].get(path, 0)
 
 
+# The public name both instances are reached by (behind one balancer):
+# the Host is in a shared key, and each instance has its own port.
+HOST = {"Host": "shop.example"}
+
+
 def get(p, path, headers=None, method="GET"):
-    return qcstack.http_request(p.port, method, path, headers=headers)
+    return qcstack.http_request(p.port, method, path, headers=dict(HOST, **(headers or {})))
 
 
 def fetched_by(body):
@@ -78,13 +90,18 @@ def fetched_by(body):
     return [v for k, v in json.loads(body)["headers"] if k.lower() == "x-request-id"][0]
 
 
+def echoed(body, name):
+    return [v for k, v in json.loads(body)["headers"] if k.lower() == name.lower()]
+
+
 def test_concurrent_misses_on_two_instances_one_fetch():
     # 200 requests at once, half on each instance (two workers each): one
     # upstream call; every one answered with the same body.
     out = {}
 
     def fire(p, name):
-        out[name] = qcstack.concurrent_gets(p.port, ["/slow?ms=600&v=c1"] * 100, timeout=20)
+        out[name] = qcstack.concurrent_gets(p.port, ["/slow?ms=600&v=c1"] * 100, headers=HOST,
+                                            timeout=20)
     ts = [threading.Thread(target=fire, args=(p, n)) for p, n in ((pa, "a"), (pb, "b"))]
     for t in ts:
         t.start()
@@ -147,6 +164,24 @@ def test_vary_honoured():
     s, h, b = get(pb, path, {"X-Lang": "fr"})
     assert h["x-cache"] == "MISS" and b != b_en  # never en's copy
     assert calls("/rfc/vary") == 2
+
+
+def test_vary_field_twice_not_a_variant():
+    # The stored request's X-Lang would be its first line, the application
+    # read both: the answer for "en, evil" must not be served as "en"'s.
+    path = "/rfc/vary2?h_Vary=X-Lang"
+    conn = http.client.HTTPConnection("127.0.0.1", pa.port, timeout=5)
+    conn.putrequest("GET", path, skip_host=True)
+    for k, v in (("Host", HOST["Host"]), ("X-Lang", "en"), ("X-Lang", "evil")):
+        conn.putheader(k, v)
+    conn.endheaders()
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    assert r.status == 200 and r.getheader("X-Cache") == "MISS"
+    for p in (pa, pb):
+        s, h, b = get(p, path, {"X-Lang": "en"})
+        assert s == 200 and echoed(b, "X-Lang") == ["en"], (h, b)
 
 
 def test_etag_304_and_max_age_cap():
@@ -240,6 +275,92 @@ def test_write_while_redis_hangs_is_owed():
     for p in (pa, pb):  # and for good: not one worker still serving the old copy
         for _ in range(6):
             assert fetched_by(get(p, "/catalog/41")[2]) != old
+def test_host_is_in_the_key():
+    # RFC 9111 2: the key is the target URI, its authority included. An
+    # application that builds links from Host must not have one client's
+    # Host served to everyone (cache poisoning by an unkeyed field).
+    s, h, b = get(pa, "/catalog/host", {"Host": "evil.example"})
+    assert s == 200 and h["x-cache"] == "MISS" and echoed(b, "Host") == ["evil.example"]
+    for p in (pa, pb):
+        s, h, b = get(p, "/catalog/host", {"Host": "127.0.0.1:%d" % p.port})
+        assert s == 200 and echoed(b, "Host") != ["evil.example"], (h, b)
+    s, h, _ = get(pb, "/catalog/host", {"Host": "EVIL.example"})  # a host has no case
+    assert h["x-cache"] == "HIT", h
+
+
+def test_named_field_twice_not_cached():
+    # The key would hold the first X-Tenant, the application reads both.
+    conn = http.client.HTTPConnection("127.0.0.1", pa.port, timeout=5)
+    conn.putrequest("GET", "/tenant/1")
+    conn.putheader("X-Tenant", "a")
+    conn.putheader("X-Tenant", "b")
+    conn.endheaders()
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    assert r.status == 200 and r.getheader("X-Cache") == "BYPASS", r.getheaders()
+    s, h, b = get(pb, "/tenant/1", {"X-Tenant": "a"})
+    assert s == 200 and h["x-cache"] == "MISS" and echoed(b, "X-Tenant") == ["a"], (h, b)
+
+
+def test_control_byte_never_reads_as_absent():
+    # The key marks an absent field with \x02: a request sending that byte
+    # was stored under the key of requests without the field.
+    out = qcstack.raw_request(pa.port, b"GET /tenant/ctl HTTP/1.1\r\nHost: shop.example\r\n"
+                              b"X-Tenant: \x02\r\nConnection: close\r\n\r\n", timeout=5)
+    assert qcstack.parse_response(out)[1].get("x-cache") == "BYPASS", out
+    s, h, b = get(pb, "/tenant/ctl")
+    assert s == 200 and h["x-cache"] == "MISS" and echoed(b, "X-Tenant") == [], (h, b)
+
+
+def test_write_invalidates_percent_encoded_copies():
+    # /catalog/q%31 is /catalog/q1 (RFC 3986 6.2.2.2): a PUT of either
+    # drops the copies of both, or a read of the other spelling is served
+    # the answer from before the acknowledged write.
+    for read, write in (("/catalog/q%31", "/catalog/q1"), ("/catalog/r1", "/catalog/%721")):
+        s, _, b = get(pa, read)
+        old = fetched_by(b)
+        s, h, _ = get(pb, read)
+        assert h["x-cache"] == "HIT"
+        s, h, _ = get(pa, write, method="PUT")
+        assert s == 200
+        for p in (pa, pb):
+            s, h, b = get(p, read)
+            assert s == 200 and fetched_by(b) != old, (read, write, h)
+
+
+def test_write_answered_3xx_invalidates():
+    # RFC 9111 4.4: a non-error answer (2xx or 3xx) to an unsafe method
+    # invalidates. A POST answered 303 See Other, then the GET it points
+    # to, is the usual form post: the GET must see the write.
+    s, _, b = get(pa, "/catalog/p303")
+    old = fetched_by(b)
+    s, h, _ = get(pb, "/catalog/p303")
+    assert h["x-cache"] == "HIT"
+    s, h, _ = get(pa, "/catalog/p303?code=303", method="PUT")
+    assert s == 303, (s, h)
+    for p in (pa, pb):
+        s, h, b = get(p, "/catalog/p303")
+        assert s == 200 and fetched_by(b) != old, h
+
+
+def test_lost_counter_never_revives_an_old_copy():
+    # A resource's counter lost (evicted under allkeys-lru, or in a
+    # failover) while its copy stays: the next write's INCR must not give
+    # back the value the copy was fenced on, or the copy from before that
+    # acknowledged write is a HIT again.
+    get(pa, "/catalog/lost", method="PUT")
+    s, h, b = get(pa, "/catalog/lost")
+    assert h["x-cache"] == "MISS"
+    old = fetched_by(b)
+    gens = st.redis_cli("--scan", "--pattern", "qc:*{r:catalog:*}:gen").split()
+    for g in gens:
+        st.redis_cli("DEL", g)
+    s, h, _ = get(pa, "/catalog/lost", method="PUT")
+    assert s == 200
+    for p in (pa, pb):
+        s, h, b = get(p, "/catalog/lost")
+        assert s == 200 and fetched_by(b) != old, h
 
 
 def fill_local(p, n=12):
@@ -295,6 +416,82 @@ def test_write_during_fetch_not_stored():
     assert calls("/slow") == n0 + 3, calls("/slow")  # GET, PUT, the GET again
     s, h, b2 = get(pb, "/slow?ms=800&v=f")
     assert h["x-cache"] == "HIT" and b2 == b  # the copy fetched after the write
+
+
+def test_no_stale_copy_after_an_acknowledged_write():
+    # A copy past its ttl is the fallback of the load that refetches it.
+    # A write acknowledged while that fetch fails makes the copy
+    # superseded: a read that arrives after the write (and joins the load)
+    # must not be served it STALE. One worker, so the read joins the load.
+    path = os.path.join(st.dir, "routes.json")
+    p1 = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port, routes=path,
+                       admin_listen=None, workers=1)
+    try:
+        s, h, b = get(p1, "/failing/w")
+        assert s == 200 and h["x-cache"] == "MISS"
+        time.sleep(1.3)
+        qcstack.http_get(app_port, "/mode?get_ms=2000&get_code=503")
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=get(p1, "/failing/w")))
+        t.start()
+        time.sleep(0.4)  # the load (with the expired copy) is fetching
+        s, h, _ = get(p1, "/failing/w", method="PUT")
+        assert s == 200, (s, h)
+        s, h, b2 = get(p1, "/failing/w")
+        assert h["x-cache"] != "STALE" and b2 != b, (s, h)
+        t.join()
+        # It came before the write, and is answered once the fetch fails:
+        # the copy is superseded by then, for it too.
+        assert first["r"][0] == 503 and first["r"][1]["x-cache"] != "STALE", first
+    finally:
+        qcstack.http_get(app_port, "/mode")
+        p1.stop()
+
+
+def test_head_forwarded_on_its_own_keeps_its_length():
+    # A HEAD coalesced on a GET of another Vary variant is forwarded on its
+    # own: its answer has no body here, its Content-Length is the
+    # upstream's (not 0). One worker, so the HEAD joins the GET's load.
+    path = os.path.join(st.dir, "routes.json")
+    p1 = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port, routes=path,
+                       admin_listen=None, workers=1)
+    try:
+        target = "/sv/1?h_Vary=X-Lang&sleep_ms=600"
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=get(p1, target, {"X-Lang": "en"})))
+        t.start()
+        time.sleep(0.2)
+        s, h, b = get(p1, target, {"X-Lang": "fr"}, method="HEAD")
+        t.join()
+        assert first["r"][1]["x-cache"] == "MISS"
+        assert s == 200 and h["x-cache"] == "MISS" and b == b"", (s, h)
+        s, hg, bg = get(p1, target, {"X-Lang": "fr"})  # the fr variant, now stored
+        assert int(h["content-length"]) > 0 and abs(int(h["content-length"]) - len(bg)) < 8, (
+            h, len(bg))
+    finally:
+        p1.stop()
+
+
+def test_conditional_first_request_still_fills_the_cache():
+    # The fetch is made for every waiter: the first request's If-None-Match
+    # is ours to answer (a 304 from the stored copy), not the upstream's,
+    # whose 304 has nothing to store or share: each waiter then asked the
+    # upstream on its own.
+    target = "/sv/etag?sleep_ms=500&h_ETag=%22t1%22"
+    n0 = calls("/sv/etag")
+    first = {}
+    t = threading.Thread(target=lambda: first.update(
+        r=get(pa, target, {"If-None-Match": '"t1"'})))
+    t.start()
+    time.sleep(0.15)
+    res = qcstack.concurrent_gets(pa.port, [target] * 20, headers=HOST, timeout=10)
+    t.join()
+    assert first["r"][0] == 304, first
+    assert all(s == 200 for s, _, _ in res), [s for s, _, _ in res]
+    s, h, _ = get(pb, target)
+    assert h["x-cache"] == "HIT", h
+    # One fetch per worker of pa at most (the 20 spread over its 2 workers).
+    assert calls("/sv/etag") - n0 <= 2, calls("/sv/etag") - n0
 
 
 def test_stale_within_horizon_then_error():

@@ -15,8 +15,12 @@ Endpoints (any method unless said):
   /headers?k=v&...    echo whose answer carries the given fields
   /stats              {"calls": {path: n}, "connections": n} (not counted)
   /reset              zeroes the counts (not counted)
-Every other path counts like /echo, answers ?code=N (200) and adds the
-fields ?h_<Name>=<value> to its answer.
+  /mode?get_ms=N&get_code=C  from now on a GET of /failing/... waits N ms,
+                      then answers C (no query: back to echoes); other
+                      methods stay echoes (a write succeeds while reads fail)
+Every other path counts like /echo, answers ?code=N (200) after
+?sleep_ms=N (0) and adds the fields ?h_<Name>=<value> to its answer (a 304
+to an If-None-Match equal to ?h_ETag).
 Started with `python3 upstream_app.py PORT`; prints "ready" on stdout.
 """
 
@@ -32,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 lock = threading.Lock()
 calls = {}
 connections = 0
+mode = {}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -86,6 +91,10 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 doc = {"calls": dict(calls), "connections": connections}
             return self.send(200, json.dumps(doc).encode())
+        if path == "/mode":
+            mode.clear()
+            mode.update({k: int(v) for k, v in q.items()})
+            return self.send(200, b"{}")
         if path == "/reset":
             with lock:
                 calls.clear()
@@ -96,6 +105,9 @@ class Handler(BaseHTTPRequestHandler):
         echo = json.dumps({"method": self.command, "target": self.path,
                            "headers": [[k, v] for k, v in self.headers.items()],
                            "body": body.decode("latin-1")}).encode()
+        if path.startswith("/failing/") and self.command == "GET" and mode:
+            time.sleep(mode.get("get_ms", 0) / 1000.0)
+            return self.send(mode.get("get_code", 503), b'{"failing":true}')
         if path.startswith("/status/"):
             code = int(path[len("/status/"):])
             return self.send(code, b'{"status":%d}' % code, extra=[("X-Upstream", "yes")])
@@ -143,6 +155,9 @@ class Handler(BaseHTTPRequestHandler):
         # fields given as ?h_<Name>=<value> (Cache-Control, Vary, ...).
         extra = [("X-Upstream", "yes")] + [(k[2:], v) for k, v in q.items()
                                            if k.startswith("h_")]
+        time.sleep(int(q.get("sleep_ms", "0")) / 1000.0)
+        if "h_ETag" in q and self.headers.get("If-None-Match") == q["h_ETag"]:
+            return self.send(304, extra=extra)  # a conditional GET of the current tag
         return self.send(int(q.get("code", "200")), echo, extra=extra)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any

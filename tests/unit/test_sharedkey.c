@@ -54,6 +54,25 @@ static void test_canonical(const routes *rt)
     CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == 0);
     evhttp_add_header(&h, "Accept-Language", "fr");
     CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) != 0);
+    /* A control byte (\x02 would read as "absent"): not cacheable. */
+    CHECK(canon(r, "/catalog/7", "lang=\x02", &h, a, fa) == -1);
+    evhttp_add_header(&h, "Accept-Language", "\x02");
+    CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == -1);
+    /* The authority is in the key, whatever its case. */
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Host", "shop.example");
+    CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Host", "evil.example");
+    CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) != 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Host", "Shop.EXAMPLE");
+    CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) == 0);
+    evhttp_add_header(&h, "Accept-Language", "fr");
+    /* Named twice: the key has the first, the application may read the
+     * last (or both); its answer for "de" would be stored as "fr"'s. */
+    evhttp_add_header(&h, "Accept-Language", "de");
+    CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == -1);
     evhttp_clear_headers(&h);
 }
 
@@ -108,6 +127,21 @@ static void test_writes(const routes *rt)
     CHECK(strcmp(s.what[0], "list|list") == 0);
     memset(&s, 0, sizeof(s));
     CHECK(skey_write_resources(rt, "/elsewhere/7", ROUTE_SHARED, note, &s) == 0);
+    /* One resource however its {params} are spelled (RFC 3986 6.2.2). */
+    const route *r = routes_match(rt, EVHTTP_REQ_GET, "/catalog/7");
+    char a[SKEY_RESOURCE_MAX], b[SKEY_RESOURCE_MAX];
+    CHECK(skey_resource(r, "/catalog/q%31", a, sizeof(a)) == 0);
+    CHECK(skey_resource(r, "/catalog/q1", b, sizeof(b)) == 0 && strcmp(a, b) == 0);
+    CHECK(skey_resource(r, "/catalog/a%2fb", a, sizeof(a)) == 0);
+    CHECK(skey_resource(r, "/catalog/a%2Fb", b, sizeof(b)) == 0 && strcmp(a, b) == 0);
+    CHECK(skey_resource(r, "/catalog/a%2", a, sizeof(a)) == 0 && strcmp(a, "catalog\x1f"
+                                                                           "a%2") == 0);
+    memset(&s, 0, sizeof(s));
+    CHECK(skey_write_resources(rt, "/catalog/%71%31", ROUTE_SHARED, note, &s) == 2);
+    CHECK(strcmp(s.what[0], "catalog|catalog\x1f"
+                            "q1") == 0);
+    CHECK(strcmp(s.what[1], "reviews|reviews\x1f"
+                            "q1") == 0);
 }
 
 static void test_entry(void)
@@ -141,6 +175,13 @@ static void test_entry(void)
     CHECK(d.len == 10 && memcmp(d.body, e.body, 10) == 0);
     CHECK(strcmp(evhttp_find_header(&dh, "ETag"), "\"a:b\"") == 0);
     CHECK(d.nvary == 2 && skey_vary_matches(&d, &req));
+    evhttp_add_header(&req, "X-Lang", "evil"); /* twice: no one value */
+    CHECK(!skey_vary_matches(&d, &req));
+    evhttp_remove_header(&req, "X-Lang");
+    CHECK(!skey_vary_matches(&d, &req) && evhttp_find_header(&req, "X-Lang") != NULL);
+    evhttp_clear_headers(&req);
+    evhttp_add_header(&req, "X-Lang", "en");
+    CHECK(skey_vary_matches(&d, &req));
     evhttp_add_header(&req, "X-Absent", "now present");
     CHECK(!skey_vary_matches(&d, &req));
     /* Cut or grown: refused. */
