@@ -47,7 +47,8 @@
 /* How soon a no-cache wait checks again when the value there is older than
  * the request (see on_check). */
 #define NO_CACHE_RECHECK_MS 50
-#define REMOTE_SLACK_MS 50 /* past the lock's expiry before re-checking */
+#define REMOTE_SLACK_MS 50     /* past the lock's expiry before re-checking */
+#define REMOTE_RECHECK_MS 1000 /* the longest wait on another instance's lock */
 
 enum load_state {
     LS_NEW,             /* created, nothing sent yet */
@@ -699,9 +700,16 @@ static void remote_check(load *ld)
         remote_read(ld);
 }
 
+/* Woken by the announcement, or at the lock's expiry, and at least every
+ * REMOTE_RECHECK_MS: an announcement can be missed (a subscriber moving
+ * to another node in a failover, a release sent once Redis was back) and
+ * a lock can outlive its load; a missed one then costs a second, not
+ * --lock-ttl. */
 static void load_wait_remote(load *ld, int64_t lock_pttl)
 {
     int64_t ms = lock_pttl >= 0 ? lock_pttl : ld->lk->cfg->lock_ttl_ms;
+    if (ms > REMOTE_RECHECK_MS)
+        ms = REMOTE_RECHECK_MS;
     ld->wait_ms = (int)ms + REMOTE_SLACK_MS;
     load_set_state(ld, LS_WAITING_REMOTE);
 }
