@@ -227,7 +227,7 @@ static void node_on_info(redisAsyncContext *ac, void *reply, void *privdata)
         on_master_replaced(n->cl);
     }
     memcpy(n->run_id, run_id, sizeof(n->run_id));
-    rconn_ready(n->conn);
+    rconn_probe(n->conn); /* ready when PING answers: INFO does while loading */
 }
 
 static void node_on_connected(void *arg, rconn *c)
