@@ -729,6 +729,15 @@ static bool load_take_lock_answer(load *ld, int status, const rcache_lock_value 
     if (shutting_down(ld))
         return true;
     if (status != RCACHE_OK) {
+        /* The attempt may have taken the lock all the same (its answer late
+         * past the deadline, or lost with the connection): released now
+         * (token-guarded) or when Redis is back, and announced, or every
+         * instance's requests for the key would wait --lock-ttl for a load
+         * that stores nothing. */
+        if (redis_usable(ld->lk))
+            release_lock(ld->lk, ld->lock_key, ld->token, ld->key, true);
+        else if (ld->lk->rc != NULL)
+            abandon_lock(ld->lk, ld->lock_key, ld->token, ld->key);
         ld->local = true; /* Redis failed us: load in process */
         load_origin(ld);
         return true;

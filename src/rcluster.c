@@ -129,6 +129,21 @@ int rcluster_parse_redirect(const char *err, size_t len, rcluster_redirect *out)
     return 0;
 }
 
+int rcluster_parse_run_id(const char *info, size_t len, char *out)
+{
+    static const char tag[] = "run_id:";
+    const size_t tlen = sizeof(tag) - 1;
+
+    for (size_t i = 0; i + tlen + RCLUSTER_ID_MAX <= len; i++) {
+        if ((i == 0 || info[i - 1] == '\n') && memcmp(info + i, tag, tlen) == 0) {
+            memcpy(out, info + i + tlen, RCLUSTER_ID_MAX);
+            out[RCLUSTER_ID_MAX] = '\0';
+            return 0;
+        }
+    }
+    return -1;
+}
+
 /* ---- the client ---- */
 
 struct rc_node {
@@ -136,8 +151,9 @@ struct rc_node {
     char host[RCLUSTER_HOST_MAX];
     int port;
     char id[RCLUSTER_ID_MAX + 1];
-    int nslots;          /* slots it serves in the current map */
-    int complete_nslots; /* and in the last map that had every slot */
+    char run_id[RCLUSTER_ID_MAX + 1]; /* of the process last connected to ("": none yet) */
+    int nslots;                       /* slots it serves in the current map */
+    int complete_nslots;              /* and in the last map that had every slot */
     rconn *conn;
 };
 
@@ -172,6 +188,8 @@ struct creq {
 
 static const char *const node_probe[] = {"PING"};
 
+static void on_master_replaced(rcluster *cl);
+
 static void arm(struct event *ev, int ms)
 {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
@@ -184,10 +202,42 @@ static void changed(rcluster *cl)
         cl->hooks.on_change(cl->arg);
 }
 
+/* The ready check's answer (INFO server). A master restarted in place
+ * (before the cluster could fail it over) keeps its address, node id and
+ * slots, and nothing in the map shows it; but it holds only what its last
+ * snapshot had, or nothing: an entry and the counters it was stored under
+ * may agree again at values a write acknowledged since had moved on. Its
+ * new run_id tells, as the single-node guard's marker does; the hook runs
+ * before the node counts as up, so nothing is read there first. */
+static void node_on_info(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct rc_node *n = privdata;
+    const redisReply *r = reply;
+    char run_id[RCLUSTER_ID_MAX + 1];
+
+    if (r == NULL || ac != rconn_context(n->conn) || n->cl->closing)
+        return; /* the connection's on_down follows */
+    if (r->type != REDIS_REPLY_STRING || rcluster_parse_run_id(r->str, r->len, run_id) < 0) {
+        rconn_fail(n->conn, "INFO server: no run_id");
+        return;
+    }
+    if (n->run_id[0] && strcmp(n->run_id, run_id) != 0 && n->nslots > 0) {
+        log_debug("redis cluster: %s:%d restarted (run_id %s, was %s)", n->host, n->port, run_id,
+                  n->run_id);
+        on_master_replaced(n->cl);
+    }
+    memcpy(n->run_id, run_id, sizeof(n->run_id));
+    rconn_probe(n->conn); /* ready when PING answers: INFO does while loading */
+}
+
 static void node_on_connected(void *arg, rconn *c)
 {
-    (void)arg;
-    rconn_probe(c); /* ready when PING answers */
+    static const char *const argv[] = {"INFO", "server"};
+    struct rc_node *n = arg;
+
+    if (redisAsyncCommandArgv(rconn_context(c), node_on_info, n, 2, (const char **)argv, NULL) !=
+        REDIS_OK)
+        rconn_fail(c, "INFO server not sent");
 }
 
 static void node_on_up(void *arg, rconn *c)
@@ -236,6 +286,13 @@ static int node_get(rcluster *cl, const char *host, int port)
 }
 
 /* ---- the map ---- */
+
+static void on_master_replaced(rcluster *cl)
+{
+    log_warn("redis cluster: a master was replaced or restarted; its last writes may be lost");
+    if (!cl->closing && cl->hooks.on_master_replaced)
+        cl->hooks.on_master_replaced(cl->arg);
+}
 
 static void refresh_rearm(rcluster *cl)
 {
@@ -289,11 +346,8 @@ static void map_apply(rcluster *cl, const rcluster_range *rg, int n, const char 
     cl->covered = covered;
     cl->mapped = true;
     metrics_inc(M_CLUSTER_REFRESHES);
-    if (replaced) {
-        log_warn("redis cluster: a master was replaced (failover); its last writes may be lost");
-        if (cl->hooks.on_master_replaced)
-            cl->hooks.on_master_replaced(cl->arg);
-    }
+    if (replaced)
+        on_master_replaced(cl);
     changed(cl);
 }
 

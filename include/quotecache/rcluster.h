@@ -10,7 +10,9 @@
  * RCLUSTER_REFRESH_MS, and every RCLUSTER_REFRESH_FAST_MS while a slot's
  * owner is unreachable (a failover: the replica promoted shows up there).
  * A node is never forgotten before rcluster_free (at most
- * RCLUSTER_NODES_MAX): one that lost its slots only idles.
+ * RCLUSTER_NODES_MAX): one that lost its slots only idles. A node is up
+ * once INFO server has answered; a master whose run_id changed (restarted
+ * in place, with an old snapshot or none) counts as replaced.
  *
  * Callbacks: rcluster_command returns 0 and cb then fires exactly once,
  * later, with the final reply (an error reply included, after the
@@ -66,6 +68,10 @@ typedef struct rcluster_redirect {
 } rcluster_redirect;
 int rcluster_parse_redirect(const char *err, size_t len, rcluster_redirect *out);
 
+/* The run_id of an INFO reply (its "run_id:" line, 40 characters) into out
+ * (RCLUSTER_ID_MAX + 1 bytes). Returns 0, or -1 when there is none. */
+int rcluster_parse_run_id(const char *info, size_t len, char *out);
+
 /* ---- the client ---- */
 
 typedef struct rcluster rcluster;
@@ -77,8 +83,10 @@ typedef struct rcluster_hooks {
      * changed: a node came up or went down, or a new map was read. */
     void (*on_change)(void *arg);
     /* A new map in which a node that served slots in the previous one serves
-     * none (failed over, or emptied): writes acknowledged by it may be lost
-     * (replication is asynchronous). Runs before on_change for that map. */
+     * none (failed over, or emptied), or a master reconnected to under a new
+     * run_id (restarted in place): writes acknowledged by it may be lost
+     * (replication is asynchronous; a snapshot is older). Runs before
+     * on_change for that map, and before that node counts as up. */
     void (*on_master_replaced)(void *arg);
 } rcluster_hooks;
 

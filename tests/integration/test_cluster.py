@@ -612,6 +612,21 @@ def test_killed_master_rejoins_as_a_replica():
           % (new["port"], took), flush=True)
 
 
+def test_no_node_refused_a_command_as_crossslot():
+    """Every command and script the module's traffic sent (hits, stores,
+    locks, bump batches, the mirror, the repair after the failover) touched
+    one slot: no node counted a CROSSSLOT error (INFO errorstats)."""
+    seen = {}
+    for n in cl.live():
+        stats = cl.cmd(n, "INFO", "errorstats")
+        for line in stats.splitlines():
+            if line.startswith("errorstat_"):
+                name, _, rest = line.partition(":")
+                seen[(n["port"], name[len("errorstat_"):])] = int(rest.split(",")[0].split("=")[1])
+    print("  error replies by node and kind: %s" % sorted(seen.items()), flush=True)
+    assert not any(kind == "CROSSSLOT" for _, kind in seen), seen
+
+
 def test_proxies_exit_cleanly():
     for p in (px1, px2):
         p.stop_clean()

@@ -253,6 +253,39 @@ def test_no_value_and_no_lock_takes_over_at_once():
         dp.close()
 
 
+def test_lock_taken_by_an_attempt_that_timed_out_is_released():
+    """A lock attempt whose answer comes after --redis-timeout (or is lost
+    with its connection) may have taken the lock all the same: B's lock
+    script ran at once, its answer is delayed past B's deadline, B loads in
+    process and stores nothing. B must release that lock (token-guarded)
+    and announce it: A's request for the key must not wait --lock-ttl."""
+    tax_normal()
+    dp = DelayProxy(st.redis_port)
+    a = start_proxy(lock_ttl=LONG_LOCK_MS)
+    b = start_proxy(lock_ttl=LONG_LOCK_MS, redis=dp.addr, redis_timeout=300)
+    pid = take()
+    path = qpath(pid)
+    try:
+        dp.nx_delay = 1.0
+        s, h, _ = b.get(path, timeout=10)
+        assert s == 200 and h.get("x-cache") == "BYPASS", (s, h.get("x-cache"))
+        assert dp.times("nx"), "b's lock attempt never reached Redis"
+        dp.nx_delay = 0
+        t0 = time.monotonic()
+        s, h, _ = a.get(path, timeout=15)
+        took = time.monotonic() - t0
+        assert s == 200, s
+        assert took < 2.0, "a waited %.2fs on b's lock (lock TTL %d ms)" % (took, LONG_LOCK_MS)
+        wait_for(lambda: not lock_keys(), 2.0, "b's lock released")
+        b.stop_clean()
+        a.stop_clean()
+    finally:
+        dp.nx_delay = 0
+        a.kill()
+        b.kill()
+        dp.close()
+
+
 def announcement_before_lock_answer(fail_first):
     """A loads (tax 500 ms); B's lock attempt is sent while A holds the lock
     and its answer ("taken") is delayed 0.8 s, so A's store (or its release

@@ -105,6 +105,21 @@ static void test_parse_redirect(void)
         CHECK(rcluster_parse_redirect(bad[i], strlen(bad[i]), &rd) == -1);
 }
 
+static void test_parse_run_id(void)
+{
+    static const char info[] = "# Server\r\nredis_version:7.0.15\r\nrun_id:"
+                               "4f3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b\r\ntcp_port:7000\r\n";
+    char id[RCLUSTER_ID_MAX + 1];
+    CHECK(rcluster_parse_run_id(info, sizeof(info) - 1, id) == 0);
+    CHECK(strcmp(id, "4f3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b") == 0);
+    /* Not a field named ..._run_id, nor one cut short. */
+    static const char other[] =
+        "# Server\r\nmaster_run_id:4f3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b\r\n";
+    CHECK(rcluster_parse_run_id(other, sizeof(other) - 1, id) == -1);
+    CHECK(rcluster_parse_run_id(info, 40, id) == -1);
+    CHECK(rcluster_parse_run_id("", 0, id) == -1);
+}
+
 int main(void)
 {
     test_crc16();
@@ -112,5 +127,6 @@ int main(void)
     test_hash_tags();
     test_parse_slots();
     test_parse_redirect();
+    test_parse_run_id();
     return CHECK_DONE();
 }
