@@ -595,7 +595,7 @@ static bool sl_answer_from_entry(sload *ld, const rcache_value *v)
         s.fresh_until_ms = e.fresh_until_ms;
         s.nvary = e.nvary;
         s.vary = (const char(*)[64])e.vary;
-        s.vary_values = &vv;
+        s.vary_values = &ld->hdrs; /* vv holds digests; ld's request matched them */
         s.seconds = -1;
         s.cache_status = "quotecache; fwd=uri-miss; collapsed";
         sl_finish(ld, &s, true);

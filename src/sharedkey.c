@@ -344,6 +344,11 @@ int skey_write_resources(const routes *rt, const char *wpath, enum route_policy 
 
 /* ---- entries ---- */
 
+/* A stored entry keeps a digest of each Vary field's value, not the value:
+ * a route that varies on Cookie or Authorization must not leave users'
+ * credentials readable in Redis. */
+#define VARY_HEX 64
+
 char *skey_entry_encode(const skey_entry *e, size_t *len)
 {
     struct evbuffer *b = evbuffer_new();
@@ -352,7 +357,7 @@ char *skey_entry_encode(const skey_entry *e, size_t *len)
         nh++;
     for (int i = 0; i < e->nvary; i++)
         nv += evhttp_find_header(e->vary_values, e->vary[i]) != NULL;
-    evbuffer_add_printf(b, "QS2 %d %" PRId64 " %" PRId64 " %" PRIu64 " %" PRIu64 " %d %d %d %zu\n",
+    evbuffer_add_printf(b, "QS3 %d %" PRId64 " %" PRId64 " %" PRIu64 " %" PRIu64 " %d %d %d %zu\n",
                         e->status, e->stored_ms, e->fresh_until_ms, e->gen_global, e->gen_sum, nh,
                         e->nvary, nv, e->len);
     for (const struct evkeyval *kv = e->headers->tqh_first; kv; kv = kv->next.tqe_next)
@@ -361,8 +366,11 @@ char *skey_entry_encode(const skey_entry *e, size_t *len)
         evbuffer_add_printf(b, "%s\n", e->vary[i]);
     for (int i = 0; i < e->nvary; i++) {
         const char *v = evhttp_find_header(e->vary_values, e->vary[i]);
-        if (v != NULL)
-            evbuffer_add_printf(b, "%s:%s\n", e->vary[i], v);
+        char hex[VARY_HEX + 1];
+        if (v != NULL) {
+            sha_hex(v, strlen(v), hex, VARY_HEX);
+            evbuffer_add_printf(b, "%s:%s\n", e->vary[i], hex);
+        }
     }
     evbuffer_add(b, e->body, e->len);
     *len = evbuffer_get_length(b);
@@ -417,7 +425,7 @@ int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyva
         return -1;
     memcpy(head, line, n);
     head[n] = '\0';
-    if (sscanf(head, "QS2 %d %" SCNd64 " %" SCNd64 " %" SCNu64 " %" SCNu64 " %d %d %d %zu",
+    if (sscanf(head, "QS3 %d %" SCNd64 " %" SCNd64 " %" SCNu64 " %" SCNu64 " %d %d %d %zu",
                &e->status, &e->stored_ms, &e->fresh_until_ms, &e->gen_global, &e->gen_sum, &nh,
                &e->nvary, &nv, &e->len) != 9 ||
         nh < 0 || e->nvary < 0 || e->nvary > 8 || nv < 0 || nv > e->nvary)
@@ -459,5 +467,17 @@ bool skey_vary_same(int n, const char (*names)[64], const struct evkeyvalq *a,
 
 bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req)
 {
-    return skey_vary_same(e->nvary, (const char(*)[64])e->vary, e->vary_values, req);
+    for (int i = 0; i < e->nvary; i++) {
+        const char *stored, *v;
+        char hex[VARY_HEX + 1];
+        if (field_once(e->vary_values, e->vary[i], &stored) < 0 ||
+            field_once(req, e->vary[i], &v) < 0 || (stored == NULL) != (v == NULL))
+            return false;
+        if (v == NULL)
+            continue;
+        sha_hex(v, strlen(v), hex, VARY_HEX);
+        if (strcmp(hex, stored) != 0)
+            return false;
+    }
+    return true;
 }

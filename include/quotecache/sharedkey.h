@@ -74,7 +74,9 @@ typedef struct skey_entry {
     const struct evkeyvalq *headers;
     int nvary;
     char vary[8][64];
-    const struct evkeyvalq *vary_values; /* name: value of the stored request; absent: absent */
+    /* name: value of the stored request; absent: absent. Encoded as a
+     * SHA-256 of each value, so a decoded entry holds digests. */
+    const struct evkeyvalq *vary_values;
     const char *body;
     size_t len;
 } skey_entry;
@@ -85,7 +87,8 @@ char *skey_entry_encode(const skey_entry *e, size_t *len);
  * initialised and clears); e->body points into buf. Returns 0 or -1. */
 int skey_entry_decode(const char *buf, size_t len, skey_entry *e, struct evkeyvalq *headers,
                       struct evkeyvalq *vary_values);
-/* True when req has the stored request's values of e's Vary fields. */
+/* True when req has the stored request's values of e's Vary fields
+ * (e decoded: its values are digests). */
 bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req);
 /* True when a and b have the same values of the n fields names (absent:
  * absent), and neither sends one of them twice: a field sent twice has no

@@ -166,6 +166,31 @@ def test_vary_honoured():
     assert calls("/rfc/vary") == 2
 
 
+def test_vary_on_cookie_keeps_no_cookie_in_redis():
+    # The entry remembers which Cookie its variant is for as a digest:
+    # users' session cookies are never readable in Redis, and the digest
+    # still tells one user's variant from another's.
+    path = "/rfc/varycookie?h_Vary=Cookie"
+    secret = "sid=TOPSECRET-4711"
+    s, h, b_a = get(pa, path, {"Cookie": secret})
+    assert s == 200 and h["cache-status"].endswith("stored"), h
+    s, h, b = get(pb, path, {"Cookie": secret})
+    assert h["x-cache"] == "HIT" and b == b_a, h
+    s, h, b = get(pb, path, {"Cookie": "sid=other"})
+    assert h["x-cache"] == "MISS" and echoed(b, "Cookie") == ["sid=other"], (h, b)
+    keys = [k for k in st.redis_cli("--scan", "--pattern", "qc:*{r:rfc:*").split()
+            if not k.endswith(":gen")]
+    metas = []
+    for k in keys:
+        raw = st.redis_cli("GET", k)
+        body_len = int(raw.split("\n", 1)[0].split()[-1])
+        metas.append(raw[:len(raw) - body_len])  # the upstream's echo is its own business
+    ours = [m for m in metas if "\nVary:Cookie\n" in m]
+    assert ours and all(m.startswith("QS3 ") and "\nCookie:" in m for m in ours), metas
+    for m in ours:
+        assert "TOPSECRET" not in m and "sid=other" not in m, m
+
+
 def test_vary_field_twice_not_a_variant():
     # The stored request's X-Lang would be its first line, the application
     # read both: the answer for "en, evil" must not be served as "en"'s.
