@@ -66,10 +66,12 @@ proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, 
 void proxy_cancel(proxy_op *op);
 
 /* Builds the local cache key (method GET, target with sorted query,
- * route name, SHA-256 of the identity) into buf. Returns 0, or -1 when the
- * key does not fit in len (then nothing may be cached: a cut key would
- * lose the identity). Pure; for tests. */
-int proxy_local_key(const route *r, const char *target, const char *identity, char *buf,
+ * route name, SHA-256 of the identity and the Host, host NULL when the
+ * request has none) into buf. Returns 0, or -1 when the key does not fit
+ * in len (then nothing may be cached: a cut key would lose the identity).
+ * Pure; for tests. */
+int proxy_local_key(const route *r, const char *target, const char *identity, const char *host,
+                    char *buf,
                     size_t len);
 
 #endif

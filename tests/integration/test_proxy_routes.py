@@ -94,6 +94,23 @@ def test_never_served_to_another_identity():
     assert calls("/me/orders") == 5
 
 
+def test_local_copy_is_per_host():
+    # Two sites behind one proxy, the same path and the same user: each
+    # site's answer is its own copy (the Host is in the key, as for shared
+    # routes), and each is a hit for its own site afterwards.
+    def host_get(host):
+        return get("/me/sites", dict(A, Host=host))
+    for host in ("shop.example", "admin.example"):
+        s, h, b = host_get(host)
+        assert s == 200 and h["x-cache"] == "MISS", (host, h)
+        assert [v for k, v in json.loads(b)["headers"] if k.lower() == "host"] == [host]
+    for host in ("shop.example", "admin.example"):
+        s, h, b = host_get(host)
+        assert h["x-cache"] == "HIT", (host, h)
+        assert [v for k, v in json.loads(b)["headers"] if k.lower() == "host"] == [host]
+    assert calls("/me/sites") == 2
+
+
 def test_cookie_identity():
     s, h, _ = get("/cart/1", {"Cookie": "theme=dark; sid=s1"})
     assert h["x-cache"] == "MISS"

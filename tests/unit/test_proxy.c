@@ -11,7 +11,7 @@ static void key(const char *route_name, const char *target, const char *id, char
     route r;
     memset(&r, 0, sizeof(r));
     snprintf(r.name, sizeof(r.name), "%s", route_name);
-    proxy_local_key(&r, target, id, buf, 512);
+    proxy_local_key(&r, target, id, NULL, buf, 512);
 }
 
 int main(void)
@@ -46,12 +46,18 @@ int main(void)
     route r;
     memset(&r, 0, sizeof(r));
     snprintf(r.name, sizeof(r.name), "cart");
-    int ra = proxy_local_key(&r, target, "Bearer A", a, sizeof(a));
-    int rc = proxy_local_key(&r, target, "Bearer C", c, sizeof(c));
+    int ra = proxy_local_key(&r, target, "Bearer A", NULL, a, sizeof(a));
+    int rc = proxy_local_key(&r, target, "Bearer C", NULL, c, sizeof(c));
     CHECK(ra < 0 && rc < 0);
-    CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", a, sizeof(a)) == 0);
+    CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", NULL, a, sizeof(a)) == 0);
     /* The digest is SHA-256 in lowercase hex (hashlib's, for "Bearer A"). */
     CHECK(strcmp(a, "GET /cart/1\ncart\n"
                     "98114cdd5c702d7a5efbd07968971454850b9801daae87ee5600cad5d7f1c179") == 0);
+    /* The Host is in the digest: two sites behind one proxy, same path and
+     * user, are two copies; no Host is not an empty one. */
+    CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", "shop.example", b, sizeof(b)) == 0);
+    CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", "admin.example", c, sizeof(c)) == 0);
+    CHECK(strcmp(a, b) != 0 && strcmp(b, c) != 0 && strncmp(b, "GET /cart/1\ncart\n", 17) == 0);
+    CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", "", c, sizeof(c)) == 0 && strcmp(a, c) != 0);
     return CHECK_DONE();
 }
