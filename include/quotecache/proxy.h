@@ -71,7 +71,6 @@ void proxy_cancel(proxy_op *op);
  * in len (then nothing may be cached: a cut key would lose the identity).
  * Pure; for tests. */
 int proxy_local_key(const route *r, const char *target, const char *identity, const char *host,
-                    char *buf,
-                    size_t len);
+                    char *buf, size_t len);
 
 #endif
