@@ -36,6 +36,19 @@ def require_file(path, what=None):
         skip("%s missing: %s" % (what or "file", path))
 
 
+def load_retries(proxies):
+    """Loads repeated because a write overtook them (the proxy's
+    quotecache_load_retries_total), summed over proxies."""
+    total = 0
+    for p in proxies:
+        _, _, body = p.get("/metrics")
+        line = [ln for ln in body.decode().splitlines()
+                if ln.startswith("quotecache_load_retries_total ")]
+        assert line, "quotecache_load_retries_total missing"
+        total += int(float(line[0].split()[1]))
+    return total
+
+
 def main(ns):
     only = set(sys.argv[1:])
     tests = [(n, f) for n, f in ns.items()

@@ -216,7 +216,7 @@ def measure(what, sql, keys, settle=0.3):
     warm(keys)
     before = references(keys)
     st.tax_reset()
-    retried = load_retries()
+    retried = qctest.load_retries(px)
     after = write_then_reference(sql, keys)
     t0 = time.monotonic()
     changed = [k for k in keys if after[k] != before[k]]
@@ -231,24 +231,12 @@ def measure(what, sql, keys, settle=0.3):
     # A load that a write overtook (its store fenced, or its worker heard of
     # the write while it ran) loads the same quote again: one more tax call,
     # not one more quote reloaded. Counted by the proxies, told apart here.
-    retried = load_retries() - retried
+    retried = qctest.load_retries(px) - retried
     reloads = st.tax_stats() - retried
     table.append((what, reloads, len(changed), len(keys)))
     print("  %s: %d reloads (+%d repeated), %d of %d quotes changed, reflected in %.0f ms"
           % (what, reloads, retried, len(changed), len(keys), lag * 1000), flush=True)
     return reloads, changed, unchanged
-
-
-def load_retries():
-    """Loads repeated because a write overtook them, on both proxies."""
-    total = 0
-    for p in px:
-        _, _, body = p.get("/metrics")
-        line = [ln for ln in body.decode().splitlines()
-                if ln.startswith("quotecache_load_retries_total ")]
-        assert line, "quotecache_load_retries_total missing"
-        total += int(float(line[0].split()[1]))
-    return total
 
 
 def all_hits(unchanged, except_keys=()):
