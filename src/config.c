@@ -366,6 +366,10 @@ static void load_file(loader *ld, const char *path)
         else
             load_file_line(ld, path, lineno, line, seen);
     }
+    /* getline() ends on a read error as on EOF (a directory opens, then
+     * reads EISDIR): without this an unreadable file was an empty one. */
+    if (ferror(f))
+        config_problem(ld->probs, "--config: cannot read '%.200s': %s", path, strerror(errno));
     free(line);
     fclose(f);
 }

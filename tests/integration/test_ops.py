@@ -111,6 +111,14 @@ def test_config_errors_name_the_line():
     assert "%s:2: not allowed" % conf in r.stderr, r.stderr
 
 
+def test_config_that_cannot_be_read_is_an_error():
+    """fopen() opens a directory; the read then fails (EISDIR). That read
+    error is not the end of an empty file: --check-config said ok."""
+    r = run(["--config", st.dir, "--check-config"])
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "--config: cannot read '%s'" % st.dir in r.stderr, r.stderr
+
+
 def test_check_config_lists_every_problem():
     port = qcstack.free_port()
     conf = write_conf("many.conf", "\n".join([
