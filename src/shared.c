@@ -296,6 +296,10 @@ static int req_answer_entry(shared_req *q, const char *buf, size_t len, enum met
     TAILQ_INIT(&h);
     TAILQ_INIT(&vv);
     int rc = skey_entry_decode(buf, len, &e, &h, &vv);
+    /* A load's stale copy is the variant of the request that found it;
+     * other requests join the flight whatever their Vary fields. */
+    if (rc == 0 && !skey_vary_matches(&e, evhttp_request_get_input_headers(q->req)))
+        rc = -1;
     if (rc == 0)
         req_answer_decoded(q, &e, &h, x);
     evhttp_clear_headers(&h);

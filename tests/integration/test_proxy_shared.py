@@ -32,6 +32,8 @@ ROUTES = {"routes": [
     {"name": "flaky", "path": "/flaky/{x}", "policy": "shared", "ttl": 1, "stale": 3},
     {"name": "failing", "methods": ["GET", "HEAD", "PUT"], "path": "/failing/{x}",
      "policy": "shared", "ttl": 1, "stale": 10},
+    {"name": "failvary", "path": "/failing/{x}/v", "policy": "shared", "ttl": 1, "stale": 10,
+     "query": ["h_Vary"]},
     {"name": "slowvary", "path": "/sv/{x}", "policy": "shared", "ttl": 60,
      "query": ["h_Vary", "sleep_ms", "h_ETag"]},
     {"name": "tenant", "path": "/tenant/{t}", "policy": "shared", "ttl": 60,
@@ -517,6 +519,41 @@ def test_conditional_first_request_still_fills_the_cache():
     assert h["x-cache"] == "HIT", h
     # One fetch per worker of pa at most (the 20 spread over its 2 workers).
     assert calls("/sv/etag") - n0 <= 2, calls("/sv/etag") - n0
+
+
+def test_stale_copy_only_to_its_own_variant():
+    # A's copy, expired but within the stale horizon, is what the load
+    # falls back on when the upstream fails; B (another Vary value) joins
+    # the same flight, as leader or as waiter, and must get the error,
+    # never A's page. Each pair lands on one worker about half the time.
+    paths = ["/failing/k%d/v?h_Vary=X-User" % i for i in range(8)]
+    qcstack.http_get(app_port, "/mode")
+    for path in paths:
+        s, h, _ = get(pa, path, {"X-User": "user-a"})
+        assert s == 200 and h["cache-status"].endswith("stored"), h
+    time.sleep(1.2)
+    qcstack.http_get(app_port, "/mode?get_ms=800&get_code=503")
+    try:
+        for i, path in enumerate(paths):
+            out = {}
+            order = ("user-a", "user-b") if i % 2 == 0 else ("user-b", "user-a")
+            ts = []
+            for user in order:
+                t = threading.Thread(target=lambda u=user: out.update(
+                    {u: get(pa, path, {"X-User": u})}))
+                t.start()
+                ts.append(t)
+                time.sleep(0.15)
+            for t in ts:
+                t.join()
+            s, h, b = out["user-b"]
+            assert b"user-a" not in b, (path, order, s, h, b[:200])
+            assert s >= 500, (path, s, h)
+            s, h, b = out["user-a"]
+            assert s >= 500 or (h["x-cache"] == "STALE" and echoed(b, "X-User") == ["user-a"]), (
+                path, s, h)
+    finally:
+        qcstack.http_get(app_port, "/mode")
 
 
 def test_stale_within_horizon_then_error():
