@@ -5,6 +5,7 @@
  * to it. */
 #include "quotecache/proxy.h"
 
+#include <ctype.h>
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <openssl/evp.h>
@@ -120,8 +121,8 @@ int proxy_local_key(const route *r, const char *target, const char *identity, co
     memcpy(who, identity, il);
     if (host != NULL) {
         who[wl++] = '\0';
-        memcpy(who + wl, host, hl);
-        wl += hl;
+        for (size_t i = 0; i < hl; i++) /* a host name has no case (RFC 9110 4.2.3) */
+            who[wl++] = (char)tolower((unsigned char)host[i]);
     }
     unsigned char d[32];
     unsigned int dlen = 0;

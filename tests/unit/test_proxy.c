@@ -59,5 +59,7 @@ int main(void)
     CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", "admin.example", c, sizeof(c)) == 0);
     CHECK(strcmp(a, b) != 0 && strcmp(b, c) != 0 && strncmp(b, "GET /cart/1\ncart\n", 17) == 0);
     CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", "", c, sizeof(c)) == 0 && strcmp(a, c) != 0);
+    CHECK(proxy_local_key(&r, "/cart/1", "Bearer A", "Shop.EXAMPLE", c, sizeof(c)) == 0 &&
+          strcmp(b, c) == 0);
     return CHECK_DONE();
 }
