@@ -217,7 +217,6 @@ def test_invalidated_keys_reload_once():
     assert all(r <= len(keys) // 100 for r in repeats), repeats
 
 
-
 def test_lock_won_after_the_value_landed():
     """Issue 15, item 1 (check after the lock), made deterministic: b's lock
     attempts reach Redis 100 ms late (delayproxy), after a has loaded,
