@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "quotecache/hash.h"
 #include "quotecache/mem.h"
 #include "quotecache/proxyhdr.h"
 
@@ -35,14 +36,6 @@ struct lcache {
     size_t nbuckets; /* a power of two */
     entry *head, *tail;
 };
-
-static uint64_t hash_of(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
 
 lcache *lcache_new(size_t max_bytes)
 {
@@ -142,7 +135,7 @@ static bool vary_matches(const entry *e, const struct evkeyvalq *req)
 const lcache_entry *lcache_get(lcache *c, const char *key, const struct evkeyvalq *req,
                                int64_t now_ms)
 {
-    entry *e = *slot_of(c, key, hash_of(key));
+    entry *e = *slot_of(c, key, hash_str(key));
     if (e == NULL)
         return NULL;
     if (now_ms >= e->pub.expires_ms) {
@@ -158,7 +151,7 @@ const lcache_entry *lcache_get(lcache *c, const char *key, const struct evkeyval
 
 void lcache_delete(lcache *c, const char *key)
 {
-    entry *e = *slot_of(c, key, hash_of(key));
+    entry *e = *slot_of(c, key, hash_str(key));
     if (e != NULL)
         drop(c, e);
 }
@@ -192,7 +185,7 @@ static size_t headers_bytes(const struct evkeyvalq *h)
 
 int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *headers,
                const char *body, size_t len, const struct evkeyvalq *req,
-               const httpcache_verdict *v, int64_t now_ms)
+               const httpcache_verdict *v, const lcache_times *t)
 {
     size_t size = ENTRY_OVERHEAD + strlen(key) + len + headers_bytes(headers);
     if (size > c->max_bytes / 8)
@@ -202,7 +195,7 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
         drop(c, c->tail);
     entry *e = xcalloc(1, sizeof(*e));
     e->key = xstrdup(key);
-    e->hash = hash_of(key);
+    e->hash = hash_str(key);
     e->size = size;
     TAILQ_INIT(&e->headers);
     for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
@@ -219,10 +212,13 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
                             &e->headers,
                             e->body,
                             len,
-                            now_ms,
-                            now_ms + v->ttl_s * 1000,
+                            t->stored_ms,
+                            t->fresh_until_ms,
+                            t->expires_ms,
                             evhttp_find_header(&e->headers, "ETag"),
-                            evhttp_find_header(&e->headers, "Last-Modified")};
+                            evhttp_find_header(&e->headers, "Last-Modified"),
+                            e->nvary,
+                            (const char(*)[64])e->vary};
     entry **p = slot_of(c, key, e->hash);
     *p = e;
     lru_push(c, e);

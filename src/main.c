@@ -67,6 +67,8 @@ typedef struct worker {
 static void worker_redis_state(void *arg, bool up)
 {
     worker *w = arg;
+    if (w->px != NULL)
+        proxy_redis_state(w->px, up);
     if (w->lk == NULL)
         return;
     if (!up) {

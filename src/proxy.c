@@ -47,9 +47,9 @@ struct proxy_op {
     struct evkeyvalq req; /* the client's fields, for the store decision and Vary */
     shared_req *sq;       /* a shared route's request instead of up */
     char *wpath;          /* a write: its path, for the invalidation of its resources */
-    /* A 2xx or 3xx write waits for Redis to acknowledge its counter bumps before
-     * it is answered, so no instance serves the old copy after the
-     * client saw the write succeed. */
+    /* A 2xx or 3xx write waits for Redis to acknowledge its counter bumps
+     * and its announcement before it is answered, so no instance serves
+     * the old copy after the client saw the write succeed. */
     bool bumping;
     proxy_reply held;
 };
@@ -201,11 +201,23 @@ static void add_cache_fields(proxy_reply *out, const char *x, const char *status
     evhttp_add_header(&out->headers, "Cache-Status", status);
 }
 
-bool proxy_try_local(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out)
+static bool try_local(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out);
+
+bool proxy_try_hit(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD)
         return false;
+    if (try_local(p, req, path, out))
+        return true;
+    const route *r = routes_match(p->rt, m, path); /* as proxy_forward matches it */
+    return r != NULL && r->policy == ROUTE_SHARED && p->sh != NULL &&
+           shared_try_hot(p->sh, r, req, path, out);
+}
+
+static bool try_local(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out)
+{
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
     const route *r = routes_match(p->rt, EVHTTP_REQ_GET, path);
     char key[LOCAL_KEY_MAX];
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
@@ -326,35 +338,61 @@ static void on_message(void *arg, const char *msg, size_t len)
         memcpy(path, msg + 2, len - 2);
         path[len - 2] = '\0';
         local_invalidate(p, path);
+        shared_on_write(p->sh, p->rt, path);
+        return;
+    }
+    if (len == 1 && msg[0] == 'a') { /* a purge of everything */
+        lcache_clear(p->lc);
+        shared_drop_copies(p->sh);
         return;
     }
     shared_on_message(p->sh, msg, len);
 }
 
-/* A 2xx or 3xx write: every worker of every instance drops its local copies (a
- * message on the routes channel, this worker's included; without Redis
- * this worker alone), and the shared resources' counters are bumped.
- * Returns true when the answer must wait for the bumps (op_bumped). */
+/* Tells every worker of every instance, this one included (through its
+ * subscription), msg on the routes channel. Returns 0 when it was sent
+ * (done, if any, runs once Redis answers), -1 when not: Redis is away. */
+static int announce(proxy *p, const char *msg, rcache_done_cb *done, void *arg)
+{
+    if (p->rc == NULL || !rcache_is_up(p->rc))
+        return -1;
+    return rcache_publish(p->rc, shared_channel(p->sh), msg, done, arg) < 0 ? -1 : 0;
+}
+
+/* A write to wpath: every worker drops its local copies and its
+ * in-process shared copies of the resources touched; without Redis this
+ * worker alone. */
+static int announce_write(proxy *p, const char *wpath, rcache_done_cb *done, void *arg)
+{
+    size_t n = strlen(wpath) + 3;
+    char *msg = xmalloc(n);
+    snprintf(msg, n, "i %s", wpath);
+    int rc = announce(p, msg, done, arg);
+    free(msg);
+    if (rc < 0) {
+        local_invalidate(p, wpath);
+        if (p->sh != NULL)
+            shared_on_write(p->sh, p->rt, wpath);
+    }
+    return rc;
+}
+
+/* A 2xx or 3xx write: the shared resources' counters are bumped, then the
+ * write is announced (after the bumps: a worker that drops its copy on
+ * the announcement and reads Redis again must find the counter moved).
+ * Returns true when the answer must wait for both (op_bumped). */
 static void op_bumped(void *arg);
 static bool invalidate_write(proxy_op *op)
 {
     proxy *p = op->p;
+    if (p->sh != NULL && shared_invalidate(p->sh, p->rt, op->wpath, op_bumped, op) > 0)
+        return true;
     local_inval *li = xcalloc(1, sizeof(*li));
     int nlocal = skey_write_resources(p->rt, op->wpath, ROUTE_LOCAL, collect_resource, li);
     free(li);
-    if (nlocal == 0) {
-        /* No local route holds this resource: nothing to tell the workers. */
-    } else if (p->rc != NULL && rcache_is_up(p->rc)) {
-        size_t n = strlen(op->wpath) + 3;
-        char *msg = xmalloc(n);
-        snprintf(msg, n, "i %s", op->wpath);
-        if (rcache_publish(p->rc, shared_channel(p->sh), msg, NULL, NULL) < 0)
-            local_invalidate(p, op->wpath);
-        free(msg);
-    } else {
-        local_invalidate(p, op->wpath);
-    }
-    return p->sh != NULL && shared_invalidate(p->sh, p->rt, op->wpath, op_bumped, op) > 0;
+    if (nlocal > 0) /* else no local route holds it: nothing to tell */
+        announce_write(p, op->wpath, NULL, NULL);
+    return false;
 }
 
 /* Stores the answer when the route and RFC 9111 allow; says how in the
@@ -365,9 +403,11 @@ static void store_or_not(proxy_op *op, const upstream_answer *a, proxy_reply *ou
     /* out holds the upstream's fields alone yet (moved from a). */
     httpcache_decide(a->status, &op->req, &out->headers, false, op->r->ttl_s, &v);
     size_t len = evbuffer_get_length(a->body);
+    int64_t now = now_ms();
+    lcache_times t = {now, now + v.ttl_s * 1000, now + v.ttl_s * 1000};
     if (v.store &&
         lcache_put(op->p->lc, op->key, a->status, &out->headers,
-                   (const char *)evbuffer_pullup(a->body, -1), len, &op->req, &v, now_ms()) == 0) {
+                   (const char *)evbuffer_pullup(a->body, -1), len, &op->req, &v, &t) == 0) {
         add_cache_fields(out, "MISS", "quotecache; fwd=uri-miss; stored");
         out->xcache = X_MISS;
         return;
@@ -377,13 +417,28 @@ static void store_or_not(proxy_op *op, const upstream_answer *a, proxy_reply *ou
     out->xcache = X_MISS;
 }
 
-static void op_bumped(void *arg)
+static void op_answer_held(proxy_op *op)
 {
-    proxy_op *op = arg;
     if (op->cb != NULL)
         op->cb(op->arg, &op->held);
     proxy_reply_release(&op->held);
     op_free(op);
+}
+
+static void op_announced(void *arg, int status, long long result)
+{
+    (void)status; /* not acknowledged: copies elsewhere go by SHOT_MS */
+    (void)result;
+    op_answer_held(arg);
+}
+
+/* Answered once the announcement is acknowledged too: by then Redis has
+ * handed it to every subscriber, before the client can ask again. */
+static void op_bumped(void *arg)
+{
+    proxy_op *op = arg;
+    if (announce_write(op->p, op->wpath, op_announced, op) < 0)
+        op_answer_held(op);
 }
 
 static void on_upstream(void *arg, const upstream_answer *a)
@@ -493,6 +548,22 @@ void proxy_attach(proxy *p, struct event_base *base, rcache *rc, const char *ver
     p->sh = shared_new(base, p->up, rc, version, lock_ttl_ms, upstream_timeout_ms);
     if (rc != NULL)
         rcache_subscribe(rc, shared_channel(p->sh), on_message, p);
+}
+
+void proxy_purged(proxy *p)
+{
+    lcache_clear(p->lc);
+    if (p->sh == NULL)
+        return;
+    shared_drop_copies(p->sh);
+    announce(p, "a", NULL, NULL); /* not sent: the others' go by SHOT_MS */
+}
+
+void proxy_redis_state(proxy *p, bool up)
+{
+    (void)up; /* either way what was read before may be void (rcache.h) */
+    if (p->sh != NULL)
+        shared_drop_copies(p->sh);
 }
 
 void proxy_close(proxy *p)

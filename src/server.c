@@ -607,7 +607,7 @@ static void on_proxied(void *arg, proxy_reply *r)
 static void handle_proxied(server *s, struct evhttp_request *req, const char *path)
 {
     proxy_reply hit;
-    if (proxy_try_local(s->d.px, req, path, &hit)) {
+    if (proxy_try_hit(s->d.px, req, path, &hit)) {
         send_proxied(s, req, &hit);
         proxy_reply_release(&hit);
         return;
@@ -821,6 +821,8 @@ static void route_admin(server *s, struct evhttp_request *req)
     c->product_id = pid;
     s->inflight++;
     invalidate_purge(s->d.inv, pid, on_purged, c);
+    if (pid == 0 && s->d.px != NULL)
+        proxy_purged(s->d.px); /* after the global bump is sent, as for writes (proxy.c) */
 }
 
 static void on_admin(struct evhttp_request *req, void *arg)

@@ -47,6 +47,7 @@
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/proxyhdr.h"
+#include "quotecache/sharedhot.h"
 #include "quotecache/sharedkey.h"
 
 #define MAX_ATTEMPTS 3       /* fetches of one flight fenced by concurrent writes */
@@ -54,6 +55,7 @@
 #define WAITERS_PER_KEY 4096 /* past it a request is forwarded on its own */
 #define WAITERS_TOTAL 65536
 #define TARGET_MAX 8192
+#define HOT_BYTES (8u << 20) /* the in-process tier, per worker (sharedhot.h) */
 
 enum sl_state {
     SL_NEW,
@@ -96,6 +98,7 @@ struct shared {
     flight_table *flights;
     sload *loads;        /* every live load, for shutdown and the subscriber */
     shared_req *reading; /* requests whose Redis read is in flight */
+    shot *hot;           /* copies of what was read, for SHOT_MS */
     bool closing;
 };
 
@@ -114,6 +117,8 @@ struct shared_req {
     skey_keys k;
     char *target;    /* path?normalized query, toward the upstream */
     upstream_op *up; /* RQ_FORWARDING */
+    char *canon;     /* the canonical request, for the in-process tier */
+    uint64_t stamp;  /* its tier stamp before the read (sharedhot.h) */
 };
 
 struct sload {
@@ -197,35 +202,37 @@ static void scope_keys_one(scope_keys *out, const char *gen_key)
 static void req_free(shared_req *q)
 {
     free(q->target);
+    free(q->canon);
     free(q);
 }
 
-/* Builds and sends q's reply, and frees q. */
-static void req_answer(shared_req *q, const sresult *s, enum metrics_xcache x)
+/* The reply to req (of route r) from s: its fields, Age, the cache fields,
+ * a 304 or HEAD's length where due. */
+static void build_reply(proxy_reply *out, const route *r, struct evhttp_request *req, bool head,
+                        const sresult *s, enum metrics_xcache x)
 {
-    proxy_reply out;
-    memset(&out, 0, sizeof(out));
-    TAILQ_INIT(&out.headers);
-    out.route = q->r->name;
-    out.xcache = x;
-    out.upstream_seconds = x == X_HIT || x == X_STALE ? -1 : s->seconds;
-    out.err = s->err;
+    memset(out, 0, sizeof(*out));
+    TAILQ_INIT(&out->headers);
+    out->route = r->name;
+    out->xcache = x;
+    out->upstream_seconds = x == X_HIT || x == X_STALE ? -1 : s->seconds;
+    out->err = s->err;
     int64_t now = wall_ms();
     char buf[96];
     const struct evkeyvalq *h = s->movable ? s->movable : s->h;
     const char *etag = NULL, *last_modified = NULL;
     if (s->err == NULL && s->movable != NULL) {
         /* Moved, not copied: a hit's fields cost no allocation here. */
-        proxyhdr_move_all(s->movable, &out.headers);
-        while (evhttp_remove_header(&out.headers, "Age") == 0)
+        proxyhdr_move_all(s->movable, &out->headers);
+        while (evhttp_remove_header(&out->headers, "Age") == 0)
             ;
-        while (evhttp_remove_header(&out.headers, "X-Cache") == 0)
+        while (evhttp_remove_header(&out->headers, "X-Cache") == 0)
             ;
-        h = &out.headers;
+        h = &out->headers;
     } else if (s->err == NULL) {
         for (const struct evkeyval *kv = s->h->tqh_first; kv; kv = kv->next.tqe_next) {
             if (strcasecmp(kv->key, "Age") != 0 && strcasecmp(kv->key, "X-Cache") != 0)
-                evhttp_add_header(&out.headers, kv->key, kv->value);
+                evhttp_add_header(&out->headers, kv->key, kv->value);
         }
     }
     if (s->err == NULL) {
@@ -233,10 +240,10 @@ static void req_answer(shared_req *q, const sresult *s, enum metrics_xcache x)
         last_modified = evhttp_find_header(h, "Last-Modified");
         if (s->stored_ms > 0) {
             snprintf(buf, sizeof(buf), "%lld", (long long)((now - s->stored_ms) / 1000));
-            evhttp_add_header(&out.headers, "Age", buf);
+            evhttp_add_header(&out->headers, "Age", buf);
         }
     }
-    evhttp_add_header(&out.headers, "X-Cache", metrics_xcache_name(x));
+    evhttp_add_header(&out->headers, "X-Cache", metrics_xcache_name(x));
     const char *cs = s->cache_status;
     if (x == X_HIT || x == X_STALE) {
         int64_t ttl = (s->fresh_until_ms - now) / 1000;
@@ -244,21 +251,28 @@ static void req_answer(shared_req *q, const sresult *s, enum metrics_xcache x)
                  x == X_STALE ? "; detail=stale-if-error" : "");
         cs = buf;
     }
-    evhttp_add_header(&out.headers, "Cache-Status", cs);
-    out.status = s->status;
-    struct evkeyvalq *in = evhttp_request_get_input_headers(q->req);
+    evhttp_add_header(&out->headers, "Cache-Status", cs);
+    out->status = s->status;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     if (s->err == NULL && s->status == 200 && httpcache_not_modified(in, etag, last_modified)) {
-        out.status = 304;
-    } else if (s->err == NULL && q->head) {
+        out->status = 304;
+    } else if (s->err == NULL && head) {
         if (!s->bodiless) { /* the GET's body is here: its length is ours to say */
             snprintf(buf, sizeof(buf), "%zu", s->len);
-            evhttp_remove_header(&out.headers, "Content-Length");
-            evhttp_add_header(&out.headers, "Content-Length", buf);
+            evhttp_remove_header(&out->headers, "Content-Length");
+            evhttp_add_header(&out->headers, "Content-Length", buf);
         }
     } else if (s->err == NULL) {
-        out.owned = out.body = evbuffer_new();
-        evbuffer_add(out.body, s->body, s->len);
+        out->owned = out->body = evbuffer_new();
+        evbuffer_add(out->body, s->body, s->len);
     }
+}
+
+/* Builds and sends q's reply, and frees q. */
+static void req_answer(shared_req *q, const sresult *s, enum metrics_xcache x)
+{
+    proxy_reply out;
+    build_reply(&out, q->r, q->req, q->head, s, x);
     q->cb(q->arg, &out);
     proxy_reply_release(&out);
     req_free(q);
@@ -694,6 +708,7 @@ void shared_on_message(shared *sh, const char *msg, size_t len)
 {
     if (msg == NULL) {
         /* The subscriber is back: announcements may have been missed. */
+        shot_drop_all(sh->hot);
         sload *next;
         for (sload *ld = sh->loads; ld != NULL; ld = next) {
             next = ld->next;
@@ -853,7 +868,10 @@ static void on_read(void *arg, int status, const rcache_value *v)
     if (status == RCACHE_OK && v->entry != NULL &&
         skey_entry_decode(v->entry, v->entry_len, &e, &h, &vv) == 0 && entry_current(&e, v) &&
         skey_vary_matches(&e, evhttp_request_get_input_headers(q->req))) {
-        if (wall_ms() < e.fresh_until_ms) {
+        int64_t now = wall_ms();
+        if (now < e.fresh_until_ms) {
+            shot_put(q->sh->hot, q->canon, q->stamp, &e, &h,
+                     evhttp_request_get_input_headers(q->req), now);
             req_answer_decoded(q, &e, &h, X_HIT);
             evhttp_clear_headers(&h);
             evhttp_clear_headers(&vv);
@@ -869,28 +887,71 @@ static void on_read(void *arg, int status, const rcache_value *v)
              status == RCACHE_OK ? v->gen_global + v->gen_product : 0);
 }
 
+/* What a request must send for a stored copy to answer it: no no-store,
+ * no no-cache (those are forwarded, and nothing is stored). */
+static bool wants_origin(const struct evkeyvalq *in)
+{
+    const char *cc = evhttp_find_header(in, "Cache-Control");
+    const char *pragma = evhttp_find_header(in, "Pragma");
+    return httphdr_has_token(cc, "no-store") || httphdr_has_token(cc, "no-cache") ||
+           httphdr_has_token(pragma, "no-cache");
+}
+
+/* The canonical request of req on r (canon: SKEY_CANON_MAX bytes), the
+ * query toward the upstream and its resource. Returns 0 or -1 (not
+ * cacheable: skey_canonical). */
+static int canonical_of(const route *r, struct evhttp_request *req, const char *path, char *canon,
+                        char fwd[TARGET_MAX], char res[SKEY_RESOURCE_MAX])
+{
+    const char *uri = evhttp_request_get_uri(req);
+    const char *query = strchr(uri, '?');
+    if (skey_canonical(r, path, query ? query + 1 : NULL, evhttp_request_get_input_headers(req),
+                       canon, SKEY_CANON_MAX, fwd, TARGET_MAX) < 0)
+        return -1;
+    return skey_resource(r, path, res, SKEY_RESOURCE_MAX);
+}
+
+bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, const char *path,
+                    proxy_reply *out)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    if (!redis_usable(sh) || wants_origin(in))
+        return false; /* without Redis no copy here hears of writes */
+    char *canon = xmalloc(SKEY_CANON_MAX), fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
+    const lcache_entry *e = NULL;
+    int64_t now = wall_ms();
+    if (canonical_of(r, req, path, canon, fwd, res) == 0)
+        e = shot_get(sh->hot, canon, shot_stamp(sh->hot, res), in, now);
+    free(canon);
+    if (e == NULL)
+        return false;
+    sresult s = {0};
+    s.status = e->status;
+    s.h = e->headers;
+    s.body = e->body;
+    s.len = e->len;
+    s.stored_ms = e->stored_ms;
+    s.fresh_until_ms = e->fresh_until_ms;
+    s.seconds = -1;
+    build_reply(out, r, req, evhttp_request_get_command(req) == EVHTTP_REQ_HEAD, &s, X_HIT);
+    return true;
+}
+
 shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, const char *path,
                        proxy_cb *cb, void *arg)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    const char *cc = evhttp_find_header(in, "Cache-Control");
-    const char *pragma = evhttp_find_header(in, "Pragma");
-    if (sh->closing || httphdr_has_token(cc, "no-store") || httphdr_has_token(cc, "no-cache") ||
-        httphdr_has_token(pragma, "no-cache"))
+    if (sh->closing || wants_origin(evhttp_request_get_input_headers(req)))
         return NULL;
-    const char *uri = evhttp_request_get_uri(req);
-    const char *query = strchr(uri, '?');
     char *canon = xmalloc(SKEY_CANON_MAX), fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
-    shared_req *q = NULL;
-    if (skey_canonical(r, path, query ? query + 1 : NULL, in, canon, SKEY_CANON_MAX, fwd,
-                       sizeof(fwd)) < 0 ||
-        skey_resource(r, path, res, sizeof(res)) < 0)
-        goto done;
-    q = xcalloc(1, sizeof(*q));
+    if (canonical_of(r, req, path, canon, fwd, res) < 0) {
+        free(canon);
+        return NULL;
+    }
+    shared_req *q = xcalloc(1, sizeof(*q));
     if (skey_keys_of(&q->k, sh->version, r->name, res, canon) < 0) {
+        free(canon);
         free(q);
-        q = NULL;
-        goto done;
+        return NULL;
     }
     q->sh = sh;
     q->r = r;
@@ -898,6 +959,9 @@ shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, c
     q->cb = cb;
     q->arg = arg;
     q->head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+    q->canon = xstrdup(canon);
+    q->stamp = shot_stamp(sh->hot, res); /* before the read: see sharedhot.h */
+    free(canon);
     size_t tl = strlen(path) + 1 + strlen(fwd) + 1;
     q->target = xmalloc(tl);
     snprintf(q->target, tl, "%s%s%s", path, fwd[0] ? "?" : "", fwd);
@@ -913,8 +977,6 @@ shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, c
     } else {
         req_wait(q, NULL, 0, 0); /* never answers before returning: fetches take a loop turn */
     }
-done:
-    free(canon);
     return q;
 }
 
@@ -975,12 +1037,29 @@ static void bump_resource(void *arg, const route *r, const char *resource)
     if (skey_gen_key(key, w->sh->version, r->name, resource) < 0)
         return;
     log_debug("shared: write bumps %s", key);
+    shot_drop_resource(w->sh->hot, resource); /* here at once; elsewhere on its announcement */
     /* Unique: a copy fenced on a lost counter's value never matches its
      * successor (a lost counter would start again at 1). A bump Redis may
      * not have applied is owed, and the global bump that pays it drops
      * shared copies too (they record the global generation). */
     if (rcache_incr_unique(w->sh->rc, key, on_bumped, w->iv) == 0)
         w->iv->pending++;
+}
+
+static void drop_resource(void *arg, const route *r, const char *resource)
+{
+    (void)r;
+    shot_drop_resource(arg, resource);
+}
+
+void shared_on_write(shared *sh, const routes *rt, const char *wpath)
+{
+    skey_write_resources(rt, wpath, ROUTE_SHARED, drop_resource, sh->hot);
+}
+
+void shared_drop_copies(shared *sh)
+{
+    shot_drop_all(sh->hot);
 }
 
 int shared_invalidate(shared *sh, const routes *rt, const char *wpath, shared_done_cb *done,
@@ -1019,6 +1098,7 @@ shared *shared_new(struct event_base *base, upstream *up, rcache *rc, const char
     sh->lock_ttl_ms =
         lock_ttl_ms > upstream_timeout_ms + 1000 ? lock_ttl_ms : upstream_timeout_ms + 1000;
     sh->flights = flight_table_new(WAITERS_PER_KEY, WAITERS_TOTAL);
+    sh->hot = shot_new(HOT_BYTES);
     return sh;
 }
 
@@ -1043,5 +1123,6 @@ void shared_free(shared *sh)
     /* Reads still in flight belong to the rcache, freed before us: their
      * callbacks have run (rcache_free answers them). */
     flight_table_free(sh->flights);
+    shot_free(sh->hot);
     free(sh);
 }

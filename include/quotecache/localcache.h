@@ -22,9 +22,17 @@ typedef struct lcache_entry {
     const struct evkeyvalq *headers; /* end-to-end fields as stored */
     const char *body;
     size_t len;
-    int64_t stored_ms, expires_ms;
+    int64_t stored_ms, fresh_until_ms, expires_ms;
     const char *etag, *last_modified; /* NULL when absent */
+    int nvary;                        /* the Vary fields it was stored for */
+    const char (*vary)[64];
 } lcache_entry;
+
+/* When a copy was stored, until when it is fresh (what Cache-Status
+ * says), and until when this cache may serve it (at most that). */
+typedef struct lcache_times {
+    int64_t stored_ms, fresh_until_ms, expires_ms;
+} lcache_times;
 
 lcache *lcache_new(size_t max_bytes);
 void lcache_free(lcache *c);
@@ -34,13 +42,13 @@ void lcache_free(lcache *c);
 const lcache_entry *lcache_get(lcache *c, const char *key, const struct evkeyvalq *req,
                                int64_t now_ms);
 
-/* Stores a copy (replacing key's entry), fresh until now + v->ttl_s, with
- * req's values of v's Vary fields. Older entries go, least recent first,
+/* Stores a copy (replacing key's entry), kept until t->expires_ms, with
+ * req's values of v's Vary fields (v's lifetime is not read). Older entries go, least recent first,
  * until it fits; an answer over an eighth of the bound is not stored.
  * Returns 0, or -1 when not stored. */
 int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *headers,
                const char *body, size_t len, const struct evkeyvalq *req,
-               const httpcache_verdict *v, int64_t now_ms);
+               const httpcache_verdict *v, const lcache_times *t);
 
 /* Drops key's entry, if any. */
 void lcache_delete(lcache *c, const char *key);

@@ -4,8 +4,10 @@
  * upstream (upstream.h). It builds every header of the answer (the
  * upstream's, Age, X-Cache, Cache-Status); the server only sends it.
  *
- * A local hit is answered at once (proxy_try_local); anything else is an
- * op (proxy_forward) whose callback fires once, later, unless cancelled. */
+ * A hit in process (a local copy, or a shared route's in-process copy of
+ * what Redis holds) is answered at once (proxy_try_hit); anything else is
+ * an op (proxy_forward) whose callback fires once, later, unless
+ * cancelled. */
 #ifndef QUOTECACHE_PROXY_H
 #define QUOTECACHE_PROXY_H
 
@@ -51,11 +53,18 @@ void proxy_attach(proxy *p, struct event_base *base, rcache *rc, const char *ver
                   int lock_ttl_ms, int upstream_timeout_ms);
 /* Shutdown, before the rcache is freed: nothing more is sent to Redis. */
 void proxy_close(proxy *p);
+/* An admin purge of everything was made here: every worker of every
+ * instance drops its in-process copies (local and shared). */
+void proxy_purged(proxy *p);
+/* Redis went down or came back (rcache_state_cb): the shared routes'
+ * in-process copies go. */
+void proxy_redis_state(proxy *p, bool up);
 
-/* Answers req (path: its path, no query) from the local cache when its
- * route is local and a fresh copy of this identity is there: returns true
- * with *out filled (release it after sending). Else false. */
-bool proxy_try_local(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out);
+/* Answers req (path: its path, no query) in process: from the local cache
+ * when its route is local and a fresh copy of this identity is there, or
+ * from a shared route's in-process tier (shared.h). Returns true with
+ * *out filled (release it after sending), else false. */
+bool proxy_try_hit(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out);
 void proxy_reply_release(proxy_reply *r);
 
 /* Forwards req; cb gets the reply (valid during the call only). req must

@@ -51,6 +51,18 @@ shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, c
 /* The client left: cb will not fire. */
 void shared_cancel(shared_req *q);
 
+/* Answers a GET or HEAD on shared route r at once from this worker's
+ * in-process tier (sharedhot.h: what it read from Redis, for SHOT_MS at
+ * most, while Redis is up): returns true with *out filled (release it
+ * after sending). Else false: shared_get. */
+bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, const char *path,
+                    proxy_reply *out);
+/* A write to wpath was announced (by any worker of any instance): the
+ * in-process copies of the shared resources it touches go. */
+void shared_on_write(shared *sh, const routes *rt, const char *wpath);
+/* Every in-process copy goes (a purge of everything, Redis lost or back). */
+void shared_drop_copies(shared *sh);
+
 /* A write to wpath was answered 2xx or 3xx: bumps the counter of every shared
  * resource it touches (sharedkey.h); done runs once all are acknowledged
  * (or failed; never before this returns). Returns the number of bumps

@@ -12,7 +12,8 @@ static struct evkeyvalq none;
 static int put(lcache *c, const char *key, const char *body, int ttl, int64_t now)
 {
     httpcache_verdict v = {.store = true, .ttl_s = ttl};
-    return lcache_put(c, key, 200, &none, body, strlen(body), &none, &v, now);
+    lcache_times t = {now, now + ttl * 1000, now + ttl * 1000};
+    return lcache_put(c, key, 200, &none, body, strlen(body), &none, &v, &t);
 }
 
 static void test_hit_and_expiry(void)
@@ -46,11 +47,16 @@ static void test_vary(void)
     evhttp_add_header(&fr, "Accept-Language", "fr");
     evhttp_add_header(&resp, "ETag", "\"v1\"");
     httpcache_verdict v = {.store = true, .ttl_s = 60, .nvary = 1, .vary = {"accept-language"}};
-    CHECK(lcache_put(c, "k", 200, &resp, "en body", 7, &en, &v, 0) == 0);
+    lcache_times t = {0, 60000, 30000};
+    CHECK(lcache_put(c, "k", 200, &resp, "en body", 7, &en, &v, &t) == 0);
     const lcache_entry *e = lcache_get(c, "k", &en, 1);
     CHECK(e && strcmp(e->etag, "\"v1\"") == 0 && e->last_modified == NULL);
+    CHECK(e && e->fresh_until_ms == 60000 && e->expires_ms == 30000);
+    CHECK(e && e->nvary == 1 && strcmp(e->vary[0], "accept-language") == 0);
     CHECK(lcache_get(c, "k", &fr, 1) == NULL);
     CHECK(lcache_get(c, "k", &none, 1) == NULL); /* absent is a value too */
+    CHECK(lcache_get(c, "k", &en, 29999) != NULL);
+    CHECK(lcache_get(c, "k", &en, 30000) == NULL); /* kept until expires_ms only */
     evhttp_clear_headers(&en);
     evhttp_clear_headers(&fr);
     evhttp_clear_headers(&resp);
