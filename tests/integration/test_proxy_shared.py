@@ -244,29 +244,87 @@ def test_put_invalidates_shared_on_both_instances():
     assert h["x-cache"] == "HIT" and fetched_by(b) == before["/catalog/8"]
 
 
+def fill_workers(p, path, n=8):
+    """Hits of path on p over new connections (spread over its workers),
+    so that every worker holds an in-process copy: the copy's fetcher."""
+    ids = {fetched_by(get(p, path)[2]) for _ in range(n)}
+    assert len(ids) == 1, ids
+    return ids.pop()
+
+
 def test_purge_of_everything_reaches_shared_entries():
     """POST /admin/invalidate {"all": true} on any instance (a bump of the
     global generation, as the guard against a Redis that lost its counters
-    does): no instance serves a shared copy stored before it."""
-    for p in (pa, pb):
-        get(p, "/catalog/21")
-    s, h, b = get(pb, "/catalog/21")
-    assert h["x-cache"] == "HIT", h
-    old = fetched_by(b)
+    does): no instance serves a shared copy stored before it, from Redis
+    or from a worker's in-process copy (the purge is announced)."""
     up = "http://127.0.0.1:%d" % app_port
     admin = qcstack.Proxy(st, upstream=up, routes=os.path.join(st.dir, "routes.json"),
                           admin_token="t0ken-of-the-test")
+
+    def purge():
+        return admin.admin_post("/admin/invalidate", body=b'{"all": true}',
+                                token="t0ken-of-the-test")[0]
     try:
         # No PostgreSQL in this stack: never "ok", but the purge works.
-        res = []
-        qcstack.wait_until(lambda: res.append(admin.admin_post(
-            "/admin/invalidate", body=b'{"all": true}', token="t0ken-of-the-test")) or
-            res[-1][0] == 200, 10, "the purge")
+        qcstack.wait_until(lambda: purge() == 200, 10, "a first purge")
+        get(pa, "/catalog/21")
+        old = fill_workers(pa, "/catalog/21")
+        assert fill_workers(pb, "/catalog/21") == old
+        t0 = time.monotonic()
+        assert purge() == 200
+        for p in (pa, pb):
+            for _ in range(8):
+                s, h, b = get(p, "/catalog/21")
+                assert s == 200 and fetched_by(b) != old, (h, fetched_by(b), old)
+        # Well within the copies' SHOT_MS: dropped, not expired.
+        print("purge and 16 reads: %.3f s" % (time.monotonic() - t0))
     finally:
         admin.stop_clean()
-    for p in (pa, pb):
-        s, h, b = get(p, "/catalog/21")
-        assert s == 200 and fetched_by(b) != old, (h, fetched_by(b), old)
+
+
+def mgets():
+    """Redis reads of entries so far (rcache_read is one MGET)."""
+    for line in st.redis_cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_mget:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_warm_hits_are_served_in_process():
+    """A warm shared hit is the worker's in-process copy of what Redis
+    holds (sharedhot.h), not a Redis read: 300 hits on one keep-alive
+    connection (one worker) read Redis about once per SHOT_MS (500 ms)."""
+    get(pa, "/catalog/hot")
+    conn = http.client.HTTPConnection("127.0.0.1", pa.port, timeout=10)
+    try:
+        n0, t0 = mgets(), time.monotonic()
+        for _ in range(300):
+            conn.request("GET", "/catalog/hot", headers=HOST)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200 and r.getheader("X-Cache") == "HIT"
+        reads, took = mgets() - n0, time.monotonic() - t0
+    finally:
+        conn.close()
+    assert reads <= took / 0.5 + 2, (reads, took)
+    assert reads < 60, (reads, took)
+
+
+def test_write_drops_in_process_copies_on_every_worker_at_once():
+    """The write's announcement follows its counter bumps and is
+    acknowledged before the client's answer: right after it, no worker of
+    either instance serves its in-process copy (which would live 500 ms)."""
+    get(pa, "/catalog/31")
+    old = fill_workers(pa, "/catalog/31")
+    assert fill_workers(pb, "/catalog/31") == old
+    t0 = time.monotonic()
+    s, _, _ = get(pb, "/catalog/31", method="PUT")
+    assert s == 200
+    for p in (pb, pa):
+        for _ in range(8):
+            s, h, b = get(p, "/catalog/31")
+            assert s == 200 and fetched_by(b) != old, h
+    print("write and 16 reads: %.3f s" % (time.monotonic() - t0))
 
 
 def test_write_while_redis_hangs_is_owed():
