@@ -917,12 +917,12 @@ bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, cons
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     if (!redis_usable(sh) || wants_origin(in))
         return false; /* without Redis no copy here hears of writes */
-    char *canon = xmalloc(SKEY_CANON_MAX), fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
+    /* On the stack: an 8 KB malloc and free were 3 % of a hit. */
+    char canon[SKEY_CANON_MAX], fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
     const lcache_entry *e = NULL;
     int64_t now = wall_ms();
     if (canonical_of(r, req, path, canon, fwd, res) == 0)
         e = shot_get(sh->hot, canon, shot_stamp(sh->hot, res), in, now);
-    free(canon);
     if (e == NULL)
         return false;
     sresult s = {0};
