@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quotecache/hex.h"
 #include "quotecache/mem.h"
 
 #define MAGIC "QC2 "
@@ -170,7 +171,6 @@ int envelope_decode(const char *buf, size_t len, envelope *e, const char **body,
 
 void envelope_etag(const char *body, size_t len, char out[ENVELOPE_ETAG_LEN + 1])
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
 
@@ -182,9 +182,5 @@ void envelope_etag(const char *body, size_t len, char out[ENVELOPE_ETAG_LEN + 1]
         out[ENVELOPE_ETAG_LEN] = '\0';
         return;
     }
-    for (int i = 0; i < ENVELOPE_ETAG_LEN / 2; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 0xf];
-    }
-    out[ENVELOPE_ETAG_LEN] = '\0';
+    hex_bytes(md, ENVELOPE_ETAG_LEN / 2, out);
 }

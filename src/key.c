@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quotecache/hex.h"
 #include "quotecache/mem.h"
 #include "quotecache/scope.h"
 #include "quotecache/strbuf.h"
@@ -58,7 +59,6 @@ static bool ids_sorted(const int64_t *ids, size_t n)
  * was a large share of a warm hit (workers are single-threaded). */
 static int digest_hex(char out[DIGEST_HEX + 1], const char *buf, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
     static EVP_MD *sha256;
     static EVP_MD_CTX *ctx;
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -71,11 +71,7 @@ static int digest_hex(char out[DIGEST_HEX + 1], const char *buf, size_t len)
     if (EVP_DigestInit_ex(ctx, sha256, NULL) != 1 || EVP_DigestUpdate(ctx, buf, len) != 1 ||
         EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen * 2 < DIGEST_HEX)
         return -1;
-    for (int i = 0; i < DIGEST_HEX / 2; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 0xf];
-    }
-    out[DIGEST_HEX] = '\0';
+    hex_bytes(md, DIGEST_HEX / 2, out);
     return 0;
 }
 

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quotecache/hex.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -652,7 +653,6 @@ static bool load_answer_from_entry(load *ld, const rcache_value *v)
  * (OpenSSL's fork check), 16 snprintf calls another 8k. */
 static void load_new_token(load *ld)
 {
-    static const char hex[] = "0123456789abcdef";
     lookup *lk = ld->lk;
     if (!lk->token_seeded) {
         if (RAND_bytes((unsigned char *)&lk->token_seed, sizeof(lk->token_seed)) != 1) {
@@ -661,13 +661,9 @@ static void load_new_token(load *ld)
         }
         lk->token_seeded = true;
     }
-    uint64_t v[2] = {lk->token_seed, lk->token_next++};
-    char *p = ld->token;
-    for (int w = 0; w < 2; w++) {
-        for (int shift = 60; shift >= 0; shift -= 4)
-            *p++ = hex[(v[w] >> shift) & 0xf];
-    }
-    *p = '\0';
+    hex_u64(lk->token_seed, ld->token);
+    hex_u64(lk->token_next++, ld->token + 16);
+    ld->token[32] = '\0';
 }
 
 /* Reads the entry and the lock while another instance holds (or held) it;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "quotecache/hex.h"
 #include "quotecache/httpcache.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/localcache.h"
@@ -127,14 +128,8 @@ int proxy_local_key(const route *r, const char *target, const char *identity, co
     unsigned char d[32];
     unsigned int dlen = 0;
     EVP_Digest(who, wl, d, &dlen, EVP_sha256(), NULL);
-    /* By hand: 32 snprintf calls were a third of a local hit's cost. */
-    static const char digits[] = "0123456789abcdef";
     char hex[65];
-    for (int i = 0; i < 32; i++) {
-        hex[2 * i] = digits[d[i] >> 4];
-        hex[2 * i + 1] = digits[d[i] & 15];
-    }
-    hex[64] = '\0';
+    hex_bytes(d, 32, hex); /* 32 snprintf calls were a third of a local hit's cost */
     char norm[LOCAL_KEY_MAX];
     if (strlen(target) >= sizeof(norm))
         return -1; /* its normal form would be cut: two targets, one key */

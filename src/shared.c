@@ -42,6 +42,7 @@
 #include <time.h>
 
 #include "quotecache/flight.h"
+#include "quotecache/hex.h"
 #include "quotecache/httpcache.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/log.h"
@@ -630,8 +631,7 @@ static void new_token(sload *ld)
         log_error("shared: RAND_bytes failed");
         abort();
     }
-    for (size_t i = 0; i < sizeof(raw); i++)
-        snprintf(ld->token + 2 * i, 3, "%02x", raw[i]);
+    hex_bytes(raw, sizeof(raw), ld->token);
 }
 
 static void on_check(void *arg, int status, const rcache_lock_value *lv);

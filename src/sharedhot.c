@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "quotecache/hash.h"
+#include "quotecache/hex.h"
 #include "quotecache/mem.h"
 
 #define BUCKETS 4096 /* a power of two: resources per counter ~ 1/4096 */
@@ -62,9 +63,7 @@ static char *key_of(char *buf, size_t len, uint64_t stamp, const char *canon)
     size_t n = strlen(canon);
     if (STAMP_HEX + 1 + n + 1 > len)
         return NULL;
-    static const char digits[] = "0123456789abcdef";
-    for (int i = STAMP_HEX - 1; i >= 0; i--, stamp >>= 4)
-        buf[i] = digits[stamp & 15];
+    hex_u64(stamp, buf);
     buf[STAMP_HEX] = '\n';
     memcpy(buf + STAMP_HEX + 1, canon, n + 1);
     return buf;

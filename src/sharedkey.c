@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "quotecache/hash.h"
+#include "quotecache/hex.h"
 #include "quotecache/mem.h"
 #include "quotecache/strbuf.h"
 
@@ -20,15 +22,10 @@
 
 static void sha_hex(const char *s, size_t n, char *out, size_t hexlen)
 {
-    static const char digits[] = "0123456789abcdef";
     unsigned char d[32];
     unsigned int dlen = 0;
     EVP_Digest(s, n, d, &dlen, EVP_sha256(), NULL);
-    for (size_t i = 0; i < hexlen / 2; i++) {
-        out[2 * i] = digits[d[i] >> 4];
-        out[2 * i + 1] = digits[d[i] & 15];
-    }
-    out[hexlen] = '\0';
+    hex_bytes(d, hexlen / 2, out);
 }
 
 /* ---- canonical requests ---- */
@@ -215,12 +212,7 @@ int skey_resource(const route *r, const char *path, char *out, size_t len)
  * and a slot: a write to one also drops the other's copies, never fewer. */
 static void resource_hex(const char *resource, char out[17])
 {
-    static const char digits[] = "0123456789abcdef";
-    uint64_t h = 14695981039346656037ULL;
-    for (const char *c = resource; *c; c++)
-        h = (h ^ (unsigned char)*c) * 1099511628211ULL;
-    for (int i = 15; i >= 0; i--, h >>= 4)
-        out[i] = digits[h & 15];
+    hex_u64(hash_str(resource), out);
     out[16] = '\0';
 }
 

@@ -1,0 +1,28 @@
+/* hex: lowercase hex of bytes and of 64-bit values, by hand (a snprintf
+ * per byte was a third of some hits' cost). Header-only. */
+#ifndef QUOTECACHE_HEX_H
+#define QUOTECACHE_HEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The 2n digits of in[0..n), then a NUL, into out. */
+static inline void hex_bytes(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+/* The 16 digits of v, most significant first, into out (no NUL). */
+static inline void hex_u64(uint64_t v, char out[16])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[i] = digits[v & 15];
+}
+
+#endif
