@@ -42,6 +42,10 @@
 #define INM_MAX 256
 #define SERVER_HEALTH_PUBLISH_MS 200 /* staleness of other workers' health in /healthz */
 #define HEALTH_MAX_WORKERS 512       /* slots read per /healthz, at most */
+/* The command of a request whose method evhttp does not know: libevent
+ * 2.1.12's EVHTTP_REQ_UNKNOWN_, internal (http-internal.h), not in
+ * event2/http.h. evhttp lets it through when it is in the allowed mask. */
+#define SERVER_REQ_UNKNOWN (1 << 15)
 
 /* A quote request that arrived before the first catalog load. */
 typedef struct ready_wait {
@@ -662,35 +666,54 @@ static bool method_ok(server *s, struct evhttp_request *req, const char *allow,
     return false;
 }
 
-static void route_public(server *s, struct evhttp_request *req)
+/* The checks every listener runs before routing, so that a request is
+ * read here as anything behind us would read it. allow: the Allow of the
+ * listener's 405 to TRACE and CONNECT (NULL: none to give). Returns true
+ * when it answered. A request it lets through whose body evhttp did not
+ * read gets Connection: close on its answer. */
+static bool reject_unsafe(server *s, struct evhttp_request *req, enum metrics_route route,
+                          const char *allow)
 {
-    conntrack_on_request(s->pub_conns, req);
-    if (reject_oversized(s, req, R_OTHER))
-        return;
     const char *why;
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     bool bodyless = m == EVHTTP_REQ_HEAD || m == EVHTTP_REQ_TRACE;
     const char *host;
     if (proxyhdr_check_framing(in, &why) < 0 ||
         (bodyless && proxyhdr_check_bodyless(in, &why) < 0)) {
         /* The next request's first byte is unknown: close after the 400. */
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        send_error(s, req, R_OTHER, 400, "bad_framing", why);
-        return;
+        evhttp_add_header(out, "Connection", "close");
+        send_error(s, req, route, 400, "bad_framing", why);
+        return true;
     }
     if (proxyhdr_count(in, "Host", &host) > 1) {
         /* RFC 9112 3.2: a 400. We key and set X-Forwarded-Host by the first;
          * the application may read the last. */
-        send_error(s, req, R_OTHER, 400, "bad_host", "more than one Host");
-        return;
+        send_error(s, req, route, 400, "bad_host", "more than one Host");
+        return true;
     }
     if (m == EVHTTP_REQ_TRACE || m == EVHTTP_REQ_CONNECT) {
         /* Never answered nor forwarded: TRACE echoes credentials back to a
          * script (cross-site tracing), CONNECT would make us a tunnel. */
-        send_error(s, req, R_OTHER, 405, "method_not_allowed", "method not allowed");
-        return;
+        if (allow != NULL)
+            evhttp_add_header(out, "Allow", allow);
+        send_error(s, req, route, 405, "method_not_allowed", "method not allowed");
+        return true;
     }
+    /* An unknown method's body is left unread (as HEAD's): it would be
+     * parsed as the next request. */
+    if ((int)m == SERVER_REQ_UNKNOWN && proxyhdr_check_bodyless(in, &why) < 0)
+        evhttp_add_header(out, "Connection", "close");
+    return false;
+}
+
+static void route_public(server *s, struct evhttp_request *req)
+{
+    conntrack_on_request(s->pub_conns, req);
+    if (reject_oversized(s, req, R_OTHER) || reject_unsafe(s, req, R_OTHER, NULL))
+        return;
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
     char path[4096 + 1];
     const char *uri = evhttp_request_get_uri(req);
     /* Absolute form (RFC 7230 5.3.2): route on what follows the authority. */
@@ -716,6 +739,10 @@ static void route_public(server *s, struct evhttp_request *req)
     } else if (strcmp(path, "/metrics") == 0) {
         if (method_ok(s, req, "GET, HEAD", EVHTTP_REQ_GET, R_METRICS))
             handle_metrics(s, req);
+    } else if ((int)m == SERVER_REQ_UNKNOWN) {
+        /* On no other route, and never to the upstream: evhttp 2.1 keeps
+         * no method name to send it by, nor the body. */
+        send_error(s, req, R_OTHER, 501, "not_implemented", "method not implemented");
     } else if (s->d.px != NULL && path[0] == '/' && strcmp(path, "/quote") != 0 &&
                strncmp(path, "/quote/", 7) != 0 && !routes_not_forwarded(path)) {
         /* Every route not ours; admin routes and paths above the root
@@ -797,7 +824,7 @@ static long long parse_invalidate(struct evbuffer *body)
 static void route_admin(server *s, struct evhttp_request *req)
 {
     conntrack_on_request(s->admin_conns, req);
-    if (reject_oversized(s, req, R_ADMIN))
+    if (reject_oversized(s, req, R_ADMIN) || reject_unsafe(s, req, R_ADMIN, "POST"))
         return;
     if (strcmp(evhttp_request_get_uri(req), "/admin/invalidate") != 0) {
         send_error(s, req, R_ADMIN, 404, "no_route", "no such route");
@@ -863,11 +890,12 @@ static struct evhttp *http_listen(server *s, const hostport *hp, evutil_socket_t
     /* evhttp's timeout is per read: it cuts idle connections; conntrack
      * cuts slow senders, whatever their pace. */
     evhttp_set_timeout(h, cfg->idle_timeout_s);
-    /* TRACE and CONNECT reach route_public for its JSON 405 (evhttp's own
-     * refusal is an HTML 501). */
+    /* TRACE, CONNECT and methods evhttp does not know reach our routing
+     * for a JSON 405 or 501 (evhttp's own refusal is an HTML 501). */
     evhttp_set_allowed_methods(h, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
                                       EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-                                      EVHTTP_REQ_PATCH | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
+                                      EVHTTP_REQ_PATCH | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT |
+                                      SERVER_REQ_UNKNOWN);
     *sock = evhttp_accept_socket_with_handle(h, fd);
     /* Answering is bounded by the deadlines of lookup (a wait on another
      * instance's lock, then a load of our own, perhaps once more after a

@@ -64,13 +64,13 @@ extern const char *const proxyhdr_response_skip[];
  * Transfer-Encoding other than "chunked", a Content-Length that is not
  * plain digits. Returns 0, or -1 with *why (a static string). */
 int proxyhdr_check_framing(const struct evkeyvalq *in, const char **why);
-/* For a HEAD or TRACE, whose body evhttp 2.1 never reads: a body the
- * request announces would be parsed as the next request on the connection
- * (smuggled past whoever framed it by its length). Returns 0 (no body,
- * or Content-Length: 0), or -1 with *why. */
 /* How many fields called name h has; *value the last one's (untouched
  * when none). */
 int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **value);
+/* For a HEAD, a TRACE or a method evhttp does not know, whose body evhttp
+ * 2.1 never reads: a body the request announces would be parsed as the
+ * next request on the connection (smuggled past whoever framed it by its
+ * length). Returns 0 (no body, or Content-Length: 0), or -1 with *why. */
 int proxyhdr_check_bodyless(const struct evkeyvalq *in, const char **why);
 
 #endif

@@ -2,7 +2,7 @@
 """upstream_app: the application behind quotecache in the pass-through
 tests (--upstream). HTTP/1.1 with keep-alive, one thread per connection.
 
-Endpoints (any method unless said):
+Endpoints (any method unless said, PROPFIND and FOO included):
   /echo...            200 JSON {method, target, headers: [[k, v]...], body}
   /status/N           answers status N with a small body (none for 204/304)
   /slow?ms=N          answers after N ms
@@ -161,6 +161,9 @@ class Handler(BaseHTTPRequestHandler):
         return self.send(int(q.get("code", "200")), echo, extra=extra)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
+    # Methods quotecache never forwards: were one forwarded, it would be
+    # answered and counted like any other.
+    do_PROPFIND = do_FOO = handle_any
 
 
 class Server(ThreadingHTTPServer):
