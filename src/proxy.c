@@ -22,6 +22,7 @@
 #include "quotecache/sha256.h"
 #include "quotecache/shared.h"
 #include "quotecache/sharedkey.h"
+#include "quotecache/strbuf.h"
 
 #define LOCAL_KEY_MAX 8192
 #define IDENTITY_MAX 4096
@@ -80,12 +81,13 @@ static int qpart_cmp(const void *a, const void *b)
 }
 
 /* path?query with the query's parameters sorted by name, so that the
- * order a client writes them in does not split the cache. */
-static void normalized_target(const char *target, char *buf, size_t len)
+ * order a client writes them in does not split the cache; appended to sb
+ * (no snprintf: three per local hit were 2.7k instructions). */
+static void put_normalized_target(strbuf *sb, const char *target)
 {
     const char *q = strchr(target, '?');
     if (q == NULL || q[1] == '\0') {
-        snprintf(buf, len, "%.*s", q ? (int)(q - target) : (int)strlen(target), target);
+        strbuf_mem(sb, target, q ? (size_t)(q - target) : strlen(target));
         return;
     }
     qpart parts[QUERY_PARTS_MAX];
@@ -99,14 +101,16 @@ static void normalized_target(const char *target, char *buf, size_t len)
         p += plen + (p[plen] == '&');
     }
     if (n == QUERY_PARTS_MAX) { /* too many to sort: as given */
-        snprintf(buf, len, "%s", target);
+        strbuf_str(sb, target);
         return;
     }
     qsort(parts, (size_t)n, sizeof(parts[0]), qpart_cmp);
-    size_t w = (size_t)snprintf(buf, len, "%.*s?", (int)(q - target), target);
-    for (int i = 0; i < n && w < len; i++)
-        w +=
-            (size_t)snprintf(buf + w, len - w, "%s%.*s", i ? "&" : "", (int)parts[i].n, parts[i].s);
+    strbuf_mem(sb, target, (size_t)(q - target) + 1); /* with its '?' */
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            strbuf_mem(sb, "&", 1);
+        strbuf_mem(sb, parts[i].s, parts[i].n);
+    }
 }
 
 int proxy_local_key(const route *r, const char *target, const char *identity, const char *host,
@@ -126,12 +130,15 @@ int proxy_local_key(const route *r, const char *target, const char *identity, co
     }
     char hex[2 * SHA256_LEN + 1];
     sha256_hex(who, wl, SHA256_LEN, hex);
-    char norm[LOCAL_KEY_MAX];
-    if (strlen(target) >= sizeof(norm))
-        return -1; /* its normal form would be cut: two targets, one key */
-    normalized_target(target, norm, sizeof(norm));
-    int n = snprintf(buf, len, "GET %s\n%s\n%s", norm, r->name, hex);
-    return n >= 0 && (size_t)n < len ? 0 : -1;
+    /* A key that does not fit is cut: two targets, one key. */
+    strbuf k = strbuf_on(buf, len);
+    strbuf_mem(&k, "GET ", 4);
+    put_normalized_target(&k, target);
+    strbuf_mem(&k, "\n", 1);
+    strbuf_str(&k, r->name);
+    strbuf_mem(&k, "\n", 1);
+    strbuf_str(&k, hex);
+    return strbuf_ok(&k) ? 0 : -1;
 }
 
 /* The target in origin form (an absolute-form one loses its authority). */
