@@ -633,6 +633,148 @@ def test_stale_within_horizon_then_error():
     start_app()
 
 
+# ---- the in-process tier held to what a Redis hit answers ----
+
+
+class Conn:
+    """One keep-alive connection: one worker, so one in-process tier."""
+
+    def __init__(self, p):
+        self.c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+
+    def req(self, path, headers=None, method="GET"):
+        self.c.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in dict(HOST, **(headers or {})).items():
+            self.c.putheader(k, v)
+        self.c.endheaders()
+        r = self.c.getresponse()
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+
+    def close(self):
+        self.c.close()
+
+
+def warm(c, path, headers=None):
+    """A miss (stored in Redis), a Redis hit (which files the in-process
+    copy), then an in-process hit. Returns the copy's body."""
+    s, h, b = c.req(path, headers)
+    assert s == 200 and h["x-cache"] == "MISS", h
+    s, h, b2 = c.req(path, headers)
+    assert s == 200 and h["x-cache"] == "HIT" and b2 == b, h
+    return b
+
+
+def test_vary_cookie_past_1k_never_served_to_another_user():
+    """Vary: Cookie, two users whose Cookie fields differ only past their
+    first kilobyte (a long analytics cookie, then the session): a Redis hit
+    compares the whole value (its SHA-256), so must the in-process copy."""
+    pad = "prefs=" + "x" * 1100
+    alice = {"Cookie": pad + "; session=alice"}
+    bob = {"Cookie": pad + "; session=bob"}
+    c = Conn(pa)
+    try:
+        b = warm(c, "/sv/hot-cookie?h_Vary=Cookie", alice)
+        assert echoed(b, "Cookie") == [alice["Cookie"]]
+        s, h, b = c.req("/sv/hot-cookie?h_Vary=Cookie", bob)
+        assert s == 200
+        assert echoed(b, "Cookie") == [bob["Cookie"]], ("alice's answer to bob", h)
+    finally:
+        c.close()
+
+
+def test_vary_absent_and_empty_are_two_variants():
+    """RFC 9111 4.1, as a Redis hit applies it (skey_vary_matches): a
+    request without the Vary field and one with it empty are different
+    variants; the in-process copy of the first must not answer the second."""
+    c = Conn(pa)
+    try:
+        b = warm(c, "/sv/hot-empty?h_Vary=X-Variant")
+        assert echoed(b, "X-Variant") == []
+        s, h, b = c.req("/sv/hot-empty?h_Vary=X-Variant", {"X-Variant": ""})
+        assert s == 200
+        assert echoed(b, "X-Variant") == [""], ("the absent variant's copy", h)
+    finally:
+        c.close()
+
+
+def same_fields(a, b):
+    skip = {"age", "cache-status", "date", "x-request-id"}
+    return {k: v for k, v in a.items() if k not in skip} == \
+        {k: v for k, v in b.items() if k not in skip}
+
+
+def test_tier_hit_answers_as_a_redis_hit():
+    """GET, HEAD and a 304 from the in-process copy carry the fields a
+    Redis hit carries (Content-Length of the GET on HEAD, ETag, X-Cache,
+    Cache-Status of the same form, Age)."""
+    c = Conn(pb)
+    try:
+        path = "/sv/hot-fields?h_ETag=%22v1%22"
+        s, h, b = c.req(path)
+        assert h["x-cache"] == "MISS"
+        s, redis_hit, b1 = c.req(path)  # from Redis
+        s, hot_hit, b2 = c.req(path)  # from the tier
+        assert b1 == b2 and redis_hit["x-cache"] == hot_hit["x-cache"] == "HIT"
+        assert same_fields(redis_hit, hot_hit), (redis_hit, hot_hit)
+        assert hot_hit["cache-status"].startswith("quotecache; hit; ttl=")
+        s, hh, hb = c.req(path, method="HEAD")
+        assert s == 200 and hb == b"" and hh["content-length"] == str(len(b1)), hh
+        s, nh, nb = c.req(path, {"If-None-Match": '"v1"'})
+        assert s == 304 and nb == b"" and nh["etag"] == '"v1"', (s, nh)
+        # A HEAD answered from Redis, then from the copy it filed.
+        path = "/sv/hot-head?h_ETag=%22v2%22"
+        s, h, b = c.req(path)
+        assert h["x-cache"] == "MISS"
+        s, redis_head, _ = c.req(path, method="HEAD")
+        s, hot_head, _ = c.req(path, method="HEAD")
+        assert redis_head["content-length"] == str(len(b)), redis_head
+        assert same_fields(redis_head, hot_head), (redis_head, hot_head)
+    finally:
+        c.close()
+
+
+def test_write_seen_answered_while_the_subscriber_is_away():
+    """The command connection is up but the subscriber was just lost (a
+    CLIENT KILL, a proxy between them): the worker hears no announcement
+    until it resubscribes. A write answered on the other instance must not
+    be followed by this worker's in-process copy (a Redis read would see
+    the moved counter)."""
+    c = Conn(pb)
+    try:
+        old = fetched_by(warm(c, "/catalog/hot-sub"))
+        st.redis_cli("CLIENT", "KILL", "TYPE", "pubsub")
+        s, _, _ = qcstack.http_request(pa.port, "PUT", "/catalog/hot-sub", headers=HOST)
+        assert s == 200
+        s, h, b = c.req("/catalog/hot-sub")
+        assert s == 200 and fetched_by(b) != old, ("old copy after the write", h)
+    finally:
+        c.close()
+
+
+def test_put_answer_while_redis_hangs_within_one_deadline():
+    """Redis stops answering (SIGSTOP) while it still counts as up: the
+    write's answer waits for its bumps' deadline (--redis-timeout, 500 ms),
+    not for that and then for the announcement's too."""
+    c = Conn(pa)
+    try:
+        warm(c, "/catalog/hot-hang")
+        rpid = st.procs["redis"].pid
+        os.kill(rpid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            s, _, _ = c.req("/catalog/hot-hang", method="PUT")
+            took = time.monotonic() - t0
+        finally:
+            os.kill(rpid, signal.SIGCONT)
+        assert s == 200
+        assert took < 0.8, "PUT answered after %.2f s" % took
+    finally:
+        c.close()
+    for p in (pa, pb):
+        p.wait_health(redis="up", timeout=10)
+
+
 def test_clean_exit():
     for p in (pa, pb):
         p.stop_clean()
