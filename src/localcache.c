@@ -13,7 +13,6 @@
 #include "quotecache/proxyhdr.h"
 
 #define BUCKETS_MIN 1024
-#define VARY_VALUE_MAX 1024
 #define ENTRY_OVERHEAD 256 /* what malloc and the table cost besides the bytes */
 
 typedef struct entry {
@@ -116,7 +115,7 @@ static void grow(lcache *c)
 
 static char *vary_value(const struct evkeyvalq *req, const char *name)
 {
-    char buf[VARY_VALUE_MAX];
+    char buf[LCACHE_VARY_VALUE_MAX];
     proxyhdr_join(req, name, buf, sizeof(buf));
     return xstrdup(buf);
 }
@@ -124,7 +123,7 @@ static char *vary_value(const struct evkeyvalq *req, const char *name)
 static bool vary_matches(const entry *e, const struct evkeyvalq *req)
 {
     for (int i = 0; i < e->nvary; i++) {
-        char buf[VARY_VALUE_MAX];
+        char buf[LCACHE_VARY_VALUE_MAX];
         proxyhdr_join(req, e->vary[i], buf, sizeof(buf));
         if (strcmp(buf, e->vary_values[i]) != 0)
             return false;

@@ -39,13 +39,16 @@ void shot_drop_resource(shot *t, const char *resource);
 void shot_drop_all(shot *t);
 
 /* The copy of canonical request canon (skey_canonical) filed under stamp,
- * if it is there, unexpired, and of req's Vary variant; NULL otherwise. */
+ * if it is there, unexpired, and of req's Vary variant; NULL otherwise
+ * (also for a request whose Vary fields a copy is never kept for). */
 const lcache_entry *shot_get(shot *t, const char *canon, uint64_t stamp,
                              const struct evkeyvalq *req, int64_t now_ms);
 /* Files a copy of decoded entry e (its fields in headers), read for req,
  * under stamp, until now + SHOT_MS or e's freshness, whichever is first.
- * Not kept: an entry no longer fresh, a request that sends one of e's Vary
- * fields twice (no one value its variant is made for), too large. */
+ * Not kept: an entry no longer fresh, too large, a request that sends one
+ * of e's Vary fields twice (no one value its variant is made for), empty
+ * (lcache could not tell it from absent) or of LCACHE_VARY_VALUE_MAX - 1
+ * bytes or more (lcache compares that much): those go to Redis. */
 void shot_put(shot *t, const char *canon, uint64_t stamp, const skey_entry *e,
               const struct evkeyvalq *headers, const struct evkeyvalq *req, int64_t now_ms);
 

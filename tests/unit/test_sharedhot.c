@@ -103,11 +103,48 @@ static void test_vary(void)
     shot_free(t);
 }
 
+/* lcache compares joined values cut at LCACHE_VARY_VALUE_MAX - 1 bytes,
+ * and an empty field as an absent one; a Redis hit compares whole values
+ * and tells absent from empty, so neither request gets a copy. */
+static void test_vary_past_the_cut_and_empty(void)
+{
+    shot *t = shot_new(1 << 20);
+    char long_a[1200], long_b[1200];
+    memset(long_a, 'x', sizeof(long_a) - 1);
+    long_a[sizeof(long_a) - 1] = '\0';
+    strcpy(long_b, long_a);
+    long_a[1190] = 'a';
+    long_b[1190] = 'b';
+    struct evkeyvalq a, b, empty;
+    TAILQ_INIT(&a);
+    TAILQ_INIT(&b);
+    TAILQ_INIT(&empty);
+    evhttp_add_header(&a, "Cookie", long_a);
+    evhttp_add_header(&b, "Cookie", long_b);
+    evhttp_add_header(&empty, "Cookie", "");
+    skey_entry e = entry(0, 60000, "page of a");
+    e.nvary = 1;
+    strcpy(e.vary[0], "cookie");
+    uint64_t s = shot_stamp(t, "r");
+    shot_put(t, "c", s, &e, &none, &a, 0);
+    CHECK(shot_get(t, "c", s, &b, 1) == NULL); /* a's answer to b */
+    CHECK(shot_count(t) == 0);
+    shot_put(t, "c", s, &e, &none, &none, 0); /* the variant without Cookie */
+    CHECK(shot_get(t, "c", s, &none, 1) != NULL);
+    CHECK(shot_get(t, "c", s, &empty, 1) == NULL);
+    CHECK(shot_get(t, "c", s, &b, 1) == NULL);
+    evhttp_clear_headers(&a);
+    evhttp_clear_headers(&b);
+    evhttp_clear_headers(&empty);
+    shot_free(t);
+}
+
 int main(void)
 {
     TAILQ_INIT(&none);
     test_kept_for_shot_ms_at_most();
     test_drops_move_stamps();
     test_vary();
+    test_vary_past_the_cut_and_empty();
     return CHECK_DONE();
 }
