@@ -915,8 +915,10 @@ bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, cons
                     proxy_reply *out)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    if (!redis_usable(sh) || wants_origin(in))
-        return false; /* without Redis no copy here hears of writes */
+    /* Without Redis, or its subscriber, no copy here hears of writes: one
+     * answered elsewhere since would be followed by the old copy. */
+    if (!redis_usable(sh) || !rcache_subscribed(sh->rc) || wants_origin(in))
+        return false;
     char *canon = xmalloc(SKEY_CANON_MAX), fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
     const lcache_entry *e = NULL;
     int64_t now = wall_ms();

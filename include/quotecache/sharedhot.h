@@ -23,7 +23,8 @@
 struct evkeyvalq;
 
 /* Half the one second in which a write must reach every instance: the
- * bound when an announcement is lost (a subscriber reconnecting). */
+ * bound when an announcement is lost (a subscriber hung, not yet
+ * known down: one known down serves no copy). */
 #define SHOT_MS 500
 
 typedef struct shot shot;
