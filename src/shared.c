@@ -1005,6 +1005,7 @@ typedef struct inval {
     void *arg;
     int pending;
     bool sending; /* answers are counted once every bump is sent */
+    bool failed;  /* a bump was not acknowledged */
 } inval;
 
 static void inval_settle(inval *iv)
@@ -1012,7 +1013,7 @@ static void inval_settle(inval *iv)
     if (iv->pending > 0 || iv->sending)
         return;
     if (iv->done)
-        iv->done(iv->arg);
+        iv->done(iv->arg, !iv->failed);
     free(iv);
 }
 
@@ -1020,6 +1021,7 @@ static void on_bumped(void *arg, int status, long long value)
 {
     (void)value;
     inval *iv = arg;
+    iv->failed |= status != RCACHE_OK;
     if (status != RCACHE_OK)
         log_warn("shared: a write's invalidation was not acknowledged by Redis; owed, paid "
                  "by a global bump once Redis answers again");

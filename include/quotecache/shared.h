@@ -65,9 +65,9 @@ void shared_drop_copies(shared *sh);
 
 /* A write to wpath was answered 2xx or 3xx: bumps the counter of every shared
  * resource it touches (sharedkey.h); done runs once all are acknowledged
- * (or failed; never before this returns). Returns the number of bumps
- * sent; 0: done will not run. */
-typedef void shared_done_cb(void *arg);
+ * (or failed: then ok is false; never before this returns). Returns the
+ * number of bumps sent; 0: done will not run. */
+typedef void shared_done_cb(void *arg, bool ok);
 int shared_invalidate(shared *sh, const routes *rt, const char *wpath, shared_done_cb *done,
                       void *arg);
 
