@@ -752,6 +752,41 @@ def test_write_seen_answered_while_the_subscriber_is_away():
         c.close()
 
 
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def test_copy_bound_survives_a_wall_clock_step_back():
+    """SHOT_MS is what bounds a copy whose drop was never announced (a
+    global bump of a bulk PostgreSQL write or of a debt paid, a lost
+    message): a step back of the wall clock (NTP, an operator) must not
+    stretch it. Here the global generation moves without an announcement:
+    a Redis hit stops at once, the in-process copy within SHOT_MS."""
+    qctest.require_file(FAKETIME, "libfaketime")
+    offset_file = os.path.join(st.dir, "faketime")
+    with open(offset_file, "w") as f:
+        f.write("+0\n")
+    env = {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": offset_file,
+           "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1",
+           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    px = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port,
+                       routes=os.path.join(st.dir, "routes.json"), admin_listen=None,
+                       workers=1, env=env)
+    c = Conn(px)
+    try:
+        old = fetched_by(warm(c, "/catalog/hot-clock"))
+        with open(offset_file, "w") as f:
+            f.write("-3600\n")
+        gkeys = [k for k in st.redis_cli("KEYS", "qc:*:gen").split() if "{" not in k]
+        assert len(gkeys) == 1, gkeys
+        st.redis_cli("INCR", gkeys[0])
+        time.sleep(0.5 + 0.3)
+        s, h, b = c.req("/catalog/hot-clock")
+        assert s == 200 and fetched_by(b) != old, ("copy past SHOT_MS", h)
+    finally:
+        c.close()
+        px.stop_clean()
+
+
 def test_put_answer_while_redis_hangs_within_one_deadline():
     """Redis stops answering (SIGSTOP) while it still counts as up: the
     write's answer waits for its bumps' deadline (--redis-timeout, 500 ms),
