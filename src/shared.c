@@ -172,11 +172,22 @@ typedef struct sresult {
 
 static const qc_error err_shutdown = {503, "shutting_down", "the proxy is shutting down"};
 
-static int64_t wall_ms(void)
+static int64_t clock_ms(clockid_t id)
 {
     struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
+    clock_gettime(id, &t);
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+    return clock_ms(CLOCK_REALTIME);
+}
+
+/* What SHOT_MS is counted on (sharedhot.h). */
+static int64_t mono_ms(void)
+{
+    return clock_ms(CLOCK_MONOTONIC);
 }
 
 static bool redis_usable(const shared *sh)
@@ -871,7 +882,7 @@ static void on_read(void *arg, int status, const rcache_value *v)
         int64_t now = wall_ms();
         if (now < e.fresh_until_ms) {
             shot_put(q->sh->hot, q->canon, q->stamp, &e, &h,
-                     evhttp_request_get_input_headers(q->req), now);
+                     evhttp_request_get_input_headers(q->req), now, mono_ms());
             req_answer_decoded(q, &e, &h, X_HIT);
             evhttp_clear_headers(&h);
             evhttp_clear_headers(&vv);
@@ -923,7 +934,7 @@ bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, cons
     const lcache_entry *e = NULL;
     int64_t now = wall_ms();
     if (canonical_of(r, req, path, canon, fwd, res) == 0)
-        e = shot_get(sh->hot, canon, shot_stamp(sh->hot, res), in, now);
+        e = shot_get(sh->hot, canon, shot_stamp(sh->hot, res), in, now, mono_ms());
     free(canon);
     if (e == NULL)
         return false;

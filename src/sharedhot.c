@@ -89,25 +89,27 @@ static bool vary_exact(int n, const char (*names)[64], const struct evkeyvalq *r
 }
 
 const lcache_entry *shot_get(shot *t, const char *canon, uint64_t stamp,
-                             const struct evkeyvalq *req, int64_t now_ms)
+                             const struct evkeyvalq *req, int64_t now_ms, int64_t mono_ms)
 {
     char buf[STAMP_HEX + 1 + SKEY_CANON_MAX];
     const char *key = key_of(buf, sizeof(buf), stamp, canon);
     if (key == NULL)
         return NULL;
-    const lcache_entry *e = lcache_get(t->lc, key, req, now_ms);
-    if (e != NULL && !vary_exact(e->nvary, e->vary, req))
+    /* lcache's expiry is on the monotonic clock; freshness on the wall. */
+    const lcache_entry *e = lcache_get(t->lc, key, req, mono_ms);
+    if (e != NULL && (now_ms >= e->fresh_until_ms || !vary_exact(e->nvary, e->vary, req)))
         return NULL;
     return e;
 }
 
 void shot_put(shot *t, const char *canon, uint64_t stamp, const skey_entry *e,
-              const struct evkeyvalq *headers, const struct evkeyvalq *req, int64_t now_ms)
+              const struct evkeyvalq *headers, const struct evkeyvalq *req, int64_t now_ms,
+              int64_t mono_ms)
 {
-    int64_t until = now_ms + SHOT_MS;
-    if (until > e->fresh_until_ms)
-        until = e->fresh_until_ms;
-    if (until <= now_ms || e->nvary > HTTPCACHE_VARY_MAX ||
+    int64_t left = e->fresh_until_ms - now_ms;
+    if (left > SHOT_MS)
+        left = SHOT_MS;
+    if (left <= 0 || e->nvary > HTTPCACHE_VARY_MAX ||
         !vary_exact(e->nvary, (const char(*)[64])e->vary, req))
         return;
     char buf[STAMP_HEX + 1 + SKEY_CANON_MAX];
@@ -116,7 +118,7 @@ void shot_put(shot *t, const char *canon, uint64_t stamp, const skey_entry *e,
         return;
     httpcache_verdict v = {.store = true, .nvary = e->nvary};
     memcpy(v.vary, e->vary, sizeof(v.vary[0]) * (size_t)e->nvary);
-    lcache_times times = {e->stored_ms, e->fresh_until_ms, until};
+    lcache_times times = {e->stored_ms, e->fresh_until_ms, mono_ms + left};
     lcache_put(t->lc, key, e->status, headers, e->body, e->len, req, &v, &times);
 }
 

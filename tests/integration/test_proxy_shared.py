@@ -755,7 +755,7 @@ def test_write_seen_answered_while_the_subscriber_is_away():
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 
-def test_copy_bound_survives_a_wall_clock_step_back():
+def test_copy_bound_holds_across_a_wall_clock_step_back():
     """SHOT_MS is what bounds a copy whose drop was never announced (a
     global bump of a bulk PostgreSQL write or of a debt paid, a lost
     message): a step back of the wall clock (NTP, an operator) must not
