@@ -752,22 +752,13 @@ def test_write_seen_answered_while_the_subscriber_is_away():
         c.close()
 
 
-FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-
-
 def test_copy_bound_holds_across_a_wall_clock_step_back():
     """SHOT_MS is what bounds a copy whose drop was never announced (a
     global bump of a bulk PostgreSQL write or of a debt paid, a lost
     message): a step back of the wall clock (NTP, an operator) must not
     stretch it. Here the global generation moves without an announcement:
     a Redis hit stops at once, the in-process copy within SHOT_MS."""
-    qctest.require_file(FAKETIME, "libfaketime")
-    offset_file = os.path.join(st.dir, "faketime")
-    with open(offset_file, "w") as f:
-        f.write("+0\n")
-    env = {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": offset_file,
-           "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1",
-           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    offset_file, env = qctest.faketime_env(st.dir)
     px = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port,
                        routes=os.path.join(st.dir, "routes.json"), admin_listen=None,
                        workers=1, env=env)
