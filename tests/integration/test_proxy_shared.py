@@ -763,6 +763,7 @@ def test_copy_bound_holds_across_a_wall_clock_step_back():
     px = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port,
                        routes=os.path.join(st.dir, "routes.json"), admin_listen=None,
                        workers=1, env=env)
+    px.wait_health(redis="up", timeout=10)
     c = Conn(px)
     try:
         old = fetched_by(warm(c, "/catalog/hot-clock"))
@@ -809,6 +810,7 @@ def test_write_left_or_shut_down_while_its_answer_waits():
     up = "http://127.0.0.1:%d" % app_port
     px = qcstack.Proxy(st, upstream=up, routes=os.path.join(st.dir, "routes.json"),
                        admin_listen=None, workers=1)
+    px.wait_health(redis="up", timeout=10)
     warm(Conn(px), "/catalog/hot-left")
     rpid = st.procs["redis"].pid
     put = b"PUT /catalog/hot-left HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 0\r\n\r\n"
