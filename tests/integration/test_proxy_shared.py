@@ -780,6 +780,54 @@ def test_copy_bound_holds_across_a_wall_clock_step_back():
         px.stop_clean()
 
 
+def test_cluster_write_answered_while_a_subscribers_node_stalls():
+    """Redis Cluster (QC_REDIS=cluster; skipped otherwise): the PUBLISH of
+    a write's announcement goes to the channel's slot master, and its
+    answer says nothing of subscribers on other nodes (the cluster bus
+    passes it on later). A worker subscribed on a node that stalls
+    (SIGSTOP: a pause, a slow bus link) for less than it takes to find it
+    hung must not serve its in-process copy after the write was answered
+    on the other instance: a Redis read would see the moved counter."""
+    cl = getattr(st, "cluster", None)
+    if cl is None:
+        qctest.skip("not a cluster stack")
+    sub_node = cl.node(cl.seed_ports[0])  # where a worker's subscriber starts
+    version = next(v for v in ("r%d" % i for i in range(1, 100))
+                   if cl.master_of("qc:%s:routes" % v)["port"] != sub_node["port"])
+    up = "http://127.0.0.1:%d" % app_port
+    px = [qcstack.Proxy(st, upstream=up, routes=os.path.join(st.dir, "routes.json"),
+                        admin_listen=None, workers=1, key_version=version) for _ in range(2)]
+    try:
+        for p in px:
+            p.wait_health(redis="up", timeout=10)
+        subs = cl.cmd(sub_node, "CLIENT", "LIST", "TYPE", "pubsub").count("cmd=")
+        assert subs >= 2, subs
+        for i in range(20):
+            path = "/catalog/hot-bus%d" % i
+            before = {n["port"]: cl.cmd(n, "DBSIZE") for n in cl.masters()}
+            c = Conn(px[1])
+            old = fetched_by(warm(c, path))
+            grew = [p for p, n in before.items() if cl.cmd(cl.node(p), "DBSIZE") > n]
+            if grew == [sub_node["port"]]:
+                c.close()
+                continue  # the resource's slot on the node to stall: another one
+            os.kill(sub_node["proc"].pid, signal.SIGSTOP)
+            try:
+                s, _, _ = qcstack.http_request(px[0].port, "PUT", path, headers=HOST)
+                s2, h, b = c.req(path)
+            finally:
+                os.kill(sub_node["proc"].pid, signal.SIGCONT)
+                c.close()
+            assert s == 200 and s2 == 200
+            assert fetched_by(b) != old, ("old copy after the write", h)
+            return
+        raise AssertionError("no resource off the subscriber's node in 20 paths")
+    finally:
+        for p in px:
+            p.stop_clean()
+        cl.wait_ok(30)
+
+
 def test_put_answer_while_redis_hangs_within_one_deadline():
     """Redis stops answering (SIGSTOP) while it still counts as up: the
     write's answer waits for its bumps' deadline (--redis-timeout, 500 ms),
