@@ -195,6 +195,16 @@ static bool redis_usable(const shared *sh)
     return sh->rc != NULL && !sh->closing && rcache_is_up(sh->rc);
 }
 
+/* When an in-process copy may be kept and served: while every write
+ * answered anywhere reaches this worker first, that is while Redis and
+ * its subscriber are up (else no copy here hears of writes), and not on a
+ * cluster (the write's announcement is answered before it reaches a
+ * subscriber on another node: rcache_is_cluster). */
+static bool hot_usable(const shared *sh)
+{
+    return redis_usable(sh) && rcache_subscribed(sh->rc) && !rcache_is_cluster(sh->rc);
+}
+
 /* Stored under the counters read now (see the top). */
 static bool entry_current(const skey_entry *e, const rcache_value *v)
 {
@@ -881,8 +891,9 @@ static void on_read(void *arg, int status, const rcache_value *v)
         skey_vary_matches(&e, evhttp_request_get_input_headers(q->req))) {
         int64_t now = wall_ms();
         if (now < e.fresh_until_ms) {
-            shot_put(q->sh->hot, q->canon, q->stamp, &e, &h,
-                     evhttp_request_get_input_headers(q->req), now, mono_ms());
+            if (hot_usable(q->sh))
+                shot_put(q->sh->hot, q->canon, q->stamp, &e, &h,
+                         evhttp_request_get_input_headers(q->req), now, mono_ms());
             req_answer_decoded(q, &e, &h, X_HIT);
             evhttp_clear_headers(&h);
             evhttp_clear_headers(&vv);
@@ -926,9 +937,7 @@ bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, cons
                     proxy_reply *out)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    /* Without Redis, or its subscriber, no copy here hears of writes: one
-     * answered elsewhere since would be followed by the old copy. */
-    if (!redis_usable(sh) || !rcache_subscribed(sh->rc) || wants_origin(in))
+    if (!hot_usable(sh) || wants_origin(in))
         return false;
     char *canon = xmalloc(SKEY_CANON_MAX), fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
     const lcache_entry *e = NULL;
