@@ -186,9 +186,19 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
                const char *body, size_t len, const struct evkeyvalq *req,
                const httpcache_verdict *v, const lcache_times *t)
 {
+    /* The request's Vary values are held too (up to a kilobyte each, of
+     * the client's choosing): counted, or the bound would not hold. */
+    char *values[HTTPCACHE_VARY_MAX];
     size_t size = ENTRY_OVERHEAD + strlen(key) + len + headers_bytes(headers);
-    if (size > c->max_bytes / 8)
+    for (int i = 0; i < v->nvary; i++) {
+        values[i] = vary_value(req, v->vary[i]);
+        size += strlen(values[i]) + 1;
+    }
+    if (size > c->max_bytes / 8) {
+        for (int i = 0; i < v->nvary; i++)
+            free(values[i]);
         return -1;
+    }
     lcache_delete(c, key);
     while (c->bytes + size > c->max_bytes && c->tail != NULL)
         drop(c, c->tail);
@@ -205,7 +215,7 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
     e->nvary = v->nvary;
     for (int i = 0; i < v->nvary; i++) {
         memcpy(e->vary[i], v->vary[i], sizeof(e->vary[i]));
-        e->vary_values[i] = vary_value(req, v->vary[i]);
+        e->vary_values[i] = values[i];
     }
     e->pub = (lcache_entry){status,
                             &e->headers,
