@@ -379,7 +379,7 @@ static int announce_write(proxy *p, const char *wpath, rcache_done_cb *done, voi
  * write is announced (after the bumps: a worker that drops its copy on
  * the announcement and reads Redis again must find the counter moved).
  * Returns true when the answer must wait for both (op_bumped). */
-static void op_bumped(void *arg);
+static void op_bumped(void *arg, bool ok);
 static bool invalidate_write(proxy_op *op)
 {
     proxy *p = op->p;
@@ -431,12 +431,19 @@ static void op_announced(void *arg, int status, long long result)
 }
 
 /* Answered once the announcement is acknowledged too: by then Redis has
- * handed it to every subscriber, before the client can ask again. */
-static void op_bumped(void *arg)
+ * handed it to every subscriber, before the client can ask again. Not
+ * when a bump failed (Redis hangs, or is gone): then the old copies may
+ * be current in Redis until the bump owed is paid, and waiting for the
+ * announcement would only add a second deadline to the answer. */
+static void op_bumped(void *arg, bool ok)
 {
     proxy_op *op = arg;
-    if (announce_write(op->p, op->wpath, op_announced, op) < 0)
+    if (!ok) {
+        announce_write(op->p, op->wpath, NULL, NULL);
         op_answer_held(op);
+    } else if (announce_write(op->p, op->wpath, op_announced, op) < 0) {
+        op_answer_held(op);
+    }
 }
 
 static void on_upstream(void *arg, const upstream_answer *a)
