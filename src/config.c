@@ -344,6 +344,13 @@ static void load_file_line(loader *ld, const char *path, int lineno, char *line,
     apply(ld, o, value, source);
 }
 
+/* A UTF-8 byte order mark, which some editors write first: not part of
+ * the first line's name (it read as `expected name = value`). */
+static char *skip_bom(char *line)
+{
+    return strncmp(line, "\xEF\xBB\xBF", 3) == 0 ? line + 3 : line;
+}
+
 static void load_file(loader *ld, const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -364,7 +371,7 @@ static void load_file(loader *ld, const char *path)
         else if (strlen(line) != (size_t)n)
             config_problem(ld->probs, "%s:%d: NUL byte in line", path, lineno);
         else
-            load_file_line(ld, path, lineno, line, seen);
+            load_file_line(ld, path, lineno, lineno == 1 ? skip_bom(line) : line, seen);
     }
     /* getline() ends on a read error as on EOF (a directory opens, then
      * reads EISDIR): without this an unreadable file was an empty one. */

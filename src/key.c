@@ -8,15 +8,14 @@
  * recognized (key_product_of) without a lookup. */
 #include "quotecache/key.h"
 
-#include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "quotecache/hex.h"
 #include "quotecache/mem.h"
 #include "quotecache/scope.h"
+#include "quotecache/sha256.h"
 #include "quotecache/strbuf.h"
 
 #define DIGEST_HEX 32 /* hex chars of SHA-256 kept in an entry key */
@@ -54,27 +53,6 @@ static bool ids_sorted(const int64_t *ids, size_t n)
     return true;
 }
 
-/* SHA-256 over buf; out gets DIGEST_HEX lowercase hex chars + NUL. The
- * digest and its context are set up once and reused: fetching them per call
- * was a large share of a warm hit (workers are single-threaded). */
-static int digest_hex(char out[DIGEST_HEX + 1], const char *buf, size_t len)
-{
-    static EVP_MD *sha256;
-    static EVP_MD_CTX *ctx;
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-
-    if (sha256 == NULL && (sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
-        return -1;
-    if (ctx == NULL && (ctx = EVP_MD_CTX_new()) == NULL)
-        return -1;
-    if (EVP_DigestInit_ex(ctx, sha256, NULL) != 1 || EVP_DigestUpdate(ctx, buf, len) != 1 ||
-        EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen * 2 < DIGEST_HEX)
-        return -1;
-    hex_bytes(md, DIGEST_HEX / 2, out);
-    return 0;
-}
-
 int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const int64_t *promo_ids,
               size_t npromo)
 {
@@ -104,7 +82,7 @@ int key_entry(char out[KEY_MAX], const char *version, const quote_req *r, const 
             strbuf_mem(&in, ",", 1);
         strbuf_i64(&in, promo_ids[i]);
     }
-    rc = strbuf_ok(&in) ? digest_hex(hex, input, in.len) : -1;
+    rc = strbuf_ok(&in) ? sha256_hex(input, in.len, DIGEST_HEX / 2, hex) : -1;
     free(sorted);
     if (rc < 0)
         return -1;

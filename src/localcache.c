@@ -13,7 +13,6 @@
 #include "quotecache/proxyhdr.h"
 
 #define BUCKETS_MIN 1024
-#define VARY_VALUE_MAX 1024
 #define ENTRY_OVERHEAD 256 /* what malloc and the table cost besides the bytes */
 
 typedef struct entry {
@@ -116,7 +115,7 @@ static void grow(lcache *c)
 
 static char *vary_value(const struct evkeyvalq *req, const char *name)
 {
-    char buf[VARY_VALUE_MAX];
+    char buf[LCACHE_VARY_VALUE_MAX];
     proxyhdr_join(req, name, buf, sizeof(buf));
     return xstrdup(buf);
 }
@@ -124,7 +123,7 @@ static char *vary_value(const struct evkeyvalq *req, const char *name)
 static bool vary_matches(const entry *e, const struct evkeyvalq *req)
 {
     for (int i = 0; i < e->nvary; i++) {
-        char buf[VARY_VALUE_MAX];
+        char buf[LCACHE_VARY_VALUE_MAX];
         proxyhdr_join(req, e->vary[i], buf, sizeof(buf));
         if (strcmp(buf, e->vary_values[i]) != 0)
             return false;
@@ -187,9 +186,19 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
                const char *body, size_t len, const struct evkeyvalq *req,
                const httpcache_verdict *v, const lcache_times *t)
 {
+    /* The request's Vary values are held too (up to a kilobyte each, of
+     * the client's choosing): counted, or the bound would not hold. */
+    char *values[HTTPCACHE_VARY_MAX];
     size_t size = ENTRY_OVERHEAD + strlen(key) + len + headers_bytes(headers);
-    if (size > c->max_bytes / 8)
+    for (int i = 0; i < v->nvary; i++) {
+        values[i] = vary_value(req, v->vary[i]);
+        size += strlen(values[i]) + 1;
+    }
+    if (size > c->max_bytes / 8) {
+        for (int i = 0; i < v->nvary; i++)
+            free(values[i]);
         return -1;
+    }
     lcache_delete(c, key);
     while (c->bytes + size > c->max_bytes && c->tail != NULL)
         drop(c, c->tail);
@@ -206,7 +215,7 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
     e->nvary = v->nvary;
     for (int i = 0; i < v->nvary; i++) {
         memcpy(e->vary[i], v->vary[i], sizeof(e->vary[i]));
-        e->vary_values[i] = vary_value(req, v->vary[i]);
+        e->vary_values[i] = values[i];
     }
     e->pub = (lcache_entry){status,
                             &e->headers,

@@ -1151,6 +1151,16 @@ bool rcache_is_up(const rcache *rc)
     return !rc->closing && rconn_is_up(rc->cmd);
 }
 
+bool rcache_is_cluster(const rcache *rc)
+{
+    return rc->cl != NULL;
+}
+
+bool rcache_subscribed(const rcache *rc)
+{
+    return !rc->closing && rc->sub != NULL && rconn_is_up(rc->sub);
+}
+
 void rcache_guard_generations(rcache *rc, const char *marker_key, const char *gen_global_key)
 {
     free(rc->marker_key);

@@ -173,16 +173,37 @@ typedef struct sresult {
 
 static const qc_error err_shutdown = {503, "shutting_down", "the proxy is shutting down"};
 
-static int64_t wall_ms(void)
+static int64_t clock_ms(clockid_t id)
 {
     struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
+    clock_gettime(id, &t);
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+    return clock_ms(CLOCK_REALTIME);
+}
+
+/* What SHOT_MS is counted on (sharedhot.h). */
+static int64_t mono_ms(void)
+{
+    return clock_ms(CLOCK_MONOTONIC);
 }
 
 static bool redis_usable(const shared *sh)
 {
     return sh->rc != NULL && !sh->closing && rcache_is_up(sh->rc);
+}
+
+/* When an in-process copy may be kept and served: while every write
+ * answered anywhere reaches this worker first, that is while Redis and
+ * its subscriber are up (else no copy here hears of writes), and not on a
+ * cluster (the write's announcement is answered before it reaches a
+ * subscriber on another node: rcache_is_cluster). */
+static bool hot_usable(const shared *sh)
+{
+    return redis_usable(sh) && rcache_subscribed(sh->rc) && !rcache_is_cluster(sh->rc);
 }
 
 /* Stored under the counters read now (see the top). */
@@ -870,8 +891,9 @@ static void on_read(void *arg, int status, const rcache_value *v)
         skey_vary_matches(&e, evhttp_request_get_input_headers(q->req))) {
         int64_t now = wall_ms();
         if (now < e.fresh_until_ms) {
-            shot_put(q->sh->hot, q->canon, q->stamp, &e, &h,
-                     evhttp_request_get_input_headers(q->req), now);
+            if (hot_usable(q->sh))
+                shot_put(q->sh->hot, q->canon, q->stamp, &e, &h,
+                         evhttp_request_get_input_headers(q->req), now, mono_ms());
             req_answer_decoded(q, &e, &h, X_HIT);
             evhttp_clear_headers(&h);
             evhttp_clear_headers(&vv);
@@ -915,14 +937,14 @@ bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, cons
                     proxy_reply *out)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    if (!redis_usable(sh) || wants_origin(in))
-        return false; /* without Redis no copy here hears of writes */
+    if (!hot_usable(sh) || wants_origin(in))
+        return false;
     /* On the stack: an 8 KB malloc and free were 3 % of a hit. */
     char canon[SKEY_CANON_MAX], fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
     const lcache_entry *e = NULL;
     int64_t now = wall_ms();
     if (canonical_of(r, req, path, canon, fwd, res) == 0)
-        e = shot_get(sh->hot, canon, shot_stamp(sh->hot, res), in, now);
+        e = shot_get(sh->hot, canon, shot_stamp(sh->hot, res), in, now, mono_ms());
     if (e == NULL)
         return false;
     sresult s = {0};
@@ -1003,6 +1025,7 @@ typedef struct inval {
     void *arg;
     int pending;
     bool sending; /* answers are counted once every bump is sent */
+    bool failed;  /* a bump was not acknowledged */
 } inval;
 
 static void inval_settle(inval *iv)
@@ -1010,7 +1033,7 @@ static void inval_settle(inval *iv)
     if (iv->pending > 0 || iv->sending)
         return;
     if (iv->done)
-        iv->done(iv->arg);
+        iv->done(iv->arg, !iv->failed);
     free(iv);
 }
 
@@ -1018,6 +1041,7 @@ static void on_bumped(void *arg, int status, long long value)
 {
     (void)value;
     inval *iv = arg;
+    iv->failed |= status != RCACHE_OK;
     if (status != RCACHE_OK)
         log_warn("shared: a write's invalidation was not acknowledged by Redis; owed, paid "
                  "by a global bump once Redis answers again");

@@ -9,6 +9,7 @@
 #include "quotecache/hash.h"
 #include "quotecache/hex.h"
 #include "quotecache/mem.h"
+#include "quotecache/proxyhdr.h"
 
 #define BUCKETS 4096 /* a power of two: resources per counter ~ 1/4096 */
 #define STAMP_HEX 16
@@ -69,29 +70,46 @@ static char *key_of(char *buf, size_t len, uint64_t stamp, const char *canon)
     return buf;
 }
 
+/* True when lcache's comparison of req's values of the Vary fields names
+ * is exact, as a Redis hit's (skey_vary_matches, whole values, absent
+ * unlike empty) is: each field at most once (lcache joins repeats; such a
+ * request is no variant), not empty (lcache reads it as absent), and
+ * shorter than lcache's cut (two Cookie fields alike in their first
+ * kilobyte would be one variant: one user's answer to another). */
+static bool vary_exact(int n, const char (*names)[64], const struct evkeyvalq *req)
+{
+    for (int i = 0; i < n; i++) {
+        const char *v = NULL;
+        int count = proxyhdr_count(req, names[i], &v);
+        if (count > 1 || (count == 1 && (v[0] == '\0' || strlen(v) >= LCACHE_VARY_VALUE_MAX - 1)))
+            return false;
+    }
+    return true;
+}
+
 const lcache_entry *shot_get(shot *t, const char *canon, uint64_t stamp,
-                             const struct evkeyvalq *req, int64_t now_ms)
+                             const struct evkeyvalq *req, int64_t now_ms, int64_t mono_ms)
 {
     char buf[STAMP_HEX + 1 + SKEY_CANON_MAX];
     const char *key = key_of(buf, sizeof(buf), stamp, canon);
     if (key == NULL)
         return NULL;
-    const lcache_entry *e = lcache_get(t->lc, key, req, now_ms);
-    /* lcache joins a field sent twice; the Redis entry is no variant of
-     * such a request (skey_vary_same), so neither is its copy. */
-    if (e != NULL && !skey_vary_same(e->nvary, e->vary, req, req))
+    /* lcache's expiry is on the monotonic clock; freshness on the wall. */
+    const lcache_entry *e = lcache_get(t->lc, key, req, mono_ms);
+    if (e != NULL && (now_ms >= e->fresh_until_ms || !vary_exact(e->nvary, e->vary, req)))
         return NULL;
     return e;
 }
 
 void shot_put(shot *t, const char *canon, uint64_t stamp, const skey_entry *e,
-              const struct evkeyvalq *headers, const struct evkeyvalq *req, int64_t now_ms)
+              const struct evkeyvalq *headers, const struct evkeyvalq *req, int64_t now_ms,
+              int64_t mono_ms)
 {
-    int64_t until = now_ms + SHOT_MS;
-    if (until > e->fresh_until_ms)
-        until = e->fresh_until_ms;
-    if (until <= now_ms || e->nvary > HTTPCACHE_VARY_MAX ||
-        !skey_vary_same(e->nvary, e->vary, req, req))
+    int64_t left = e->fresh_until_ms - now_ms;
+    if (left > SHOT_MS)
+        left = SHOT_MS;
+    if (left <= 0 || e->nvary > HTTPCACHE_VARY_MAX ||
+        !vary_exact(e->nvary, (const char(*)[64])e->vary, req))
         return;
     char buf[STAMP_HEX + 1 + SKEY_CANON_MAX];
     const char *key = key_of(buf, sizeof(buf), stamp, canon);
@@ -99,7 +117,7 @@ void shot_put(shot *t, const char *canon, uint64_t stamp, const skey_entry *e,
         return;
     httpcache_verdict v = {.store = true, .nvary = e->nvary};
     memcpy(v.vary, e->vary, sizeof(v.vary[0]) * (size_t)e->nvary);
-    lcache_times times = {e->stored_ms, e->fresh_until_ms, until};
+    lcache_times times = {e->stored_ms, e->fresh_until_ms, mono_ms + left};
     lcache_put(t->lc, key, e->status, headers, e->body, e->len, req, &v, &times);
 }
 

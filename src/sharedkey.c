@@ -6,7 +6,6 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,18 +14,11 @@
 #include "quotecache/hash.h"
 #include "quotecache/hex.h"
 #include "quotecache/mem.h"
+#include "quotecache/sha256.h"
 #include "quotecache/strbuf.h"
 
 #define QUERY_PARTS_MAX 64
 #define ABSENT "\x02" /* a named parameter or field the request lacks */
-
-static void sha_hex(const char *s, size_t n, char *out, size_t hexlen)
-{
-    unsigned char d[32];
-    unsigned int dlen = 0;
-    EVP_Digest(s, n, d, &dlen, EVP_sha256(), NULL);
-    hex_bytes(d, hexlen / 2, out);
-}
 
 /* ---- canonical requests ---- */
 
@@ -251,10 +243,10 @@ int skey_keys_of(skey_keys *out, const char *version, const char *route_name, co
         size_t cl = strlen(canon);
         char *all = xmalloc(strlen(version) + 1 + cl + 1);
         sprintf(all, "%s\n%s", version, canon);
-        sha_hex(all, strlen(all), d, 32);
+        sha256_hex(all, strlen(all), 16, d);
         free(all);
     } else {
-        sha_hex(out->entry, v.len, d, 32);
+        sha256_hex(out->entry, v.len, 16, d);
     }
     strbuf e = strbuf_on(out->entry, KEY_MAX), l = strbuf_on(out->lock, KEY_MAX),
            g = strbuf_on(out->gen, KEY_MAX);
@@ -360,7 +352,7 @@ char *skey_entry_encode(const skey_entry *e, size_t *len)
         const char *v = evhttp_find_header(e->vary_values, e->vary[i]);
         char hex[VARY_HEX + 1];
         if (v != NULL) {
-            sha_hex(v, strlen(v), hex, VARY_HEX);
+            sha256_hex(v, strlen(v), VARY_HEX / 2, hex);
             evbuffer_add_printf(b, "%s:%s\n", e->vary[i], hex);
         }
     }
@@ -467,7 +459,7 @@ bool skey_vary_matches(const skey_entry *e, const struct evkeyvalq *req)
             return false;
         if (v == NULL)
             continue;
-        sha_hex(v, strlen(v), hex, VARY_HEX);
+        sha256_hex(v, strlen(v), VARY_HEX / 2, hex);
         if (strcmp(hex, stored) != 0)
             return false;
     }

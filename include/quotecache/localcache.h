@@ -16,6 +16,11 @@ struct evkeyvalq;
 
 typedef struct lcache lcache;
 
+/* A Vary field's value as lcache compares it: its fields joined
+ * (proxyhdr_join: an empty one reads as absent), cut to
+ * LCACHE_VARY_VALUE_MAX - 1 bytes. */
+#define LCACHE_VARY_VALUE_MAX 1024
+
 /* A stored answer, read-only, valid until the next call on the cache. */
 typedef struct lcache_entry {
     int status;

@@ -89,6 +89,14 @@ rcache *rcache_new_cluster(struct event_base *base, const char *const *hosts, co
  * with a log line); from a deadline callback it is fine. */
 void rcache_free(rcache *rc);
 bool rcache_is_up(const rcache *rc);
+/* True while the subscriber connection is up (its subscriptions confirmed
+ * on it): what is published from now on reaches rcache_subscribe's
+ * callbacks. It can be down while rcache_is_up. */
+bool rcache_subscribed(const rcache *rc);
+/* Made by rcache_new_cluster. There a PUBLISH is answered by the
+ * channel's master before the cluster bus hands the message to the
+ * subscribers of other nodes: its answer says nothing of their having it. */
+bool rcache_is_cluster(const rcache *rc);
 
 /* The generation guard; call right after rcache_new. Every command
  * connection then runs one check (a Lua script) before anything else is

@@ -53,8 +53,10 @@ void shared_cancel(shared_req *q);
 
 /* Answers a GET or HEAD on shared route r at once from this worker's
  * in-process tier (sharedhot.h: what it read from Redis, for SHOT_MS at
- * most, while Redis is up): returns true with *out filled (release it
- * after sending). Else false: shared_get. */
+ * most, while Redis and the subscriber are up; not on a Redis Cluster,
+ * whose PUBLISH answers before other nodes' subscribers have the write's
+ * announcement): returns true with *out filled (release it after
+ * sending). Else false: shared_get. */
 bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, const char *path,
                     proxy_reply *out);
 /* A write to wpath was announced (by any worker of any instance): the
@@ -65,9 +67,9 @@ void shared_drop_copies(shared *sh);
 
 /* A write to wpath was answered 2xx or 3xx: bumps the counter of every shared
  * resource it touches (sharedkey.h); done runs once all are acknowledged
- * (or failed; never before this returns). Returns the number of bumps
- * sent; 0: done will not run. */
-typedef void shared_done_cb(void *arg);
+ * (or failed: then ok is false; never before this returns). Returns the
+ * number of bumps sent; 0: done will not run. */
+typedef void shared_done_cb(void *arg, bool ok);
 int shared_invalidate(shared *sh, const routes *rt, const char *wpath, shared_done_cb *done,
                       void *arg);
 

@@ -36,6 +36,25 @@ def require_file(path, what=None):
         skip("%s missing: %s" % (what or "file", path))
 
 
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def faketime_env(dir):
+    """The environment of a proxy whose wall clock alone (not its
+    monotonic one) follows the offset written to the returned file
+    ("+0" now; e.g. "-3600" steps it back an hour). Skips without
+    libfaketime (Debian package faketime). Returns (file, env)."""
+    require_file(FAKETIME, "libfaketime")
+    offset_file = os.path.join(dir, "faketime")
+    with open(offset_file, "w") as f:
+        f.write("+0\n")
+    return offset_file, {
+        "LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": offset_file,
+        "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1",
+        # an ASan build refuses a preload ahead of its runtime otherwise
+        "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+
+
 def load_retries(proxies):
     """Loads repeated because a write overtook them (the proxy's
     quotecache_load_retries_total), summed over proxies."""

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -631,6 +632,256 @@ def test_stale_within_horizon_then_error():
     s, h, _ = get(pa, "/flaky/1")
     assert s == 502, (s, h)
     start_app()
+
+
+# ---- the in-process tier held to what a Redis hit answers ----
+
+
+class Conn:
+    """One keep-alive connection: one worker, so one in-process tier."""
+
+    def __init__(self, p):
+        self.c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+
+    def req(self, path, headers=None, method="GET"):
+        self.c.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in dict(HOST, **(headers or {})).items():
+            self.c.putheader(k, v)
+        self.c.endheaders()
+        r = self.c.getresponse()
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+
+    def close(self):
+        self.c.close()
+
+
+def warm(c, path, headers=None):
+    """A miss (stored in Redis), a Redis hit (which files the in-process
+    copy), then an in-process hit. Returns the copy's body."""
+    s, h, b = c.req(path, headers)
+    assert s == 200 and h["x-cache"] == "MISS", h
+    s, h, b2 = c.req(path, headers)
+    assert s == 200 and h["x-cache"] == "HIT" and b2 == b, h
+    return b
+
+
+def test_vary_cookie_past_1k_never_served_to_another_user():
+    """Vary: Cookie, two users whose Cookie fields differ only past their
+    first kilobyte (a long analytics cookie, then the session): a Redis hit
+    compares the whole value (its SHA-256), so must the in-process copy."""
+    pad = "prefs=" + "x" * 1100
+    alice = {"Cookie": pad + "; session=alice"}
+    bob = {"Cookie": pad + "; session=bob"}
+    c = Conn(pa)
+    try:
+        b = warm(c, "/sv/hot-cookie?h_Vary=Cookie", alice)
+        assert echoed(b, "Cookie") == [alice["Cookie"]]
+        s, h, b = c.req("/sv/hot-cookie?h_Vary=Cookie", bob)
+        assert s == 200
+        assert echoed(b, "Cookie") == [bob["Cookie"]], ("alice's answer to bob", h)
+    finally:
+        c.close()
+
+
+def test_vary_absent_and_empty_are_two_variants():
+    """RFC 9111 4.1, as a Redis hit applies it (skey_vary_matches): a
+    request without the Vary field and one with it empty are different
+    variants; the in-process copy of the first must not answer the second."""
+    c = Conn(pa)
+    try:
+        b = warm(c, "/sv/hot-empty?h_Vary=X-Variant")
+        assert echoed(b, "X-Variant") == []
+        s, h, b = c.req("/sv/hot-empty?h_Vary=X-Variant", {"X-Variant": ""})
+        assert s == 200
+        assert echoed(b, "X-Variant") == [""], ("the absent variant's copy", h)
+    finally:
+        c.close()
+
+
+def same_fields(a, b):
+    skip = {"age", "cache-status", "date", "x-request-id"}
+    return {k: v for k, v in a.items() if k not in skip} == \
+        {k: v for k, v in b.items() if k not in skip}
+
+
+def test_tier_hit_answers_as_a_redis_hit():
+    """GET, HEAD and a 304 from the in-process copy carry the fields a
+    Redis hit carries (Content-Length of the GET on HEAD, ETag, X-Cache,
+    Cache-Status of the same form, Age)."""
+    c = Conn(pb)
+    try:
+        path = "/sv/hot-fields?h_ETag=%22v1%22"
+        s, h, b = c.req(path)
+        assert h["x-cache"] == "MISS"
+        s, redis_hit, b1 = c.req(path)  # from Redis
+        s, hot_hit, b2 = c.req(path)  # from the tier
+        assert b1 == b2 and redis_hit["x-cache"] == hot_hit["x-cache"] == "HIT"
+        assert same_fields(redis_hit, hot_hit), (redis_hit, hot_hit)
+        assert hot_hit["cache-status"].startswith("quotecache; hit; ttl=")
+        s, hh, hb = c.req(path, method="HEAD")
+        assert s == 200 and hb == b"" and hh["content-length"] == str(len(b1)), hh
+        s, nh, nb = c.req(path, {"If-None-Match": '"v1"'})
+        assert s == 304 and nb == b"" and nh["etag"] == '"v1"', (s, nh)
+        # A HEAD answered from Redis, then from the copy it filed.
+        path = "/sv/hot-head?h_ETag=%22v2%22"
+        s, h, b = c.req(path)
+        assert h["x-cache"] == "MISS"
+        s, redis_head, _ = c.req(path, method="HEAD")
+        s, hot_head, _ = c.req(path, method="HEAD")
+        assert redis_head["content-length"] == str(len(b)), redis_head
+        assert same_fields(redis_head, hot_head), (redis_head, hot_head)
+    finally:
+        c.close()
+
+
+def test_write_seen_answered_while_the_subscriber_is_away():
+    """The command connection is up but the subscriber was just lost (a
+    CLIENT KILL, a proxy between them): the worker hears no announcement
+    until it resubscribes. A write answered on the other instance must not
+    be followed by this worker's in-process copy (a Redis read would see
+    the moved counter)."""
+    c = Conn(pb)
+    try:
+        old = fetched_by(warm(c, "/catalog/hot-sub"))
+        st.redis_cli("CLIENT", "KILL", "TYPE", "pubsub")
+        s, _, _ = qcstack.http_request(pa.port, "PUT", "/catalog/hot-sub", headers=HOST)
+        assert s == 200
+        s, h, b = c.req("/catalog/hot-sub")
+        assert s == 200 and fetched_by(b) != old, ("old copy after the write", h)
+    finally:
+        c.close()
+
+
+def test_copy_bound_holds_across_a_wall_clock_step_back():
+    """SHOT_MS is what bounds a copy whose drop was never announced (a
+    global bump of a bulk PostgreSQL write or of a debt paid, a lost
+    message): a step back of the wall clock (NTP, an operator) must not
+    stretch it. Here the global generation moves without an announcement:
+    a Redis hit stops at once, the in-process copy within SHOT_MS."""
+    offset_file, env = qctest.faketime_env(st.dir)
+    px = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port,
+                       routes=os.path.join(st.dir, "routes.json"), admin_listen=None,
+                       workers=1, env=env)
+    px.wait_health(redis="up", timeout=10)
+    c = Conn(px)
+    try:
+        old = fetched_by(warm(c, "/catalog/hot-clock"))
+        with open(offset_file, "w") as f:
+            f.write("-3600\n")
+        gkeys = [k for k in st.redis_cli("KEYS", "qc:*:gen").split() if "{" not in k]
+        assert len(gkeys) == 1, gkeys
+        st.redis_cli("INCR", gkeys[0])
+        time.sleep(0.5 + 0.3)
+        s, h, b = c.req("/catalog/hot-clock")
+        assert s == 200 and fetched_by(b) != old, ("copy past SHOT_MS", h)
+    finally:
+        c.close()
+        px.stop_clean()
+
+
+def test_cluster_write_answered_while_a_subscribers_node_stalls():
+    """Redis Cluster (QC_REDIS=cluster; skipped otherwise): the PUBLISH of
+    a write's announcement goes to the channel's slot master, and its
+    answer says nothing of subscribers on other nodes (the cluster bus
+    passes it on later). A worker subscribed on a node that stalls
+    (SIGSTOP: a pause, a slow bus link) for less than it takes to find it
+    hung must not serve its in-process copy after the write was answered
+    on the other instance: a Redis read would see the moved counter."""
+    cl = getattr(st, "cluster", None)
+    if cl is None:
+        qctest.skip("not a cluster stack")
+    sub_node = cl.node(cl.seed_ports[0])  # where a worker's subscriber starts
+    version = next(v for v in ("r%d" % i for i in range(1, 100))
+                   if cl.master_of("qc:%s:routes" % v)["port"] != sub_node["port"])
+    up = "http://127.0.0.1:%d" % app_port
+    px = [qcstack.Proxy(st, upstream=up, routes=os.path.join(st.dir, "routes.json"),
+                        admin_listen=None, workers=1, key_version=version) for _ in range(2)]
+    try:
+        for p in px:
+            p.wait_health(redis="up", timeout=10)
+        subs = cl.cmd(sub_node, "CLIENT", "LIST", "TYPE", "pubsub").count("cmd=")
+        assert subs >= 2, subs
+        for i in range(20):
+            path = "/catalog/hot-bus%d" % i
+            before = {n["port"]: cl.cmd(n, "DBSIZE") for n in cl.masters()}
+            c = Conn(px[1])
+            old = fetched_by(warm(c, path))
+            grew = [p for p, n in before.items() if cl.cmd(cl.node(p), "DBSIZE") > n]
+            if grew == [sub_node["port"]]:
+                c.close()
+                continue  # the resource's slot on the node to stall: another one
+            os.kill(sub_node["proc"].pid, signal.SIGSTOP)
+            try:
+                s, _, _ = qcstack.http_request(px[0].port, "PUT", path, headers=HOST)
+                s2, h, b = c.req(path)
+            finally:
+                os.kill(sub_node["proc"].pid, signal.SIGCONT)
+                c.close()
+            assert s == 200 and s2 == 200
+            assert fetched_by(b) != old, ("old copy after the write", h)
+            return
+        raise AssertionError("no resource off the subscriber's node in 20 paths")
+    finally:
+        for p in px:
+            p.stop_clean()
+        cl.wait_ok(30)
+
+
+def test_put_answer_while_redis_hangs_within_one_deadline():
+    """Redis stops answering (SIGSTOP) while it still counts as up: the
+    write's answer waits for its bumps' deadline (--redis-timeout, 500 ms),
+    not for that and then for the announcement's too."""
+    c = Conn(pa)
+    try:
+        warm(c, "/catalog/hot-hang")
+        rpid = st.procs["redis"].pid
+        os.kill(rpid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            s, _, _ = c.req("/catalog/hot-hang", method="PUT")
+            took = time.monotonic() - t0
+        finally:
+            os.kill(rpid, signal.SIGCONT)
+        assert s == 200
+        assert took < 0.8, "PUT answered after %.2f s" % took
+    finally:
+        c.close()
+    for p in (pa, pb):
+        p.wait_health(redis="up", timeout=10)
+
+
+def test_write_left_or_shut_down_while_its_answer_waits():
+    """A client that leaves while its PUT waits on Redis (hung: SIGSTOP),
+    and an instance stopped (SIGTERM) while one waits: no crash, a clean
+    exit (ASan: no leak, no use after free)."""
+    up = "http://127.0.0.1:%d" % app_port
+    px = qcstack.Proxy(st, upstream=up, routes=os.path.join(st.dir, "routes.json"),
+                       admin_listen=None, workers=1)
+    px.wait_health(redis="up", timeout=10)
+    warm(Conn(px), "/catalog/hot-left")
+    rpid = st.procs["redis"].pid
+    put = b"PUT /catalog/hot-left HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 0\r\n\r\n"
+    os.kill(rpid, signal.SIGSTOP)
+    try:
+        left = socket.create_connection(("127.0.0.1", px.port))
+        left.sendall(put)
+        time.sleep(0.2)
+        left.close()  # gone while the bump waits
+        waiting = socket.create_connection(("127.0.0.1", px.port))
+        waiting.sendall(put)
+        time.sleep(0.2)
+        px.signal(signal.SIGTERM)
+        time.sleep(0.2)
+    finally:
+        os.kill(rpid, signal.SIGCONT)
+    waiting.settimeout(10)
+    answer = waiting.recv(4096)
+    waiting.close()
+    assert answer.startswith(b"HTTP/1.1 "), answer
+    px.stop_clean()
+    for p in (pa, pb):
+        p.wait_health(redis="up", timeout=10)
 
 
 def test_clean_exit():

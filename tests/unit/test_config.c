@@ -69,6 +69,20 @@ static void test_syntax(void)
     config_free(&cfg);
 }
 
+static void test_byte_order_mark(void)
+{
+    qc_config cfg;
+    config_problems p;
+    /* On the first line only: elsewhere it is not whitespace. */
+    const char *path = write_file("bom.conf", "\xEF\xBB\xBFttl = 7\n");
+    const char *args[] = {"--config", path};
+    CHECK(load(&cfg, &p, 2, args) == CONFIG_OK && p.n == 0 && cfg.ttl_s == 7);
+    config_free(&cfg);
+    path = write_file("bom2.conf", "ttl = 7\n\xEF\xBB\xBFneg-ttl = 3\n");
+    CHECK(load(&cfg, &p, 2, args) != CONFIG_OK && has_problem(&p, "bom2.conf:2:"));
+    config_free(&cfg);
+}
+
 static void test_precedence(void)
 {
     qc_config cfg;
@@ -254,6 +268,7 @@ int main(void)
 {
     CHECK(mkdtemp(dir) != NULL);
     test_syntax();
+    test_byte_order_mark();
     test_precedence();
     test_problems_carry_lines();
     test_reloadable();

@@ -57,6 +57,17 @@ static void test_vary(void)
     CHECK(lcache_get(c, "k", &none, 1) == NULL); /* absent is a value too */
     CHECK(lcache_get(c, "k", &en, 29999) != NULL);
     CHECK(lcache_get(c, "k", &en, 30000) == NULL); /* kept until expires_ms only */
+    /* The Vary values held count toward the bound. */
+    char lang[1001];
+    memset(lang, 'l', sizeof(lang) - 1);
+    lang[sizeof(lang) - 1] = '\0';
+    struct evkeyvalq lg;
+    TAILQ_INIT(&lg);
+    evhttp_add_header(&lg, "Accept-Language", lang);
+    size_t before = lcache_bytes(c);
+    CHECK(lcache_put(c, "k2", 200, &resp, "x", 1, &lg, &v, &t) == 0);
+    CHECK(lcache_bytes(c) - before > 1000);
+    evhttp_clear_headers(&lg);
     evhttp_clear_headers(&en);
     evhttp_clear_headers(&fr);
     evhttp_clear_headers(&resp);
