@@ -7,6 +7,7 @@
  * done, decoding never writes past a fixed buffer, and an error message only
  * ever quotes a short, scrubbed snippet of what the client sent. */
 #include "quotecache/request.h"
+#include "quotecache/hex.h"
 #include "quotecache/strbuf.h"
 
 #include <ctype.h>
@@ -40,17 +41,6 @@ typedef struct parse_state {
     quote_req req;
 } parse_state;
 
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes src[0..n) into dst, writing at most cap bytes (no NUL).
  * *outlen gets the full decoded length, which may exceed cap: the whole input
  * is still checked, so a long value with a bad escape is reported as a bad
@@ -65,8 +55,8 @@ static dec_status pct_decode(const char *src, size_t n, char *dst, size_t cap, s
         if (c == '%') {
             if (n - i < 3) /* '%' too near the end for two hex digits */
                 return DEC_BAD_ESCAPE;
-            int hi = hex_value((unsigned char)src[i + 1]);
-            int lo = hex_value((unsigned char)src[i + 2]);
+            int hi = hex_digit((unsigned char)src[i + 1]);
+            int lo = hex_digit((unsigned char)src[i + 2]);
             if (hi < 0 || lo < 0)
                 return DEC_BAD_ESCAPE;
             c = (unsigned char)(hi << 4 | lo);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "quotecache/hex.h"
 #include "quotecache/mem.h"
 
 #define ROUTES_FILE_MAX (1 << 20)
@@ -371,24 +372,14 @@ const route *routes_match(const routes *rt, unsigned method, const char *path)
     return NULL;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* One round of %XX decoding, in place; true when it changed something. */
 static bool pct_decode_once(char *s)
 {
     char *w = s;
     bool changed = false;
     for (const char *r = s; *r;) {
-        int hi = r[0] == '%' ? hexval(r[1]) : -1, lo = hi >= 0 ? hexval(r[2]) : -1;
+        int hi = r[0] == '%' ? hex_digit((unsigned char)r[1]) : -1,
+            lo = hi >= 0 ? hex_digit((unsigned char)r[2]) : -1;
         if (lo >= 0) {
             *w++ = (char)(hi * 16 + lo);
             r += 3;

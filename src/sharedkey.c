@@ -153,14 +153,6 @@ int skey_canonical(const route *r, const char *path, const char *query,
 
 /* ---- resources ---- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (char)tolower((unsigned char)c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* A {param}'s value in its RFC 3986 6.2.2 normal form: an unreserved
  * character decoded, any other escape in upper case. /catalog/q%31 is
  * /catalog/q1 to the application: a write to one spelling must reach the
@@ -169,8 +161,8 @@ static void put_segment(strbuf *sb, const char *v, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         int hi, lo;
-        if (v[i] == '%' && i + 2 < n && (hi = hexval(v[i + 1])) >= 0 &&
-            (lo = hexval(v[i + 2])) >= 0) {
+        if (v[i] == '%' && i + 2 < n && (hi = hex_digit((unsigned char)v[i + 1])) >= 0 &&
+            (lo = hex_digit((unsigned char)v[i + 2])) >= 0) {
             char c = (char)(hi * 16 + lo);
             char esc[3] = {'%', "0123456789ABCDEF"[hi], "0123456789ABCDEF"[lo]};
             if (isalnum((unsigned char)c) || c == '-' || c == '.' || c == '_' || c == '~')

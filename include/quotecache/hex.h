@@ -1,5 +1,6 @@
 /* hex: lowercase hex of bytes and of 64-bit values, by hand (a snprintf
- * per byte was a third of some hits' cost). Header-only. */
+ * per byte was a third of some hits' cost), and the value of a digit.
+ * Header-only. */
 #ifndef QUOTECACHE_HEX_H
 #define QUOTECACHE_HEX_H
 
@@ -23,6 +24,18 @@ static inline void hex_u64(uint64_t v, char out[16])
     static const char digits[] = "0123456789abcdef";
     for (int i = 15; i >= 0; i--, v >>= 4)
         out[i] = digits[v & 15];
+}
+
+/* The value of the hex digit c (either case), or -1. */
+static inline int hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
 }
 
 #endif
