@@ -10,7 +10,9 @@ Arguments on the command line select tests by name.
 Call skip("why") inside a test (or setup_module) to skip it.
 """
 
+import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -53,6 +55,36 @@ def faketime_env(dir):
         "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1",
         # an ASan build refuses a preload ahead of its runtime otherwise
         "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+
+
+class UpstreamApp:
+    """upstream_app.py, the application behind the pass-through in the
+    proxy tests, on a free port (kept across stop/start): its endpoints
+    count their calls by path (/stats)."""
+
+    def __init__(self):
+        self.port = qcstack.free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "upstream_app.py"), str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self.proc.stdout.readline().strip() == b"ready"
+
+    def stop(self):
+        if self.proc is not None:
+            qcstack.kill_pid(self.proc.pid, proc=self.proc)
+            self.proc = None
+
+    def calls(self, path=None):
+        """Calls of path so far (0 for none), or every path's (a dict)."""
+        s, _, b = qcstack.http_get(self.port, "/stats")
+        assert s == 200
+        calls = json.loads(b)["calls"]
+        return calls if path is None else calls.get(path, 0)
 
 
 def load_retries(proxies):

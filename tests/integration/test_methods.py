@@ -15,7 +15,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qctest  # noqa: E402
 from qctest import qcstack  # noqa: E402
-from test_proxy import start_app  # noqa: E402
 
 Q = "/quote/1?region=US&tier=gold"
 UNKNOWN = (b"PROPFIND", b"FOO")
@@ -29,22 +28,21 @@ app_port = None
 
 def setup_module():
     global st, px, app, app_port
-    app, app_port = start_app()
+    app = qctest.UpstreamApp()
+    app_port = app.port
     st = qcstack.Stack(products=50)
     px = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port).ready()
 
 
 def teardown_module():
     if app:
-        qcstack.kill_pid(app.pid, proc=app)
+        app.stop()
     if st:
         st.stop()
 
 
 def upstream_calls():
-    s, _, doc = qcstack.get_json(app_port, "/stats")
-    assert s == 200
-    return doc["calls"]
+    return app.calls()
 
 
 def responses(raw):

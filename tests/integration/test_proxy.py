@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 
@@ -19,24 +18,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qctest  # noqa: E402
 from qctest import qcstack  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_BODY = 4096
 Q = "/quote/1?region=US&tier=gold"
 st = px = app = None
 app_port = None
 
 
-def start_app():
-    port = qcstack.free_port()
-    p = subprocess.Popen([sys.executable, os.path.join(HERE, "upstream_app.py"), str(port)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert p.stdout.readline().strip() == b"ready"
-    return p, port
-
-
 def setup_module():
     global st, px, app, app_port
-    app, app_port = start_app()
+    app = qctest.UpstreamApp()
+    app_port = app.port
     st = qcstack.Stack(products=50)
     px = qcstack.Proxy(st, upstream="http://127.0.0.1:%d" % app_port, upstream_timeout=700,
                        max_body=MAX_BODY).ready()
@@ -46,7 +37,7 @@ def teardown_module():
     if st:
         st.stop()
     if app:
-        qcstack.kill_pid(app.pid, proc=app)
+        app.stop()
 
 
 def stats():
@@ -56,7 +47,7 @@ def stats():
 
 
 def calls(path):
-    return stats()["calls"].get(path, 0)
+    return app.calls(path)
 
 
 def req(method, path, body=None, headers=None, port=None):

@@ -17,7 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qctest  # noqa: E402
 from qctest import qcstack  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 ROUTES = {"routes": [
     {"name": "me", "path": "/me/*", "policy": "local", "identity": "header:Authorization"},
     {"name": "cart", "methods": ["GET", "HEAD", "PUT", "POST"], "path": "/cart/{id}",
@@ -32,10 +31,8 @@ B = {"Authorization": "Bearer user-b"}
 
 def setup_module():
     global st, px, app, app_port
-    app_port = qcstack.free_port()
-    app = subprocess.Popen([sys.executable, os.path.join(HERE, "upstream_app.py"),
-                            str(app_port)], stdout=subprocess.PIPE)
-    assert app.stdout.readline().strip() == b"ready"
+    app = qctest.UpstreamApp()
+    app_port = app.port
     st = qcstack.Stack(redis=False, postgres=False, tax=False)
     path = os.path.join(st.dir, "routes.json")
     with open(path, "w") as f:
@@ -48,12 +45,11 @@ def teardown_module():
     if st:
         st.stop()
     if app:
-        qcstack.kill_pid(app.pid, proc=app)
+        app.stop()
 
 
 def calls(path):
-    _, _, b = qcstack.http_get(app_port, "/stats")
-    return json.loads(b)["calls"].get(path, 0)
+    return app.calls(path)
 
 
 def get(path, headers=None, method="GET"):

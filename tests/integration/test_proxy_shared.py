@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qctest  # noqa: E402
 from qctest import qcstack  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 ROUTES = {"routes": [
     {"name": "slow", "path": "/slow", "policy": "shared", "ttl": 60, "query": ["ms", "v"]},
     {"name": "catalog", "methods": ["GET", "HEAD", "PUT"], "path": "/catalog/{product}",
@@ -44,19 +42,10 @@ ROUTES = {"routes": [
 ]}
 st = pa = pb = app = None
 app_port = None
-APP = os.path.join(HERE, "upstream_app.py")
-
-
-def start_app():
-    global app
-    app = subprocess.Popen([sys.executable, APP, str(app_port)], stdout=subprocess.PIPE)
-    assert app.stdout.readline().strip() == b"ready"
-
-
 def setup_module():
-    global st, pa, pb, app_port
-    app_port = qcstack.free_port()
-    start_app()
+    global st, pa, pb, app, app_port
+    app = qctest.UpstreamApp()
+    app_port = app.port
     st = qcstack.Stack(redis=True, postgres=False, tax=False)
     path = os.path.join(st.dir, "routes.json")
     with open(path, "w") as f:
@@ -70,12 +59,11 @@ def teardown_module():
     if st:
         st.stop()
     if app:
-        qcstack.kill_pid(app.pid, proc=app)
+        app.stop()
 
 
 def calls(path):
-    _, _, b = qcstack.http_get(app_port, "/stats")
-    return json.loads(b)["calls"].get(path, 0)
+    return app.calls(path)
 
 
 # The public name both instances are reached by (behind one balancer):
@@ -618,11 +606,9 @@ def test_stale_copy_only_to_its_own_variant():
 def test_stale_within_horizon_then_error():
     # ttl 1 s, stale 3 s: while the upstream is down, the expired copy is
     # served STALE within the horizon, and an error past it.
-    global app
     s, h, b = get(pa, "/flaky/1")
     assert s == 200 and h["x-cache"] == "MISS"
-    qcstack.kill_pid(app.pid, proc=app)
-    app = None
+    app.stop()
     time.sleep(1.3)
     for p in (pa, pb):
         s, h, b2 = get(p, "/flaky/1")
@@ -631,7 +617,7 @@ def test_stale_within_horizon_then_error():
     time.sleep(3.0)
     s, h, _ = get(pa, "/flaky/1")
     assert s == 502, (s, h)
-    start_app()
+    app.start()
 
 
 # ---- the in-process tier held to what a Redis hit answers ----
