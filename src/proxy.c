@@ -130,7 +130,7 @@ int proxy_local_key(const route *r, const char *target, const char *identity, co
     }
     char hex[2 * SHA256_LEN + 1];
     sha256_hex(who, wl, SHA256_LEN, hex);
-    /* A key that does not fit is cut: two targets, one key. */
+    /* A key that does not fit is none (-1): cut, two targets would share it. */
     strbuf k = strbuf_on(buf, len);
     strbuf_mem(&k, "GET ", 4);
     put_normalized_target(&k, target);
