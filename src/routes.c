@@ -92,18 +92,26 @@ const route *routes_at(const routes *rt, int i)
     return &rt->r[i];
 }
 
-/* A pattern is /-separated; {x} fills a whole segment; * only at the end. */
+/* A pattern is /-separated; {x} fills a whole segment; * only at the end.
+ * A {param}'s name is 1 to 63 bytes without '/' or '{' (route_param holds
+ * 63), and a pattern has at most ROUTE_PARAMS_MAX of them: "/{a/{b}" was
+ * one param named "a/{b" (found by the routes fuzz target), and a ninth
+ * matched paths that routes_path_params then refused, so the route never
+ * cached and a write never reached it (found writing its oracle). */
 static bool pattern_ok(const char *p)
 {
+    int params = 0;
     if (p[0] != '/')
         return false;
     for (const char *c = p; *c; c++) {
         if (*c == '*' && c[1] != '\0')
             return false;
         if (*c == '{') {
-            const char *close = strchr(c, '}');
-            if (c[-1] != '/' || close == NULL || close == c + 1 ||
-                (close[1] != '\0' && close[1] != '/'))
+            size_t nl = strcspn(c + 1, "}/{");
+            const char *close = c + 1 + nl;
+            if (c[-1] != '/' || *close != '}' || nl == 0 ||
+                nl >= sizeof(((route_param *)0)->name) || (close[1] != '\0' && close[1] != '/') ||
+                ++params > ROUTE_PARAMS_MAX)
                 return false;
             c = close;
         } else if (*c == '}' || *c == '?' || *c == '#') {

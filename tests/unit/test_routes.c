@@ -108,6 +108,15 @@ static void test_bad_files(void)
         "\"methods\": [\"FETCH\"]}]}",
         "{\"routes\": [{\"name\": \"a\", \"path\": \"/x\", \"policy\": \"bypass\", "
         "\"methods\": []}]}",
+        /* A {param} name holding '/' or '{' (found by the routes fuzz
+         * target), one of 64 bytes, a ninth {param}. */
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/{a/{b}\", \"policy\": \"bypass\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/{a{b}\", \"policy\": \"bypass\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/{"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\", "
+        "\"policy\": \"bypass\"}]}",
+        "{\"routes\": [{\"name\": \"a\", \"path\": \"/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}\", "
+        "\"policy\": \"bypass\"}]}",
         "not json",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -116,6 +125,14 @@ static void test_bad_files(void)
         CHECK(rt == NULL && err[0] != '\0');
         routes_free(rt);
     }
+    char err[256] = "";
+    routes *rt = parse("{\"routes\": [{\"name\": \"a\", \"path\": "
+                       "\"/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{"
+                       "hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh}\", "
+                       "\"policy\": \"shared\"}]}",
+                       err);
+    CHECK(rt != NULL); /* eight, the last named by 63 bytes */
+    routes_free(rt);
 }
 
 /* Every spelling of /admin an upstream may normalize to it is ours. */
