@@ -16,7 +16,11 @@
  * its {params}, which are then as many as the pattern has, named as
  * there, non-empty substrings of the path without '/', in order, and
  * spelling them into the pattern gives the path back (the part before the
- * final '*' a prefix of it). */
+ * final '*' a prefix of it). routes_not_forwarded agrees with its rule
+ * written out apart: refused when the path as sent or after any of three
+ * %XX decodings reaches /admin or climbs above the root (dots resolved,
+ * '\\' as '/', slashes merged, ;parameters dropped, no case), when a
+ * decoding gives a NUL, or when it is 4097 bytes or more. */
 #include "fuzz.h"
 
 #include <event2/http.h>
@@ -121,8 +125,73 @@ static bool check_params(const char *pat, const char *path)
     return true;
 }
 
+/* Whether one spelling reaches /admin or climbs above the root, read as
+ * RFC 3986 5.2.4 resolves dots, with '\\' for '/', empty segments merged
+ * and ;parameters dropped: a segment that lands at the root decides. */
+static bool spelling_escapes(const char *s)
+{
+    int depth = 0;
+    while (*s) {
+        size_t n = strcspn(s, "/\\");
+        size_t seg = strcspn(s, ";");
+        seg = seg < n ? seg : n;
+        if (seg == 2 && s[0] == '.' && s[1] == '.') {
+            if (depth-- == 0)
+                return true;
+        } else if (seg > 0 && !(seg == 1 && s[0] == '.')) {
+            if (depth++ == 0 && seg == 5 && strncasecmp(s, "admin", 5) == 0)
+                return true;
+        }
+        s += n + (s[n] != '\0');
+    }
+    return false;
+}
+
+static int hex(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* routes_not_forwarded's rule, apart: a path too long, or one whose
+ * spelling as sent or after any of three %XX decodings escapes, or that
+ * decodes a NUL. */
+static bool not_forwarded(const char *path)
+{
+    static char cur[4097];
+    size_t n = strlen(path);
+    if (n >= sizeof(cur))
+        return true;
+    memcpy(cur, path, n + 1);
+    for (int level = 0; level <= 3; level++) {
+        if (spelling_escapes(cur))
+            return true;
+        size_t o = 0;
+        bool changed = false;
+        for (size_t i = 0; cur[i]; i++) {
+            if (cur[i] == '%' && hex(cur[i + 1]) >= 0 && hex(cur[i + 2]) >= 0) {
+                char c = (char)(hex(cur[i + 1]) * 16 + hex(cur[i + 2]));
+                if (c == '\0')
+                    return true;
+                cur[o++] = c;
+                i += 2;
+                changed = true;
+            } else {
+                cur[o++] = cur[i];
+            }
+        }
+        cur[o] = '\0';
+        if (!changed)
+            break;
+    }
+    return false;
+}
+
 static void check_match(const routes *rt, unsigned method, const char *path)
 {
+    FUZZ_CHECK(routes_not_forwarded(path) == not_forwarded(path));
     const route *m = routes_match(rt, method, path);
     FUZZ_CHECK(routes_match(rt, method, path) == m);
     const route *first = NULL;
