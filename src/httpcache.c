@@ -13,7 +13,10 @@
 #include "quotecache/httphdr.h"
 
 /* Calls fn on every element of every field called name (comma lists),
- * trimmed; stops when fn returns false. */
+ * trimmed; stops when fn returns false. A comma inside a quoted string
+ * does not separate, and neither does a quote a backslash escapes there
+ * (RFC 9110 5.6.4 quoted-pair): read as a closing quote, it hid the rest
+ * of the field, and `foo="a\"", no-store` was stored. */
 typedef bool elem_fn(const char *e, size_t n, void *arg);
 
 static void each_element(const struct evkeyvalq *h, const char *name, elem_fn *fn, void *arg)
@@ -25,6 +28,10 @@ static void each_element(const struct evkeyvalq *h, const char *name, elem_fn *f
         bool quoted = false;
         const char *start = p;
         for (;; p++) {
+            if (quoted && *p == '\\' && p[1] != '\0') {
+                p++;
+                continue;
+            }
             if (*p == '"')
                 quoted = !quoted;
             if (*p != '\0' && (*p != ',' || quoted))
@@ -75,6 +82,15 @@ static int64_t delta_seconds(const char *v, const char *end)
     return n;
 }
 
+/* RFC 9111 4.2.1: a directive given twice means its first value or
+ * stale; the least of them is never fresher than either (the last one,
+ * read before, let `max-age=5, max-age=500` live 500 s). */
+static void least(int64_t *slot, int64_t v)
+{
+    if (*slot < 0 || v < *slot)
+        *slot = v;
+}
+
 static bool cc_element(const char *e, size_t n, void *arg)
 {
     httpcache_cc *cc = arg;
@@ -90,9 +106,9 @@ static bool cc_element(const char *e, size_t n, void *arg)
     else if (is_directive(e, n, "must-revalidate", &v))
         cc->must_revalidate = true;
     else if (is_directive(e, n, "max-age", &v))
-        cc->max_age = v ? delta_seconds(v, e + n) : 0;
+        least(&cc->max_age, v ? delta_seconds(v, e + n) : 0);
     else if (is_directive(e, n, "s-maxage", &v))
-        cc->s_maxage = v ? delta_seconds(v, e + n) : 0;
+        least(&cc->s_maxage, v ? delta_seconds(v, e + n) : 0);
     return true;
 }
 
@@ -119,6 +135,13 @@ static bool vary_element(const char *e, size_t n, void *arg)
     if (n == 1 && e[0] == '*') {
         v->why = "Vary: *";
         return false;
+    }
+    /* A name listed twice (two Vary: Origin fields, as middleware stacks
+     * add them) is one field: kept twice, the entry held two values of it
+     * and matched no request, so every request fetched and stored again. */
+    for (int i = 0; i < v->nvary; i++) {
+        if (strlen(v->vary[i]) == n && strncasecmp(v->vary[i], e, n) == 0)
+            return true;
     }
     if (v->nvary == HTTPCACHE_VARY_MAX || n >= sizeof(v->vary[0])) {
         v->why = "Vary names too many fields";

@@ -18,7 +18,8 @@ typedef struct httpcache_cc {
 } httpcache_cc;
 
 /* Parses every Cache-Control field of h (a list; unknown directives and
- * malformed numbers ignored, a malformed max-age counts as 0). */
+ * malformed numbers ignored, a malformed max-age counts as 0, a max-age or
+ * s-maxage given twice as the least of its values). */
 void httpcache_parse_cc(const struct evkeyvalq *h, httpcache_cc *out);
 
 /* True for the statuses RFC 9110 15.1 calls heuristically cacheable,
@@ -32,7 +33,7 @@ typedef struct httpcache_verdict {
     bool store;
     const char *why; /* why not (a static string), for logs and tests */
     int64_t ttl_s;   /* how long the copy is fresh */
-    int nvary;       /* the request fields the copy depends on (Vary) */
+    int nvary;       /* the request fields the copy depends on (Vary), each once */
     char vary[HTTPCACHE_VARY_MAX][64];
 } httpcache_verdict;
 

@@ -86,7 +86,8 @@ const route *routes_at(const routes *rt, int i);
  * case, treats \ as /, merges slashes, resolves . and .. and drops
  * ;parameters (admin routes are never passed on, however they are
  * spelled); or a ".." climbs above the root, out of the upstream's path
- * prefix; or it is longer than 4096 bytes. */
+ * prefix, in any of those spellings; or it holds %00 (at any decoding); or
+ * it is longer than 4096 bytes. */
 bool routes_not_forwarded(const char *path);
 
 /* Copies the request's identity for r (the header's value, or the

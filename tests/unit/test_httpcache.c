@@ -103,6 +103,27 @@ static void test_lifetime(void)
     CHECK(decide(200, NULL, H("Expires: Sun, 06 Nov 1994 08:50:07 GMT"), false, 60).ttl_s == 60);
     /* max-age wins over Expires */
     CHECK(decide(200, NULL, H("Cache-Control: max-age=5", "Expires: 0"), false, 60).ttl_s == 5);
+    /* Given twice: the least (RFC 9111 4.2.1: the first or stale), not the
+     * last (found writing the httpcache fuzz target's oracle). */
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=5, max-age=500"), false, 60).ttl_s == 5);
+    CHECK(decide(200, NULL, H("Cache-Control: max-age=50", "Cache-Control: max-age=9"), false, 60)
+              .ttl_s == 9);
+    CHECK(
+        decide(200, NULL, H("Cache-Control: s-maxage=4, max-age=9, s-maxage=40"), true, 60).ttl_s ==
+        4);
+}
+
+static void test_quoted_pair(void)
+{
+    /* A backslash-escaped quote does not end a quoted string: the no-store
+     * after it is a directive (found writing the httpcache fuzz target's oracle; it was
+     * read as inside a string opened again, and the answer stored). */
+    CHECK(!decide(200, NULL, H("Cache-Control: foo=\"a\\\"\", no-store, max-age=60"), true, 60)
+               .store);
+    CHECK(!decide(200, NULL, H("Cache-Control: ext=\"\\\"\", private"), true, 60).store);
+    /* A comma inside the string still does not separate. */
+    CHECK(
+        decide(200, NULL, H("Cache-Control: ext=\"a\\\", no-store\", max-age=60"), true, 60).store);
 }
 
 static void test_vary(void)
@@ -114,6 +135,13 @@ static void test_vary(void)
     CHECK(v.store && v.nvary == 3);
     v = decide(200, NULL, H("Vary: a,b,c,d,e,f,g,h,i"), false, 60);
     CHECK(!v.store);
+    /* A name listed twice is one field (found writing the sharedkey
+     * fuzz target's oracle: the stored entry held it twice and matched no request). */
+    v = decide(200, NULL, H("Vary: Origin", "Vary: origin, Accept, ORIGIN"), false, 60);
+    CHECK(v.store && v.nvary == 2);
+    CHECK(strcmp(v.vary[0], "Origin") == 0 && strcmp(v.vary[1], "Accept") == 0);
+    v = decide(200, NULL, H("Vary: a,a,a,a,a,a,a,a,a,b"), false, 60);
+    CHECK(v.store && v.nvary == 2);
 }
 
 static bool nm(const char *const *req, const char *etag, const char *lm)
@@ -155,6 +183,7 @@ int main(void)
     test_private_and_authorization();
     test_lifetime();
     test_vary();
+    test_quoted_pair();
     test_conditional();
     return CHECK_DONE();
 }

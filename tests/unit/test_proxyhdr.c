@@ -119,6 +119,26 @@ static void test_forwarded_fields(void)
     evhttp_clear_headers(&out);
 }
 
+/* A client's list past 4 KiB stays whole: cut, it kept the client's own
+ * entries and lost the load balancer's, the one an upstream trusts. */
+static void test_forwarded_long_list(void)
+{
+    struct evkeyvalq in, out;
+    TAILQ_INIT(&in);
+    TAILQ_INIT(&out);
+    char forged[5001];
+    memset(forged, '9', 5000);
+    forged[5000] = '\0';
+    evhttp_add_header(&in, "X-Forwarded-For", forged);
+    evhttp_add_header(&in, "X-Forwarded-For", "203.0.113.7"); /* our load balancer's */
+    proxyhdr_set_forwarded(&in, &out, "10.0.0.9", "http");
+    const char *xff = evhttp_find_header(&out, "X-Forwarded-For");
+    CHECK(xff != NULL && strlen(xff) == 5000 + strlen(", 203.0.113.7, 10.0.0.9"));
+    CHECK(xff != NULL && strcmp(xff + 5000, ", 203.0.113.7, 10.0.0.9") == 0);
+    evhttp_clear_headers(&in);
+    evhttp_clear_headers(&out);
+}
+
 static int framing(const char *cl1, const char *cl2, const char *te1, const char *te2)
 {
     struct evkeyvalq in;
@@ -226,6 +246,7 @@ int main(void)
     test_response_copy_keeps_end_to_end();
     test_move_selects_as_copy();
     test_forwarded_fields();
+    test_forwarded_long_list();
     test_framing();
     test_parse_url();
     return CHECK_DONE();
