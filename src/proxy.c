@@ -230,11 +230,13 @@ static bool try_local(proxy *p, struct evhttp_request *req, const char *path, pr
         if (strcasecmp(kv->key, "Age") != 0)
             evhttp_add_header(&out->headers, kv->key, kv->value);
     }
-    char buf[96];
-    snprintf(buf, sizeof(buf), "%lld", (long long)((now - e->stored_ms) / 1000));
+    char buf[96]; /* by strbuf: two snprintf calls were 1.4k of a hit */
+    strbuf b = strbuf_on(buf, sizeof(buf));
+    strbuf_i64(&b, (now - e->stored_ms) / 1000);
     evhttp_add_header(&out->headers, "Age", buf);
-    snprintf(buf, sizeof(buf), "quotecache; hit; ttl=%lld",
-             (long long)((e->expires_ms - now) / 1000));
+    b = strbuf_on(buf, sizeof(buf));
+    strbuf_str(&b, "quotecache; hit; ttl=");
+    strbuf_i64(&b, (e->expires_ms - now) / 1000);
     add_cache_fields(out, "HIT", buf);
     out->xcache = X_HIT;
     out->upstream_seconds = -1; /* no upstream call */

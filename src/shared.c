@@ -50,6 +50,7 @@
 #include "quotecache/proxyhdr.h"
 #include "quotecache/sharedhot.h"
 #include "quotecache/sharedkey.h"
+#include "quotecache/strbuf.h"
 
 #define MAX_ATTEMPTS 3       /* fetches of one flight fenced by concurrent writes */
 #define REMOTE_SLACK_MS 50   /* past the other instance's lock expiry */
@@ -260,17 +261,19 @@ static void build_reply(proxy_reply *out, const route *r, struct evhttp_request 
     if (s->err == NULL) {
         etag = evhttp_find_header(h, "ETag");
         last_modified = evhttp_find_header(h, "Last-Modified");
-        if (s->stored_ms > 0) {
-            snprintf(buf, sizeof(buf), "%lld", (long long)((now - s->stored_ms) / 1000));
+        if (s->stored_ms > 0) { /* by strbuf: snprintf was 0.7k of a hit */
+            strbuf b = strbuf_on(buf, sizeof(buf));
+            strbuf_i64(&b, (now - s->stored_ms) / 1000);
             evhttp_add_header(&out->headers, "Age", buf);
         }
     }
     evhttp_add_header(&out->headers, "X-Cache", metrics_xcache_name(x));
     const char *cs = s->cache_status;
     if (x == X_HIT || x == X_STALE) {
-        int64_t ttl = (s->fresh_until_ms - now) / 1000;
-        snprintf(buf, sizeof(buf), "quotecache; hit; ttl=%lld%s", (long long)ttl,
-                 x == X_STALE ? "; detail=stale-if-error" : "");
+        strbuf b = strbuf_on(buf, sizeof(buf));
+        strbuf_str(&b, "quotecache; hit; ttl=");
+        strbuf_i64(&b, (s->fresh_until_ms - now) / 1000);
+        strbuf_str(&b, x == X_STALE ? "; detail=stale-if-error" : "");
         cs = buf;
     }
     evhttp_add_header(&out->headers, "Cache-Status", cs);
