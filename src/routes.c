@@ -407,13 +407,17 @@ static int pct_decode_once(char *s)
 /* Whether one spelling of a path (cut up in place) reaches /admin or
  * climbs above the root. The first segment left once empty and "."
  * segments are dropped and ".." pops: only that one decides. A ".." above
- * the root would leave the upstream's path prefix ("/legacy/../internal"). */
+ * the root would leave the upstream's path prefix ("/legacy/../internal").
+ * A segment ends at ';' (path parameters) and at a '?' or '#' a decoding
+ * made: an upstream that parses the decoded target again (mod_rewrite's
+ * %3F confusion, nginx's proxy_pass of $uri) ends the path there, and
+ * /admin%3Fx was passed on. Cutting only ever refuses more. */
 static bool spelling_escapes(char *buf)
 {
     char *save = NULL;
     int depth = 0;
     for (char *seg = strtok_r(buf, "/\\", &save); seg; seg = strtok_r(NULL, "/\\", &save)) {
-        seg[strcspn(seg, ";")] = '\0';
+        seg[strcspn(seg, ";?#")] = '\0';
         if (seg[0] == '\0' || strcmp(seg, ".") == 0)
             continue;
         if (strcmp(seg, "..") == 0) {

@@ -127,13 +127,14 @@ static bool check_params(const char *pat, const char *path)
 
 /* Whether one spelling reaches /admin or climbs above the root, read as
  * RFC 3986 5.2.4 resolves dots, with '\\' for '/', empty segments merged
- * and ;parameters dropped: a segment that lands at the root decides. */
+ * and ;parameters dropped, a segment ending at a '?' or '#' too: a segment
+ * that lands at the root decides. */
 static bool spelling_escapes(const char *s)
 {
     int depth = 0;
     while (*s) {
         size_t n = strcspn(s, "/\\");
-        size_t seg = strcspn(s, ";");
+        size_t seg = strcspn(s, ";?#");
         seg = seg < n ? seg : n;
         if (seg == 2 && s[0] == '.' && s[1] == '.') {
             if (depth-- == 0)
