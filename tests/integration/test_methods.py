@@ -145,6 +145,22 @@ def test_unknown_method_framing_checked_first():
     assert_json_error(got[0], 400, "bad_framing")
 
 
+def test_oversized_bodyless_with_body_closes():
+    """A 414 or 431 comes before the framing checks: to a HEAD or an unknown
+    method with a body (unread) it must close too, or the body is read as
+    the next request (smuggled past whoever framed it by its length)."""
+    smuggled = b"GET /echo/smuggled414 HTTP/1.1\r\nHost: x\r\n\r\n"
+    before = upstream_calls()
+    for m in (b"HEAD", b"FOO"):
+        for target, extra, status in ((b"/echo/" + b"a" * 5000, b"", 414),
+                                      (b"/echo", b"X-Big: " + b"b" * 17000 + b"\r\n", 431)):
+            got = exchange(m + b" " + target + b" HTTP/1.1\r\nHost: x\r\n" + extra
+                           + b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+            assert got and got[0][0] == status, (m, status, got)
+            assert_closed(got)
+    assert upstream_calls().get("/echo/smuggled414", 0) == before.get("/echo/smuggled414", 0)
+
+
 # ------------------------------------------------------------ admin listener
 
 
