@@ -636,16 +636,38 @@ static size_t headers_size(struct evhttp_request *req)
     return n;
 }
 
-/* Answers requests that break a size limit. Returns true when it did. */
+/* Whether what follows req on its connection is unknown: a body evhttp
+ * 2.1 left unread (a HEAD, a TRACE or a method it does not know announces
+ * one), or framing proxyhdr_check_framing refuses. */
+static bool next_unknown(struct evhttp_request *req)
+{
+    const char *why;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    bool unread = m == EVHTTP_REQ_HEAD || m == EVHTTP_REQ_TRACE || (int)m == SERVER_REQ_UNKNOWN;
+    return proxyhdr_check_framing(in, &why) < 0 ||
+           (unread && proxyhdr_check_bodyless(in, &why) < 0);
+}
+
+/* Answers requests that break a size limit. Returns true when it did.
+ * Its 414 and 431 come before reject_unsafe's checks: they close the
+ * connection when the next request's first byte is unknown (a HEAD with
+ * a body and a long URI had its body read as the next request). */
 static bool reject_oversized(server *s, struct evhttp_request *req, enum metrics_route route)
 {
-    const char *uri = evhttp_request_get_uri(req);
-    if (strlen(uri) > (size_t)s->d.cfg->max_uri) {
-        send_error(s, req, route, 414, "uri_too_long", "the request URI is too long");
-        return true;
-    }
-    if (headers_size(req) > (size_t)s->d.cfg->max_headers) {
-        send_error(s, req, route, 431, "headers_too_large", "the request headers are too large");
+    int status = 0;
+    if (strlen(evhttp_request_get_uri(req)) > (size_t)s->d.cfg->max_uri)
+        status = 414;
+    else if (headers_size(req) > (size_t)s->d.cfg->max_headers)
+        status = 431;
+    if (status != 0) {
+        if (next_unknown(req))
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        if (status == 414)
+            send_error(s, req, route, 414, "uri_too_long", "the request URI is too long");
+        else
+            send_error(s, req, route, 431, "headers_too_large",
+                       "the request headers are too large");
         return true;
     }
     if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > (size_t)s->d.cfg->max_body) {
