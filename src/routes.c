@@ -450,11 +450,13 @@ bool routes_not_forwarded(const char *path)
         memcpy(cut, buf, strlen(buf) + 1);
         if (spelling_escapes(cut))
             return true;
-        int rc = i < 3 ? pct_decode_once(buf) : 0;
+        int rc = pct_decode_once(buf);
         if (rc < 0)
             return true;
         if (rc == 0)
             return false;
+        if (i == 3)
+            return true; /* an escape left after three decodings: a spelling not judged */
     }
 }
 

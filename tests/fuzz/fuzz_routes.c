@@ -20,7 +20,8 @@
  * written out apart: refused when the path as sent or after any of three
  * %XX decodings reaches /admin or climbs above the root (dots resolved,
  * '\\' as '/', slashes merged, ;parameters dropped, no case), when a
- * decoding gives a NUL, or when it is 4097 bytes or more. */
+ * decoding gives a NUL, when a fourth would still change it, or when it
+ * is 4097 bytes or more. */
 #include "fuzz.h"
 
 #include <event2/http.h>
@@ -157,8 +158,8 @@ static int hex(char c)
 }
 
 /* routes_not_forwarded's rule, apart: a path too long, or one whose
- * spelling as sent or after any of three %XX decodings escapes, or that
- * decodes a NUL. */
+ * spelling as sent or after any of three %XX decodings escapes, that
+ * decodes a NUL, or that a fourth decoding would still change. */
 static bool not_forwarded(const char *path)
 {
     static char cur[4097];
@@ -186,6 +187,8 @@ static bool not_forwarded(const char *path)
         cur[o] = '\0';
         if (!changed)
             break;
+        if (level == 3)
+            return true; /* a fourth decoding would change it */
     }
     return false;
 }

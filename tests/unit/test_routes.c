@@ -156,6 +156,9 @@ static void test_admin_spellings(void)
         CHECK(routes_not_forwarded(admin[i]));
     }
     CHECK(!routes_not_forwarded("/"));
+    /* Three decodings are judged; an escape left after them is refused. */
+    CHECK(!routes_not_forwarded("/x%252541"));
+    CHECK(routes_not_forwarded("/x%25252541"));
     CHECK(!routes_not_forwarded("/administrator"));
     CHECK(!routes_not_forwarded("/x/admin"));
     CHECK(!routes_not_forwarded("/cart/admin/1"));
