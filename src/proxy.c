@@ -168,14 +168,6 @@ static bool local_key(const route *r, struct evhttp_request *req, char *key, siz
     return proxy_local_key(r, origin_target(req), id, host, key, len) == 0;
 }
 
-static bool wants_fresh(const struct evkeyvalq *in)
-{
-    const char *cc = evhttp_find_header(in, "Cache-Control");
-    const char *pragma = evhttp_find_header(in, "Pragma");
-    return httphdr_has_token(cc, "no-cache") || httphdr_has_token(cc, "no-store") ||
-           httphdr_has_token(pragma, "no-cache");
-}
-
 /* ---- replies ---- */
 
 static void reply_init(proxy_reply *out, const route *r)
@@ -219,7 +211,7 @@ static bool try_local(proxy *p, struct evhttp_request *req, const char *path, pr
     const route *r = routes_match(p->rt, EVHTTP_REQ_GET, path);
     char key[LOCAL_KEY_MAX];
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    if (!local_key(r, req, key, sizeof(key)) || wants_fresh(in))
+    if (!local_key(r, req, key, sizeof(key)) || proxyhdr_wants_origin(in))
         return false;
     int64_t now = now_ms();
     const lcache_entry *e = lcache_get(p->lc, key, in, now);

@@ -169,6 +169,14 @@ int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **val
     return n;
 }
 
+bool proxyhdr_wants_origin(const struct evkeyvalq *in)
+{
+    const char *cc = evhttp_find_header(in, "Cache-Control");
+    const char *pragma = evhttp_find_header(in, "Pragma");
+    return httphdr_has_token(cc, "no-cache") || httphdr_has_token(cc, "no-store") ||
+           httphdr_has_token(pragma, "no-cache");
+}
+
 int proxyhdr_check_bodyless(const struct evkeyvalq *in, const char **why)
 {
     const char *v = NULL;

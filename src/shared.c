@@ -912,16 +912,6 @@ static void on_read(void *arg, int status, const rcache_value *v)
              status == RCACHE_OK ? v->gen_global + v->gen_product : 0);
 }
 
-/* What a request must send for a stored copy to answer it: no no-store,
- * no no-cache (those are forwarded, and nothing is stored). */
-static bool wants_origin(const struct evkeyvalq *in)
-{
-    const char *cc = evhttp_find_header(in, "Cache-Control");
-    const char *pragma = evhttp_find_header(in, "Pragma");
-    return httphdr_has_token(cc, "no-store") || httphdr_has_token(cc, "no-cache") ||
-           httphdr_has_token(pragma, "no-cache");
-}
-
 /* The canonical request of req on r (canon: SKEY_CANON_MAX bytes), the
  * query toward the upstream and its resource. Returns 0 or -1 (not
  * cacheable: skey_canonical). */
@@ -940,7 +930,7 @@ bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, cons
                     proxy_reply *out)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    if (!hot_usable(sh) || wants_origin(in))
+    if (!hot_usable(sh) || proxyhdr_wants_origin(in))
         return false;
     /* On the stack: an 8 KB malloc and free were 3 % of a hit. */
     char canon[SKEY_CANON_MAX], fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
@@ -965,7 +955,7 @@ bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, cons
 shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, const char *path,
                        proxy_cb *cb, void *arg)
 {
-    if (sh->closing || wants_origin(evhttp_request_get_input_headers(req)))
+    if (sh->closing || proxyhdr_wants_origin(evhttp_request_get_input_headers(req)))
         return NULL;
     char *canon = xmalloc(SKEY_CANON_MAX), fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
     if (canonical_of(r, req, path, canon, fwd, res) < 0) {

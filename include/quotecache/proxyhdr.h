@@ -72,5 +72,8 @@ int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **val
  * next request on the connection (smuggled past whoever framed it by its
  * length). Returns 0 (no body, or Content-Length: 0), or -1 with *why. */
 int proxyhdr_check_bodyless(const struct evkeyvalq *in, const char **why);
+/* True when the request asks past any stored copy (Cache-Control no-cache
+ * or no-store, Pragma: no-cache): it is forwarded, and no copy answers it. */
+bool proxyhdr_wants_origin(const struct evkeyvalq *in);
 
 #endif
