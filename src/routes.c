@@ -460,25 +460,24 @@ bool routes_not_forwarded(const char *path)
     }
 }
 
-/* The value of cookie name in a Cookie field ("a=1; b=2"): its length, -1
- * when absent, empty or too long, -2 when the field names it twice. Two
- * are nobody's: a browser sends both when another site of the domain has
- * tossed its own (a more specific path comes first), and the application
- * may read the other one than we key on, so one user's answer would be
- * stored under another's identity. */
-static int cookie_value(const char *field, const char *name, char *buf, size_t len)
+/* The value of cookie name in a Cookie field ("a=1; b=2") into buf: its
+ * length, or -1 when the field has none that is usable (empty, or too
+ * long for buf). Every time the field names it counts in *seen, usable or
+ * not: two are nobody's. A browser sends both when another site of the
+ * domain has tossed its own (a more specific path comes first), and the
+ * application may read the other one than we key on, so one user's
+ * answer would be stored under another's identity. */
+static int cookie_value(const char *field, const char *name, char *buf, size_t len, int *seen)
 {
     size_t n = strlen(name);
     int found = -1;
     for (const char *p = field; *p;) {
-        while (*p == ' ' || *p == ';')
+        while (*p == ' ' || *p == '\t' || *p == ';')
             p++;
         const char *end = p + strcspn(p, ";");
         if ((size_t)(end - p) >= n && strncmp(p, name, n) == 0 && p[n] == '=') {
-            if (found != -1)
-                return -2;
             size_t vlen = (size_t)(end - (p + n + 1));
-            found = -3; /* seen, not usable (unless named again: then -2) */
+            (*seen)++;
             if (vlen > 0 && vlen < len) {
                 memcpy(buf, p + n + 1, vlen);
                 buf[vlen] = '\0';
@@ -487,28 +486,33 @@ static int cookie_value(const char *field, const char *name, char *buf, size_t l
         }
         p = end;
     }
-    return found == -3 ? -1 : found;
+    return found;
 }
 
+/* The identity is the one field (or cookie) of that name, across every
+ * field of the request: the application may read any of them, so a
+ * second one, even empty or too long to use, makes the request nobody's.
+ * Only a second usable one did, and an empty Authorization beside a
+ * user's, or a cookie named in two Cookie fields (a proxy or HTTP/2 joins
+ * them into one list), was keyed on the usable one while the application
+ * could answer for the other (found writing the routes fuzz target's
+ * identity oracle). */
 int routes_identity(const route *r, const struct evkeyvalq *h, char *buf, size_t len)
 {
-    int found = -1;
+    int found = -1, seen = 0;
     for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
-        int n = -1;
-        if (r->ident_kind == IDENT_HEADER && strcasecmp(kv->key, r->ident) == 0 &&
-            kv->value[0] != '\0' && strlen(kv->value) < len) {
-            snprintf(buf, len, "%s", kv->value);
-            n = (int)strlen(buf);
+        if (r->ident_kind == IDENT_HEADER && strcasecmp(kv->key, r->ident) == 0) {
+            size_t n = strlen(kv->value);
+            seen++;
+            if (n > 0 && n < len) {
+                memcpy(buf, kv->value, n + 1);
+                found = (int)n;
+            }
         } else if (r->ident_kind == IDENT_COOKIE && strcasecmp(kv->key, "Cookie") == 0) {
-            n = cookie_value(kv->value, r->ident, buf, len);
-            if (n == -2)
-                return -1; /* named twice in one field: nobody's either */
-        }
-        if (n >= 0) {
-            if (found >= 0)
-                return -1; /* two identities: whose copy would it be? none */
-            found = n;
+            int n = cookie_value(kv->value, r->ident, buf, len, &seen);
+            if (n >= 0)
+                found = n;
         }
     }
-    return found;
+    return seen == 1 ? found : -1;
 }

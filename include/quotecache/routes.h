@@ -91,8 +91,9 @@ const route *routes_at(const routes *rt, int i);
 bool routes_not_forwarded(const char *path);
 
 /* Copies the request's identity for r (the header's value, or the
- * cookie's) into buf. Returns its length, or -1 when the request has
- * none (or it does not fit). */
+ * cookie's, across every Cookie field) into buf. Returns its length, or
+ * -1 when the request has none, names it more than once (even empty),
+ * or it is empty or does not fit. */
 int routes_identity(const route *r, const struct evkeyvalq *h, char *buf, size_t len);
 
 #endif

@@ -14,7 +14,15 @@
  * s-maxage (shared) or else every max-age given, else Expires - Date, and
  * an Expires that is not a date does not store; its Vary names are every
  * element of the Vary fields, each once (no case), none "*". A refusal has
- * a reason; the same input gives the same verdict. */
+ * a reason; the same input gives the same verdict.
+ *
+ * httpcache_not_modified, on the same request and the answer's ETag and
+ * Last-Modified as the stored copy's validators: deterministic; with
+ * neither validator only an If-None-Match of "*" gives a 304; an
+ * If-None-Match decides alone (If-Modified-Since is then not read), a 304
+ * by it needs "*" or the stored tag's opaque part, whole and quoted, in
+ * one of its elements (no stored tag, no such element); without one, a
+ * 304 exactly when both dates parse and Last-Modified <= If-Modified-Since. */
 #include "fuzz_headers.h"
 
 #include <ctype.h>
@@ -172,6 +180,74 @@ static void check_ttl(const struct evkeyvalq *resp, const cc_seen *cc, bool shar
     }
 }
 
+/* Is the If-None-Match value "*" (whitespace around it allowed)? */
+static bool inm_star(const char *v)
+{
+    v += strspn(v, " \t");
+    if (*v != '*')
+        return false;
+    v++;
+    return v[strspn(v, " \t")] == '\0';
+}
+
+/* Does some element of an If-None-Match field hold the opaque part of the
+ * stored tag, whole, between its quotes? Written apart: the stored tag
+ * loses "W/" and its quotes, and the quoted opaque part must stand alone
+ * in the field (a quote before it, whitespace or a comma or the end after). */
+static bool inm_names(const struct evkeyvalq *req, const char *etag)
+{
+    if (strncmp(etag, "W/", 2) == 0)
+        etag += 2;
+    size_t n = strlen(etag);
+    if (n >= 2 && etag[0] == '"' && etag[n - 1] == '"') {
+        etag++;
+        n -= 2;
+    }
+    if (memchr(etag, '"', n) != NULL)
+        return false; /* no element's opaque part holds a quote */
+    for (const struct evkeyval *kv = req->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, "If-None-Match") != 0)
+            continue;
+        for (const char *q = kv->value; (q = strchr(q, '"')) != NULL; q++) {
+            if (strncmp(q + 1, etag, n) == 0 && q[1 + n] == '"') {
+                const char *after = q + 2 + n;
+                after += strspn(after, " \t");
+                if (*after == '\0' || *after == ',')
+                    return true;
+            }
+        }
+    }
+    return false;
+}
+
+static void check_not_modified(const struct evkeyvalq *req, const struct evkeyvalq *resp)
+{
+    const char *et = evhttp_find_header(resp, "ETag");
+    const char *lm = evhttp_find_header(resp, "Last-Modified");
+    /* Exact copies: a read past their end is ASan's to see. */
+    char *etag = et ? fuzz_cstr((const uint8_t *)et, strlen(et)) : NULL;
+    char *lmod = lm ? fuzz_cstr((const uint8_t *)lm, strlen(lm)) : NULL;
+    bool r = httpcache_not_modified(req, etag, lmod);
+    FUZZ_CHECK(httpcache_not_modified(req, etag, lmod) == r);
+    const char *inm = evhttp_find_header(req, "If-None-Match");
+    if (etag == NULL && lmod == NULL)
+        FUZZ_CHECK(!r || (inm != NULL && inm_star(inm)));
+    if (inm != NULL) {
+        if (r)
+            FUZZ_CHECK(inm_star(inm) || (etag != NULL && inm_names(req, etag)));
+        else
+            FUZZ_CHECK(!(fuzz_count(req, "If-None-Match") == 1 && strcmp(inm, "*") == 0));
+    } else {
+        const char *ims = evhttp_find_header(req, "If-Modified-Since");
+        time_t since, modified;
+        bool older = ims != NULL && lmod != NULL && httpcache_parse_date(ims, &since) == 0 &&
+                     httpcache_parse_date(lmod, &modified) == 0 && modified <= since;
+        FUZZ_CHECK(r == older);
+    }
+    free(etag);
+    free(lmod);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 3)
@@ -206,6 +282,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_ttl(&resp, &cc, shared, route, v.ttl_s);
         check_vary(&resp, &v);
     }
+    check_not_modified(&req, &resp);
     evhttp_clear_headers(&req);
     evhttp_clear_headers(&resp);
     return 0;

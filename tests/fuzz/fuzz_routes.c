@@ -21,8 +21,19 @@
  * %XX decodings reaches /admin or climbs above the root (dots resolved,
  * '\\' as '/', slashes merged, ;parameters dropped, no case), when a
  * decoding gives a NUL, when a fourth would still change it, or when it
- * is 4097 bytes or more. */
+ * is 4097 bytes or more.
+ *
+ * A second NUL starts an identity section: a byte (bit 0: header or
+ * cookie; the next: the buffer's size, 1 .. 128), the identity's name to
+ * a newline, then "Name:value" lines. routes_identity agrees with its
+ * rule written apart: the one field of that name (no case), or the one
+ * cookie of that name (case kept) in the Cookie fields joined with "; ",
+ * each element's leading whitespace dropped; none, two (usable or not),
+ * an empty value or one that does not fit the buffer: none. So two
+ * requests get the same identity only when their identities are the
+ * same; and the same request always the same one. */
 #include "fuzz.h"
+#include "fuzz_headers.h"
 
 #include <event2/http.h>
 #include <stdbool.h>
@@ -208,10 +219,99 @@ static void check_match(const routes *rt, unsigned method, const char *path)
     FUZZ_CHECK(m == first);
 }
 
+/* routes_identity's rule, apart: the identity into out (len bytes), its
+ * length or -1. */
+static int identity_of(const route *r, const struct evkeyvalq *h, char *out, size_t len)
+{
+    const char *value = NULL;
+    size_t vlen = 0;
+    int seen = 0;
+    if (r->ident_kind == IDENT_HEADER) {
+        for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+            if (strcasecmp(kv->key, r->ident) == 0) {
+                seen++;
+                value = kv->value;
+                vlen = strlen(value);
+            }
+        }
+    } else {
+        static char joined[65536];
+        size_t o = 0;
+        for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+            size_t n = strlen(kv->value);
+            if (strcasecmp(kv->key, "Cookie") != 0)
+                continue;
+            FUZZ_CHECK(o + n + 3 < sizeof(joined));
+            if (o > 0)
+                o += (size_t)snprintf(joined + o, 3, "; ");
+            memcpy(joined + o, kv->value, n + 1);
+            o += n;
+        }
+        joined[o] = '\0';
+        size_t nl = strlen(r->ident);
+        for (char *e = joined, *next; o > 0 && e != NULL; e = next) {
+            next = strchr(e, ';');
+            size_t n = next ? (size_t)(next - e) : strlen(e);
+            next = next ? next + 1 : NULL;
+            while (n > 0 && (*e == ' ' || *e == '\t')) {
+                e++;
+                n--;
+            }
+            if (n > nl && memcmp(e, r->ident, nl) == 0 && e[nl] == '=') {
+                seen++;
+                value = e + nl + 1;
+                vlen = n - nl - 1;
+            }
+        }
+    }
+    if (seen != 1 || vlen == 0 || vlen >= len)
+        return -1;
+    memcpy(out, value, vlen);
+    out[vlen] = '\0';
+    return (int)vlen;
+}
+
+static void check_identity(const char *s, size_t n)
+{
+    if (n < 2)
+        return;
+    route r = {0};
+    r.ident_kind = s[0] & 1 ? IDENT_COOKIE : IDENT_HEADER;
+    size_t len = 1 + (unsigned char)s[1] % 128;
+    const char *nl = memchr(s + 2, '\n', n - 2);
+    size_t il = nl ? (size_t)(nl - s - 2) : n - 2;
+    /* Only names routes_parse accepts. */
+    if (il == 0 || il >= sizeof(r.ident) || memchr(s + 2, '\0', il) != NULL)
+        return;
+    memcpy(r.ident, s + 2, il);
+    if (strpbrk(r.ident, " \t;,=:") != NULL)
+        return;
+    struct evkeyvalq h;
+    size_t used = 2 + il + (nl != NULL);
+    fuzz_header_block(s + used, n - used, &h);
+    char *buf = malloc(len), *again = malloc(len), want[128];
+    FUZZ_CHECK(buf != NULL && again != NULL);
+    int rc = routes_identity(&r, &h, buf, len);
+    int expect = identity_of(&r, &h, want, len);
+    FUZZ_CHECK(rc == expect);
+    if (rc >= 0) {
+        FUZZ_CHECK(strlen(buf) == (size_t)rc && strcmp(buf, want) == 0);
+        FUZZ_CHECK(routes_identity(&r, &h, again, len) == rc && strcmp(again, buf) == 0);
+    }
+    free(buf);
+    free(again);
+    evhttp_clear_headers(&h);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const uint8_t *nul = memchr(data, '\0', size);
     size_t jlen = nul ? (size_t)(nul - data) : size;
+    if (nul != NULL) { /* the identity section, whatever the table */
+        const uint8_t *id = memchr(nul + 1, '\0', (size_t)(data + size - nul - 1));
+        if (id != NULL)
+            check_identity((const char *)id + 1, (size_t)(data + size - id - 1));
+    }
     char *json = fuzz_guarded(data, jlen);
     char err[256] = "", err2[256];
     routes *rt = routes_parse(json, jlen, err, sizeof(err));
@@ -232,6 +332,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     const char *p = nul ? (const char *)nul + 1 : (const char *)data + size;
     const char *end = (const char *)data + size;
+    const char *ident = memchr(p, '\0', (size_t)(end - p));
+    if (ident != NULL)
+        end = ident;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);

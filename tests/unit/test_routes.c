@@ -78,9 +78,27 @@ static void test_parse_and_match(void)
     evhttp_add_header(&h, "Cookie", "session=; session=abc123");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
     evhttp_clear_headers(&h);
+    /* Across Cookie fields as within one (the application may see them
+     * joined): a second, even empty, is nobody's. */
+    evhttp_add_header(&h, "Cookie", "session=");
+    evhttp_add_header(&h, "Cookie", "session=abc123");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
+    /* A tab before a cookie is whitespace to the application too. */
+    evhttp_add_header(&h, "Cookie", "theme=dark;\tsession=evil; session=abc123");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
     r = routes_match(rt, EVHTTP_REQ_GET, "/me");
     evhttp_add_header(&h, "authorization", "Bearer u1");
     CHECK(routes_identity(r, &h, id, sizeof(id)) > 0 && strcmp(id, "Bearer u1") == 0);
+    /* An empty or too long field beside it: the application may read
+     * that one. */
+    evhttp_add_header(&h, "Authorization", "");
+    CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "Authorization", "Bearer u1");
+    evhttp_add_header(&h, "Authorization", "Bearer a-token-too-long-for-the-buffer");
+    CHECK(routes_identity(r, &h, id, 16) < 0);
     evhttp_clear_headers(&h);
     routes_free(rt);
 }
