@@ -169,6 +169,17 @@ int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **val
     return n;
 }
 
+bool proxyhdr_names_valid(const struct evkeyvalq *h)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~0123456789"
+                                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (kv->key[0] == '\0' || strspn(kv->key, tchar) != strlen(kv->key))
+            return false;
+    }
+    return true;
+}
+
 bool proxyhdr_wants_origin(const struct evkeyvalq *in)
 {
     const char *cc = evhttp_find_header(in, "Cache-Control");

@@ -599,6 +599,10 @@ static void on_fetch(void *arg, const upstream_answer *a)
         ld->v.store = false;
         ld->v.why = "a Vary field sent twice";
     }
+    if (ld->v.store && !skey_entry_holds(&ld->rh)) {
+        ld->v.store = false;
+        ld->v.why = "a field name the entry cannot hold";
+    }
     if (!ld->v.store)
         log_debug("shared %s: not stored (%s)", ld->k.entry, ld->v.why);
     if (!ld->v.store || ld->local || !redis_usable(ld->sh)) {

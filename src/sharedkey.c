@@ -332,6 +332,17 @@ int skey_write_resources(const routes *rt, const char *wpath, enum route_policy 
  * credentials readable in Redis. */
 #define VARY_HEX 64
 
+bool skey_entry_holds(const struct evkeyvalq *h)
+{
+    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        size_t n = strlen(kv->key);
+        if (n == 0 || n > SKEY_FIELD_NAME_MAX || strpbrk(kv->key, ":\n") != NULL ||
+            strchr(kv->value, '\n') != NULL)
+            return false;
+    }
+    return true;
+}
+
 char *skey_entry_encode(const skey_entry *e, size_t *len)
 {
     struct evbuffer *b = evbuffer_new();
@@ -381,7 +392,7 @@ static int next_line(const char **p, const char *end, const char **line, size_t 
 static int add_field(const char *s, size_t n, struct evkeyvalq *to)
 {
     const char *colon = memchr(s, ':', n);
-    char name[256], small[2048];
+    char name[SKEY_FIELD_NAME_MAX + 1], small[2048];
     if (colon == NULL || colon == s || (size_t)(colon - s) >= sizeof(name))
         return -1;
     memcpy(name, s, (size_t)(colon - s));

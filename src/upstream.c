@@ -247,6 +247,9 @@ static void on_response(struct evhttp_request *req, void *arg)
         op_error(op, 504, "upstream_timeout", "the upstream did not answer in time");
     else if (code == 0)
         op_error(op, 502, "upstream_unavailable", "the upstream could not be reached or broke");
+    else if (!proxyhdr_names_valid(evhttp_request_get_input_headers(req)))
+        op_error(op, 502, "upstream_bad_field",
+                 "the upstream sent a field name that is not a token");
     else
         take_answer(op, req);
     op_enter(op, OP_READY);

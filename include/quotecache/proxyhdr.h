@@ -72,6 +72,12 @@ int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **val
  * next request on the connection (smuggled past whoever framed it by its
  * length). Returns 0 (no body, or Content-Length: 0), or -1 with *why. */
 int proxyhdr_check_bodyless(const struct evkeyvalq *in, const char **why);
+/* True when every field name of h is a token (RFC 9110 5.6.2: 1 or more
+ * of !#$%&'*+-.^_`|~, digits, letters). evhttp takes any name up to the
+ * colon, an empty one or one with spaces included ("X-A b: 1"), and would
+ * pass it on as it came: an answer that holds one is not forwarded (502),
+ * as nginx refuses an upstream's invalid header. */
+bool proxyhdr_names_valid(const struct evkeyvalq *h);
 /* True when the request asks past any stored copy (Cache-Control no-cache
  * or no-store, Pragma: no-cache): it is forwarded, and no copy answers it. */
 bool proxyhdr_wants_origin(const struct evkeyvalq *in);

@@ -81,7 +81,16 @@ typedef struct skey_entry {
     size_t len;
 } skey_entry;
 
-/* Encodes e (headers, vary_values read) into a malloc'ed buffer. */
+/* The longest field name an entry holds (the decoder's buffer). */
+#define SKEY_FIELD_NAME_MAX 255
+/* True when an entry can hold the fields of h as they are: every name 1
+ * to SKEY_FIELD_NAME_MAX bytes without ':' or a newline, no value with a
+ * newline. An answer with another is not stored: it was, and never
+ * decoded, so every request fetched and stored it again while
+ * Cache-Status said stored; dropping the field would change the answer. */
+bool skey_entry_holds(const struct evkeyvalq *h);
+/* Encodes e (headers, vary_values read) into a malloc'ed buffer; its
+ * headers are ones skey_entry_holds takes. */
 char *skey_entry_encode(const skey_entry *e, size_t *len);
 /* Decodes buf into e, filling headers and vary (two lists the caller
  * initialised and clears); e->body points into buf. Returns 0 or -1. */

@@ -19,8 +19,9 @@
  * route and its {param} values, and a path spelled with the resource's own
  * values has the same resource (the normal form is a fixed point) and the
  * same meaning (one %XX decoding agrees). A write to a path reaches the
- * resource of every shared route matching it. An entry encodes and decodes
- * back (fields, Vary names, body), and matches request B exactly when B has
+ * resource of every shared route matching it. skey_entry_holds takes
+ * exactly the answers whose names are 1 to 255 bytes, and an entry of one
+ * encodes and decodes back (fields, Vary names, body), and matches request B exactly when B has
  * A's values of the Vary fields (skey_vary_same). */
 #include "fuzz_headers.h"
 
@@ -385,7 +386,8 @@ static bool same_fields(const struct evkeyvalq *a, const struct evkeyvalq *b)
     return x == NULL && y == NULL;
 }
 
-/* Names the entry format holds: 1 to 255 bytes (see docs/fuzzing.md). */
+/* Names the entry format holds: 1 to 255 bytes (a name here never holds
+ * ':', nor a value a newline: fuzz_header_block). */
 static bool names_storable(const struct evkeyvalq *h)
 {
     for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
@@ -401,6 +403,7 @@ static void check_entry(const struct evkeyvalq *a, const struct evkeyvalq *b,
 {
     httpcache_verdict v;
     httpcache_decide(200, a, resp, true, 60, &v);
+    FUZZ_CHECK(skey_entry_holds(resp) == names_storable(resp));
     if (!v.store || !names_storable(resp) ||
         !skey_vary_same(v.nvary, (const char(*)[64])v.vary, a, a))
         return; /* shared.c stores only these */

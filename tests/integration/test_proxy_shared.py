@@ -39,6 +39,9 @@ ROUTES = {"routes": [
      "headers": ["X-Tenant"]},
     {"name": "cart", "path": "/cart/{cart}", "policy": "local", "ttl": 60,
      "identity": "header:X-User"},
+    {"name": "oddlocal", "path": "/oddfield/local/{kind}", "policy": "local", "ttl": 60,
+     "identity": "header:X-User"},
+    {"name": "oddfield", "path": "/oddfield/{kind}", "policy": "shared", "ttl": 60},
 ]}
 st = pa = pb = app = None
 app_port = None
@@ -144,6 +147,46 @@ def test_not_stored_in_shared():
         assert calls("/rfc/" + case) == 2, case
     keys = st.redis_cli("--scan", "--pattern", "qc:*{r:rfc:*").split()
     assert [k for k in keys if not k.endswith(":gen")] == [], keys
+
+
+def test_field_name_the_entry_cannot_hold_is_served_uncached():
+    # A 300-byte field name: the entry's decoder holds 255. It was stored,
+    # said "stored", and never decoded (every request a miss that fetched
+    # and stored again). Now: served whole, never stored.
+    long_name = "x-" + "l" * 298
+    for p in (pa, pb, pa):
+        s, h, b = get(p, "/oddfield/long")
+        assert s == 200 and h.get(long_name) == "1", h
+        assert h["x-cache"] == "MISS" and h["cache-status"] == "quotecache; fwd=uri-miss", h
+    assert calls("/oddfield/long") == 3
+    keys = st.redis_cli("--scan", "--pattern", "qc:*{r:oddfield:*").split()
+    assert [k for k in keys if not k.endswith(":gen")] == [], keys
+    # A local route's copy is the fields themselves, not an encoding: it
+    # holds the name, and its hit gives it back.
+    user = {"X-User": "u-odd"}
+    fetched, hits = set(), 0
+    for _ in range(8):  # two workers, a copy each
+        s, h, b = get(pa, "/oddfield/local/long", user)
+        assert s == 200 and h.get(long_name) == "1", h
+        if h["x-cache"] == "HIT":
+            hits += 1
+            assert b in fetched  # a worker's own copy, whole
+        else:
+            assert h["cache-status"] == "quotecache; fwd=uri-miss; stored", h
+            fetched.add(b)
+    assert hits > 0 and calls("/oddfield/local/long") == len(fetched) == 8 - hits
+
+
+def test_field_name_not_a_token_is_not_forwarded():
+    # ": 1" and "X Bad: 1" are no fields (RFC 9110 5.1); passed on as they
+    # came, a client or a cache behind us reads them its own way: 502, as
+    # nginx's "upstream sent invalid header". On a write (bypass) too.
+    for kind in ("empty", "space"):
+        n0 = calls("/oddfield/" + kind)
+        for method in ("GET", "POST"):
+            s, h, b = get(pa, "/oddfield/" + kind, method=method)
+            assert s == 502 and json.loads(b)["error"] == "upstream_bad_field", (kind, s, h, b)
+        assert calls("/oddfield/" + kind) == n0 + 2
 
 
 def test_vary_honoured():

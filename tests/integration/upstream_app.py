@@ -13,6 +13,8 @@ Endpoints (any method unless said, PROPFIND and FOO included):
   /chunked            a chunked answer (Transfer-Encoding: chunked)
   /hop                an answer full of hop-by-hop fields
   /headers?k=v&...    echo whose answer carries the given fields
+  /oddfield/.../KIND  echo whose answer carries a field named oddly: long
+                      (300 bytes, a token), empty (": 1") or space ("X Bad")
   /stats              {"calls": {path: n}, "connections": n} (not counted)
   /reset              zeroes the counts (not counted)
   /mode?get_ms=N&get_code=C  from now on a GET of /failing/... waits N ms,
@@ -151,6 +153,10 @@ class Handler(BaseHTTPRequestHandler):
                 ("Via", "1.1 legacy")])
         if path == "/headers":
             return self.send(200, echo, extra=list(q.items()))
+        if path.startswith("/oddfield/"):
+            kind = path.rsplit("/", 1)[1]
+            name = {"long": "X-" + "L" * 298, "empty": "", "space": "X Bad"}[kind]
+            return self.send(200, echo, extra=[(name, "1"), ("Cache-Control", "max-age=60")])
         # Everything else: an echo, with status ?code=N and the answer
         # fields given as ?h_<Name>=<value> (Cache-Control, Vary, ...).
         extra = [("X-Upstream", "yes")] + [(k[2:], v) for k, v in q.items()

@@ -210,6 +210,47 @@ static void test_entry(void)
     evhttp_clear_headers(&dv);
 }
 
+/* An answer whose field name is empty or longer than 255 bytes was stored
+ * and never decoded: every request fetched and stored it again. Such an
+ * answer is not held (shared.c then does not store it); a 255-byte name
+ * is, and decodes back. */
+static void test_entry_holds(void)
+{
+    struct evkeyvalq h, dh, dv;
+    TAILQ_INIT(&h);
+    TAILQ_INIT(&dh);
+    TAILQ_INIT(&dv);
+    char name[258];
+    memset(name, 'x', 255);
+    name[255] = '\0';
+    evhttp_add_header(&h, "Content-Type", "text/plain");
+    evhttp_add_header(&h, name, "v");
+    CHECK(skey_entry_holds(&h));
+    skey_entry e = {0}, d;
+    e.status = 200;
+    e.headers = &h;
+    e.vary_values = &dv;
+    e.body = "b";
+    e.len = 1;
+    size_t len;
+    char *buf = skey_entry_encode(&e, &len);
+    CHECK(skey_entry_decode(buf, len, &d, &dh, &dv) == 0 &&
+          strcmp(evhttp_find_header(&dh, name), "v") == 0);
+    free(buf);
+    evhttp_clear_headers(&dh);
+    name[255] = 'x';
+    name[256] = '\0';
+    evhttp_add_header(&h, name, "v");
+    CHECK(!skey_entry_holds(&h));
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "", "v"); /* ": v" from the upstream */
+    CHECK(!skey_entry_holds(&h));
+    evhttp_clear_headers(&h);
+    evhttp_add_header(&h, "X-A", "v");
+    CHECK(skey_entry_holds(&h));
+    evhttp_clear_headers(&h);
+}
+
 /* An answer that names a Vary field twice (two Vary: Origin fields) is
  * stored once per variant and found again (found writing the sharedkey fuzz
  * target's oracle: the entry held two digests of Origin and matched no request). */
@@ -261,6 +302,7 @@ int main(void)
     test_keys(rt);
     test_writes(rt);
     test_entry();
+    test_entry_holds();
     test_vary_named_twice();
     routes_free(rt);
     return CHECK_DONE();
