@@ -702,6 +702,16 @@ static bool reject_unsafe(server *s, struct evhttp_request *req, enum metrics_ro
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     bool bodyless = m == EVHTTP_REQ_HEAD || m == EVHTTP_REQ_TRACE;
     const char *host;
+    if (!proxyhdr_names_valid(in)) {
+        /* evhttp takes any name up to the colon: "Transfer-Encoding :
+         * chunked" is no framing field to it, nor to proxyhdr, and was
+         * passed on as it came to an upstream that may read it as one (a
+         * body framed by its Content-Length here, chunked there: the rest
+         * a request of the client's making). RFC 9112 5.1: a 400. */
+        evhttp_add_header(out, "Connection", "close");
+        send_error(s, req, route, 400, "bad_field", "a field name that is not a token");
+        return true;
+    }
     if (proxyhdr_check_framing(in, &why) < 0 ||
         (bodyless && proxyhdr_check_bodyless(in, &why) < 0)) {
         /* The next request's first byte is unknown: close after the 400. */

@@ -416,6 +416,22 @@ def test_smuggling_body_on_head_or_trace_refused():
     assert qcstack.parse_response(out)[0] == 200, out
 
 
+def test_field_name_not_a_token_refused():
+    # evhttp took "Transfer-Encoding : chunked" as a field named
+    # "Transfer-Encoding " (no framing to it, nor hop-by-hop) and it went on
+    # to the upstream beside our Content-Length: an upstream that reads it
+    # as Transfer-Encoding takes the body's tail as a request of the
+    # client's making. Any name that is not a token: 400, closed.
+    smuggled = b"0\r\n\r\nGET /admin/invalidate HTTP/1.1\r\nHost: x\r\n\r\n"
+    for field in (b"Transfer-Encoding : chunked", b"Transfer-Encoding\t: chunked",
+                  b"X Bad: 1", b": empty", b"X@Y: 1"):
+        assert_refused_and_closed(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + field
+                                  + b"\r\nContent-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        out = raw(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + field + b"\r\n\r\n")
+        s, _, b = qcstack.parse_response(out)
+        assert s == 400 and json.loads(b)["error"] == "bad_field", out
+
+
 def test_two_hosts_refused():
     # RFC 9112 3.2: we would key and forward by the first, the application
     # may read the last.
