@@ -73,14 +73,25 @@ static bool end_to_end(const struct evkeyvalq *in, const char *name, const char 
            !(conn && proxyhdr_connection_lists(in, name));
 }
 
-void proxyhdr_copy_end_to_end(const struct evkeyvalq *in, struct evkeyvalq *out,
-                              const char *const *skip)
+void proxyhdr_emit_end_to_end(const struct evkeyvalq *in, const char *const *skip,
+                              proxyhdr_put *put, void *arg)
 {
     bool conn = has_field(in, "Connection");
     for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
         if (end_to_end(in, kv->key, skip, conn))
-            evhttp_add_header(out, kv->key, kv->value);
+            put(arg, kv->key, kv->value);
     }
+}
+
+static void put_in_list(void *arg, const char *name, const char *value)
+{
+    evhttp_add_header(arg, name, value);
+}
+
+void proxyhdr_copy_end_to_end(const struct evkeyvalq *in, struct evkeyvalq *out,
+                              const char *const *skip)
+{
+    proxyhdr_emit_end_to_end(in, skip, put_in_list, out);
 }
 
 void proxyhdr_move_end_to_end(struct evkeyvalq *in, struct evkeyvalq *out, const char *const *skip)
@@ -118,21 +129,23 @@ size_t proxyhdr_join(const struct evkeyvalq *h, const char *name, char *buf, siz
     return n;
 }
 
-/* out gets name: "<in's list>, value" (or value alone), in's list whole
+/* put gets name: "<in's list>, value" (or value alone), in's list whole
  * (--max-headers bounds it). Cut at 4 KiB, as it was, a list lost its last
  * entries, the ones the proxies in front of us appended, and kept the
  * client's own: an upstream that trusts the address its load balancer
  * appended read one the client wrote (found writing the proxyhdr fuzz
- * target's oracle, whose 4 KiB inputs cannot reach it; test_proxyhdr.c). */
-static void append_list(const struct evkeyvalq *in, struct evkeyvalq *out, const char *name,
-                        const char *value)
+ * target's oracle, whose 4 KiB inputs cannot reach it; test_proxyhdr.c).
+ * Joined on the stack when it fits: once per forwarded request. */
+static void put_list(const struct evkeyvalq *in, const char *name, const char *value,
+                     proxyhdr_put *put, void *arg)
 {
     size_t n = strlen(value) + 1;
     for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
         if (strcasecmp(kv->key, name) == 0 && kv->value[0] != '\0')
             n += strlen(kv->value) + 2;
     }
-    char *full = xmalloc(n), *o = full;
+    char stack[512];
+    char *full = n <= sizeof(stack) ? stack : xmalloc(n), *o = full;
     for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
         if (strcasecmp(kv->key, name) != 0 || kv->value[0] == '\0')
             continue;
@@ -142,19 +155,26 @@ static void append_list(const struct evkeyvalq *in, struct evkeyvalq *out, const
         o += vl + 2;
     }
     memcpy(o, value, strlen(value) + 1);
-    evhttp_add_header(out, name, full);
-    free(full);
+    put(arg, name, full);
+    if (full != stack)
+        free(full);
+}
+
+void proxyhdr_emit_forwarded(const struct evkeyvalq *in, const char *client_ip, const char *proto,
+                             proxyhdr_put *put, void *arg)
+{
+    put_list(in, "X-Forwarded-For", client_ip, put, arg);
+    put(arg, "X-Forwarded-Proto", proto);
+    const char *host = evhttp_find_header(in, "Host");
+    if (host != NULL)
+        put(arg, "X-Forwarded-Host", host);
+    put_list(in, "Via", PROXYHDR_VIA, put, arg);
 }
 
 void proxyhdr_set_forwarded(const struct evkeyvalq *in, struct evkeyvalq *out,
                             const char *client_ip, const char *proto)
 {
-    append_list(in, out, "X-Forwarded-For", client_ip);
-    evhttp_add_header(out, "X-Forwarded-Proto", proto);
-    const char *host = evhttp_find_header(in, "Host");
-    if (host != NULL)
-        evhttp_add_header(out, "X-Forwarded-Host", host);
-    append_list(in, out, "Via", PROXYHDR_VIA);
+    proxyhdr_emit_forwarded(in, client_ip, proto, put_in_list, out);
 }
 
 int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **value)

@@ -160,6 +160,7 @@ static upresp_result field_line(upresp *p, const char *l, size_t n)
     if (colon == NULL)
         return end(p, UPRESP_BROKEN, "a field line without a colon");
     size_t nl = (size_t)(colon - l);
+    p->bad_name = true;
     if (nl == 0)
         return end(p, UPRESP_BROKEN, "a field without a name");
     for (size_t i = 0; i < nl; i++) {
@@ -168,6 +169,7 @@ static upresp_result field_line(upresp *p, const char *l, size_t n)
         if (!is_tchar((unsigned char)l[i]))
             return end(p, UPRESP_BROKEN, "a field name that is not a token");
     }
+    p->bad_name = false;
     const char *v = colon + 1, *ve = l + n;
     while (v < ve && is_ows(*v))
         v++;

@@ -1,42 +1,69 @@
 /* upstream: owns the keep-alive connections to the application behind us
- * and every forwarded request in flight.
+ * and every forwarded request in flight, over a small HTTP/1.1 client of
+ * our own on non-blocking sockets (the answer is read by upresp.c).
  *
  * An op's life (one transition function, op_enter):
- *   SENT   on the wire, its deadline armed, evhttp holds the request;
+ *   SENT   on a connection (connecting, sending, or reading the answer),
+ *          its deadline armed;
  *   READY  the answer (or our error) is held and the fire event queued, so
- *          the owner's callback never runs inside evhttp or upstream_forward;
+ *          the owner's callback never runs inside upstream_forward or our
+ *          socket callbacks;
  *   DEAD   the owner left (upstream_cancel): the fire event only frees.
- * Leaving SENT other than by evhttp's own callback (deadline, cancel)
- * frees the op's connection, which frees evhttp's request with no
- * callback and closes the socket, so the upstream sees the abort too.
- * Connections are never freed inside their own callbacks: those go to a
- * graveyard reaped from the loop. */
+ *
+ * A connection's life (one transition function, conn_enter):
+ *   CONNECTING  connect() under way for the op it carries, whose request
+ *               waits in obuf;
+ *   BUSY        carrying an op: its request sent or being sent, its
+ *               answer being read;
+ *   IDLE        on the idle stack, carrying nothing;
+ *   CLOSED      its socket closed and the connection freed (conn_close).
+ * Its read event is registered from its socket's first moment to its last,
+ * idle too, so that an upstream that closes an idle connection takes it
+ * off the stack at once; its write event only while connecting or while
+ * the kernel took part of a request (EAGAIN).
+ *
+ * Ownership: an op in SENT owns its connection (op->conn, conn->op), the
+ * idle stack owns the idle ones, nothing else holds one. Leaving SENT
+ * other than by the answer (deadline, cancel, shutdown) closes the
+ * connection, so the upstream sees the abort too. No code of another
+ * module runs inside our socket callbacks (owners are called from the
+ * fire event), so a connection may be closed and freed in its own
+ * callback, as that callback's last act. */
 #include "quotecache/upstream.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <netdb.h>
-#include <sys/queue.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
-#include "quotecache/graveyard.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/proxyhdr.h"
+#include "quotecache/upresp.h"
 
 #define UPSTREAM_MAX_IDLE 64
-#define UPSTREAM_MAX_HEADERS (64 * 1024)
-#define UPSTREAM_URI_MAX 8192
+/* What a connection's buffers start at and shrink back to after a larger
+ * answer head or request: most requests and answers fit. */
+#define UPSTREAM_IBUF 16384
+#define UPSTREAM_OBUF 2048
 
 enum op_state { OP_SENT, OP_READY, OP_DEAD };
+enum conn_state { CONN_CONNECTING, CONN_BUSY, CONN_IDLE, CONN_CLOSED };
+
+typedef struct uconn uconn;
 
 struct upstream_op {
     struct upstream_op *next, *prev; /* every live op, for shutdown */
@@ -55,12 +82,9 @@ struct upstream_op {
     struct evkeyvalq own;          /* a fetch's fields, owned: no client to read again */
     char request_id[64];           /* a fetch's X-Request-Id ("" none) */
     char peer[64];
-    struct evbuffer *body;
-    bool reused_conn; /* the connection came from the idle list */
+    struct evbuffer *body; /* NULL: none */
     bool retried;
-    struct evhttp_connection *conn; /* while SENT */
-    enum evhttp_request_error fail; /* evhttp's reason, when it failed us */
-    bool failed;
+    uconn *conn;           /* while SENT */
     struct event deadline; /* embedded: no allocation per request */
     struct event fire;
     struct timespec sent_at;
@@ -72,54 +96,281 @@ struct upstream_op {
     struct evbuffer *rbody;
 };
 
+struct uconn {
+    upstream *u;
+    int fd;
+    enum conn_state state;
+    upstream_op *op; /* CONNECTING, BUSY */
+    bool from_idle;  /* taken from the idle stack: the upstream may have closed it meanwhile */
+    bool got_bytes;  /* a byte of the current answer arrived */
+    bool writing;    /* wev is added */
+    struct event rev, wev;
+    char *obuf; /* the request: head and body, osent of olen sent */
+    size_t olen, osent, ocap;
+    char *ibuf; /* received, not yet taken by the parser */
+    size_t ilen, icap;
+    upresp resp; /* the answer being read (CONNECTING, BUSY) */
+};
+
 struct upstream {
     struct event_base *base;
-    char host[256]; /* as given: the Host of requests that carry none */
-    char addr[64];  /* resolved once at start: connecting never blocks */
+    char host[256];        /* as given */
+    char hostport[300];    /* the Host of requests that carry none */
+    struct sockaddr_in sa; /* resolved once at start: connecting never blocks */
     int port;
     char prefix[512];
     int timeout_ms;
     size_t max_body;
     int max_conns;
-    int active;
+    int active; /* ops holding a connection */
     upstream_op *ops;
-    struct evhttp_connection *idle[UPSTREAM_MAX_IDLE]; /* a stack: the warmest on top */
+    uconn *idle[UPSTREAM_MAX_IDLE]; /* a stack: the warmest on top */
     int nidle;
-    graveyard *graveyard; /* connections freed from the loop */
 };
+
+static const char *conn_state_name[] = {"connecting", "busy", "idle", "closed"};
 
 /* ---- connections ---- */
 
-/* From inside an evhttp callback of conn: keep it for the next request,
- * or free it from the loop. evhttp reconnects a kept connection that the
- * upstream closed (Connection: close, idle close) by itself. */
-static void conn_release(upstream *u, struct evhttp_connection *conn, bool reusable)
+static void on_conn_read(evutil_socket_t fd, short what, void *arg);
+static void on_conn_write(evutil_socket_t fd, short what, void *arg);
+
+/* The one place a connection changes state. Legal: CONNECTING -> BUSY
+ * (connected), BUSY -> IDLE (answered, kept), IDLE -> BUSY (taken), and
+ * any -> CLOSED (conn_close). */
+static void conn_enter(uconn *c, enum conn_state to)
 {
-    if (reusable && u->nidle < UPSTREAM_MAX_IDLE) {
-        u->idle[u->nidle++] = conn;
-        return;
+    bool legal = (c->state == CONN_CONNECTING && to == CONN_BUSY) ||
+                 (c->state == CONN_BUSY && to == CONN_IDLE) ||
+                 (c->state == CONN_IDLE && to == CONN_BUSY) ||
+                 (c->state != CONN_CLOSED && to == CONN_CLOSED);
+    if (!legal) {
+        log_error("upstream: illegal connection transition %s -> %s", conn_state_name[c->state],
+                  conn_state_name[to]);
+        abort();
     }
-    graveyard_bury(u->graveyard, conn);
+    log_debug("upstream conn %d: %s -> %s", c->fd, conn_state_name[c->state], conn_state_name[to]);
+    c->state = to;
 }
 
-/* An idle connection, or a new one (always when fresh: a retry must not
- * meet another stale one). */
-static struct evhttp_connection *conn_get(upstream *u, bool fresh, bool *reused)
+static void conn_want_write(uconn *c, bool on)
 {
-    *reused = !fresh && u->nidle > 0;
-    if (*reused)
-        return u->idle[--u->nidle];
-    struct evhttp_connection *c =
-        evhttp_connection_base_new(u->base, NULL, u->addr, (unsigned short)u->port);
-    if (c == NULL)
+    if (on == c->writing)
+        return;
+    if (on)
+        event_add(&c->wev, NULL);
+    else
+        event_del(&c->wev);
+    c->writing = on;
+}
+
+/* A new connection, CONNECTING; its request is sent once connected. NULL
+ * when no socket could be had or the connect failed at once. */
+static uconn *conn_open(upstream *u)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
         return NULL;
-    evhttp_connection_set_retries(c, 0);
-    /* Our deadline ends a request; evhttp's per-read timeout only bounds
-     * what could escape it. */
-    evhttp_connection_set_timeout(c, u->timeout_ms / 1000 + 2);
-    evhttp_connection_set_max_body_size(c, (ev_ssize_t)u->max_body);
-    evhttp_connection_set_max_headers_size(c, UPSTREAM_MAX_HEADERS);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (const struct sockaddr *)&u->sa, sizeof(u->sa)) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        return NULL;
+    }
+    uconn *c = xcalloc(1, sizeof(*c));
+    c->u = u;
+    c->fd = fd;
+    c->state = CONN_CONNECTING;
+    upresp_init(&c->resp, false, 0, NULL);
+    event_assign(&c->rev, u->base, fd, EV_READ | EV_PERSIST, on_conn_read, c);
+    event_assign(&c->wev, u->base, fd, EV_WRITE | EV_PERSIST, on_conn_write, c);
+    event_add(&c->rev, NULL);
+    conn_want_write(c, true); /* writable: connected (or failed) */
     return c;
+}
+
+static void idle_remove(upstream *u, uconn *c)
+{
+    for (int i = 0; i < u->nidle; i++) {
+        if (u->idle[i] == c) {
+            memmove(&u->idle[i], &u->idle[i + 1], (size_t)(u->nidle - i - 1) * sizeof(u->idle[0]));
+            u->nidle--;
+            return;
+        }
+    }
+}
+
+/* From any state, the connection carrying no op (the op let go first):
+ * off the idle stack, its events deleted, its socket closed, freed. */
+static void conn_close(uconn *c)
+{
+    if (c->state == CONN_IDLE)
+        idle_remove(c->u, c);
+    conn_enter(c, CONN_CLOSED);
+    event_del(&c->rev);
+    event_del(&c->wev);
+    close(c->fd);
+    upresp_clear(&c->resp);
+    free(c->ibuf);
+    free(c->obuf);
+    free(c);
+}
+
+/* Answered and fit to carry another request: onto the idle stack, its
+ * buffers back to their usual size; closed when the stack is full. */
+static void conn_park(uconn *c)
+{
+    upstream *u = c->u;
+    if (u->nidle == UPSTREAM_MAX_IDLE) {
+        conn_close(c);
+        return;
+    }
+    upresp_clear(&c->resp);
+    c->ilen = c->olen = c->osent = 0;
+    if (c->icap > UPSTREAM_IBUF) {
+        free(c->ibuf);
+        c->ibuf = NULL;
+        c->icap = 0;
+    }
+    if (c->ocap > 4 * UPSTREAM_OBUF) {
+        free(c->obuf);
+        c->obuf = NULL;
+        c->ocap = 0;
+    }
+    conn_enter(c, CONN_IDLE);
+    u->idle[u->nidle++] = c;
+}
+
+/* The warmest idle connection, BUSY. */
+static uconn *conn_take(upstream *u)
+{
+    uconn *c = u->idle[--u->nidle];
+    conn_enter(c, CONN_BUSY);
+    c->from_idle = true;
+    return c;
+}
+
+/* Sends what is left of the request, as much as the kernel takes now; the
+ * write event waits for the rest. Returns 0, or -1 when the connection
+ * broke. */
+static int conn_flush(uconn *c)
+{
+    while (c->osent < c->olen) {
+        ssize_t n = send(c->fd, c->obuf + c->osent, c->olen - c->osent, MSG_NOSIGNAL);
+        if (n >= 0) {
+            c->osent += (size_t)n;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            conn_want_write(c, true);
+            return 0;
+        } else if (errno != EINTR) {
+            return -1;
+        }
+    }
+    conn_want_write(c, false);
+    return 0;
+}
+
+/* ---- the request, written in one buffer ---- */
+
+static char *out_reserve(uconn *c, size_t n)
+{
+    if (c->olen + n > c->ocap) {
+        size_t cap = c->ocap ? c->ocap : UPSTREAM_OBUF;
+        while (cap < c->olen + n)
+            cap *= 2;
+        c->obuf = xrealloc(c->obuf, cap);
+        c->ocap = cap;
+    }
+    char *p = c->obuf + c->olen;
+    c->olen += n;
+    return p;
+}
+
+static void out_mem(uconn *c, const char *s, size_t n)
+{
+    memcpy(out_reserve(c, n), s, n);
+}
+
+static void out_str(uconn *c, const char *s)
+{
+    out_mem(c, s, strlen(s));
+}
+
+/* A field line (proxyhdr_put): values come from evhttp's parser or from
+ * us, never with a CR or LF. */
+static void out_field(void *arg, const char *name, const char *value)
+{
+    uconn *c = arg;
+    size_t nl = strlen(name), vl = strlen(value);
+    char *p = out_reserve(c, nl + vl + 4);
+    memcpy(p, name, nl);
+    memcpy(p + nl, ": ", 2);
+    memcpy(p + nl + 2, value, vl);
+    memcpy(p + nl + 2 + vl, "\r\n", 2);
+}
+
+static const char *method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    }
+    return "GET";
+}
+
+/* The request toward the upstream, into c's buffer in one pass: the
+ * request line, the fields straight from the client's request (no list
+ * built for them), then the body. */
+static void write_request(upstream_op *op, uconn *c)
+{
+    upstream *u = op->u;
+    struct evkeyvalq *in = op->client ? evhttp_request_get_input_headers(op->client) : &op->own;
+    c->olen = c->osent = 0;
+    out_str(c, method_name(op->method));
+    out_mem(c, " ", 1);
+    out_str(c, op->uri);
+    out_mem(c, " HTTP/1.1\r\n", 11);
+    proxyhdr_emit_end_to_end(in, proxyhdr_request_skip, out_field, c);
+    proxyhdr_emit_forwarded(in, op->peer, "http", out_field, c);
+    /* The id we answer and log with (accesslog.c: the client's when valid,
+     * else made), so that the application's logs name the same request;
+     * the client's own field was skipped above, valid or not. */
+    const char *id = op->client ? evhttp_find_header(evhttp_request_get_output_headers(op->client),
+                                                     "X-Request-Id")
+                                : (op->request_id[0] ? op->request_id : NULL);
+    if (id != NULL)
+        out_field(c, "X-Request-Id", id);
+    if (evhttp_find_header(in, "Host") == NULL)
+        out_field(c, "Host", u->hostport);
+    /* Re-framed: whatever framing the client used (chunked included), the
+     * upstream gets the body we hold with its exact length, and a request
+     * that may carry a body says so when it has none. */
+    size_t len = op->body ? evbuffer_get_length(op->body) : 0;
+    if (len > 0 || op->method == EVHTTP_REQ_POST || op->method == EVHTTP_REQ_PUT ||
+        op->method == EVHTTP_REQ_PATCH) {
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", len);
+        out_field(c, "Content-Length", n);
+    }
+    out_mem(c, "\r\n", 2);
+    if (len > 0)
+        evbuffer_copyout(op->body, out_reserve(c, len), len);
 }
 
 /* ---- ops ---- */
@@ -144,19 +395,11 @@ static void op_free(upstream_op *op)
     event_del(&op->fire);
     evhttp_clear_headers(&op->rhdrs);
     evhttp_clear_headers(&op->own);
-    evbuffer_free(op->body);
+    if (op->body)
+        evbuffer_free(op->body);
     evbuffer_free(op->rbody);
     free(op->uri);
     free(op);
-}
-
-/* Leaves SENT without evhttp's callback: the connection (and evhttp's
- * request with it) is freed now; we are never inside its callbacks here. */
-static void op_abort_conn(upstream_op *op)
-{
-    evhttp_connection_free(op->conn);
-    op->conn = NULL;
-    op->u->active--;
 }
 
 /* The one place an op changes state. Legal: SENT -> READY (answer, error,
@@ -177,20 +420,37 @@ static void op_enter(upstream_op *op, enum op_state to)
     op->state = to;
 }
 
+/* Our error instead of an answer: nothing of the upstream's is kept. */
 static void op_error(upstream_op *op, int status, const char *code, const char *msg)
 {
     op->has_err = true;
     qc_error_set(&op->err, status, code, "%s", msg);
+    evbuffer_drain(op->rbody, evbuffer_get_length(op->rbody));
 }
 
-static int op_send(upstream_op *op);
-static void copy_request(upstream_op *op, struct evkeyvalq *out);
-
-static void on_error(enum evhttp_request_error e, void *arg)
+/* op takes c: its request written, the reading of its answer begun. */
+static void op_carry(upstream_op *op, uconn *c)
 {
-    upstream_op *op = arg;
-    op->failed = true;
-    op->fail = e;
+    op->conn = c;
+    c->op = op;
+    c->got_bytes = false;
+    op->u->active++;
+    upresp_init(&c->resp, op->method == EVHTTP_REQ_HEAD, op->u->max_body, op->rbody);
+    write_request(op, c);
+}
+
+/* op lets go of its connection: kept for the next request (keep) or
+ * closed, which aborts whatever it was doing. */
+static void op_release_conn(upstream_op *op, bool keep)
+{
+    uconn *c = op->conn;
+    op->conn = NULL;
+    c->op = NULL;
+    op->u->active--;
+    if (keep)
+        conn_park(c);
+    else
+        conn_close(c);
 }
 
 static bool idempotent(enum evhttp_cmd_type m)
@@ -199,13 +459,66 @@ static bool idempotent(enum evhttp_cmd_type m)
            m == EVHTTP_REQ_DELETE || m == EVHTTP_REQ_OPTIONS;
 }
 
-/* Takes the answer out of evhttp's request, which it frees after us (its
- * fields are moved, not copied: evhttp reads them only before calling
- * us). */
-static void take_answer(upstream_op *op, struct evhttp_request *req)
+/* The upstream may have closed an idle keep-alive connection as we wrote
+ * to it: once, on a fresh one, when nothing of an answer came back and
+ * the method may be repeated. */
+static bool may_retry(const upstream_op *op, const uconn *c)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    op->status = evhttp_request_get_response_code(req);
+    return c->from_idle && !c->got_bytes && !op->retried && idempotent(op->method);
+}
+
+/* Puts the op's request on a connection: an idle one, or a new one
+ * (always when retrying: a retry must not meet another stale one).
+ * Returns 0 (on its way), or -1 with the op's error set when none could
+ * take it; the caller answers. */
+static int op_send(upstream_op *op)
+{
+    upstream *u = op->u;
+    for (;;) {
+        if (u->active >= u->max_conns) {
+            op_error(op, 503, "upstream_busy", "too many requests to the upstream in flight");
+            return -1;
+        }
+        uconn *c = !op->retried && u->nidle > 0 ? conn_take(u) : conn_open(u);
+        if (c == NULL) {
+            op_error(op, 502, "upstream_unavailable", "cannot open a connection to the upstream");
+            return -1;
+        }
+        op_carry(op, c);
+        if (c->state == CONN_CONNECTING || conn_flush(c) == 0)
+            return 0;
+        bool retry = may_retry(op, c);
+        op_release_conn(op, false);
+        if (!retry) {
+            op_error(op, 502, "upstream_unavailable", "cannot send to the upstream");
+            return -1;
+        }
+        op->retried = true;
+    }
+}
+
+/* The connection broke before the answer was whole (refused, reset,
+ * closed): retried when it may be, else 502. */
+static void op_failed(upstream_op *op)
+{
+    bool retry = may_retry(op, op->conn);
+    op_release_conn(op, false);
+    if (retry) {
+        log_debug("upstream %s: a kept connection was gone, once more on a new one", op->uri);
+        op->retried = true;
+        if (op_send(op) == 0)
+            return;
+    } else {
+        op_error(op, 502, "upstream_unavailable", "the upstream could not be reached or broke");
+    }
+    op_enter(op, OP_READY);
+}
+
+/* Takes the answer's fields from the parser (moved, not copied). */
+static void take_answer(upstream_op *op, upresp *r)
+{
+    struct evkeyvalq *in = &r->fields;
+    op->status = r->status;
     proxyhdr_move_end_to_end(in, &op->rhdrs, proxyhdr_response_skip);
     /* A HEAD or 304 has no body here: its Content-Length describes the
      * representation and goes through; other bodies are framed by us. */
@@ -218,49 +531,116 @@ static void take_answer(upstream_op *op, struct evhttp_request *req)
     else
         snprintf(full, sizeof(full), "%s", PROXYHDR_VIA);
     evhttp_add_header(&op->rhdrs, "Via", full);
-    evbuffer_add_buffer(op->rbody, evhttp_request_get_input_buffer(req));
 }
 
-static void on_response(struct evhttp_request *req, void *arg)
+/* The parser is done with the op's answer (r, not UPRESP_MORE); rest
+ * bytes followed it. */
+static void op_answered(upstream_op *op, upresp_result r, size_t rest)
 {
-    upstream_op *op = arg;
-    upstream *u = op->u;
-    int code = req ? evhttp_request_get_response_code(req) : 0;
-    struct evhttp_connection *conn = op->conn;
-    op->conn = NULL;
-    u->active--;
-    conn_release(u, conn, code != 0);
-    bool too_long_or_slow =
-        op->failed && (op->fail == EVREQ_HTTP_DATA_TOO_LONG || op->fail == EVREQ_HTTP_TIMEOUT);
-    if (code == 0 && op->reused_conn && !op->retried && idempotent(op->method) &&
-        !too_long_or_slow) {
-        /* The upstream may have closed an idle keep-alive connection as we
-         * wrote to it: once, on a fresh one (idempotent methods only). */
-        op->retried = true;
-        if (op_send(op) < 0)
-            op_enter(op, OP_READY);
-        return;
-    }
-    if (code == 0 && op->failed && op->fail == EVREQ_HTTP_DATA_TOO_LONG)
-        op_error(op, 502, "upstream_too_large", "the upstream answer is larger than --max-body");
-    else if (code == 0 && op->failed && op->fail == EVREQ_HTTP_TIMEOUT)
-        op_error(op, 504, "upstream_timeout", "the upstream did not answer in time");
-    else if (code == 0)
-        op_error(op, 502, "upstream_unavailable", "the upstream could not be reached or broke");
-    else if (!proxyhdr_names_valid(evhttp_request_get_input_headers(req)))
+    uconn *c = op->conn;
+    if (r == UPRESP_BROKEN && c->resp.bad_name) {
+        /* Not passed on as it came (nginx refuses such an answer too):
+         * ": x" or "X Bad: x" would be read differently downstream. */
         op_error(op, 502, "upstream_bad_field",
                  "the upstream sent a field name that is not a token");
-    else
-        take_answer(op, req);
+    } else if (r == UPRESP_BROKEN) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "the upstream's answer is broken: %s", c->resp.why);
+        op_error(op, 502, "upstream_unavailable", msg);
+    } else if (r == UPRESP_TOO_LARGE) {
+        op_error(op, 502, "upstream_too_large", "the upstream answer is larger than --max-body");
+    } else if (c->resp.coded) {
+        op_error(op, 502, "upstream_unavailable",
+                 "the upstream's answer has a transfer coding other than chunked");
+    } else {
+        take_answer(op, &c->resp);
+    }
+    /* Kept only when nothing is amiss: an answer that came before the
+     * whole request went, or bytes after it, leave the connection out of
+     * step. */
+    bool keep =
+        r == UPRESP_DONE && !op->has_err && c->resp.reusable && rest == 0 && c->osent == c->olen;
+    op_release_conn(op, keep);
     op_enter(op, OP_READY);
 }
+
+/* ---- socket callbacks ---- */
+
+/* Readable: the answer, or the end of the connection. An idle connection
+ * is readable only when the upstream closed it (or sent what nobody asked
+ * for): it is closed. */
+static void on_conn_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    uconn *c = arg;
+    if (c->state == CONN_IDLE) {
+        conn_close(c);
+        return;
+    }
+    for (;;) {
+        if (c->ilen == c->icap) {
+            c->icap = c->icap ? 2 * c->icap : UPSTREAM_IBUF;
+            c->ibuf = xrealloc(c->ibuf, c->icap);
+        }
+        size_t room = c->icap - c->ilen;
+        ssize_t n = recv(fd, c->ibuf + c->ilen, room, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        if (n < 0) {
+            op_failed(c->op);
+            return;
+        }
+        if (n == 0) {
+            upresp_result r = upresp_eof(&c->resp);
+            if (r == UPRESP_DONE || c->got_bytes)
+                op_answered(c->op, r, 0);
+            else
+                op_failed(c->op);
+            return;
+        }
+        c->got_bytes = true;
+        c->ilen += (size_t)n;
+        size_t used;
+        upresp_result r = upresp_feed(&c->resp, c->ibuf, c->ilen, &used);
+        if (r != UPRESP_MORE) {
+            op_answered(c->op, r, c->ilen - used);
+            return;
+        }
+        /* What is left is the start of a line (upresp.h): at most the
+         * 64 KiB of a head, so the buffer stays bounded. */
+        c->ilen -= used;
+        memmove(c->ibuf, c->ibuf + used, c->ilen);
+        if ((size_t)n < room)
+            return; /* the kernel had no more; else read on */
+    }
+}
+
+/* Writable: connected (or failed to), or room for the rest of a request. */
+static void on_conn_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    uconn *c = arg;
+    if (c->state == CONN_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
+            op_failed(c->op);
+            return;
+        }
+        conn_enter(c, CONN_BUSY);
+    }
+    if (conn_flush(c) < 0)
+        op_failed(c->op);
+}
+
+/* ---- op events ---- */
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     upstream_op *op = arg;
-    op_abort_conn(op);
+    op_release_conn(op, false);
     op_error(op, 504, "upstream_timeout", "the upstream did not answer in time");
     op_enter(op, OP_READY);
 }
@@ -280,38 +660,6 @@ static void on_fire(evutil_socket_t fd, short what, void *arg)
     op_free(op);
 }
 
-/* Puts the op's request on a connection. Returns 0, or -1 (op untouched
- * but for its failure) when no connection can take it. */
-static int op_send(upstream_op *op)
-{
-    upstream *u = op->u;
-    if (u->active >= u->max_conns) {
-        op_error(op, 503, "upstream_busy", "too many requests to the upstream in flight");
-        return -1;
-    }
-    struct evhttp_connection *conn = conn_get(u, op->retried, &op->reused_conn);
-    if (conn == NULL) {
-        op_error(op, 502, "upstream_unavailable", "cannot open a connection to the upstream");
-        return -1;
-    }
-    struct evhttp_request *req = evhttp_request_new(on_response, op);
-    evhttp_request_set_error_cb(req, on_error);
-    copy_request(op, evhttp_request_get_output_headers(req));
-    size_t len = evbuffer_get_length(op->body);
-    if (len > 0)
-        evbuffer_add(evhttp_request_get_output_buffer(req), evbuffer_pullup(op->body, -1), len);
-    op->failed = false;
-    if (evhttp_make_request(conn, req, op->method, op->uri) < 0) {
-        /* evhttp has let go of req. */
-        graveyard_bury(u->graveyard, conn);
-        op_error(op, 502, "upstream_unavailable", "cannot send to the upstream");
-        return -1;
-    }
-    op->conn = conn;
-    u->active++;
-    return 0;
-}
-
 /* The target toward the upstream: the prefix, then the client's target in
  * origin form (an absolute-form target loses its scheme and authority). */
 static char *target_of(const upstream *u, const char *uri)
@@ -327,39 +675,6 @@ static char *target_of(const upstream *u, const char *uri)
     return t;
 }
 
-/* The request's fields toward the upstream, straight from the client's
- * request into out (evhttp's outgoing request): one copy per send. */
-static void copy_request(upstream_op *op, struct evkeyvalq *out)
-{
-    upstream *u = op->u;
-    struct evkeyvalq *in = op->client ? evhttp_request_get_input_headers(op->client) : &op->own;
-    proxyhdr_copy_end_to_end(in, out, proxyhdr_request_skip);
-    proxyhdr_set_forwarded(in, out, op->peer, "http");
-    /* The id we answer and log with (accesslog.c: the client's when valid,
-     * else made), so that the application's logs name the same request;
-     * the client's own field was skipped above, valid or not. */
-    const char *id = op->client ? evhttp_find_header(evhttp_request_get_output_headers(op->client),
-                                                     "X-Request-Id")
-                                : (op->request_id[0] ? op->request_id : NULL);
-    if (id != NULL)
-        evhttp_add_header(out, "X-Request-Id", id);
-    if (evhttp_find_header(in, "Host") == NULL) {
-        char host[300];
-        snprintf(host, sizeof(host), "%s:%d", u->host, u->port);
-        evhttp_add_header(out, "Host", host);
-    }
-    /* Re-framed: whatever framing the client used (chunked included), the
-     * upstream gets the body we hold with its exact length. evhttp adds a
-     * length on its own only for POST and PUT. */
-    size_t len = evbuffer_get_length(op->body);
-    if (len > 0 || op->method == EVHTTP_REQ_POST || op->method == EVHTTP_REQ_PUT ||
-        op->method == EVHTTP_REQ_PATCH) {
-        char n[24];
-        snprintf(n, sizeof(n), "%zu", len);
-        evhttp_add_header(out, "Content-Length", n);
-    }
-}
-
 /* What of the client's request does not stay with it: the body (drained
  * into ours, once) and the peer (its connection may go before a retry). */
 static void keep_client(upstream_op *op, struct evhttp_request *req)
@@ -371,7 +686,11 @@ static void keep_client(upstream_op *op, struct evhttp_request *req)
     if (evcon != NULL)
         evhttp_connection_get_peer(evcon, &ip, &port);
     snprintf(op->peer, sizeof(op->peer), "%s", ip ? ip : "unknown");
-    evbuffer_add_buffer(op->body, evhttp_request_get_input_buffer(req));
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    if (evbuffer_get_length(in) > 0) {
+        op->body = evbuffer_new();
+        evbuffer_add_buffer(op->body, in);
+    }
 }
 
 /* An op not yet sent, in the list of live ops. */
@@ -387,7 +706,6 @@ static upstream_op *op_new(upstream *u, enum evhttp_cmd_type method, const char 
     op->uri = target_of(u, uri);
     TAILQ_INIT(&op->rhdrs);
     TAILQ_INIT(&op->own);
-    op->body = evbuffer_new();
     op->rbody = evbuffer_new();
     evtimer_assign(&op->deadline, u->base, on_deadline, op);
     event_assign(&op->fire, u->base, -1, 0, on_fire, op);
@@ -433,7 +751,7 @@ upstream_op *upstream_fetch(upstream *u, const char *target, const struct evkeyv
 void upstream_cancel(upstream_op *op)
 {
     if (op->state == OP_SENT)
-        op_abort_conn(op);
+        op_release_conn(op, false);
     op->cb = NULL;
     op->arg = NULL;
     op_enter(op, OP_DEAD);
@@ -468,17 +786,17 @@ int upstream_parse_url(const char *url, char *host, size_t hostlen, int *port, c
 }
 
 /* Resolves host once, at start (getaddrinfo blocks; the loop must not). */
-static int resolve(const char *host, char *addr, size_t len)
+static int resolve(const char *host, int port, struct sockaddr_in *sa)
 {
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_INET;
     hints.ai_socktype = SOCK_STREAM;
     if (getaddrinfo(host, NULL, &hints, &res) != 0 || res == NULL)
         return -1;
-    int rc =
-        getnameinfo(res->ai_addr, res->ai_addrlen, addr, (socklen_t)len, NULL, 0, NI_NUMERICHOST);
+    memcpy(sa, res->ai_addr, sizeof(*sa));
+    sa->sin_port = htons((uint16_t)port);
     freeaddrinfo(res);
-    return rc == 0 ? 0 : -1;
+    return 0;
 }
 
 upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms, size_t max_body,
@@ -492,16 +810,16 @@ upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms,
         free(u);
         return NULL;
     }
-    if (resolve(u->host, u->addr, sizeof(u->addr)) < 0) {
+    if (resolve(u->host, u->port, &u->sa) < 0) {
         snprintf(err, errlen, "--upstream: cannot resolve '%.100s'", u->host);
         free(u);
         return NULL;
     }
+    snprintf(u->hostport, sizeof(u->hostport), "%s:%d", u->host, u->port);
     u->base = base;
     u->timeout_ms = timeout_ms;
     u->max_body = max_body;
     u->max_conns = max_conns;
-    u->graveyard = graveyard_new(base);
     return u;
 }
 
@@ -512,7 +830,7 @@ void upstream_free(upstream *u)
     while (u->ops != NULL) {
         upstream_op *op = u->ops;
         if (op->state == OP_SENT) {
-            op_abort_conn(op);
+            op_release_conn(op, false);
             op_error(op, 503, "shutting_down", "the proxy is shutting down");
             op->state = OP_READY;
         }
@@ -523,8 +841,7 @@ void upstream_free(upstream *u)
         }
         op_free(op);
     }
-    for (int i = 0; i < u->nidle; i++)
-        evhttp_connection_free(u->idle[i]);
-    graveyard_free(u->graveyard);
+    while (u->nidle > 0)
+        conn_close(u->idle[u->nidle - 1]);
     free(u);
 }

@@ -1,7 +1,6 @@
 /* graveyard: evhttp connections freed from the loop. evhttp must not free
  * a connection inside that connection's own callbacks, so the tax client
- * and the upstream pool bury such connections here; they are freed at the
- * next loop turn. */
+ * buries such connections here; they are freed at the next loop turn. */
 #ifndef QUOTECACHE_GRAVEYARD_H
 #define QUOTECACHE_GRAVEYARD_H
 

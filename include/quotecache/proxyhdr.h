@@ -21,9 +21,17 @@ bool proxyhdr_is_hop_by_hop(const char *name);
 /* True when one of the Connection fields of h lists name as a token. */
 bool proxyhdr_connection_lists(const struct evkeyvalq *h, const char *name);
 
-/* Appends to out every field of in that is end-to-end: not hop-by-hop,
- * not named by in's Connection fields, and not in skip (a NULL-terminated
- * list of names the caller sets itself; skip may be NULL). Order kept. */
+/* Where the field-producing functions below put a field: name and value
+ * are NUL-terminated and valid for the call only. */
+typedef void proxyhdr_put(void *arg, const char *name, const char *value);
+
+/* Hands put every field of in that is end-to-end: not hop-by-hop, not
+ * named by in's Connection fields, and not in skip (a NULL-terminated list
+ * of names the caller sets itself; skip may be NULL). Order kept. */
+void proxyhdr_emit_end_to_end(const struct evkeyvalq *in, const char *const *skip,
+                              proxyhdr_put *put, void *arg);
+
+/* The same fields appended to the header list out. */
 void proxyhdr_copy_end_to_end(const struct evkeyvalq *in, struct evkeyvalq *out,
                               const char *const *skip);
 
@@ -38,17 +46,22 @@ void proxyhdr_move_all(struct evkeyvalq *from, struct evkeyvalq *to);
  * (truncated to len-1). Returns the length, 0 when there is none. */
 size_t proxyhdr_join(const struct evkeyvalq *h, const char *name, char *buf, size_t len);
 
-/* Sets the forwarding fields of a request toward the upstream, from the
- * client's request headers in: X-Forwarded-For (the client's list, then
- * client_ip), X-Forwarded-Proto (proto), X-Forwarded-Host (the client's
- * Host, when it sent one) and Via (the client's list, then ours). out must
- * not hold those fields yet (copy with proxyhdr_request_skip). */
+/* Hands put the forwarding fields of a request toward the upstream, from
+ * the client's request headers in: X-Forwarded-For (the client's list,
+ * then client_ip), X-Forwarded-Proto (proto), X-Forwarded-Host (the
+ * client's Host, when it sent one) and Via (the client's list, then ours).
+ * The request must not hold those fields yet (copied with
+ * proxyhdr_request_skip). */
+void proxyhdr_emit_forwarded(const struct evkeyvalq *in, const char *client_ip, const char *proto,
+                             proxyhdr_put *put, void *arg);
+
+/* The same fields appended to the header list out. */
 void proxyhdr_set_forwarded(const struct evkeyvalq *in, struct evkeyvalq *out,
                             const char *client_ip, const char *proto);
 
 /* Names a request copy skips: the fields proxyhdr_set_forwarded sets, the
  * framing we redo (Content-Length) and Expect (evhttp already answered
- * 100-continue and holds the whole body). NULL-terminated. */
+ * 100-continue and we hold the whole body). NULL-terminated. */
 extern const char *const proxyhdr_request_skip[];
 /* Names a response copy skips: Content-Length (we frame the body we hold),
  * Via (we append to it) and X-Cache (ours replaces the upstream's, which

@@ -40,6 +40,7 @@ typedef struct upresp {
     bool coded;              /* a transfer coding other than chunked was applied: the body is not
                               * the representation */
     const char *why;         /* at BROKEN: a static reason */
+    bool bad_name;           /* at BROKEN: because a field name is not a token (RFC 9110 5.6.2) */
     /* In, from upresp_init. */
     bool head;
     size_t max_body;

@@ -13,7 +13,7 @@
 typedef struct parsed {
     upresp_result r;
     int status;
-    bool reusable, coded;
+    bool reusable, coded, bad_name;
     size_t used; /* bytes taken in all */
     char body[256];
     size_t body_len;
@@ -43,6 +43,7 @@ static parsed parse_in(const char *text, size_t n, bool head, size_t max_body, s
     out.status = p.status;
     out.reusable = p.reusable;
     out.coded = p.coded;
+    out.bad_name = p.bad_name;
     out.used = start;
     out.body_len = evbuffer_get_length(body);
     evbuffer_copyout(body, out.body, sizeof(out.body) - 1);
@@ -59,8 +60,9 @@ static parsed parse_in(const char *text, size_t n, bool head, size_t max_body, s
 static bool same(const parsed *a, const parsed *b)
 {
     return a->r == b->r && a->status == b->status && a->reusable == b->reusable &&
-           a->coded == b->coded && a->used == b->used && a->body_len == b->body_len &&
-           memcmp(a->body, b->body, sizeof(a->body)) == 0 && strcmp(a->fields, b->fields) == 0;
+           a->coded == b->coded && a->bad_name == b->bad_name && a->used == b->used &&
+           a->body_len == b->body_len && memcmp(a->body, b->body, sizeof(a->body)) == 0 &&
+           strcmp(a->fields, b->fields) == 0;
 }
 
 static int ndiffer; /* answers whose byte-at-a-time reading differed */
@@ -223,6 +225,8 @@ static void test_broken_heads(void)
         CHECK(p.r == UPRESP_BROKEN);
         if (p.r != UPRESP_BROKEN)
             fprintf(stderr, "read as an answer: %s\n", bad[i]);
+        /* the three bad names, and only they, say so (502 upstream_bad_field) */
+        CHECK(p.bad_name == (i >= 2 && i <= 4));
     }
     /* a NUL in a value (strlen would stop at it: fed by length here) */
     const char nul[] = "HTTP/1.1 200 OK\r\nX-Nul: a\0b\r\nContent-Length: 0\r\n\r\n";
