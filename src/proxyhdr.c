@@ -25,15 +25,30 @@ const char *const proxyhdr_request_skip[] = {"Content-Length",
 const char *const proxyhdr_response_skip[] = {"Content-Length", "Via", "X-Cache", "X-Request-Id",
                                               NULL};
 
+/* By the first letter, then the names it can start: asked of every field
+ * both ways, most of which start with none of these letters. */
 bool proxyhdr_is_hop_by_hop(const char *name)
 {
-    static const char *const hop[] = {"Connection",        "Keep-Alive", "TE", "Trailer",
-                                      "Transfer-Encoding", "Upgrade",    NULL};
-    for (size_t i = 0; hop[i]; i++) {
-        if (strcasecmp(name, hop[i]) == 0)
-            return true;
+    switch (name[0]) {
+    case 'C':
+    case 'c':
+        return strcasecmp(name, "Connection") == 0;
+    case 'K':
+    case 'k':
+        return strcasecmp(name, "Keep-Alive") == 0;
+    case 'T':
+    case 't':
+        return strcasecmp(name, "TE") == 0 || strcasecmp(name, "Trailer") == 0 ||
+               strcasecmp(name, "Transfer-Encoding") == 0;
+    case 'U':
+    case 'u':
+        return strcasecmp(name, "Upgrade") == 0;
+    case 'P':
+    case 'p':
+        return strncasecmp(name, "Proxy-", 6) == 0;
+    default:
+        return false;
     }
-    return strncasecmp(name, "Proxy-", 6) == 0;
 }
 
 bool proxyhdr_connection_lists(const struct evkeyvalq *h, const char *name)
@@ -47,8 +62,10 @@ bool proxyhdr_connection_lists(const struct evkeyvalq *h, const char *name)
 
 static bool in_list(const char *name, const char *const *list)
 {
+    /* The first letters compared first, without case (the names listed
+     * are letters): most fields are in no list. */
     for (size_t i = 0; list && list[i]; i++) {
-        if (strcasecmp(name, list[i]) == 0)
+        if (((name[0] ^ list[i][0]) & ~0x20) == 0 && strcasecmp(name, list[i]) == 0)
             return true;
     }
     return false;

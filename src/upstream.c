@@ -526,11 +526,12 @@ static void take_answer(upstream_op *op, upresp *r)
     if (cl != NULL && (op->method == EVHTTP_REQ_HEAD || op->status == 304))
         evhttp_add_header(&op->rhdrs, "Content-Length", cl);
     char via[4096], full[4200];
-    if (proxyhdr_join(in, "Via", via, sizeof(via)) > 0)
+    if (proxyhdr_join(in, "Via", via, sizeof(via)) > 0) {
         snprintf(full, sizeof(full), "%s, %s", via, PROXYHDR_VIA);
-    else
-        snprintf(full, sizeof(full), "%s", PROXYHDR_VIA);
-    evhttp_add_header(&op->rhdrs, "Via", full);
+        evhttp_add_header(&op->rhdrs, "Via", full);
+    } else {
+        evhttp_add_header(&op->rhdrs, "Via", PROXYHDR_VIA);
+    }
 }
 
 /* The parser is done with the op's answer (r, not UPRESP_MORE); rest
@@ -669,9 +670,11 @@ static char *target_of(const upstream *u, const char *uri)
         uri += 7 + strcspn(uri + 7, "/?"); /* "http://h?q" is "/?q": its query stays */
         root = uri[0] == '/' ? "" : "/";
     }
-    size_t n = strlen(u->prefix) + strlen(root) + strlen(uri) + 1;
-    char *t = xmalloc(n);
-    snprintf(t, n, "%s%s%s", u->prefix, root, uri);
+    size_t np = strlen(u->prefix), nr = strlen(root), nu = strlen(uri);
+    char *t = xmalloc(np + nr + nu + 1);
+    memcpy(t, u->prefix, np);
+    memcpy(t + np, root, nr);
+    memcpy(t + np + nr, uri, nu + 1);
     return t;
 }
 
