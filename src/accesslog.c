@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/httphdr.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -268,28 +269,6 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static const char *method_name(enum evhttp_cmd_type m)
-{
-    switch (m) {
-    case EVHTTP_REQ_GET:
-        return "GET";
-    case EVHTTP_REQ_HEAD:
-        return "HEAD";
-    case EVHTTP_REQ_POST:
-        return "POST";
-    case EVHTTP_REQ_PUT:
-        return "PUT";
-    case EVHTTP_REQ_DELETE:
-        return "DELETE";
-    case EVHTTP_REQ_OPTIONS:
-        return "OPTIONS";
-    case EVHTTP_REQ_PATCH:
-        return "PATCH";
-    default:
-        return "OTHER";
-    }
-}
-
 /* evhttp's completion callback: the answer is written; req is still whole. */
 static void on_complete(struct evhttp_request *req, void *arg)
 {
@@ -311,7 +290,7 @@ static void on_complete(struct evhttp_request *req, void *arg)
         .time_ms = (int64_t)now.tv_sec * 1000 + now.tv_usec / 1000,
         .request_id = evhttp_find_header(out, "X-Request-Id"),
         .client = host,
-        .method = method_name(m),
+        .method = httphdr_method_name(m),
         .target = evhttp_request_get_uri(req),
         .cache = evhttp_find_header(out, "X-Cache"),
         .status = status,

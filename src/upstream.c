@@ -49,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/httphdr.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/proxyhdr.h"
@@ -309,31 +310,6 @@ static void out_field(void *arg, const char *name, const char *value)
     memcpy(p + nl + 2 + vl, "\r\n", 2);
 }
 
-static const char *method_name(enum evhttp_cmd_type m)
-{
-    switch (m) {
-    case EVHTTP_REQ_GET:
-        return "GET";
-    case EVHTTP_REQ_POST:
-        return "POST";
-    case EVHTTP_REQ_HEAD:
-        return "HEAD";
-    case EVHTTP_REQ_PUT:
-        return "PUT";
-    case EVHTTP_REQ_DELETE:
-        return "DELETE";
-    case EVHTTP_REQ_OPTIONS:
-        return "OPTIONS";
-    case EVHTTP_REQ_TRACE:
-        return "TRACE";
-    case EVHTTP_REQ_CONNECT:
-        return "CONNECT";
-    case EVHTTP_REQ_PATCH:
-        return "PATCH";
-    }
-    return "GET";
-}
-
 /* The request toward the upstream, into c's buffer in one pass: the
  * request line, the fields straight from the client's request (no list
  * built for them), then the body. */
@@ -342,7 +318,7 @@ static void write_request(upstream_op *op, uconn *c)
     upstream *u = op->u;
     struct evkeyvalq *in = op->client ? evhttp_request_get_input_headers(op->client) : &op->own;
     c->olen = c->osent = 0;
-    out_str(c, method_name(op->method));
+    out_str(c, httphdr_method_name(op->method)); /* server.c forwards no other */
     out_mem(c, " ", 1);
     out_str(c, op->uri);
     out_mem(c, " HTTP/1.1\r\n", 11);

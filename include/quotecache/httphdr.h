@@ -1,9 +1,11 @@
 /* httphdr: the request headers whose value changes the answer, matched as
  * pure functions over the raw header value (as evhttp hands it over:
- * NUL-terminated, outer whitespace trimmed, any other byte possible). */
+ * NUL-terminated, outer whitespace trimmed, any other byte possible); and
+ * the name a request's method is spelled with. */
 #ifndef QUOTECACHE_HTTPHDR_H
 #define QUOTECACHE_HTTPHDR_H
 
+#include <event2/http.h>
 #include <stdbool.h>
 
 /* True when the comma-separated list in value (Cache-Control, Pragma)
@@ -17,5 +19,9 @@ bool httphdr_has_token(const char *value, const char *token);
  * of RFC 9110 13.1.2, which is the one If-None-Match uses. A malformed
  * element never matches. NULL inm or etag: false. */
 bool httphdr_etag_matches(const char *inm, const char *etag);
+
+/* The method's name: GET, HEAD, POST, PUT, DELETE, OPTIONS or PATCH (the
+ * methods quotecache serves or forwards), "OTHER" for any other. */
+const char *httphdr_method_name(enum evhttp_cmd_type m);
 
 #endif
