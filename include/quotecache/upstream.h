@@ -1,6 +1,7 @@
 /* upstream: the pass-through to the application behind quotecache
- * (--upstream). Owns a bounded pool of keep-alive evhttp client
- * connections to it and every forwarded request in flight (an op).
+ * (--upstream). Owns a bounded pool of keep-alive HTTP/1.1 connections
+ * to it (a client of our own on non-blocking sockets, the answers read by
+ * upresp) and every forwarded request in flight (an op).
  *
  * Contract: upstream_forward never calls its callback before returning;
  * the callback fires exactly once, later, from the loop, unless the owner
