@@ -7,7 +7,8 @@ a byte at a time, interim 1xx answers, an idle keep-alive connection the
 upstream closes, answers that say Connection: close, a HEAD's length
 without a body, refused framings (differing Content-Length, obs-fold, a
 head over 64 KiB, ...), bodies over --max-body, an upstream that never
-answers, and a request body larger than the socket buffers. Each answer
+answers or trickles past the deadline or past its client's leaving, and a
+request body larger than the socket buffers. Each answer
 names the upstream connection it came on (X-Conn), so that the tests can
 tell which connection a request used."""
 
@@ -213,6 +214,20 @@ def script_silent(up, c, cid, method, target, body):
     return "mute"
 
 
+def script_trickle(up, c, cid, method, target, body):
+    # A byte of the body every 50 ms, past any deadline; a peer that
+    # closes ends it (counted as aborted).
+    try:
+        c.sendall(answer("200 OK", [("X-Conn", cid), ("Content-Length", 100)], length=False))
+        for _ in range(100):
+            time.sleep(0.05)
+            c.sendall(b"t")
+    except OSError:
+        with up.lock:
+            up.aborted += 1
+    return "close"
+
+
 def script_slow_read(up, c, cid, method, target, body):
     c.sendall(answer("200 OK", [("X-Conn", cid)], json.dumps(
         {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}).encode()))
@@ -248,6 +263,7 @@ SCRIPTS = {"chunked": script_chunked, "close10": script_close10, "close11": scri
            "idle-close": script_idle_close, "says-close": script_says_close, "head": script_head,
            "big-head": script_big_head, "big-chunked": script_big_chunked,
            "big-close": script_big_close, "silent": script_silent, "slow-read": script_slow_read,
+           "trickle": script_trickle,
            "broken": script_broken}
 
 
@@ -398,6 +414,26 @@ def test_silent_upstream_504_within_the_deadline():
     assert s == 504 and json.loads(b)["error"] == "upstream_timeout", (s, b)
     assert TIMEOUT_MS / 1000.0 - 0.1 <= took < TIMEOUT_MS / 1000.0 + 1.0, took
     qcstack.wait_until(lambda: up.aborted == n + 1, 2.0, "the upstream saw the abort")
+
+
+def test_deadline_while_the_answer_trickles_in():
+    n = up.aborted
+    t0 = time.monotonic()
+    s, _, b = req("GET", "/trickle")
+    took = time.monotonic() - t0
+    assert s == 504 and json.loads(b)["error"] == "upstream_timeout", (s, b)
+    assert took < TIMEOUT_MS / 1000.0 + 1.0, took
+    qcstack.wait_until(lambda: up.aborted == n + 1, 2.0, "the upstream saw the abort")
+    assert req("GET", "/ok")[0] == 200
+
+
+def test_client_leaving_while_the_answer_trickles_in():
+    n = up.aborted
+    with socket.create_connection(("127.0.0.1", px.port)) as c:
+        c.sendall(b"GET /trickle HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # some of the body is in
+    qcstack.wait_until(lambda: up.aborted == n + 1, 2.0, "the upstream saw the abort")
+    assert req("GET", "/ok")[0] == 200
 
 
 def test_request_body_larger_than_the_socket_buffers():
