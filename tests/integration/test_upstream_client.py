@@ -383,7 +383,10 @@ def test_head_length_without_body_keeps_connection_in_step():
 
 def test_broken_answers_502():
     for name in BROKEN:
-        assert_502("/broken/" + name)
+        # a field name that is not a token says so (server.c refuses the
+        # same on requests); the rest is unreadable
+        assert_502("/broken/" + name,
+                   "upstream_bad_field" if name == "space-before-colon" else "upstream_unavailable")
     # identical values are one length
     up_ok = answer("200 OK", [("Content-Length", "3, 3"), ("Content-Length", 3)], b"abc",
                    length=False)
