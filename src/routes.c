@@ -404,6 +404,17 @@ static int pct_decode_once(char *s)
     return changed;
 }
 
+/* A root segment an upstream may take for "admin": the name itself, or
+ * it followed by a dot or whitespace. Frameworks strip a format suffix
+ * (Rails' /admin.json, Spring MVC's suffix matching before 5.3) and
+ * Windows servers trailing dots and spaces (/admin., /admin%20): each
+ * reached the upstream's /admin. Longer names (/administrator) are not. */
+static bool is_admin_name(const char *seg)
+{
+    return strncasecmp(seg, "admin", 5) == 0 &&
+           (seg[5] == '\0' || strchr(". \t\r\n\v\f", seg[5]) != NULL);
+}
+
 /* Whether one spelling of a path (cut up in place) reaches /admin or
  * climbs above the root. The first segment left once empty and "."
  * segments are dropped and ".." pops: only that one decides. A ".." above
@@ -426,7 +437,7 @@ static bool spelling_escapes(char *buf)
             depth--;
             continue;
         }
-        if (depth == 0 && strcasecmp(seg, "admin") == 0)
+        if (depth == 0 && is_admin_name(seg))
             return true;
         depth++;
     }

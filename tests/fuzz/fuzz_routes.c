@@ -152,7 +152,9 @@ static bool spelling_escapes(const char *s)
             if (depth-- == 0)
                 return true;
         } else if (seg > 0 && !(seg == 1 && s[0] == '.')) {
-            if (depth++ == 0 && seg == 5 && strncasecmp(s, "admin", 5) == 0)
+            /* "admin" whole, or followed by a dot or whitespace */
+            if (depth++ == 0 && seg >= 5 && strncasecmp(s, "admin", 5) == 0 &&
+                (seg == 5 || s[5] == '.' || s[5] == ' ' || (s[5] >= '\t' && s[5] <= '\r')))
                 return true;
         }
         s += n + (s[n] != '\0');

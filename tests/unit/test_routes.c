@@ -167,7 +167,11 @@ static void test_admin_spellings(void)
         /* a decoded '?' or '#' ends the path to an upstream that parses the
          * target again after decoding (Apache's mod_rewrite %3F confusion,
          * nginx's proxy_pass of $uri): /admin%3Fx was /admin? and passed on */
-        "/admin%3Fx=1", "/admin%3f", "/admin%23x", "/x/..%3F/admin", "/..%2523/internal"};
+        "/admin%3Fx=1", "/admin%3f", "/admin%23x", "/x/..%3F/admin", "/..%2523/internal",
+        /* a format suffix (Rails, Spring MVC) or trailing dots and spaces
+         * (IIS) an upstream strips: these reached its /admin */
+        "/admin.json", "/ADMIN.xml/x", "/admin.", "/admin%2e", "/admin%252e", "/admin%20",
+        "/admin%09", "/admin%0a", "/admin..;/x", "/admin%20/invalidate"};
     for (size_t i = 0; i < sizeof(admin) / sizeof(admin[0]); i++) {
         if (!routes_not_forwarded(admin[i]))
             fprintf(stderr, "not admin: %s\n", admin[i]);
@@ -178,6 +182,9 @@ static void test_admin_spellings(void)
     CHECK(!routes_not_forwarded("/x%252541"));
     CHECK(routes_not_forwarded("/x%25252541"));
     CHECK(!routes_not_forwarded("/administrator"));
+    CHECK(!routes_not_forwarded("/admins.json"));
+    CHECK(!routes_not_forwarded("/admin-panel"));
+    CHECK(!routes_not_forwarded("/x/admin.json"));
     CHECK(!routes_not_forwarded("/x/admin"));
     CHECK(!routes_not_forwarded("/cart/admin/1"));
     CHECK(!routes_not_forwarded("/me/profile"));
