@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "quotecache/cachestatus.h"
 #include "quotecache/httpcache.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/localcache.h"
@@ -224,7 +225,7 @@ static bool try_local(proxy *p, struct evhttp_request *req, const char *path, pr
     }
     char buf[96]; /* by strbuf: two snprintf calls were 1.4k of a hit */
     strbuf b = strbuf_on(buf, sizeof(buf));
-    strbuf_i64(&b, (now - e->stored_ms) / 1000);
+    strbuf_i64(&b, cache_status_age(X_HIT, e->stored_ms, now)); /* never negative */
     evhttp_add_header(&out->headers, "Age", buf);
     b = strbuf_on(buf, sizeof(buf));
     strbuf_str(&b, "quotecache; hit; ttl=");

@@ -41,6 +41,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "quotecache/cachestatus.h"
 #include "quotecache/flight.h"
 #include "quotecache/hex.h"
 #include "quotecache/httpcache.h"
@@ -262,8 +263,10 @@ static void build_reply(proxy_reply *out, const route *r, struct evhttp_request 
         etag = evhttp_find_header(h, "ETag");
         last_modified = evhttp_find_header(h, "Last-Modified");
         if (s->stored_ms > 0) { /* by strbuf: snprintf was 0.7k of a hit */
+            /* Never negative: the copy may come from an instance whose
+             * clock is ahead of ours, or ours stepped back. */
             strbuf b = strbuf_on(buf, sizeof(buf));
-            strbuf_i64(&b, (now - s->stored_ms) / 1000);
+            strbuf_i64(&b, cache_status_age(X_HIT, s->stored_ms, now));
             evhttp_add_header(&out->headers, "Age", buf);
         }
     }
