@@ -550,13 +550,13 @@ void proxy_attach(proxy *p, struct event_base *base, rcache *rc, const char *ver
         rcache_subscribe(rc, shared_channel(p->sh), on_message, p);
 }
 
-void proxy_purged(proxy *p)
+bool proxy_purged(proxy *p, rcache_done_cb *done, void *arg)
 {
     lcache_clear(p->lc);
     if (p->sh == NULL)
-        return;
+        return false;
     shared_drop_copies(p->sh);
-    announce(p, "a", NULL, NULL); /* not sent: the others' go by SHOT_MS */
+    return announce(p, "a", done, arg) == 0; /* not sent: the others' go by SHOT_MS */
 }
 
 void proxy_redis_state(proxy *p, bool up)

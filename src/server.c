@@ -798,18 +798,22 @@ static void on_public(struct evhttp_request *req, void *arg)
 
 /* ---- admin ---- */
 
-/* An admin purge waiting for its announcement to be acknowledged. */
+/* An admin purge waiting for its acknowledgements: the bump or its
+ * announcement (invalidate.c), and for a purge of everything on a proxy
+ * with shared routes the `a` that drops every worker's in-process copies
+ * (proxy.c), so that a 200 means no instance serves them past a loop pass. */
 typedef struct purge_ctx {
     server *s;
     struct evhttp_request *req;
     long long product_id;
+    int pending; /* acknowledgements still awaited */
+    bool ok;     /* the bump's */
 } purge_ctx;
 
-static void on_purged(void *arg, bool ok)
+static void purge_answer(purge_ctx *c)
 {
-    purge_ctx *c = arg;
     struct evhttp_request *req = c->req;
-    if (!ok) {
+    if (!c->ok) {
         send_error(c->s, req, R_ADMIN, 503, "invalidation_failed",
                    "dropped here, but could not be announced to other instances");
     } else {
@@ -823,6 +827,28 @@ static void on_purged(void *arg, bool ok)
     }
     c->s->inflight--;
     free(c);
+}
+
+static void purge_acked(purge_ctx *c)
+{
+    if (--c->pending == 0)
+        purge_answer(c);
+}
+
+static void on_purged(void *arg, bool ok)
+{
+    purge_ctx *c = arg;
+    c->ok = ok;
+    purge_acked(c);
+}
+
+/* The in-process copies' announcement: not acknowledged, the other
+ * workers' copies still go within SHOT_MS; the answer says the bump's. */
+static void on_purge_announced(void *arg, int status, long long result)
+{
+    (void)status;
+    (void)result;
+    purge_acked(arg);
 }
 
 /* Constant time whatever the lengths: compare digests, not strings. */
@@ -878,10 +904,15 @@ static void route_admin(server *s, struct evhttp_request *req)
     c->s = s;
     c->req = req;
     c->product_id = pid;
+    /* The bump, the announcement, and this call's hold: neither
+     * acknowledgement answers before both calls have returned. */
+    c->pending = 3;
     s->inflight++;
     invalidate_purge(s->d.inv, pid, on_purged, c);
-    if (pid == 0 && s->d.px != NULL)
-        proxy_purged(s->d.px); /* after the global bump is sent, as for writes (proxy.c) */
+    /* After the global bump is sent, as for writes (proxy.c). */
+    if (!(pid == 0 && s->d.px != NULL && proxy_purged(s->d.px, on_purge_announced, c)))
+        c->pending--; /* no announcement to wait for */
+    purge_acked(c);
 }
 
 static void on_admin(struct evhttp_request *req, void *arg)

@@ -54,8 +54,10 @@ void proxy_attach(proxy *p, struct event_base *base, rcache *rc, const char *ver
 /* Shutdown, before the rcache is freed: nothing more is sent to Redis. */
 void proxy_close(proxy *p);
 /* An admin purge of everything was made here: every worker of every
- * instance drops its in-process copies (local and shared). */
-void proxy_purged(proxy *p);
+ * instance drops its in-process copies (local and shared). Returns true
+ * when the announcement went to Redis: done fires once it is answered;
+ * false: this worker's copies alone were dropped, done never fires. */
+bool proxy_purged(proxy *p, rcache_done_cb *done, void *arg);
 /* Redis went down or came back (rcache_state_cb): the shared routes'
  * in-process copies go. */
 void proxy_redis_state(proxy *p, bool up);
