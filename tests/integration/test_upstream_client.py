@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -234,6 +235,23 @@ def script_slow_read(up, c, cid, method, target, body):
     return "keep"
 
 
+LATE = threading.Event()
+
+
+def script_late(up, c, cid, method, target, body):
+    # A bodiless answer (a 204; a HEAD's), then, once the test says so,
+    # bytes nobody asked for (the body an application wrote anyway, late)
+    # that look like an answer.
+    if method == "HEAD":
+        c.sendall(answer("200 OK", [("X-Conn", cid), ("Content-Length", 4)], length=False))
+    else:
+        c.sendall(answer("204 No Content", [("X-Conn", cid)], length=False))
+    LATE.wait(5)
+    LATE.clear()
+    c.sendall(answer("200 OK", [("X-Conn", cid), ("X-Stale", "1")], b"STALE"))
+    return "keep"
+
+
 BROKEN = {
     "two-lengths": answer("200 OK", [("Content-Length", 2), ("Content-Length", 3)],
                           b"abc", length=False),
@@ -263,7 +281,7 @@ SCRIPTS = {"chunked": script_chunked, "close10": script_close10, "close11": scri
            "idle-close": script_idle_close, "says-close": script_says_close, "head": script_head,
            "big-head": script_big_head, "big-chunked": script_big_chunked,
            "big-close": script_big_close, "silent": script_silent, "slow-read": script_slow_read,
-           "trickle": script_trickle,
+           "trickle": script_trickle, "late": script_late,
            "broken": script_broken}
 
 
@@ -437,6 +455,35 @@ def test_client_leaving_while_the_answer_trickles_in():
         time.sleep(0.3)  # some of the body is in
     qcstack.wait_until(lambda: up.aborted == n + 1, 2.0, "the upstream saw the abort")
     assert req("GET", "/ok")[0] == 200
+
+
+def test_bytes_after_a_bodiless_answer_never_answer_the_next_request():
+    # The late bytes reach the idle connection while the worker is stopped,
+    # after the next request on the client's kept connection: when it runs
+    # on, both are readable in one turn of the loop, the client's first. A
+    # connection taken from the idle stack without a look at it read them
+    # as that request's answer (and each answer after it was one request
+    # behind: another client's, on a busy proxy). Fails on b612b0b.
+    worker = px.worker_pids()[0]
+    for method in ("GET", "HEAD", "GET"):
+        c = kept_session()
+        try:
+            s, h, _ = get(c, method, "/late")
+            assert s in (200, 204), s
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                c.request("GET", "/ok/victim")
+                time.sleep(0.05)  # in the worker's socket buffer first
+                LATE.set()
+                time.sleep(0.1)  # the late bytes are in too
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            r = c.getresponse()
+            b = r.read()
+            assert r.status == 200 and b == b"ok /ok/victim", (method, r.status, b)
+            assert r.getheader("X-Stale") is None and r.getheader("X-Conn") != h["x-conn"]
+        finally:
+            c.close()
 
 
 def test_request_body_larger_than_the_socket_buffers():
