@@ -19,8 +19,9 @@
  *   CLOSED      its socket closed and the connection freed (conn_close).
  * Its read event is registered from its socket's first moment to its last,
  * idle too, so that an upstream that closes an idle connection takes it
- * off the stack at once; its write event only while connecting or while
- * the kernel took part of a request (EAGAIN).
+ * off the stack at once (and conn_take looks at it again before reuse:
+ * that event may not have run yet); its write event only while
+ * connecting or while the kernel took part of a request (EAGAIN).
  *
  * Ownership: an op in SENT owns its connection (op->conn, conn->op), the
  * idle stack owns the idle ones, nothing else holds one. Leaving SENT
@@ -242,13 +243,35 @@ static void conn_park(uconn *c)
     u->idle[u->nidle++] = c;
 }
 
-/* The warmest idle connection, BUSY. */
+/* Whether an idle connection is quiet: neither bytes nor the close came
+ * on it since its answer. Its read event may not have run yet in this
+ * turn of the loop (the client's request was read first in the same
+ * turn), and what waits there would be read as the next request's
+ * answer: a 204's or a HEAD's body sent anyway, late, poisoned every
+ * answer after it on that connection, another client's included. */
+static bool conn_quiet(const uconn *c)
+{
+    char b;
+    return recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+           (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+/* The warmest quiet idle connection, BUSY; the others on top of it are
+ * closed. NULL when none is left. */
 static uconn *conn_take(upstream *u)
 {
-    uconn *c = u->idle[--u->nidle];
-    conn_enter(c, CONN_BUSY);
-    c->from_idle = true;
-    return c;
+    while (u->nidle > 0) {
+        uconn *c = u->idle[u->nidle - 1];
+        if (!conn_quiet(c)) {
+            conn_close(c);
+            continue;
+        }
+        u->nidle--;
+        conn_enter(c, CONN_BUSY);
+        c->from_idle = true;
+        return c;
+    }
+    return NULL;
 }
 
 /* Sends what is left of the request, as much as the kernel takes now; the
@@ -455,7 +478,9 @@ static int op_send(upstream_op *op)
             op_error(op, 503, "upstream_busy", "too many requests to the upstream in flight");
             return -1;
         }
-        uconn *c = !op->retried && u->nidle > 0 ? conn_take(u) : conn_open(u);
+        uconn *c = op->retried ? NULL : conn_take(u);
+        if (c == NULL)
+            c = conn_open(u);
         if (c == NULL) {
             op_error(op, 502, "upstream_unavailable", "cannot open a connection to the upstream");
             return -1;
