@@ -436,6 +436,21 @@ def test_field_name_not_a_token_refused():
         assert s == 400 and json.loads(b)["error"] == "bad_field", out
 
 
+def test_request_target_with_space_or_control_refused():
+    # evhttp takes the target up to the request line's last space, CR,
+    # tabs and other spaces included, and it went on as it came: an
+    # upstream that ends a line at a bare CR (RFC 9112 2.2 lets none be
+    # forwarded) read "GET /echo HTTP/1.1", then "Host: evil" and more
+    # fields of the client's making. Fails on b612b0b.
+    for target in (b"/echo HTTP/1.1\rHost: evil.example\rX-A: b", b"/echo\rb", b"/echo b",
+                   b"/echo\tb", b"/echo\x01", b"/echo\x7f", b"/echo HTTP/1.1 x"):
+        out = raw(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s, _, b = qcstack.parse_response(out)
+        assert s == 400 and json.loads(b)["error"] == "bad_target", (target, out)
+    out = raw(b"GET /echo?a=%0D%20b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert qcstack.parse_response(out)[0] == 200, out  # encoded, they are fine
+
+
 def test_two_hosts_refused():
     # RFC 9112 3.2: we would key and forward by the first, the application
     # may read the last.
