@@ -217,6 +217,15 @@ bool proxyhdr_names_valid(const struct evkeyvalq *h)
     return true;
 }
 
+bool proxyhdr_target_valid(const char *target)
+{
+    for (const unsigned char *c = (const unsigned char *)target; *c; c++) {
+        if (*c <= ' ' || *c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
 bool proxyhdr_wants_origin(const struct evkeyvalq *in)
 {
     const char *cc = evhttp_find_header(in, "Cache-Control");

@@ -712,6 +712,12 @@ static bool reject_unsafe(server *s, struct evhttp_request *req, enum metrics_ro
         send_error(s, req, route, 400, "bad_field", "a field name that is not a token");
         return true;
     }
+    if (!proxyhdr_target_valid(evhttp_request_get_uri(req))) {
+        /* Its framing is known: the connection stays. */
+        send_error(s, req, route, 400, "bad_target",
+                   "a request target with a space or a control character");
+        return true;
+    }
     if (proxyhdr_check_framing(in, &why) < 0 ||
         (bodyless && proxyhdr_check_bodyless(in, &why) < 0)) {
         /* The next request's first byte is unknown: close after the 400. */

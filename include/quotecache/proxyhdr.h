@@ -91,6 +91,13 @@ int proxyhdr_check_bodyless(const struct evkeyvalq *in, const char **why);
  * pass it on as it came: an answer that holds one is not forwarded (502),
  * as nginx refuses an upstream's invalid header. */
 bool proxyhdr_names_valid(const struct evkeyvalq *h);
+/* False when a request target holds a space or a control byte (CR, LF,
+ * tab, DEL...; RFC 9112 3.2 has none, 2.2 lets no bare CR be forwarded):
+ * evhttp takes the target up to the request line's last space, and such
+ * a target would be read differently by an upstream (a bare CR as a line's
+ * end: fields of the client's making). Bytes over 0x7f pass, as they do
+ * elsewhere. */
+bool proxyhdr_target_valid(const char *target);
 /* True when the request asks past any stored copy (Cache-Control no-cache
  * or no-store, Pragma: no-cache): it is forwarded, and no copy answers it. */
 bool proxyhdr_wants_origin(const struct evkeyvalq *in);

@@ -258,6 +258,18 @@ static void test_names_valid(void)
     evhttp_clear_headers(&h);
 }
 
+/* A request target as evhttp leaves it: up to the line's last space. */
+static void test_target_valid(void)
+{
+    CHECK(proxyhdr_target_valid("/catalog/1?a=%0D%20b&c=d"));
+    CHECK(proxyhdr_target_valid("http://h/x"));
+    CHECK(proxyhdr_target_valid("/caf\xc3\xa9"));
+    const char *bad[] = {
+        "/a b", "/a\rb", "/a\nb", "/a\tb", "/a\x01", "/a\x7f", "/a HTTP/1.1\rHost: evil"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(!proxyhdr_target_valid(bad[i]));
+}
+
 int main(void)
 {
     test_hop_by_hop_names();
@@ -269,5 +281,6 @@ int main(void)
     test_framing();
     test_parse_url();
     test_names_valid();
+    test_target_valid();
     return CHECK_DONE();
 }
