@@ -118,6 +118,18 @@ def test_hop_by_hop_removed_both_ways():
     assert h["via"] == "1.1 legacy, 1.1 quotecache"
 
 
+def test_host_listed_in_connection_still_sent():
+    # Connection names hop-by-hop fields, and Host was dropped with them:
+    # the request reached the upstream with no Host at all (RFC 9112 3.2:
+    # an HTTP/1.1 request carries one), though we keyed on it and sent it
+    # as X-Forwarded-Host. Fails on b612b0b.
+    s, _, b = req("GET", "/echo", headers={"Host": "shop.example", "Connection": "Host"})
+    assert s == 200
+    hh = echo_headers(json.loads(b))
+    assert hh.get("host") == ["shop.example"], hh
+    assert hh["x-forwarded-host"] == ["shop.example"]
+
+
 def test_forwarded_fields_set_and_host_kept():
     s, _, b = req("GET", "/echo", headers={"Host": "shop.example:8443",
                                            "X-Forwarded-For": "203.0.113.7",
