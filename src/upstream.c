@@ -355,8 +355,13 @@ static void write_request(upstream_op *op, uconn *c)
                                 : (op->request_id[0] ? op->request_id : NULL);
     if (id != NULL)
         out_field(c, "X-Request-Id", id);
-    if (evhttp_find_header(in, "Host") == NULL)
+    /* Host is owed (RFC 9112 3.2): a client that listed it in Connection
+     * had it skipped above, yet we key on it and send X-Forwarded-Host. */
+    const char *host = evhttp_find_header(in, "Host");
+    if (host == NULL)
         out_field(c, "Host", u->hostport);
+    else if (proxyhdr_connection_lists(in, "Host"))
+        out_field(c, "Host", host);
     /* Re-framed: whatever framing the client used (chunked included), the
      * upstream gets the body we hold with its exact length, and a request
      * that may carry a body says so when it has none. */
