@@ -199,6 +199,12 @@ static void test_reuse(void)
     CHECK(!parse("HTTP/1.1 200 OK\r\nConnection: x, Close\r\nContent-Length: 0\r\n\r\n").reusable);
     CHECK(!parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").reusable);
     CHECK(parse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").reusable);
+    /* close wins over keep-alive in HTTP/1.0 as in 1.1 (review3: it was kept) */
+    CHECK(!parse("HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n")
+               .reusable);
+    CHECK(!parse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\n"
+                 "Content-Length: 0\r\n\r\n")
+               .reusable);
 }
 
 static void test_broken_heads(void)
