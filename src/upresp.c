@@ -212,7 +212,7 @@ static upresp_result head_done(upresp *p)
      * is passed on, and must mean one thing. */
     if (f.bad)
         return end(p, UPRESP_BROKEN, f.bad);
-    p->reusable = p->minor == 1 ? !close : keep_alive;
+    p->reusable = !close && (p->minor == 1 || keep_alive);
     if (p->head || p->status == 204 || p->status == 304)
         return end(p, UPRESP_DONE, NULL);
     if (f.ncodings > 0) {
