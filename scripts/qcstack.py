@@ -1120,6 +1120,10 @@ class HeldSession:
              "-p", str(stack.pg_port), "-U", "postgres", "-d", db],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1)
+        # Connected before the caller goes on: a test that refuses new
+        # connections next (ALLOW_CONNECTIONS false) raced psql's own
+        # connect on a loaded box, and the session it counted on was refused.
+        self.run("SELECT 1;")
 
     def run(self, sql):
         self.p.stdin.write(sql + "\n\\echo __done__\n")
