@@ -102,6 +102,12 @@ bool httphdr_etag_matches(const char *inm, const char *etag)
     return false;
 }
 
+bool httphdr_is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 const char *httphdr_method_name(enum evhttp_cmd_type m)
 {
     switch (m) {

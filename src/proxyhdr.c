@@ -270,11 +270,13 @@ int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **val
 
 bool proxyhdr_names_valid(const struct evkeyvalq *h)
 {
-    static const char tchar[] = "!#$%&'*+-.^_`|~0123456789"
-                                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (kv->key[0] == '\0' || strspn(kv->key, tchar) != strlen(kv->key))
+        if (kv->key[0] == '\0')
             return false;
+        for (const char *c = kv->key; *c; c++) {
+            if (!httphdr_is_tchar((unsigned char)*c))
+                return false;
+        }
     }
     return true;
 }

@@ -52,13 +52,6 @@ static upresp_result end(upresp *p, upresp_result r, const char *why)
     return r;
 }
 
-static bool is_tchar(unsigned char c)
-{
-    /* RFC 9110 5.6.2 */
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
 static bool is_digit(char c)
 {
     return c >= '0' && c <= '9';
@@ -166,7 +159,7 @@ static upresp_result field_line(upresp *p, const char *l, size_t n)
     for (size_t i = 0; i < nl; i++) {
         if (is_ows(l[i]))
             return end(p, UPRESP_BROKEN, "whitespace in a field name or before its colon");
-        if (!is_tchar((unsigned char)l[i]))
+        if (!httphdr_is_tchar((unsigned char)l[i]))
             return end(p, UPRESP_BROKEN, "a field name that is not a token");
     }
     p->bad_name = false;

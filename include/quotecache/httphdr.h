@@ -20,6 +20,11 @@ bool httphdr_has_token(const char *value, const char *token);
  * element never matches. NULL inm or etag: false. */
 bool httphdr_etag_matches(const char *inm, const char *etag);
 
+/* True when c may stand in a token (RFC 9110 5.6.2: letters, digits and
+ * !#$%&'*+-.^_`|~), as a field name must: one rule for the names we read
+ * from clients (server.c) and from the upstream (upresp.c). */
+bool httphdr_is_tchar(unsigned char c);
+
 /* The method's name: GET, HEAD, POST, PUT, DELETE, OPTIONS or PATCH (the
  * methods quotecache serves or forwards), "OTHER" for any other. */
 const char *httphdr_method_name(enum evhttp_cmd_type m);
