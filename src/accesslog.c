@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/httpconn.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
@@ -269,51 +270,47 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* evhttp's completion callback: the answer is written; req is still whole. */
-static void on_complete(struct evhttp_request *req, void *arg)
+/* httpconn's callback: the answer is rendered; req is still whole. */
+static void on_complete(http_req *req, void *arg)
 {
     access_log *al = active;
     if (al == NULL)
         return;
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    char *host = NULL;
-    ev_uint16_t port = 0;
-    if (evcon != NULL)
-        evhttp_connection_get_peer(evcon, &host, &port);
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    int status = evhttp_request_get_response_code(req);
-    const char *clen = evhttp_find_header(out, "Content-Length");
+    struct evkeyvalq *out = req->out;
+    int m = req->method;
+    int status = req->status;
     struct timeval now;
     event_base_gettimeofday_cached(al->base, &now);
     access_entry e = {
         .time_ms = (int64_t)now.tv_sec * 1000 + now.tv_usec / 1000,
         .request_id = evhttp_find_header(out, "X-Request-Id"),
-        .client = host,
+        .client = req->peer,
         .method = httphdr_method_name(m),
-        .target = evhttp_request_get_uri(req),
+        .target = req->target,
         .cache = evhttp_find_header(out, "X-Cache"),
         .status = status,
-        .bytes = clen && m != EVHTTP_REQ_HEAD ? strtoull(clen, NULL, 10) : 0,
+        .bytes = req->bytes,
         .seconds = (double)(mono_us() - (int64_t)(uintptr_t)arg) / 1e6,
     };
     append(al, &e);
 }
 
-const char *access_log_begin(access_log *al, struct evhttp_request *req)
+const char *access_log_begin(access_log *al, http_req *req)
 {
     /* A made id lives here until the next request's: log_request_id is
      * cleared before then (access_log_end); the answer's header has a copy. */
     static char made[REQUEST_ID_MAX + 1];
-    const char *id = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
+    const char *id = evhttp_find_header(req->in, "X-Request-Id");
     if (id == NULL || !request_id_valid(id)) {
         request_id_generate(made);
         id = made;
     }
-    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", id);
+    evhttp_add_header(req->out, "X-Request-Id", id);
     log_request_id = id;
-    if (al != NULL)
-        evhttp_request_set_on_complete_cb(req, on_complete, (void *)(uintptr_t)mono_us());
+    if (al != NULL) {
+        req->on_sent = on_complete;
+        req->sent_arg = (void *)(uintptr_t)mono_us();
+    }
     return id;
 }
 

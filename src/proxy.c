@@ -15,6 +15,7 @@
 
 #include "quotecache/cachestatus.h"
 #include "quotecache/httpcache.h"
+#include "quotecache/httpconn.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/localcache.h"
 #include "quotecache/log.h"
@@ -143,9 +144,9 @@ int proxy_local_key(const route *r, const char *target, const char *identity, co
 }
 
 /* The target in origin form (an absolute-form one loses its authority). */
-static const char *origin_target(struct evhttp_request *req)
+static const char *origin_target(http_req *req)
 {
-    const char *uri = evhttp_request_get_uri(req);
+    const char *uri = req->target;
     if (strncasecmp(uri, "http://", 7) == 0) {
         uri += 7 + strcspn(uri + 7, "/?"); /* "http://h?q": "?q", its query kept */
         if (uri[0] == '\0')
@@ -156,16 +157,16 @@ static const char *origin_target(struct evhttp_request *req)
 
 /* The key of req's copy under r, when r is local and the request names
  * its identity; false otherwise (not cached at all). */
-static bool local_key(const route *r, struct evhttp_request *req, char *key, size_t len)
+static bool local_key(const route *r, http_req *req, char *key, size_t len)
 {
     if (r == NULL || r->policy != ROUTE_LOCAL)
         return false;
     char id[IDENTITY_MAX];
-    if (routes_identity(r, evhttp_request_get_input_headers(req), id, sizeof(id)) < 0)
+    if (routes_identity(r, req->in, id, sizeof(id)) < 0)
         return false; /* no identity: nobody's copy */
     /* A target too long for the key is nobody's copy either: a cut key
      * would end before the identity's digest. */
-    const char *host = evhttp_find_header(evhttp_request_get_input_headers(req), "Host");
+    const char *host = evhttp_find_header(req->in, "Host");
     return proxy_local_key(r, origin_target(req), id, host, key, len) == 0;
 }
 
@@ -192,11 +193,11 @@ static void add_cache_fields(proxy_reply *out, const char *x, const char *status
     evhttp_add_header(&out->headers, "Cache-Status", status);
 }
 
-static bool try_local(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out);
+static bool try_local(proxy *p, http_req *req, const char *path, proxy_reply *out);
 
-bool proxy_try_hit(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out)
+bool proxy_try_hit(proxy *p, http_req *req, const char *path, proxy_reply *out)
 {
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    enum evhttp_cmd_type m = req->method;
     if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD)
         return false;
     if (try_local(p, req, path, out))
@@ -206,12 +207,12 @@ bool proxy_try_hit(proxy *p, struct evhttp_request *req, const char *path, proxy
            shared_try_hot(p->sh, r, req, path, out);
 }
 
-static bool try_local(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out)
+static bool try_local(proxy *p, http_req *req, const char *path, proxy_reply *out)
 {
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    enum evhttp_cmd_type m = req->method;
     const route *r = routes_match(p->rt, EVHTTP_REQ_GET, path);
     char key[LOCAL_KEY_MAX];
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *in = req->in;
     if (!local_key(r, req, key, sizeof(key)) || proxyhdr_wants_origin(in))
         return false;
     int64_t now = now_ms();
@@ -495,10 +496,9 @@ static void on_shared(void *arg, proxy_reply *r)
     op_free(op);
 }
 
-proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, proxy_cb *cb,
-                        void *arg)
+proxy_op *proxy_forward(proxy *p, http_req *req, const char *path, proxy_cb *cb, void *arg)
 {
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    enum evhttp_cmd_type m = req->method;
     proxy_op *op = xcalloc(1, sizeof(*op));
     op->p = p;
     op->cb = cb;
@@ -507,7 +507,7 @@ proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, 
     op->r = routes_match(p->rt, m, path);
     TAILQ_INIT(&op->req);
     char key[LOCAL_KEY_MAX];
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *in = req->in;
     const char *cc = evhttp_find_header(in, "Cache-Control");
     if (m == EVHTTP_REQ_GET && local_key(op->r, req, key, sizeof(key)) &&
         !httphdr_has_token(cc, "no-store")) {

@@ -45,6 +45,7 @@
 #include "quotecache/flight.h"
 #include "quotecache/hex.h"
 #include "quotecache/httpcache.h"
+#include "quotecache/httpconn.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
@@ -111,7 +112,7 @@ struct shared_req {
     shared_req *next, *prev; /* in sh->reading while READING */
     shared *sh;
     const route *r;
-    struct evhttp_request *req; /* NULL once the client left (READING only) */
+    http_req *req; /* NULL once the client left (READING only) */
     proxy_cb *cb;
     void *arg;
     enum rq_phase phase;
@@ -232,7 +233,7 @@ static void req_free(shared_req *q)
 
 /* The reply to req (of route r) from s: its fields, Age, the cache fields,
  * a 304 or HEAD's length where due. */
-static void build_reply(proxy_reply *out, const route *r, struct evhttp_request *req, bool head,
+static void build_reply(proxy_reply *out, const route *r, http_req *req, bool head,
                         const sresult *s, enum metrics_xcache x)
 {
     memset(out, 0, sizeof(*out));
@@ -281,7 +282,7 @@ static void build_reply(proxy_reply *out, const route *r, struct evhttp_request 
     }
     evhttp_add_header(&out->headers, "Cache-Status", cs);
     out->status = s->status;
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *in = req->in;
     if (s->err == NULL && s->status == 200 && httpcache_not_modified(in, etag, last_modified)) {
         out->status = 304;
     } else if (s->err == NULL && head) {
@@ -340,7 +341,7 @@ static int req_answer_entry(shared_req *q, const char *buf, size_t len, enum met
     int rc = skey_entry_decode(buf, len, &e, &h, &vv);
     /* A load's stale copy is the variant of the request that found it;
      * other requests join the flight whatever their Vary fields. */
-    if (rc == 0 && !skey_vary_matches(&e, evhttp_request_get_input_headers(q->req)))
+    if (rc == 0 && !skey_vary_matches(&e, q->req->in))
         rc = -1;
     if (rc == 0)
         req_answer_decoded(q, &e, &h, x);
@@ -416,7 +417,7 @@ static void sl_unlink(sload *ld)
 /* What waiter q gets of the load's end. */
 static void wake_one(sload *ld, shared_req *q, const sresult *s)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(q->req);
+    struct evkeyvalq *in = q->req->in;
     if (s->failed && ld->stale != NULL &&
         req_answer_entry(q, ld->stale, ld->stale_len, X_STALE) == 0)
         return;
@@ -796,18 +797,13 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
     TAILQ_INIT(&ld->hdrs);
     TAILQ_INIT(&ld->rh);
     ld->body = evbuffer_new();
-    struct evkeyvalq *in = evhttp_request_get_input_headers(q->req);
+    struct evkeyvalq *in = q->req->in;
     for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
         if (!fetch_skips(kv->key))
             evhttp_add_header(&ld->hdrs, kv->key, kv->value);
     }
-    char *ip = NULL;
-    ev_uint16_t port = 0;
-    struct evhttp_connection *evcon = evhttp_request_get_connection(q->req);
-    if (evcon != NULL)
-        evhttp_connection_get_peer(evcon, &ip, &port);
-    snprintf(ld->peer, sizeof(ld->peer), "%s", ip ? ip : "unknown");
-    const char *id = evhttp_find_header(evhttp_request_get_output_headers(q->req), "X-Request-Id");
+    snprintf(ld->peer, sizeof(ld->peer), "%s", q->req->peer);
+    const char *id = evhttp_find_header(q->req->out, "X-Request-Id");
     snprintf(ld->request_id, sizeof(ld->request_id), "%s", id ? id : "");
     if (stale != NULL)
         sl_keep_stale(ld, stale, stale_len, gen);
@@ -898,12 +894,11 @@ static void on_read(void *arg, int status, const rcache_value *v)
     const char *stale = NULL;
     if (status == RCACHE_OK && v->entry != NULL &&
         skey_entry_decode(v->entry, v->entry_len, &e, &h, &vv) == 0 && entry_current(&e, v) &&
-        skey_vary_matches(&e, evhttp_request_get_input_headers(q->req))) {
+        skey_vary_matches(&e, q->req->in)) {
         int64_t now = wall_ms();
         if (now < e.fresh_until_ms) {
             if (hot_usable(q->sh))
-                shot_put(q->sh->hot, q->canon, q->stamp, &e, &h,
-                         evhttp_request_get_input_headers(q->req), now, mono_ms());
+                shot_put(q->sh->hot, q->canon, q->stamp, &e, &h, q->req->in, now, mono_ms());
             req_answer_decoded(q, &e, &h, X_HIT);
             evhttp_clear_headers(&h);
             evhttp_clear_headers(&vv);
@@ -922,21 +917,20 @@ static void on_read(void *arg, int status, const rcache_value *v)
 /* The canonical request of req on r (canon: SKEY_CANON_MAX bytes), the
  * query toward the upstream and its resource. Returns 0 or -1 (not
  * cacheable: skey_canonical). */
-static int canonical_of(const route *r, struct evhttp_request *req, const char *path, char *canon,
+static int canonical_of(const route *r, http_req *req, const char *path, char *canon,
                         char fwd[TARGET_MAX], char res[SKEY_RESOURCE_MAX])
 {
-    const char *uri = evhttp_request_get_uri(req);
+    const char *uri = req->target;
     const char *query = strchr(uri, '?');
-    if (skey_canonical(r, path, query ? query + 1 : NULL, evhttp_request_get_input_headers(req),
-                       canon, SKEY_CANON_MAX, fwd, TARGET_MAX) < 0)
+    if (skey_canonical(r, path, query ? query + 1 : NULL, req->in, canon, SKEY_CANON_MAX, fwd,
+                       TARGET_MAX) < 0)
         return -1;
     return skey_resource(r, path, res, SKEY_RESOURCE_MAX);
 }
 
-bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, const char *path,
-                    proxy_reply *out)
+bool shared_try_hot(shared *sh, const route *r, http_req *req, const char *path, proxy_reply *out)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *in = req->in;
     if (!hot_usable(sh) || proxyhdr_wants_origin(in))
         return false;
     /* On the stack: an 8 KB malloc and free were 3 % of a hit. */
@@ -955,14 +949,14 @@ bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, cons
     s.stored_ms = e->stored_ms;
     s.fresh_until_ms = e->fresh_until_ms;
     s.seconds = -1;
-    build_reply(out, r, req, evhttp_request_get_command(req) == EVHTTP_REQ_HEAD, &s, X_HIT);
+    build_reply(out, r, req, req->method == EVHTTP_REQ_HEAD, &s, X_HIT);
     return true;
 }
 
-shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, const char *path,
-                       proxy_cb *cb, void *arg)
+shared_req *shared_get(shared *sh, const route *r, http_req *req, const char *path, proxy_cb *cb,
+                       void *arg)
 {
-    if (sh->closing || proxyhdr_wants_origin(evhttp_request_get_input_headers(req)))
+    if (sh->closing || proxyhdr_wants_origin(req->in))
         return NULL;
     char *canon = xmalloc(SKEY_CANON_MAX), fwd[TARGET_MAX], res[SKEY_RESOURCE_MAX];
     if (canonical_of(r, req, path, canon, fwd, res) < 0) {
@@ -980,7 +974,7 @@ shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, c
     q->req = req;
     q->cb = cb;
     q->arg = arg;
-    q->head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+    q->head = req->method == EVHTTP_REQ_HEAD;
     q->canon = xstrdup(canon);
     q->stamp = shot_stamp(sh->hot, res); /* before the read: see sharedhot.h */
     free(canon);

@@ -50,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/httpconn.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
@@ -80,9 +81,9 @@ struct upstream_op {
      * holds (its body, drained into ours, and its peer). */
     enum evhttp_cmd_type method;
     char *uri;
-    struct evhttp_request *client; /* NULL for a fetch (upstream_fetch) */
-    struct evkeyvalq own;          /* a fetch's fields, owned: no client to read again */
-    char request_id[64];           /* a fetch's X-Request-Id ("" none) */
+    http_req *client;     /* NULL for a fetch (upstream_fetch) */
+    struct evkeyvalq own; /* a fetch's fields, owned: no client to read again */
+    char request_id[64];  /* a fetch's X-Request-Id ("" none) */
     char peer[64];
     struct evbuffer *body; /* NULL: none */
     bool retried;
@@ -339,7 +340,7 @@ static void out_field(void *arg, const char *name, const char *value)
 static void write_request(upstream_op *op, uconn *c)
 {
     upstream *u = op->u;
-    struct evkeyvalq *in = op->client ? evhttp_request_get_input_headers(op->client) : &op->own;
+    struct evkeyvalq *in = op->client ? op->client->in : &op->own;
     c->olen = c->osent = 0;
     out_str(c, httphdr_method_name(op->method)); /* server.c forwards no other */
     out_mem(c, " ", 1);
@@ -350,8 +351,7 @@ static void write_request(upstream_op *op, uconn *c)
     /* The id we answer and log with (accesslog.c: the client's when valid,
      * else made), so that the application's logs name the same request;
      * the client's own field was skipped above, valid or not. */
-    const char *id = op->client ? evhttp_find_header(evhttp_request_get_output_headers(op->client),
-                                                     "X-Request-Id")
+    const char *id = op->client ? evhttp_find_header(op->client->out, "X-Request-Id")
                                 : (op->request_id[0] ? op->request_id : NULL);
     if (id != NULL)
         out_field(c, "X-Request-Id", id);
@@ -686,16 +686,11 @@ static char *target_of(const upstream *u, const char *uri)
 
 /* What of the client's request does not stay with it: the body (drained
  * into ours, once) and the peer (its connection may go before a retry). */
-static void keep_client(upstream_op *op, struct evhttp_request *req)
+static void keep_client(upstream_op *op, http_req *req)
 {
     op->client = req;
-    char *ip = NULL;
-    ev_uint16_t port = 0;
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    if (evcon != NULL)
-        evhttp_connection_get_peer(evcon, &ip, &port);
-    snprintf(op->peer, sizeof(op->peer), "%s", ip ? ip : "unknown");
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    snprintf(op->peer, sizeof(op->peer), "%s", req->peer);
+    struct evbuffer *in = req->body;
     if (evbuffer_get_length(in) > 0) {
         op->body = evbuffer_new();
         evbuffer_add_buffer(op->body, in);
@@ -738,10 +733,9 @@ static upstream_op *op_start(upstream_op *op)
     return op;
 }
 
-upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_cb *cb, void *arg)
+upstream_op *upstream_forward(upstream *u, http_req *req, upstream_cb *cb, void *arg)
 {
-    upstream_op *op =
-        op_new(u, evhttp_request_get_command(req), evhttp_request_get_uri(req), cb, arg);
+    upstream_op *op = op_new(u, req->method, req->target, cb, arg);
     keep_client(op, req);
     return op_start(op);
 }

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 struct event_base;
-struct evhttp_request;
+typedef struct http_req http_req;
 
 #define ACCESS_LOG_FLUSH_MS 100
 #define ACCESS_LOG_FLUSH_BYTES (64 * 1024)
@@ -42,7 +42,7 @@ void access_log_reopen(access_log *al);
  * X-Request-Id header and as the id of log.c's lines until
  * access_log_end; with a log, arranges for its line once it is answered.
  * Returns the id, valid until access_log_end (the header keeps a copy). */
-const char *access_log_begin(access_log *al, struct evhttp_request *req);
+const char *access_log_begin(access_log *al, http_req *req);
 /* The synchronous part of the request's handling is over. */
 void access_log_end(void);
 

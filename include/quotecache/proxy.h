@@ -23,7 +23,7 @@
 #include "quotecache/routes.h"
 #include "quotecache/upstream.h"
 
-struct evhttp_request;
+typedef struct http_req http_req;
 
 typedef struct proxy proxy;
 typedef struct proxy_op proxy_op;
@@ -66,13 +66,12 @@ void proxy_redis_state(proxy *p, bool up);
  * when its route is local and a fresh copy of this identity is there, or
  * from a shared route's in-process tier (shared.h). Returns true with
  * *out filled (release it after sending), else false. */
-bool proxy_try_hit(proxy *p, struct evhttp_request *req, const char *path, proxy_reply *out);
+bool proxy_try_hit(proxy *p, http_req *req, const char *path, proxy_reply *out);
 void proxy_reply_release(proxy_reply *r);
 
 /* Forwards req; cb gets the reply (valid during the call only). req must
  * stay valid until cb fires or proxy_cancel (upstream.h). */
-proxy_op *proxy_forward(proxy *p, struct evhttp_request *req, const char *path, proxy_cb *cb,
-                        void *arg);
+proxy_op *proxy_forward(proxy *p, http_req *req, const char *path, proxy_cb *cb, void *arg);
 /* The client left: cb will not fire; the upstream request is aborted. */
 void proxy_cancel(proxy_op *op);
 

@@ -21,7 +21,7 @@
 #include "quotecache/upstream.h"
 
 struct event_base;
-struct evhttp_request;
+typedef struct http_req http_req;
 
 typedef struct shared shared;
 typedef struct shared_req shared_req;
@@ -46,8 +46,8 @@ void shared_on_message(shared *sh, const char *msg, size_t len);
 /* A GET or HEAD of path?query on shared route r. Returns NULL when the
  * request is not cacheable there (a query parameter the route neither
  * names nor ignores, a key too long, no-store): the caller forwards it. */
-shared_req *shared_get(shared *sh, const route *r, struct evhttp_request *req, const char *path,
-                       proxy_cb *cb, void *arg);
+shared_req *shared_get(shared *sh, const route *r, http_req *req, const char *path, proxy_cb *cb,
+                       void *arg);
 /* The client left: cb will not fire. */
 void shared_cancel(shared_req *q);
 
@@ -57,8 +57,7 @@ void shared_cancel(shared_req *q);
  * whose PUBLISH answers before other nodes' subscribers have the write's
  * announcement): returns true with *out filled (release it after
  * sending). Else false: shared_get. */
-bool shared_try_hot(shared *sh, const route *r, struct evhttp_request *req, const char *path,
-                    proxy_reply *out);
+bool shared_try_hot(shared *sh, const route *r, http_req *req, const char *path, proxy_reply *out);
 /* A write to wpath was announced (by any worker of any instance): the
  * in-process copies of the shared resources it touches go. */
 void shared_on_write(shared *sh, const routes *rt, const char *wpath);

@@ -16,7 +16,7 @@
 struct event_base;
 struct evbuffer;
 struct evkeyvalq;
-struct evhttp_request;
+typedef struct http_req http_req;
 
 typedef struct upstream upstream;
 typedef struct upstream_op upstream_op;
@@ -44,7 +44,7 @@ upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms,
  * the caller may cancel until cb fires. req's body is drained into the op;
  * req itself must stay valid until cb fires or upstream_cancel (a retry
  * reads its headers again), as a request does until it is answered. */
-upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_cb *cb, void *arg);
+upstream_op *upstream_forward(upstream *u, http_req *req, upstream_cb *cb, void *arg);
 
 /* A GET of target (origin form, the prefix goes in front) with a copy of
  * headers (the client's fields, filtered as upstream_forward filters

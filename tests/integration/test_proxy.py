@@ -487,10 +487,18 @@ def test_chunked_request_reframed_toward_upstream():
     assert hh["content-length"] == ["7"] and "transfer-encoding" not in hh
 
 
-def test_chunk_extensions_and_bad_chunks_refused_not_forwarded():
-    # evhttp 2.1 reads no chunk extensions: refused (its 413) and closed
-    for body in (b"4;ext=1\r\nabcd\r\n0\r\n\r\n", b"zz\r\nabcd\r\n0\r\n\r\n",
-                 b"-4\r\nabcd\r\n0\r\n\r\n"):
+def test_chunk_extensions_read_bad_chunks_refused_not_forwarded():
+    # Chunk extensions are ignored (RFC 9112 7.1.1), trailers discarded: the
+    # body reaches the upstream re-framed, and the next request is read.
+    n = calls("/echo")
+    out = raw(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"4;ext=1;q=\"a b\"\r\nabcd\r\n0\r\nX-Trailer: 1\r\n\r\n"
+              b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s, _, b = qcstack.parse_response(out)
+    assert s == 200 and json.loads(b)["body"] == "abcd", out
+    assert out.count(b"HTTP/1.1 200") == 2 and calls("/echo") == n + 2, out
+    for body in (b"zz\r\nabcd\r\n0\r\n\r\n", b"-4\r\nabcd\r\n0\r\n\r\n",
+                 b"4\r\nabcdef\r\n0\r\n\r\n"):
         n = calls("/echo")
         out = raw(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                   + body + b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
