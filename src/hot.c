@@ -194,7 +194,6 @@ static bool entry_fill(hot_entry *e, const hot_value *v)
     e->etag_quoted[0] = '\0';
     if (e->env.status == 200)
         snprintf(e->etag_quoted, sizeof(e->etag_quoted), "\"%s\"", e->env.etag);
-    snprintf(e->content_length, sizeof(e->content_length), "%zu", e->body_len);
     return true;
 }
 

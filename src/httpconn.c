@@ -589,7 +589,7 @@ static void send_answer(http_req *req, int status, struct evbuffer *ebody, const
         c->closing = answer_closes(c, &c->out);
         render(c, status, ebody, mbody, len);
     }
-    if (req->on_sent != NULL)
+    if (req->on_sent != NULL && c->state != C_CLOSED) /* no line for a client that left */
         req->on_sent(req, req->sent_arg);
     c->depth++;
     answered(c);
@@ -761,14 +761,12 @@ void http_listener_stop(http_listener *l)
 {
     if (l == NULL)
         return;
+    /* Idle connections are not closed here: a keep-alive client may be
+     * sending its next request on one right now, and would lose it. Its
+     * answer closes the connection instead, so the client moves to
+     * another worker without losing a request. */
     listen_set(l, L_STOPPED);
     l->draining = true;
-    http_conn *next;
-    for (http_conn *c = l->all; c != NULL; c = next) {
-        next = c->next;
-        if (c->state == C_IDLE && c->istart == c->ilen) /* nothing asked of it: it goes */
-            conn_lost(c);
-    }
 }
 
 size_t http_listener_connections(const http_listener *l)

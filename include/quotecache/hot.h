@@ -13,9 +13,8 @@
  * with another stamp, or after the expiry, misses.
  *
  * A stored entry keeps its ready-to-send parts (decoded envelope, body,
- * quoted ETag, Content-Length), and its bytes are reference-counted, so a
- * reply can send the body by reference (hot_value_ref) while the entry is
- * replaced underneath it. */
+ * quoted ETag), and its bytes are reference-counted, so a holder can keep
+ * the body (hot_value_ref) while the entry is replaced underneath it. */
 #ifndef QUOTECACHE_HOT_H
 #define QUOTECACHE_HOT_H
 
@@ -50,7 +49,6 @@ typedef struct hot_entry {
     const char *body; /* inside value */
     size_t body_len;
     char etag_quoted[ENVELOPE_ETAG_LEN + 3]; /* "\"<etag>\"" (status 200 only) */
-    char content_length[24];
 } hot_entry;
 
 /* slots is rounded up to a power of two (at least 2); values longer than

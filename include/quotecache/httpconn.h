@@ -88,8 +88,9 @@ typedef struct http_listen_opts {
  * req). */
 http_listener *http_listener_new(struct event_base *base, int fd, const http_listen_opts *o,
                                  http_handler *handler, void *arg);
-/* Graceful shutdown, step one: the listening socket is closed, idle
- * connections too, and every later answer closes its connection. */
+/* Graceful shutdown, step one: the listening socket is closed, and every
+ * later answer closes its connection (idle ones stay open for the request
+ * their client may be sending now: see http_listener_stop). */
 void http_listener_stop(http_listener *l);
 /* Client connections open (idle keep-alive ones included). */
 size_t http_listener_connections(const http_listener *l);
