@@ -34,7 +34,7 @@ struct access_log {
     bool warned;         /* a write error was logged (once per open) */
 };
 
-/* The one log of this process, for evhttp's completion callback (whose
+/* The one log of this process, for httpconn's on_sent callback (whose
  * argument carries the request's arrival time). */
 static access_log *active;
 

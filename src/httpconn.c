@@ -297,10 +297,10 @@ static int state_ms(const http_conn *c, enum conn_state s)
 static void conn_enter(http_conn *c, enum conn_state to)
 {
     enum conn_state from = c->state;
-    bool legal = (from == C_READING && (to == C_BUSY || to == C_LINGER)) ||
-                 (from == C_BUSY && (to == C_IDLE || to == C_READING || to == C_LINGER)) ||
-                 (from == C_IDLE && (to == C_READING || to == C_LINGER)) ||
-                 (from != C_CLOSED && to == C_CLOSED) || (from == to && to == C_READING);
+    bool legal = (from == C_READING && to == C_BUSY) ||
+                 (from == C_BUSY && (to == C_IDLE || to == C_LINGER)) ||
+                 (from == C_IDLE && to == C_READING) || (from != C_CLOSED && to == C_CLOSED) ||
+                 (from == C_READING && to == C_READING); /* at accept: its deadline armed */
     if (!legal) {
         log_error("httpconn: illegal connection transition %s -> %s", conn_state_name[from],
                   conn_state_name[to]);
@@ -320,10 +320,6 @@ static void conn_enter(http_conn *c, enum conn_state to)
     int ms = state_ms(c, to);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(&c->timer, &tv);
-    if (to == C_LINGER && c->osent == c->olen) {
-        shutdown(c->fd, SHUT_WR);
-        read_pause(c, false);
-    }
 }
 
 /* The client left (EOF, an error, a deadline) while the handler has its

@@ -212,9 +212,9 @@ static void on_warmup(evutil_socket_t fd, short what, void *arg)
 }
 
 /* The worker's loop. epoll with libevent's changelist: an event removed and
- * added again in one pass of the loop (evhttp disabling a connection's read
- * while it handles a request and enabling it again, a tax or PostgreSQL
- * socket armed for writing and disarmed) costs no epoll_ctl, only the net
+ * added again in one pass of the loop (the tax client's evhttp connections
+ * disabling and enabling their reads, a tax or PostgreSQL socket armed for
+ * writing and disarmed) costs no epoll_ctl, only the net
  * change is applied before epoll_wait: about half of a miss's 13 epoll_ctl
  * calls (docs/benchmarks.md). libevent's caveat for the flag is fds cloned
  * by dup() in the loop; the worker registers none (the access log's dup of

@@ -268,19 +268,6 @@ int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **val
     return n;
 }
 
-bool proxyhdr_names_valid(const struct evkeyvalq *h)
-{
-    for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (kv->key[0] == '\0')
-            return false;
-        for (const char *c = kv->key; *c; c++) {
-            if (!httphdr_is_tchar((unsigned char)*c))
-                return false;
-        }
-    }
-    return true;
-}
-
 bool proxyhdr_target_valid(const char *target)
 {
     for (const unsigned char *c = (const unsigned char *)target; *c; c++) {

@@ -51,7 +51,7 @@ bool reqparse_started(const reqparse *p)
 }
 
 /* The head's hard bound: past it nothing of the request is read (evhttp's
- * was the same); under it the limits are checked once the head is whole,
+ * server, before reqparse, had the same); under it the limits are checked once the head is whole,
  * so that an oversized request still gets its 414 or 431 on a connection
  * that carries on. */
 static size_t head_bound(const reqparse *p)
@@ -112,7 +112,7 @@ static int method_of(const char *m, size_t n)
 }
 
 /* method SP target SP HTTP/1.x; the target runs from the first space to
- * the last (as evhttp read it), so that one holding spaces or control
+ * the last (as evhttp's server read it), so that one holding spaces or control
  * bytes is named as such (400 bad_target) rather than as a broken line. */
 static reqparse_result request_line(reqparse *p, const char *l, size_t n)
 {

@@ -321,8 +321,8 @@ static void out_str(uconn *c, const char *s)
     out_mem(c, s, strlen(s));
 }
 
-/* A field line (proxyhdr_put): values come from evhttp's parser or from
- * us, never with a CR or LF. */
+/* A field line (proxyhdr_put): values come from reqparse or from us,
+ * never with a CR or LF. */
 static void out_field(void *arg, const char *name, const char *value)
 {
     uconn *c = arg;

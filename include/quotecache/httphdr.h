@@ -1,5 +1,5 @@
 /* httphdr: the request headers whose value changes the answer, matched as
- * pure functions over the raw header value (as evhttp hands it over:
+ * pure functions over the raw header value (as reqparse hands it over:
  * NUL-terminated, outer whitespace trimmed, any other byte possible); and
  * the name a request's method is spelled with. */
 #ifndef QUOTECACHE_HTTPHDR_H
@@ -22,7 +22,7 @@ bool httphdr_etag_matches(const char *inm, const char *etag);
 
 /* True when c may stand in a token (RFC 9110 5.6.2: letters, digits and
  * !#$%&'*+-.^_`|~), as a field name must: one rule for the names we read
- * from clients (server.c) and from the upstream (upresp.c). */
+ * from clients (reqparse.c) and from the upstream (upresp.c). */
 bool httphdr_is_tchar(unsigned char c);
 
 /* The method's name: GET, HEAD, POST, PUT, DELETE, OPTIONS or PATCH (the

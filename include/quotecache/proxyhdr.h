@@ -60,7 +60,7 @@ void proxyhdr_set_forwarded(const struct evkeyvalq *in, struct evkeyvalq *out,
                             const char *client_ip, const char *proto);
 
 /* Names a request copy skips: the fields proxyhdr_set_forwarded sets, the
- * framing we redo (Content-Length) and Expect (evhttp already answered
+ * framing we redo (Content-Length) and Expect (httpconn already answered
  * 100-continue and we hold the whole body). NULL-terminated. */
 extern const char *const proxyhdr_request_skip[];
 /* Names a response copy skips: Content-Length (we frame the body we hold),
@@ -69,9 +69,8 @@ extern const char *const proxyhdr_request_skip[];
  * before ours). NULL-terminated. */
 extern const char *const proxyhdr_response_skip[];
 
-/* Checks the framing of a request as evhttp parsed it. evhttp honours
- * Transfer-Encoding only when it is exactly "chunked" and otherwise reads
- * the first Content-Length, so anything another parser could read
+/* Checks the framing of a request's fields (reqparse frames a body by
+ * them only when this passes). Anything another parser could read
  * differently is refused: Content-Length together with Transfer-Encoding,
  * more than one Content-Length or Transfer-Encoding field, a
  * Transfer-Encoding other than "chunked", a Content-Length that is not
@@ -80,23 +79,17 @@ int proxyhdr_check_framing(const struct evkeyvalq *in, const char **why);
 /* How many fields called name h has; *value the last one's (untouched
  * when none). */
 int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **value);
-/* For a HEAD, a TRACE or a method evhttp does not know, whose body evhttp
- * 2.1 never reads: a body the request announces would be parsed as the
- * next request on the connection (smuggled past whoever framed it by its
+/* For a HEAD, a TRACE or a method we do not know, which no upstream
+ * expects a body on: a body the request announces might be parsed as the
+ * next request on a connection (smuggled past whoever framed it by its
  * length). Returns 0 (no body, or Content-Length: 0), or -1 with *why. */
 int proxyhdr_check_bodyless(const struct evkeyvalq *in, const char **why);
-/* True when every field name of h is a token (RFC 9110 5.6.2: 1 or more
- * of !#$%&'*+-.^_`|~, digits, letters). evhttp takes any name up to the
- * colon, an empty one or one with spaces included ("X-A b: 1"), and would
- * pass it on as it came: an answer that holds one is not forwarded (502),
- * as nginx refuses an upstream's invalid header. */
-bool proxyhdr_names_valid(const struct evkeyvalq *h);
 /* False when a request target holds a space or a control byte (CR, LF,
  * tab, DEL...; RFC 9112 3.2 has none, 2.2 lets no bare CR be forwarded):
- * evhttp takes the target up to the request line's last space, and such
- * a target would be read differently by an upstream (a bare CR as a line's
- * end: fields of the client's making). Bytes over 0x7f pass, as they do
- * elsewhere. */
+ * reqparse takes the target from the request line's first space to its
+ * last, and such a target would be read differently by an upstream (a
+ * bare CR as a line's end: fields of the client's making). Bytes over
+ * 0x7f pass, as they do elsewhere. */
 bool proxyhdr_target_valid(const char *target);
 /* True when the request asks past any stored copy (Cache-Control no-cache
  * or no-store, Pragma: no-cache): it is forwarded, and no copy answers it. */
