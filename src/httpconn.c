@@ -739,9 +739,12 @@ http_listener *http_listener_new(struct event_base *base, int fd, const http_lis
     l->o = *o;
     l->handler = handler;
     l->arg = arg;
+    /* Backlog 0: the socket is listening already (listener.c, 1024);
+     * libevent's -1 would listen() again with 128, and a burst of
+     * connections past that loses SYNs (a second each to retry). */
     l->lev = evconnlistener_new(base, on_accept, l,
                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
-                                -1, fd);
+                                0, fd);
     if (l->lev == NULL) {
         close(fd);
         free(l);
@@ -775,11 +778,13 @@ void http_listener_free(http_listener *l)
     if (l == NULL)
         return;
     listen_set(l, L_STOPPED);
-    while (l->all != NULL) {
-        http_conn *c = l->all;
+    http_conn *c;
+    while ((c = l->all) != NULL) {
+        /* Owned without a callback: its owner was freed first (main.c). */
+        bool orphan = c->owned && c->gone == NULL;
         if (c->state != C_CLOSED)
-            conn_lost(c);
-        if (l->all == c) { /* owned without a callback: its owner is gone first */
+            conn_lost(c); /* frees it, unless orphan */
+        if (orphan) {
             c->owned = false;
             c->depth = 0;
             conn_free(c);

@@ -4,12 +4,13 @@ sockets: several requests in one write answered in order (own routes, a
 quote miss, proxied ones, HEAD), a body split across many writes (by
 length and chunked), Expect: 100-continue (and a 413 instead of it), HEAD
 on a keep-alive connection, HTTP/1.0 with and without keep-alive, the
-header deadline of a later request on a kept connection (slowloris), and
-a drain that answers an idle keep-alive connection with a close. Ends with a clean
+header deadline of a later request on a kept connection (slowloris), the
+listen backlog, and a drain that answers an idle keep-alive connection with a close. Ends with a clean
 exit (under ASan: no leak)."""
 
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -234,6 +235,33 @@ def test_drain_answers_idle_connections_then_closes():
         assert got[0][0] == 200 and got[0][1].get("connection") == "close", got
         idle.close()
         busy.close()
+
+
+def test_listen_backlog_is_the_listeners():
+    """The kernel's queue holds --max-conns' worth of a burst: the socket
+    listens with 1024 (listener.c) and httpconn must not listen() again
+    with libevent's default 128 (a burst past it lost SYNs, each client a
+    second late: test_coalesce saw HITs among its 500 at once)."""
+    w = px.worker_pids()[0]
+    socks = []
+    os.kill(w, signal.SIGSTOP)  # nothing accepted meanwhile
+    try:
+        for _ in range(400):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", px.port))
+            socks.append(c)
+        deadline = time.monotonic() + 2
+        done = set()
+        while len(done) < len(socks) and time.monotonic() < deadline:
+            _, w_ok, _ = select.select([], [c for c in socks if c not in done], [], 0.1)
+            done.update(w_ok)
+        assert len(done) == len(socks), "%d of %d connected" % (len(done), len(socks))
+    finally:
+        os.kill(w, signal.SIGCONT)
+        for c in socks:
+            c.close()
+    assert px.get("/healthz")[0] == 200
 
 
 def test_clean_exit():
