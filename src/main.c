@@ -247,10 +247,13 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
         return -1;
     }
     if (cfg->upstream != NULL) {
-        upstream *up = upstream_new(w->base, cfg->upstream, cfg->upstream_timeout_ms,
-                                    (size_t)cfg->max_body, UPSTREAM_MAX_CONNS, err, errlen);
-        if (up == NULL)
+        char uwhy[200];
+        upstream *up = upstream_new(w->base, "upstream", cfg->upstream, cfg->upstream_timeout_ms,
+                                    (size_t)cfg->max_body, UPSTREAM_MAX_CONNS, uwhy, sizeof(uwhy));
+        if (up == NULL) {
+            snprintf(err, errlen, "--upstream: %s", uwhy);
             return -1;
+        }
         routes *rt = NULL;
         if (cfg->routes_file != NULL) {
             char why[400];

@@ -56,7 +56,6 @@
 #include "quotecache/proxyhdr.h"
 #include "quotecache/upresp.h"
 
-#define UPSTREAM_MAX_IDLE 64
 /* What a connection's buffers start at and shrink back to after a larger
  * answer head or request: most requests and answers fit. */
 #define UPSTREAM_IBUF 16384
@@ -80,7 +79,8 @@ struct upstream_op {
      * holds (its body, drained into ours, and its peer). */
     enum evhttp_cmd_type method;
     char *uri;
-    struct evhttp_request *client; /* NULL for a fetch (upstream_fetch) */
+    struct evhttp_request *client; /* NULL for a fetch or a call (upstream_fetch, upstream_get) */
+    bool bare;                     /* a call: no forwarding fields (upstream_get) */
     struct evkeyvalq own;          /* a fetch's fields, owned: no client to read again */
     char request_id[64];           /* a fetch's X-Request-Id ("" none) */
     char peer[64];
@@ -116,6 +116,7 @@ struct uconn {
 
 struct upstream {
     struct event_base *base;
+    const char *name;      /* in log lines: "upstream", "tax" */
     char host[256];        /* as given */
     char hostport[300];    /* the Host of requests that carry none */
     struct sockaddr_in sa; /* resolved once at start: connecting never blocks */
@@ -126,7 +127,11 @@ struct upstream {
     int max_conns;
     int active; /* ops holding a connection */
     upstream_op *ops;
-    uconn *idle[UPSTREAM_MAX_IDLE]; /* a stack: the warmest on top */
+    /* A stack, the warmest on top, as deep as max_conns: after a burst of
+     * N concurrent requests N connections stay, so the next burst reuses
+     * them instead of connecting (and closing into TIME_WAIT) past a
+     * smaller bound. main.c's descriptor budget counts them. */
+    uconn **idle;
     int nidle;
 };
 
@@ -223,7 +228,7 @@ static void conn_close(uconn *c)
 static void conn_park(uconn *c)
 {
     upstream *u = c->u;
-    if (u->nidle == UPSTREAM_MAX_IDLE) {
+    if (u->nidle == u->max_conns) {
         conn_close(c);
         return;
     }
@@ -346,7 +351,8 @@ static void write_request(upstream_op *op, uconn *c)
     out_str(c, op->uri);
     out_mem(c, " HTTP/1.1\r\n", 11);
     proxyhdr_emit_end_to_end(in, proxyhdr_request_skip, out_field, c);
-    proxyhdr_emit_forwarded(in, op->peer, "http", out_field, c);
+    if (!op->bare)
+        proxyhdr_emit_forwarded(in, op->peer, "http", out_field, c);
     /* The id we answer and log with (accesslog.c: the client's when valid,
      * else made), so that the application's logs name the same request;
      * the client's own field was skipped above, valid or not. */
@@ -659,7 +665,7 @@ static void on_fire(evutil_socket_t fd, short what, void *arg)
     upstream_op *op = arg;
     if (op->state == OP_READY) {
         if (op->has_err)
-            log_warn("upstream %s: %s", op->uri, op->err.message);
+            log_warn("%s %s: %s", op->u->name, op->uri, op->err.message);
         upstream_answer a = {op->has_err ? &op->err : NULL, op->status, &op->rhdrs, op->rbody,
                              seconds_since(&op->sent_at)};
         op->cb(op->arg, &a);
@@ -746,6 +752,13 @@ upstream_op *upstream_forward(upstream *u, struct evhttp_request *req, upstream_
     return op_start(op);
 }
 
+upstream_op *upstream_get(upstream *u, const char *target, upstream_cb *cb, void *arg)
+{
+    upstream_op *op = op_new(u, EVHTTP_REQ_GET, target, cb, arg);
+    op->bare = true;
+    return op_start(op);
+}
+
 upstream_op *upstream_fetch(upstream *u, const char *target, const struct evkeyvalq *headers,
                             const char *peer, const char *request_id, upstream_cb *cb, void *arg)
 {
@@ -808,27 +821,28 @@ static int resolve(const char *host, int port, struct sockaddr_in *sa)
     return 0;
 }
 
-upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms, size_t max_body,
-                       int max_conns, char *err, size_t errlen)
+upstream *upstream_new(struct event_base *base, const char *name, const char *url, int timeout_ms,
+                       size_t max_body, int max_conns, char *err, size_t errlen)
 {
     upstream *u = xcalloc(1, sizeof(*u));
     if (upstream_parse_url(url, u->host, sizeof(u->host), &u->port, u->prefix, sizeof(u->prefix)) <
         0) {
-        snprintf(err, errlen, "--upstream: expected http://HOST[:PORT][/PREFIX], got '%.100s'",
-                 url);
+        snprintf(err, errlen, "expected http://HOST[:PORT][/PREFIX], got '%.100s'", url);
         free(u);
         return NULL;
     }
     if (resolve(u->host, u->port, &u->sa) < 0) {
-        snprintf(err, errlen, "--upstream: cannot resolve '%.100s'", u->host);
+        snprintf(err, errlen, "cannot resolve '%.100s'", u->host);
         free(u);
         return NULL;
     }
     snprintf(u->hostport, sizeof(u->hostport), "%s:%d", u->host, u->port);
     u->base = base;
+    u->name = name;
     u->timeout_ms = timeout_ms;
     u->max_body = max_body;
-    u->max_conns = max_conns;
+    u->max_conns = max_conns > 0 ? max_conns : 1;
+    u->idle = xcalloc((size_t)u->max_conns, sizeof(*u->idle));
     return u;
 }
 
@@ -852,5 +866,6 @@ void upstream_free(upstream *u)
     }
     while (u->nidle > 0)
         conn_close(u->idle[u->nidle - 1]);
+    free(u->idle);
     free(u);
 }
