@@ -60,6 +60,11 @@
  * answer head or request: most requests and answers fit. */
 #define UPSTREAM_IBUF 16384
 #define UPSTREAM_OBUF 2048
+/* An idle connection is closed after this long unused: before the usual
+ * server-side keep-alive timeouts (Node.js and Apache 5 s), so that we, not
+ * the server, end it and a request rarely meets one closing under it; and
+ * a burst's connections do not stay open for good after it. */
+#define UPSTREAM_IDLE_S 4.0
 
 enum op_state { OP_SENT, OP_READY, OP_DEAD };
 enum conn_state { CONN_CONNECTING, CONN_BUSY, CONN_IDLE, CONN_CLOSED };
@@ -111,7 +116,8 @@ struct uconn {
     size_t olen, osent, ocap;
     char *ibuf; /* received, not yet taken by the parser */
     size_t ilen, icap;
-    upresp resp; /* the answer being read (CONNECTING, BUSY) */
+    upresp resp;       /* the answer being read (CONNECTING, BUSY) */
+    double idle_since; /* IDLE: monotonic seconds when parked */
 };
 
 struct upstream {
@@ -133,6 +139,7 @@ struct upstream {
      * smaller bound. main.c's descriptor budget counts them. */
     uconn **idle;
     int nidle;
+    struct event sweep; /* pending while a connection is idle */
 };
 
 static const char *conn_state_name[] = {"connecting", "busy", "idle", "closed"};
@@ -169,6 +176,13 @@ static void conn_want_write(uconn *c, bool on)
     else
         event_del(&c->wev);
     c->writing = on;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
 /* A new connection, CONNECTING; its request is sent once connected. NULL
@@ -245,7 +259,28 @@ static void conn_park(uconn *c)
         c->ocap = 0;
     }
     conn_enter(c, CONN_IDLE);
+    c->idle_since = now_s();
     u->idle[u->nidle++] = c;
+    if (!evtimer_pending(&u->sweep, NULL)) {
+        struct timeval tv = {1, 0};
+        evtimer_add(&u->sweep, &tv);
+    }
+}
+
+/* Every second while any is idle: closes those unused for
+ * UPSTREAM_IDLE_S, the coldest first (the bottom of the stack). */
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    upstream *u = arg;
+    double cutoff = now_s() - UPSTREAM_IDLE_S;
+    while (u->nidle > 0 && u->idle[0]->idle_since <= cutoff)
+        conn_close(u->idle[0]);
+    if (u->nidle > 0) {
+        struct timeval tv = {1, 0};
+        evtimer_add(&u->sweep, &tv);
+    }
 }
 
 /* Whether an idle connection is quiet: neither bytes nor the close came
@@ -843,6 +878,7 @@ upstream *upstream_new(struct event_base *base, const char *name, const char *ur
     u->max_body = max_body;
     u->max_conns = max_conns > 0 ? max_conns : 1;
     u->idle = xcalloc((size_t)u->max_conns, sizeof(*u->idle));
+    evtimer_assign(&u->sweep, base, on_sweep, u);
     return u;
 }
 
@@ -866,6 +902,7 @@ void upstream_free(upstream *u)
     }
     while (u->nidle > 0)
         conn_close(u->idle[u->nidle - 1]);
+    event_del(&u->sweep);
     free(u->idle);
     free(u);
 }
