@@ -1,12 +1,13 @@
-/* tax: client of the legacy tax service (evhttp client connections, reused
- * while idle), with our own deadline per call and strict checking of what
+/* tax: client of the legacy tax service (over upstream.c's keep-alive
+ * HTTP/1.1 client), with a deadline per call and strict checking of what
  * the service answers.
  *
  * Ownership: each call is an op owned by this module. The user's callback
  * fires exactly once and never before tax_request returns: with the tax on
- * success; 502 when the service answered badly; 503 when it could not be
- * reached or dropped the connection; 504 when the deadline passed (the late
- * answer is then swallowed). */
+ * success; 502 when the service answered badly (an answer that cannot be
+ * read included); 503 when it could not be reached or dropped the
+ * connection (an answer cut short included); 504 when the deadline
+ * passed (the late answer is then swallowed). */
 #ifndef QUOTECACHE_TAX_H
 #define QUOTECACHE_TAX_H
 
