@@ -243,9 +243,11 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
     w->alog = access_log_open(w->base, cfg->access_log, err, errlen);
     if (w->alog == NULL && err[0] != '\0')
         return -1;
-    w->tax = tax_client_new(w->base, cfg->tax_url, cfg->tax_timeout_ms, tax_max_conns);
+    char twhy[200];
+    w->tax = tax_client_new(w->base, cfg->tax_url, cfg->tax_timeout_ms, tax_max_conns, twhy,
+                            sizeof(twhy));
     if (w->tax == NULL) {
-        snprintf(err, errlen, "--tax-url: cannot use '%.100s'", cfg->tax_url);
+        snprintf(err, errlen, "--tax-url: %s", twhy);
         return -1;
     }
     if (cfg->upstream != NULL) {

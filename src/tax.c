@@ -158,15 +158,12 @@ int tax_request(tax_client *t, const char *region, int64_t product_id, int64_t a
     return 0;
 }
 
-tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns)
+tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns,
+                           char *err, size_t errlen)
 {
-    char why[200];
-    upstream *u =
-        upstream_new(base, "tax", url, timeout_ms, TAX_MAX_BODY, max_conns, why, sizeof(why));
-    if (u == NULL) {
-        log_error("tax: %s", why);
+    upstream *u = upstream_new(base, "tax", url, timeout_ms, TAX_MAX_BODY, max_conns, err, errlen);
+    if (u == NULL)
         return NULL;
-    }
     tax_client *t = xcalloc(1, sizeof(*t));
     t->u = u;
     t->max_conns = max_conns;

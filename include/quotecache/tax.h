@@ -23,9 +23,11 @@ typedef struct tax_client tax_client;
 /* err is NULL on success. */
 typedef void tax_cb(void *arg, int64_t tax_cents, const qc_error *err);
 
-/* url: http://HOST[:PORT][/PREFIX]. Returns NULL when url is unusable.
+/* url: http://HOST[:PORT][/PREFIX], its host resolved here. Returns NULL
+ * with one line in err (the caller says it, once) when url is unusable.
  * max_conns bounds concurrent calls. */
-tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns);
+tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns,
+                           char *err, size_t errlen);
 /* Pending callbacks fire with an error (503) before it returns. */
 void tax_client_free(tax_client *t);
 
