@@ -86,10 +86,16 @@ static int parse_answer(struct evbuffer *body, int64_t *out)
 }
 
 /* What the caller is told when no tax came back: upstream's transport
- * errors (already logged there) in the tax service's own terms. */
-static void transport_error(const qc_error *in, qc_error *out)
+ * errors (already logged there) in the tax service's own terms (tax.h):
+ * an answer that came but cannot be read is a bad answer (502), none or
+ * one cut short by the close is a service not reached (503). */
+static void transport_error(const upstream_answer *a, qc_error *out)
 {
-    if (in->status == 504)
+    const qc_error *in = a->err;
+    if (a->unreadable)
+        qc_error_set(out, 502, "tax_bad_answer",
+                     "the tax service answered with a malformed answer");
+    else if (in->status == 504)
         qc_error_set(out, 504, "tax_timeout", "the tax service did not answer in time");
     else if (strcmp(in->code, "upstream_unavailable") == 0)
         qc_error_set(out, 503, "tax_unavailable", "the tax service could not be reached");
@@ -109,7 +115,7 @@ static void on_answer(void *arg, const upstream_answer *a)
     qc_error err;
     bool failed = true;
     if (a->err != NULL) {
-        transport_error(a->err, &err);
+        transport_error(a, &err);
     } else if (a->status != 200) {
         qc_error_set(&err, 502, "tax_bad_answer", "the tax service answered with an error");
         log_warn("tax: %s (%d)", err.message, a->status);
@@ -152,15 +158,12 @@ int tax_request(tax_client *t, const char *region, int64_t product_id, int64_t a
     return 0;
 }
 
-tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns)
+tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns,
+                           char *err, size_t errlen)
 {
-    char why[200];
-    upstream *u =
-        upstream_new(base, "tax", url, timeout_ms, TAX_MAX_BODY, max_conns, why, sizeof(why));
-    if (u == NULL) {
-        log_error("tax: %s", why);
+    upstream *u = upstream_new(base, "tax", url, timeout_ms, TAX_MAX_BODY, max_conns, err, errlen);
+    if (u == NULL)
         return NULL;
-    }
     tax_client *t = xcalloc(1, sizeof(*t));
     t->u = u;
     t->max_conns = max_conns;

@@ -98,6 +98,7 @@ struct upstream_op {
     /* The answer. */
     qc_error err;
     bool has_err;
+    bool unreadable; /* the error is the answer's own (upstream_answer) */
     int status;
     struct evkeyvalq rhdrs;
     struct evbuffer *rbody;
@@ -582,10 +583,14 @@ static void take_answer(upstream_op *op, upresp *r)
 }
 
 /* The parser is done with the op's answer (r, not UPRESP_MORE); rest
- * bytes followed it. */
-static void op_answered(upstream_op *op, upresp_result r, size_t rest)
+ * bytes followed it; at_close: r is upresp_eof's. */
+static void op_answered(upstream_op *op, upresp_result r, size_t rest, bool at_close)
 {
     uconn *c = op->conn;
+    /* The answer's own fault, not a connection that went: an owner that
+     * tells the two apart (tax: 502 or 503) can. At the close, BROKEN is
+     * an answer cut short. */
+    op->unreadable = (r == UPRESP_BROKEN && !at_close) || (r == UPRESP_DONE && c->resp.coded);
     if (r == UPRESP_BROKEN && c->resp.bad_name) {
         /* Not passed on as it came (nginx refuses such an answer too):
          * ": x" or "X Bad: x" would be read differently downstream. */
@@ -641,7 +646,7 @@ static void on_conn_read(evutil_socket_t fd, short what, void *arg)
         if (n == 0) {
             upresp_result r = upresp_eof(&c->resp);
             if (r == UPRESP_DONE || c->got_bytes)
-                op_answered(c->op, r, 0);
+                op_answered(c->op, r, 0, true);
             else
                 op_failed(c->op);
             return;
@@ -651,7 +656,7 @@ static void on_conn_read(evutil_socket_t fd, short what, void *arg)
         size_t used;
         upresp_result r = upresp_feed(&c->resp, c->ibuf, c->ilen, &used);
         if (r != UPRESP_MORE) {
-            op_answered(c->op, r, c->ilen - used);
+            op_answered(c->op, r, c->ilen - used, false);
             return;
         }
         /* What is left is the start of a line (upresp.h): at most the
@@ -701,8 +706,8 @@ static void on_fire(evutil_socket_t fd, short what, void *arg)
     if (op->state == OP_READY) {
         if (op->has_err)
             log_warn("%s %s: %s", op->u->name, op->uri, op->err.message);
-        upstream_answer a = {op->has_err ? &op->err : NULL, op->status, &op->rhdrs, op->rbody,
-                             seconds_since(&op->sent_at)};
+        upstream_answer a = {op->has_err ? &op->err : NULL, op->status,    &op->rhdrs, op->rbody,
+                             seconds_since(&op->sent_at),   op->unreadable};
         op->cb(op->arg, &a);
     }
     op_free(op);
@@ -894,8 +899,12 @@ void upstream_free(upstream *u)
             op->state = OP_READY;
         }
         if (op->state == OP_READY) {
-            upstream_answer a = {op->has_err ? &op->err : NULL, op->status, &op->rhdrs, op->rbody,
-                                 0};
+            upstream_answer a = {op->has_err ? &op->err : NULL,
+                                 op->status,
+                                 &op->rhdrs,
+                                 op->rbody,
+                                 0,
+                                 op->unreadable};
             op->cb(op->arg, &a);
         }
         op_free(op);

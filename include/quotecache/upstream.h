@@ -9,6 +9,7 @@
 #ifndef QUOTECACHE_UPSTREAM_H
 #define QUOTECACHE_UPSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "quotecache/error.h"
@@ -27,6 +28,9 @@ typedef struct upstream_answer {
     struct evkeyvalq *headers; /* its end-to-end fields, plus our Via; the callee may move them */
     struct evbuffer *body;     /* its body (none for HEAD); the callee may drain it */
     double seconds;            /* from sending to the answer */
+    bool unreadable;           /* with err: an answer came, not one we can read (its framing, a
+                                * transfer coding other than chunked), rather than none or one
+                                * cut short by the close */
 } upstream_answer;
 
 typedef void upstream_cb(void *arg, const upstream_answer *a);
