@@ -42,6 +42,8 @@
 #define FD_MIN_CLIENTS 16
 
 static int tax_max_conns = TAX_MAX_CONNS;
+/* --upstream's connections, in use and idle (its pool is as deep as this). */
+static int upstream_max_conns = UPSTREAM_MAX_CONNS;
 
 typedef struct worker {
     qc_config *cfg;
@@ -241,16 +243,21 @@ static int worker_start(worker *w, bool defer, char *err, size_t errlen)
     w->alog = access_log_open(w->base, cfg->access_log, err, errlen);
     if (w->alog == NULL && err[0] != '\0')
         return -1;
-    w->tax = tax_client_new(w->base, cfg->tax_url, cfg->tax_timeout_ms, tax_max_conns);
+    char twhy[200];
+    w->tax = tax_client_new(w->base, cfg->tax_url, cfg->tax_timeout_ms, tax_max_conns, twhy,
+                            sizeof(twhy));
     if (w->tax == NULL) {
-        snprintf(err, errlen, "--tax-url: cannot use '%.100s'", cfg->tax_url);
+        snprintf(err, errlen, "--tax-url: %s", twhy);
         return -1;
     }
     if (cfg->upstream != NULL) {
-        upstream *up = upstream_new(w->base, cfg->upstream, cfg->upstream_timeout_ms,
-                                    (size_t)cfg->max_body, UPSTREAM_MAX_CONNS, err, errlen);
-        if (up == NULL)
+        char uwhy[200];
+        upstream *up = upstream_new(w->base, "upstream", cfg->upstream, cfg->upstream_timeout_ms,
+                                    (size_t)cfg->max_body, upstream_max_conns, uwhy, sizeof(uwhy));
+        if (up == NULL) {
+            snprintf(err, errlen, "--upstream: %s", uwhy);
             return -1;
+        }
         routes *rt = NULL;
         if (cfg->routes_file != NULL) {
             char why[400];
@@ -376,19 +383,22 @@ static int worker_run(qc_config *cfg, int ready_fd, bool defer)
 }
 
 /* Raises RLIMIT_NOFILE to what --max-conns and the pools need (each worker
- * inherits it). When the hard limit is lower, clamps the client and tax
- * connection bounds to it and says so in one line, so that accept() at the
- * bound is never an EMFILE; refuses (-1, err) when even a small bound does
- * not fit. */
+ * inherits it). When the hard limit is lower, clamps the client, tax and
+ * --upstream connection bounds to it and says so in one line, so that
+ * accept() at the bound is never an EMFILE and neither pool ever lacks a
+ * descriptor for a connection within its bound; refuses (-1, err) when
+ * even a small bound does not fit. */
 static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0;
+    bool up = cfg->upstream != NULL;
     rlim_t fixed = FD_RESERVE + SERVER_ADMIN_MAX_CONNS + (rlim_t)cfg->pg_pool + 1;
-    /* tax_max_conns: a worker refitting after a reload keeps the master's clamp. */
+    /* The pools' bounds: a worker refitting after a reload keeps the
+     * master's clamp. */
     rlim_t need = fixed + (rlim_t)cfg->max_conns + (rlim_t)tax_max_conns +
-                  (cfg->upstream != NULL ? UPSTREAM_MAX_CONNS : 0);
+                  (up ? (rlim_t)upstream_max_conns : 0);
     if (rl.rlim_cur < need) {
         rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
@@ -396,21 +406,30 @@ static int fit_fd_limit(qc_config *cfg, char *err, size_t errlen)
     }
     if (rl.rlim_cur >= need)
         return 0;
+    /* A quarter of what is left for each pool, the rest for clients. */
     rlim_t room = rl.rlim_cur > fixed ? rl.rlim_cur - fixed : 0;
-    rlim_t tax = room / 4 < TAX_MAX_CONNS ? room / 4 : TAX_MAX_CONNS;
-    rlim_t clients = room - tax;
-    if (clients < FD_MIN_CLIENTS || tax < 4) {
+    rlim_t tax = room / 4 < (rlim_t)tax_max_conns ? room / 4 : (rlim_t)tax_max_conns;
+    rlim_t upc = 0;
+    if (up)
+        upc = room / 4 < (rlim_t)upstream_max_conns ? room / 4 : (rlim_t)upstream_max_conns;
+    rlim_t clients = room - tax - upc;
+    if (room < tax + upc + FD_MIN_CLIENTS || tax < 4 || (up && upc < 4)) {
         snprintf(err, errlen, "RLIMIT_NOFILE is %llu (hard %llu): at least %llu descriptors needed",
                  (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
-                 (unsigned long long)(fixed + FD_MIN_CLIENTS + 4));
+                 (unsigned long long)(fixed + FD_MIN_CLIENTS + 4 + (up ? 4 : 0)));
         return -1;
     }
+    char upstream_part[64] = "";
+    if (up)
+        snprintf(upstream_part, sizeof(upstream_part), ", %llu upstream", (unsigned long long)upc);
     log_warn("RLIMIT_NOFILE is %llu (hard limit), below the %llu that --max-conns %d needs: "
-             "serving at most %llu client and %llu tax connections",
+             "serving at most %llu client and %llu tax connections%s",
              (unsigned long long)rl.rlim_cur, (unsigned long long)need, cfg->max_conns,
-             (unsigned long long)clients, (unsigned long long)tax);
+             (unsigned long long)clients, (unsigned long long)tax, upstream_part);
     cfg->max_conns = (int)clients;
     tax_max_conns = (int)tax;
+    if (up)
+        upstream_max_conns = (int)upc;
     return 0;
 }
 

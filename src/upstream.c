@@ -57,11 +57,15 @@
 #include "quotecache/proxyhdr.h"
 #include "quotecache/upresp.h"
 
-#define UPSTREAM_MAX_IDLE 64
 /* What a connection's buffers start at and shrink back to after a larger
  * answer head or request: most requests and answers fit. */
 #define UPSTREAM_IBUF 16384
 #define UPSTREAM_OBUF 2048
+/* An idle connection is closed after this long unused: before the usual
+ * server-side keep-alive timeouts (Node.js and Apache 5 s), so that we, not
+ * the server, end it and a request rarely meets one closing under it; and
+ * a burst's connections do not stay open for good after it. */
+#define UPSTREAM_IDLE_S 4.0
 
 enum op_state { OP_SENT, OP_READY, OP_DEAD };
 enum conn_state { CONN_CONNECTING, CONN_BUSY, CONN_IDLE, CONN_CLOSED };
@@ -81,7 +85,8 @@ struct upstream_op {
      * holds (its body, drained into ours, and its peer). */
     enum evhttp_cmd_type method;
     char *uri;
-    http_req *client;     /* NULL for a fetch (upstream_fetch) */
+    http_req *client;     /* NULL for a fetch or a call (upstream_fetch, upstream_get) */
+    bool bare;            /* a call: no forwarding fields (upstream_get) */
     struct evkeyvalq own; /* a fetch's fields, owned: no client to read again */
     char request_id[64];  /* a fetch's X-Request-Id ("" none) */
     char peer[64];
@@ -94,6 +99,7 @@ struct upstream_op {
     /* The answer. */
     qc_error err;
     bool has_err;
+    bool unreadable; /* the error is the answer's own (upstream_answer) */
     int status;
     struct evkeyvalq rhdrs;
     struct evbuffer *rbody;
@@ -112,11 +118,13 @@ struct uconn {
     size_t olen, osent, ocap;
     char *ibuf; /* received, not yet taken by the parser */
     size_t ilen, icap;
-    upresp resp; /* the answer being read (CONNECTING, BUSY) */
+    upresp resp;       /* the answer being read (CONNECTING, BUSY) */
+    double idle_since; /* IDLE: monotonic seconds when parked */
 };
 
 struct upstream {
     struct event_base *base;
+    const char *name;      /* in log lines: "upstream", "tax" */
     char host[256];        /* as given */
     char hostport[300];    /* the Host of requests that carry none */
     struct sockaddr_in sa; /* resolved once at start: connecting never blocks */
@@ -127,8 +135,13 @@ struct upstream {
     int max_conns;
     int active; /* ops holding a connection */
     upstream_op *ops;
-    uconn *idle[UPSTREAM_MAX_IDLE]; /* a stack: the warmest on top */
+    /* A stack, the warmest on top, as deep as max_conns: after a burst of
+     * N concurrent requests N connections stay, so the next burst reuses
+     * them instead of connecting (and closing into TIME_WAIT) past a
+     * smaller bound. main.c's descriptor budget counts them. */
+    uconn **idle;
     int nidle;
+    struct event sweep; /* pending while a connection is idle */
 };
 
 static const char *conn_state_name[] = {"connecting", "busy", "idle", "closed"};
@@ -165,6 +178,13 @@ static void conn_want_write(uconn *c, bool on)
     else
         event_del(&c->wev);
     c->writing = on;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
 /* A new connection, CONNECTING; its request is sent once connected. NULL
@@ -224,7 +244,7 @@ static void conn_close(uconn *c)
 static void conn_park(uconn *c)
 {
     upstream *u = c->u;
-    if (u->nidle == UPSTREAM_MAX_IDLE) {
+    if (u->nidle == u->max_conns) {
         conn_close(c);
         return;
     }
@@ -241,7 +261,28 @@ static void conn_park(uconn *c)
         c->ocap = 0;
     }
     conn_enter(c, CONN_IDLE);
+    c->idle_since = now_s();
     u->idle[u->nidle++] = c;
+    if (!evtimer_pending(&u->sweep, NULL)) {
+        struct timeval tv = {1, 0};
+        evtimer_add(&u->sweep, &tv);
+    }
+}
+
+/* Every second while any is idle: closes those unused for
+ * UPSTREAM_IDLE_S, the coldest first (the bottom of the stack). */
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    upstream *u = arg;
+    double cutoff = now_s() - UPSTREAM_IDLE_S;
+    while (u->nidle > 0 && u->idle[0]->idle_since <= cutoff)
+        conn_close(u->idle[0]);
+    if (u->nidle > 0) {
+        struct timeval tv = {1, 0};
+        evtimer_add(&u->sweep, &tv);
+    }
 }
 
 /* Whether an idle connection is quiet: neither bytes nor the close came
@@ -347,7 +388,8 @@ static void write_request(upstream_op *op, uconn *c)
     out_str(c, op->uri);
     out_mem(c, " HTTP/1.1\r\n", 11);
     proxyhdr_emit_end_to_end(in, proxyhdr_request_skip, out_field, c);
-    proxyhdr_emit_forwarded(in, op->peer, "http", out_field, c);
+    if (!op->bare)
+        proxyhdr_emit_forwarded(in, op->peer, "http", out_field, c);
     /* The id we answer and log with (accesslog.c: the client's when valid,
      * else made), so that the application's logs name the same request;
      * the client's own field was skipped above, valid or not. */
@@ -541,10 +583,14 @@ static void take_answer(upstream_op *op, upresp *r)
 }
 
 /* The parser is done with the op's answer (r, not UPRESP_MORE); rest
- * bytes followed it. */
-static void op_answered(upstream_op *op, upresp_result r, size_t rest)
+ * bytes followed it; at_close: r is upresp_eof's. */
+static void op_answered(upstream_op *op, upresp_result r, size_t rest, bool at_close)
 {
     uconn *c = op->conn;
+    /* The answer's own fault, not a connection that went: an owner that
+     * tells the two apart (tax: 502 or 503) can. At the close, BROKEN is
+     * an answer cut short. */
+    op->unreadable = (r == UPRESP_BROKEN && !at_close) || (r == UPRESP_DONE && c->resp.coded);
     if (r == UPRESP_BROKEN && c->resp.bad_name) {
         /* Not passed on as it came (nginx refuses such an answer too):
          * ": x" or "X Bad: x" would be read differently downstream. */
@@ -600,7 +646,7 @@ static void on_conn_read(evutil_socket_t fd, short what, void *arg)
         if (n == 0) {
             upresp_result r = upresp_eof(&c->resp);
             if (r == UPRESP_DONE || c->got_bytes)
-                op_answered(c->op, r, 0);
+                op_answered(c->op, r, 0, true);
             else
                 op_failed(c->op);
             return;
@@ -610,7 +656,7 @@ static void on_conn_read(evutil_socket_t fd, short what, void *arg)
         size_t used;
         upresp_result r = upresp_feed(&c->resp, c->ibuf, c->ilen, &used);
         if (r != UPRESP_MORE) {
-            op_answered(c->op, r, c->ilen - used);
+            op_answered(c->op, r, c->ilen - used, false);
             return;
         }
         /* What is left is the start of a line (upresp.h): at most the
@@ -659,9 +705,9 @@ static void on_fire(evutil_socket_t fd, short what, void *arg)
     upstream_op *op = arg;
     if (op->state == OP_READY) {
         if (op->has_err)
-            log_warn("upstream %s: %s", op->uri, op->err.message);
-        upstream_answer a = {op->has_err ? &op->err : NULL, op->status, &op->rhdrs, op->rbody,
-                             seconds_since(&op->sent_at)};
+            log_warn("%s %s: %s", op->u->name, op->uri, op->err.message);
+        upstream_answer a = {op->has_err ? &op->err : NULL, op->status,    &op->rhdrs, op->rbody,
+                             seconds_since(&op->sent_at),   op->unreadable};
         op->cb(op->arg, &a);
     }
     op_free(op);
@@ -740,6 +786,13 @@ upstream_op *upstream_forward(upstream *u, http_req *req, upstream_cb *cb, void 
     return op_start(op);
 }
 
+upstream_op *upstream_get(upstream *u, const char *target, upstream_cb *cb, void *arg)
+{
+    upstream_op *op = op_new(u, EVHTTP_REQ_GET, target, cb, arg);
+    op->bare = true;
+    return op_start(op);
+}
+
 upstream_op *upstream_fetch(upstream *u, const char *target, const struct evkeyvalq *headers,
                             const char *peer, const char *request_id, upstream_cb *cb, void *arg)
 {
@@ -802,27 +855,29 @@ static int resolve(const char *host, int port, struct sockaddr_in *sa)
     return 0;
 }
 
-upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms, size_t max_body,
-                       int max_conns, char *err, size_t errlen)
+upstream *upstream_new(struct event_base *base, const char *name, const char *url, int timeout_ms,
+                       size_t max_body, int max_conns, char *err, size_t errlen)
 {
     upstream *u = xcalloc(1, sizeof(*u));
     if (upstream_parse_url(url, u->host, sizeof(u->host), &u->port, u->prefix, sizeof(u->prefix)) <
         0) {
-        snprintf(err, errlen, "--upstream: expected http://HOST[:PORT][/PREFIX], got '%.100s'",
-                 url);
+        snprintf(err, errlen, "expected http://HOST[:PORT][/PREFIX], got '%.100s'", url);
         free(u);
         return NULL;
     }
     if (resolve(u->host, u->port, &u->sa) < 0) {
-        snprintf(err, errlen, "--upstream: cannot resolve '%.100s'", u->host);
+        snprintf(err, errlen, "cannot resolve '%.100s'", u->host);
         free(u);
         return NULL;
     }
     snprintf(u->hostport, sizeof(u->hostport), "%s:%d", u->host, u->port);
     u->base = base;
+    u->name = name;
     u->timeout_ms = timeout_ms;
     u->max_body = max_body;
-    u->max_conns = max_conns;
+    u->max_conns = max_conns > 0 ? max_conns : 1;
+    u->idle = xcalloc((size_t)u->max_conns, sizeof(*u->idle));
+    evtimer_assign(&u->sweep, base, on_sweep, u);
     return u;
 }
 
@@ -838,13 +893,19 @@ void upstream_free(upstream *u)
             op->state = OP_READY;
         }
         if (op->state == OP_READY) {
-            upstream_answer a = {op->has_err ? &op->err : NULL, op->status, &op->rhdrs, op->rbody,
-                                 0};
+            upstream_answer a = {op->has_err ? &op->err : NULL,
+                                 op->status,
+                                 &op->rhdrs,
+                                 op->rbody,
+                                 0,
+                                 op->unreadable};
             op->cb(op->arg, &a);
         }
         op_free(op);
     }
     while (u->nidle > 0)
         conn_close(u->idle[u->nidle - 1]);
+    event_del(&u->sweep);
+    free(u->idle);
     free(u);
 }

@@ -1,12 +1,13 @@
-/* tax: client of the legacy tax service (evhttp client connections, reused
- * while idle), with our own deadline per call and strict checking of what
+/* tax: client of the legacy tax service (over upstream.c's keep-alive
+ * HTTP/1.1 client), with a deadline per call and strict checking of what
  * the service answers.
  *
  * Ownership: each call is an op owned by this module. The user's callback
  * fires exactly once and never before tax_request returns: with the tax on
- * success; 502 when the service answered badly; 503 when it could not be
- * reached or dropped the connection; 504 when the deadline passed (the late
- * answer is then swallowed). */
+ * success; 502 when the service answered badly (an answer that cannot be
+ * read included); 503 when it could not be reached or dropped the
+ * connection (an answer cut short included); 504 when the deadline
+ * passed (the late answer is then swallowed). */
 #ifndef QUOTECACHE_TAX_H
 #define QUOTECACHE_TAX_H
 
@@ -22,9 +23,11 @@ typedef struct tax_client tax_client;
 /* err is NULL on success. */
 typedef void tax_cb(void *arg, int64_t tax_cents, const qc_error *err);
 
-/* url: http://HOST[:PORT][/PREFIX]. Returns NULL when url is unusable.
+/* url: http://HOST[:PORT][/PREFIX], its host resolved here. Returns NULL
+ * with one line in err (the caller says it, once) when url is unusable.
  * max_conns bounds concurrent calls. */
-tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns);
+tax_client *tax_client_new(struct event_base *base, const char *url, int timeout_ms, int max_conns,
+                           char *err, size_t errlen);
 /* Pending callbacks fire with an error (503) before it returns. */
 void tax_client_free(tax_client *t);
 

@@ -9,6 +9,7 @@
 #ifndef QUOTECACHE_UPSTREAM_H
 #define QUOTECACHE_UPSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "quotecache/error.h"
@@ -27,16 +28,20 @@ typedef struct upstream_answer {
     struct evkeyvalq *headers; /* its end-to-end fields, plus our Via; the callee may move them */
     struct evbuffer *body;     /* its body (none for HEAD); the callee may drain it */
     double seconds;            /* from sending to the answer */
+    bool unreadable;           /* with err: an answer came, not one we can read (its framing, a
+                                * transfer coding other than chunked), rather than none or one
+                                * cut short by the close */
 } upstream_answer;
 
 typedef void upstream_cb(void *arg, const upstream_answer *a);
 
-/* url: http://HOST[:PORT][/PREFIX]. timeout_ms bounds each request from
- * send to the whole answer; max_body bounds answer bodies (past it: 502);
- * max_conns bounds connections in use (past it: 503). Returns NULL with
- * one line in err when the URL is not usable. */
-upstream *upstream_new(struct event_base *base, const char *url, int timeout_ms, size_t max_body,
-                       int max_conns, char *err, size_t errlen);
+/* url: http://HOST[:PORT][/PREFIX], resolved once, here. name (static)
+ * starts its log lines. timeout_ms bounds each request from send to the
+ * whole answer; max_body bounds answer bodies (past it: 502); max_conns
+ * bounds connections in use (past it: 503). Returns NULL with one line in
+ * err when the URL is not usable. */
+upstream *upstream_new(struct event_base *base, const char *name, const char *url, int timeout_ms,
+                       size_t max_body, int max_conns, char *err, size_t errlen);
 
 /* Sends a copy of the client's request req (method, target with the
  * prefix in front, end-to-end headers plus forwarding fields, the body
@@ -53,6 +58,10 @@ upstream_op *upstream_forward(upstream *u, http_req *req, upstream_cb *cb, void 
  * request_id name that first client in the forwarding fields. */
 upstream_op *upstream_fetch(upstream *u, const char *target, const struct evkeyvalq *headers,
                             const char *peer, const char *request_id, upstream_cb *cb, void *arg);
+
+/* A GET of target (origin form, the prefix goes in front) of our own, as
+ * a client rather than a proxy: Host and nothing else (the tax service). */
+upstream_op *upstream_get(upstream *u, const char *target, upstream_cb *cb, void *arg);
 
 /* The owner is gone (its client closed): cb will not fire. A request still
  * on the wire is aborted (its connection closed, so the upstream sees it

@@ -491,6 +491,46 @@ def test_emfile_never_spins():
         p.stop_clean()
 
 
+def test_fd_limit_counts_the_upstream_pool():
+    """Under `ulimit -n 256` with --upstream, the clamp leaves room for the
+    pass-through's connections too (main.c's budget counts --upstream's
+    pool, up to 512 in use or idle): as many slow pass-through requests at
+    once as the client bound it states are all answered, 200 or a 503
+    upstream_busy past the upstream's share, never a 502 for want of a
+    descriptor nor a connection left unaccepted; the upstream connections
+    they leave idle do not keep clients out up to that bound."""
+    wrapper = os.path.join(st.dir, "ulimit256up.sh")
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\nulimit -n 256 || exit 99\nexec %s \"$@\"\n"
+                % os.path.join(qcstack.build_dir(), "quotecache"))
+    os.chmod(wrapper, 0o755)
+    app = qctest.UpstreamApp()
+    p = qcstack.Proxy(st, binary=wrapper, max_conns=5000, upstream=app.url, workers=1).ready()
+    try:
+        line = [ln for ln in p.stderr_text().splitlines() if "RLIMIT_NOFILE" in ln]
+        assert line, p.stderr_text()[-2000:]  # the master's, then the worker's
+        clients = int(line[-1].split("serving at most ")[1].split()[0])
+        res = qcstack.concurrent_gets(p.port, ["/slow?ms=500"] * clients, timeout=20)
+        statuses = [r[0] for r in res]
+        print("ulimit 256: %d client connections; pass-through burst: %d 200, %d 503, "
+              "%d other" % (clients, statuses.count(200), statuses.count(503),
+                            len(statuses) - statuses.count(200) - statuses.count(503)))
+        assert statuses.count(200) > 0, statuses
+        for s, h, b in res:
+            assert s == 200 or (s == 503 and json.loads(b)["error"] == "upstream_busy"), \
+                (s, b[:200], sorted(set(statuses), key=str))
+        w = the_worker(p)
+        assert open_fds(w) < 256
+        # The burst's upstream connections stay idle; the stated bound of
+        # clients is still accepted and answered.
+        res = qcstack.concurrent_gets(p.port, ["/healthz"] * clients, timeout=20)
+        statuses = [r[0] for r in res]
+        assert statuses == [200] * clients, sorted(set(statuses), key=str)
+    finally:
+        p.stop_clean()
+        app.stop()
+
+
 def test_connection_bound_stops_accepting():
     """At --max-conns the proxy stops accepting (connections wait in the
     kernel's queue) rather than answering 503, and takes them once below."""

@@ -13,6 +13,7 @@ tells it."""
 import http.server
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -170,6 +171,82 @@ def pg_counters(px):
 
 def quote_path(pid, tier="standard", currency="USD"):
     return "/quote/%d?region=US&tier=%s&currency=%s" % (pid, tier, currency)
+
+
+class RawTax:
+    """A tax service on a raw socket that reads each request's head and
+    sends whatever bytes the test set (then closes when told to)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.answer, self.close = b"", True
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        with c:
+            buf = b""
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        d = c.recv(4096)
+                        if not d:
+                            return
+                        buf += d
+                    buf = buf[buf.index(b"\r\n\r\n") + 4:]
+                    c.sendall(self.answer)
+                    if self.close:
+                        return
+            except OSError:
+                return
+
+
+def test_tax_answer_that_is_not_http_is_a_bad_answer():
+    """tax.h: 502 when the service answered badly, 503 when it could not be
+    reached or dropped the connection. An answer whose framing cannot be
+    read (a 101 never asked for, a transfer coding we cannot undo, two
+    differing lengths) came from a service that was reached: 502
+    tax_bad_answer, as evhttp's client gave for the first two, not 503
+    tax_unavailable "could not be reached". One cut short by the close
+    is a dropped connection: 503."""
+    srv = RawTax()
+    pid = plain_products(1)[0]
+    px = qcstack.Proxy(st, tax_url="http://127.0.0.1:%d" % srv.port, redis="none",
+                       workers=1).ready()
+    good = b'{"tax_cents": 7}'
+    cases = [
+        ("a 101", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n" + good, 502,
+         "tax_bad_answer"),
+        ("a gzip coding", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + good, 502,
+         "tax_bad_answer"),
+        ("two lengths", b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Length: 3\r\n\r\n"
+         % len(good) + good, 502, "tax_bad_answer"),
+        ("cut short", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + good, 503,
+         "tax_unavailable"),
+        ("no answer", b"", 503, "tax_unavailable"),
+        ("a good one", b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(good) + good,
+         200, None),
+    ]
+    try:
+        for what, answer, status, code in cases:
+            srv.answer = answer
+            s, _, doc = px.quote(pid, headers={"Cache-Control": "no-cache"})
+            assert s == status, (what, s, doc)
+            if code is not None:
+                assert doc["error"] == code, (what, doc)
+    finally:
+        srv.sock.close()
+    px.stop_clean()
 
 
 def test_pipelined_error_fails_only_its_own_load():
