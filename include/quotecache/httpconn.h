@@ -11,7 +11,11 @@
  * for keep-alive; close wins). Each state has one deadline: READING a
  * request (from accept, or from the first byte of a later one: the whole
  * request within header_ms, whatever its pace: slowloris), BUSY (handled:
- * a backstop of busy_ms), IDLE (answered, nothing more yet: idle_ms),
+ * a backstop of busy_ms), WRITING (answered, the answer not all sent:
+ * idle_ms from the last bytes the client took; meanwhile what it sends
+ * is read only up to a bound, so a client that never reads holds no more
+ * of our memory), IDLE (answered, nothing more yet: idle_ms, again while
+ * the client still takes what the kernel holds of the answer),
  * LINGER (answered and closing: the client's last bytes are read and
  * dropped for a moment, so that its unread bytes do not reset the
  * connection before it reads the answer).
