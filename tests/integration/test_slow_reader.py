@@ -7,6 +7,7 @@ without reading their answers cannot make the worker buffer what it sends
 past a bound (the worker stops reading it)."""
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -122,6 +123,32 @@ def test_pipelining_client_that_never_reads_is_bounded():
     # requests, and the kernel's buffers stop the client.
     assert grown < 64 * 1024, "worker grew by %d KB (%d bytes sent)" % (grown, sent)
     assert sent < 64 << 20, sent
+
+
+def test_sigterm_lets_an_answer_being_sent_finish():
+    # SIGTERM drains: every request answered, then the worker exits. An
+    # answer handed to the socket code but not yet all sent is not
+    # answered for its client: the worker waits for it (within
+    # --shutdown-timeout) instead of cutting it.
+    with qcstack.Proxy(st, upstream=app.url, max_body=32 << 20, shutdown_timeout=20000) as p2:
+        p2.ready()
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.connect(("127.0.0.1", p2.port))
+        s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % BIG)
+        s.settimeout(10)
+        first = s.recv(65536)  # the answer has begun
+        assert first.startswith(b"HTTP/1.1 200"), first[:100]
+        for w in p2.worker_pids():
+            os.kill(w, signal.SIGTERM)
+        head, body = first.split(b"\r\n\r\n", 1)
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            body += c
+        s.close()
+        assert len(body) == BIG, "%d of %d bytes" % (len(body), BIG)
 
 
 def test_clean_exit():
