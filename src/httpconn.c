@@ -105,6 +105,7 @@ struct http_listener {
     void *arg;
     http_conn *all;
     size_t count;
+    size_t writing; /* connections in WRITING */
     struct event *backoff;
     bool draining;
     bool warned_full, warned_error;
@@ -333,6 +334,10 @@ static void conn_enter(http_conn *c, enum conn_state to)
     }
     log_debug("httpconn %d: %s -> %s", c->fd, conn_state_name[from], conn_state_name[to]);
     c->state = to;
+    if (from == C_WRITING && to != C_WRITING)
+        c->l->writing--;
+    else if (to == C_WRITING && from != C_WRITING)
+        c->l->writing++;
     if (to == C_CLOSED) {
         event_del(&c->rd);
         event_del(&c->wr);
@@ -827,6 +832,11 @@ void http_listener_stop(http_listener *l)
 size_t http_listener_connections(const http_listener *l)
 {
     return l ? l->count : 0;
+}
+
+size_t http_listener_unsent(const http_listener *l)
+{
+    return l ? l->writing : 0;
 }
 
 void http_listener_free(http_listener *l)

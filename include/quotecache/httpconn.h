@@ -98,6 +98,8 @@ http_listener *http_listener_new(struct event_base *base, int fd, const http_lis
 void http_listener_stop(http_listener *l);
 /* Client connections open (idle keep-alive ones included). */
 size_t http_listener_connections(const http_listener *l);
+/* Answers given but not all sent yet (WRITING): a drain waits for them. */
+size_t http_listener_unsent(const http_listener *l);
 /* Closes every connection: requests still handled are reported gone
  * (those without a callback are dropped: their owners are freed first). */
 void http_listener_free(http_listener *l);
