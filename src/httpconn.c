@@ -7,6 +7,8 @@
  *   READING --request whole--> BUSY --answered--> IDLE (or READING: bytes wait)
  *   IDLE --a byte--> READING
  *   BUSY --answered, closing--> LINGER --client's EOF or its deadline--> closed
+ *   BUSY --answered, not all sent--> WRITING --all sent--> IDLE or LINGER
+ *   WRITING, IDLE --the client took bytes--> the same (its deadline again)
  *   any --EOF, error, deadline--> closed (a BUSY request is reported gone)
  *
  * A request is handled from inside conn_process (the handler may answer
@@ -30,9 +32,13 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/queue.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/sockios.h> /* SIOCOUTQ */
+#endif
 
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
@@ -48,12 +54,14 @@
 enum conn_state {
     C_READING, /* a request is arriving: header_ms from its start */
     C_BUSY,    /* the handler has it: busy_ms backstop */
+    C_WRITING, /* answered, not all sent: idle_ms from the last bytes the client took */
     C_IDLE,    /* answered, no byte of the next one: idle_ms */
     C_LINGER,  /* answered, closing: reading what the client still sends */
     C_CLOSED,  /* the socket is closed; freed at depth 0 once nobody owns the request */
 };
 
-static const char *const conn_state_name[] = {"reading", "busy", "idle", "linger", "closed"};
+static const char *const conn_state_name[] = {"reading", "busy",   "writing",
+                                              "idle",    "linger", "closed"};
 
 enum listen_state {
     L_ACCEPTING,
@@ -78,6 +86,7 @@ struct http_conn {
     bool continued; /* the 100 Continue of this request is sent */
     bool owned;     /* the handler has req: not freed before it answers */
     bool closing;   /* the answer in obuf is the last */
+    int outq;       /* WRITING, IDLE: the kernel's unsent bytes when the deadline was armed */
     int depth;      /* conn_process / handler calls on the stack */
     http_gone_cb *gone;
     void *gone_arg;
@@ -96,6 +105,7 @@ struct http_listener {
     void *arg;
     http_conn *all;
     size_t count;
+    size_t writing; /* connections in WRITING */
     struct event *backoff;
     bool draining;
     bool warned_full, warned_error;
@@ -104,6 +114,7 @@ struct http_listener {
 };
 
 static void conn_process(http_conn *c);
+static void written(http_conn *c);
 static void conn_enter(http_conn *c, enum conn_state to);
 
 /* ---- the listener ---- */
@@ -283,13 +294,25 @@ static void conn_release(http_conn *c)
         conn_free(c);
 }
 
+/* The bytes the client has not taken yet of what we sent (the kernel's
+ * send queue); -1 where unknown. */
+static int kernel_queued(const http_conn *c)
+{
+#ifdef SIOCOUTQ
+    int n;
+    if (ioctl(c->fd, SIOCOUTQ, &n) == 0)
+        return n;
+#endif
+    return -1;
+}
+
 static int state_ms(const http_conn *c, enum conn_state s)
 {
     const http_listen_opts *o = &c->l->o;
-    return s == C_READING ? o->header_ms
-           : s == C_BUSY  ? o->busy_ms
-           : s == C_IDLE  ? o->idle_ms
-                          : LINGER_MS;
+    return s == C_READING                  ? o->header_ms
+           : s == C_BUSY                   ? o->busy_ms
+           : s == C_IDLE || s == C_WRITING ? o->idle_ms
+                                           : LINGER_MS;
 }
 
 /* The one place a connection changes state; each state has one deadline,
@@ -298,8 +321,11 @@ static void conn_enter(http_conn *c, enum conn_state to)
 {
     enum conn_state from = c->state;
     bool legal = (from == C_READING && to == C_BUSY) ||
-                 (from == C_BUSY && (to == C_IDLE || to == C_LINGER)) ||
-                 (from == C_IDLE && to == C_READING) || (from != C_CLOSED && to == C_CLOSED) ||
+                 (from == C_BUSY && (to == C_IDLE || to == C_LINGER || to == C_WRITING)) ||
+                 (from == C_WRITING &&
+                  (to == C_WRITING || to == C_IDLE || to == C_LINGER)) || /* progress, all sent */
+                 (from == C_IDLE && (to == C_READING || to == C_IDLE)) ||
+                 (from != C_CLOSED && to == C_CLOSED) ||
                  (from == C_READING && to == C_READING); /* at accept: its deadline armed */
     if (!legal) {
         log_error("httpconn: illegal connection transition %s -> %s", conn_state_name[from],
@@ -308,6 +334,10 @@ static void conn_enter(http_conn *c, enum conn_state to)
     }
     log_debug("httpconn %d: %s -> %s", c->fd, conn_state_name[from], conn_state_name[to]);
     c->state = to;
+    if (from == C_WRITING && to != C_WRITING)
+        c->l->writing--;
+    else if (to == C_WRITING && from != C_WRITING)
+        c->l->writing++;
     if (to == C_CLOSED) {
         event_del(&c->rd);
         event_del(&c->wr);
@@ -317,6 +347,8 @@ static void conn_enter(http_conn *c, enum conn_state to)
         c->reading = false;
         return;
     }
+    if (to == C_WRITING || to == C_IDLE)
+        c->outq = kernel_queued(c);
     int ms = state_ms(c, to);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(&c->timer, &tv);
@@ -345,6 +377,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     http_conn *c = arg;
+    if (c->state == C_WRITING || c->state == C_IDLE) {
+        /* The kernel's buffer (megabytes) may hold what we wrote for long
+         * after the client began taking it: a client still reading its
+         * answer is no idle one. */
+        int q = kernel_queued(c);
+        if (q >= 0 && q < c->outq) {
+            conn_enter(c, c->state);
+            return;
+        }
+    }
     if (c->state == C_BUSY)
         log_warn("httpconn: a request still unanswered after %d ms: connection closed",
                  c->l->o.busy_ms);
@@ -356,17 +398,25 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     http_conn *c = arg;
-    if (conn_flush(c) != 0) {
+    size_t before = c->osent;
+    int r = conn_flush(c);
+    if (r < 0) {
         conn_release(c);
         return;
     }
-    event_del(&c->wr);
-    if (c->state == C_LINGER) {
-        shutdown(c->fd, SHUT_WR);
-        read_pause(c, false);
-    } else {
-        conn_process(c); /* pipelined requests waited for the backlog */
+    if (r > 0) {
+        /* A slow reader keeps its connection as long as it takes bytes:
+         * the deadline counts from the last ones. */
+        if (c->state == C_WRITING && c->osent > before)
+            conn_enter(c, C_WRITING);
+        return;
     }
+    event_del(&c->wr);
+    if (c->state == C_WRITING)
+        written(c);
+    else
+        read_pause(c, false); /* READING: its 100 Continue went */
+    conn_process(c);          /* pipelined requests waited for the backlog */
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -384,14 +434,23 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     ssize_t n = recv(fd, c->ibuf + c->ilen, c->icap - c->ilen, 0);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
+    if (n == 0 && c->state == C_WRITING) {
+        /* Nothing more from the client, but it may still read the answer
+         * it has: that goes, then the close. */
+        c->closing = true;
+        read_pause(c, true);
+        return;
+    }
     if (n <= 0) { /* EOF or an error: a half-close counts as gone, as in nginx */
         conn_lost(c);
         return;
     }
     c->ilen += (size_t)n;
-    if (c->state == C_BUSY) {
-        /* The next request waits for this one's answer; past a bound,
-         * so does reading. */
+    if (c->state == C_BUSY || c->osent < c->olen) {
+        /* The next request waits for this one's answer, and for the
+         * client to take what was sent it; past a bound, so does reading
+         * (a client that pipelines and never reads is held by the
+         * kernel's buffers, not ours). */
         if (c->ilen - c->istart >= IBUF_WAIT_MAX)
             read_pause(c, true);
         return;
@@ -549,7 +608,19 @@ static void render(http_conn *c, int status, struct evbuffer *ebody, const char 
     c->req.bytes = len;
 }
 
-/* After the answer: the next request, or the close. */
+/* The answer is all sent: the next request, or the close. */
+static void written(http_conn *c)
+{
+    if (c->closing) {
+        conn_enter(c, C_LINGER);
+        shutdown(c->fd, SHUT_WR);
+    } else {
+        conn_enter(c, C_IDLE);
+    }
+    read_pause(c, false);
+}
+
+/* After the answer: the next request, or the close, once it is sent. */
 static void answered(http_conn *c)
 {
     evhttp_clear_headers(&c->out);
@@ -561,18 +632,11 @@ static void answered(http_conn *c)
     memset(&c->req, 0, sizeof(c->req));
     if (c->state == C_CLOSED) /* the client left before its answer */
         return;
-    if (c->closing) {
-        conn_enter(c, C_LINGER);
-        if (c->state != C_CLOSED && conn_flush(c) == 0 && c->state == C_LINGER) {
-            shutdown(c->fd, SHUT_WR);
-            read_pause(c, false);
-        }
-        return;
-    }
-    conn_enter(c, C_IDLE);
-    if (conn_flush(c) < 0)
-        return;
-    read_pause(c, false);
+    int r = conn_flush(c);
+    if (r > 0)
+        conn_enter(c, C_WRITING);
+    else if (r == 0)
+        written(c);
 }
 
 static void send_answer(http_req *req, int status, struct evbuffer *ebody, const char *mbody,
@@ -771,6 +835,11 @@ void http_listener_stop(http_listener *l)
 size_t http_listener_connections(const http_listener *l)
 {
     return l ? l->count : 0;
+}
+
+size_t http_listener_unsent(const http_listener *l)
+{
+    return l ? l->writing : 0;
 }
 
 void http_listener_free(http_listener *l)

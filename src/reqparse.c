@@ -208,6 +208,14 @@ static reqparse_result head_done(reqparse *p)
             return end(p, REQPARSE_BAD);
         return refuse(p, 400, "bad_framing", why);
     }
+    if (chunked && p->minor == 0) {
+        /* RFC 9112 6.1: faulty framing. An HTTP/1.0 hop before us may
+         * not have read it as chunked: the chunks would be its next
+         * request. */
+        if (p->err_status == 414 || p->err_status == 431)
+            return end(p, REQPARSE_BAD);
+        return refuse(p, 400, "bad_framing", "a Transfer-Encoding on an HTTP/1.0 request");
+    }
     uint64_t length = 0;
     if (cl != NULL) {
         if (strlen(cl) > 18)

@@ -813,7 +813,7 @@ void server_stop_accepting(server *s)
 
 size_t server_inflight(const server *s)
 {
-    return s->inflight;
+    return s->inflight + http_listener_unsent(s->pub) + http_listener_unsent(s->admin);
 }
 
 size_t server_connections(const server *s)

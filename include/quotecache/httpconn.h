@@ -11,7 +11,11 @@
  * for keep-alive; close wins). Each state has one deadline: READING a
  * request (from accept, or from the first byte of a later one: the whole
  * request within header_ms, whatever its pace: slowloris), BUSY (handled:
- * a backstop of busy_ms), IDLE (answered, nothing more yet: idle_ms),
+ * a backstop of busy_ms), WRITING (answered, the answer not all sent:
+ * idle_ms from the last bytes the client took; meanwhile what it sends
+ * is read only up to a bound, so a client that never reads holds no more
+ * of our memory), IDLE (answered, nothing more yet: idle_ms, again while
+ * the client still takes what the kernel holds of the answer),
  * LINGER (answered and closing: the client's last bytes are read and
  * dropped for a moment, so that its unread bytes do not reset the
  * connection before it reads the answer).
@@ -94,6 +98,8 @@ http_listener *http_listener_new(struct event_base *base, int fd, const http_lis
 void http_listener_stop(http_listener *l);
 /* Client connections open (idle keep-alive ones included). */
 size_t http_listener_connections(const http_listener *l);
+/* Answers given but not all sent yet (WRITING): a drain waits for them. */
+size_t http_listener_unsent(const http_listener *l);
 /* Closes every connection: requests still handled are reported gone
  * (those without a callback are dropped: their owners are freed first). */
 void http_listener_free(http_listener *l);

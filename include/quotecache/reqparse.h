@@ -7,7 +7,8 @@
  * differently: a body is framed by one Content-Length of plain digits or by
  * a Transfer-Encoding that is exactly "chunked" (chunk extensions ignored,
  * trailers discarded); both together, two of either, or any other coding is
- * refused (proxyhdr_check_framing). No body otherwise.
+ * refused (proxyhdr_check_framing), and so is any Transfer-Encoding on an
+ * HTTP/1.0 request (RFC 9112 6.1). No body otherwise.
  *
  * Refusals are of two kinds. Fatal ones (REQPARSE_BAD): the bytes are no
  * request we can frame (a broken line, a field name that is not a token,

@@ -46,7 +46,8 @@ server *server_new(struct event_base *base, const server_deps *deps, char *err, 
 /* Stops accepting new connections (graceful shutdown, step one); from then
  * on every answer carries "Connection: close". */
 void server_stop_accepting(server *s);
-/* Requests received and not yet answered. */
+/* Requests received and not yet answered, or answered but not all sent
+ * (a drain that stopped at the answer would cut it). */
 size_t server_inflight(const server *s);
 /* Client connections open (idle keep-alive ones included). */
 size_t server_connections(const server *s);

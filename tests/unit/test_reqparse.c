@@ -197,6 +197,12 @@ static void test_framing(void)
               "bad_framing"));
     CHECK(bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\rx\r\nab\r\n", 400,
               "bad_framing"));
+    /* RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 request is faulty
+     * framing (a 1.0 hop before us may not have read it as chunked), even
+     * with keep-alive asked for. */
+    CHECK(bad("POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "3\r\nabc\r\n0\r\n\r\n",
+              400, "bad_framing"));
 }
 
 static void test_limits(void)
