@@ -52,7 +52,10 @@ def test_short_soak():
     # "busy": the same timing without the connections already missed
     # 10 ms (a shared CI box); then the connections must add under 10 ms.
     u = fig["under_load"]
-    assert fig["p99_verdict"] in ("ok", "busy"), (u, fig["baseline"])
+    # "asan": over the bound under ASan only, where it is not judged
+    # (scripts/soak: the plain build's run judges the latency).
+    allowed = ("ok", "busy", "asan") if fig["asan"] else ("ok", "busy")
+    assert fig["p99_verdict"] in allowed, (u, fig["baseline"])
     if fig["p99_verdict"] == "busy":
         print("box too busy for the 10 ms claim: baseline p99 %.2f ms, held %.2f ms"
               % (fig["baseline"]["p99_ms"], u["p99_ms"]))
