@@ -129,3 +129,28 @@ const char *httphdr_method_name(enum evhttp_cmd_type m)
         return "OTHER";
     }
 }
+
+int httphdr_chunk_size(const char *l, size_t n, uint64_t *size)
+{
+    uint64_t v = 0;
+    size_t i = 0;
+    for (; i < n; i++) {
+        char c = l[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            break;
+        if (i >= 15)
+            return HTTPHDR_CHUNK_HUGE;
+        v = v * 16 + (uint64_t)d;
+    }
+    size_t j = i;
+    while (j < n && (l[j] == ' ' || l[j] == '\t'))
+        j++;
+    if (i == 0 || (j < n && l[j] != ';'))
+        return HTTPHDR_CHUNK_BAD;
+    *size = v;
+    return HTTPHDR_CHUNK_OK;
+}

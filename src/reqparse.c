@@ -242,23 +242,10 @@ static reqparse_result head_done(reqparse *p)
 static reqparse_result chunk_size(reqparse *p, const char *l, size_t n)
 {
     uint64_t size = 0;
-    size_t i = 0;
-    for (; i < n; i++) {
-        char c = l[i];
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
-        if (d < 0)
-            break;
-        if (i >= 15)
-            return refuse(p, 413, "body_too_large", "the request body is over --max-body");
-        size = size * 16 + (uint64_t)d;
-    }
-    size_t j = i;
-    while (j < n && is_ows(l[j]))
-        j++;
-    if (i == 0 || (j < n && l[j] != ';')) /* extensions, if any, are ignored */
+    int rc = httphdr_chunk_size(l, n, &size);
+    if (rc == HTTPHDR_CHUNK_HUGE)
+        return refuse(p, 413, "body_too_large", "the request body is over --max-body");
+    if (rc != HTTPHDR_CHUNK_OK)
         return refuse(p, 400, "bad_framing", "a malformed chunk-size line");
     if (size > p->lim.max_body - p->body_len)
         return refuse(p, 413, "body_too_large", "the request body is over --max-body");

@@ -240,23 +240,10 @@ static upresp_result head_done(upresp *p)
 static upresp_result chunk_size(upresp *p, const char *l, size_t n)
 {
     uint64_t size = 0;
-    size_t i = 0;
-    for (; i < n; i++) {
-        char c = l[i];
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
-        if (d < 0)
-            break;
-        if (i >= 15)
-            return end(p, UPRESP_BROKEN, "a chunk size of more than 15 hex digits");
-        size = size * 16 + (uint64_t)d;
-    }
-    size_t j = i;
-    while (j < n && is_ows(l[j]))
-        j++;
-    if (i == 0 || (j < n && l[j] != ';')) /* extensions, if any, are ignored */
+    int rc = httphdr_chunk_size(l, n, &size);
+    if (rc == HTTPHDR_CHUNK_HUGE)
+        return end(p, UPRESP_BROKEN, "a chunk size of more than 15 hex digits");
+    if (rc != HTTPHDR_CHUNK_OK)
         return end(p, UPRESP_BROKEN, "a malformed chunk-size line");
     if (size > p->max_body - p->body_len)
         return end(p, UPRESP_TOO_LARGE, "a body larger than the bound");

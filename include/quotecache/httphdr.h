@@ -7,6 +7,8 @@
 
 #include <event2/http.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 /* True when the comma-separated list in value (Cache-Control, Pragma)
  * contains token, compared case-insensitively, as a whole list element or
@@ -24,6 +26,14 @@ bool httphdr_etag_matches(const char *inm, const char *etag);
  * !#$%&'*+-.^_`|~), as a field name must: one rule for the names we read
  * from clients (reqparse.c) and from the upstream (upresp.c). */
 bool httphdr_is_tchar(unsigned char c);
+
+/* Reads a chunk-size line l[0..n) without its CRLF (RFC 9112 7.1: hex
+ * digits, optional whitespace, extensions after ';', which are ignored):
+ * one rule for the request bodies we read (reqparse.c) and the upstream's
+ * answers (upresp.c). Returns HTTPHDR_CHUNK_OK with *size set,
+ * HTTPHDR_CHUNK_HUGE past 15 hex digits, or HTTPHDR_CHUNK_BAD. */
+enum { HTTPHDR_CHUNK_OK, HTTPHDR_CHUNK_HUGE, HTTPHDR_CHUNK_BAD };
+int httphdr_chunk_size(const char *l, size_t n, uint64_t *size);
 
 /* The method's name: GET, HEAD, POST, PUT, DELETE, OPTIONS or PATCH (the
  * methods quotecache serves or forwards), "OTHER" for any other. */
