@@ -259,8 +259,7 @@ static int conn_flush(http_conn *c)
         conn_enter(c, C_CLOSED);
         return -1;
     }
-    c->osent = c->olen = 0;
-    return 0;
+    return 0; /* olen stays the size of what went, for conn_enter(C_IDLE) */
 }
 
 /* ---- connection life ---- */
@@ -293,6 +292,11 @@ static void conn_release(http_conn *c)
     if (c->state == C_CLOSED && c->depth == 0 && !c->owned)
         conn_free(c);
 }
+
+/* Answers below this size went at once and leave the kernel in one read
+ * of the client's: an idle connection after one is not watched for a
+ * reader's progress, which saves an ioctl a request. */
+#define WATCH_QUEUE_MIN 65536
 
 /* The bytes the client has not taken yet of what we sent (the kernel's
  * send queue); -1 where unknown. */
@@ -347,8 +351,10 @@ static void conn_enter(http_conn *c, enum conn_state to)
         c->reading = false;
         return;
     }
-    if (to == C_WRITING || to == C_IDLE)
+    if (to == C_WRITING || (to == C_IDLE && c->olen >= WATCH_QUEUE_MIN))
         c->outq = kernel_queued(c);
+    else if (to == C_IDLE)
+        c->outq = 0; /* no progress to wait for: closed at the deadline */
     int ms = state_ms(c, to);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(&c->timer, &tv);

@@ -290,12 +290,13 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
  * turn of the loop (the client's request was read first in the same
  * turn), and what waits there would be read as the next request's
  * answer: a 204's or a HEAD's body sent anyway, late, poisoned every
- * answer after it on that connection, another client's included. */
+ * answer after it on that connection, another client's included. Any
+ * earlier turn ran the event (which closes the connection), so an
+ * active event is the whole question: one flag, where a MSG_PEEK cost a
+ * system call per request. The flags are event_struct.h's, public. */
 static bool conn_quiet(const uconn *c)
 {
-    char b;
-    return recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
-           (errno == EAGAIN || errno == EWOULDBLOCK);
+    return (c->rev.ev_evcallback.evcb_flags & (EVLIST_ACTIVE | EVLIST_ACTIVE_LATER)) == 0;
 }
 
 /* The warmest quiet idle connection, BUSY; the others on top of it are
