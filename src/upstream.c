@@ -290,13 +290,16 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
  * turn of the loop (the client's request was read first in the same
  * turn), and what waits there would be read as the next request's
  * answer: a 204's or a HEAD's body sent anyway, late, poisoned every
- * answer after it on that connection, another client's included. Any
- * earlier turn ran the event (which closes the connection), so an
- * active event is the whole question: one flag, where a MSG_PEEK cost a
- * system call per request. The flags are event_struct.h's, public. */
+ * answer after it on that connection, another client's included. The
+ * read event's flags (active this turn or not) are no substitute: bytes
+ * that came after this turn's epoll_wait, while the worker was
+ * preempted, say, are there only to a look at the socket (the test of
+ * this, under CPU load, failed every time with the flags). */
 static bool conn_quiet(const uconn *c)
 {
-    return (c->rev.ev_evcallback.evcb_flags & (EVLIST_ACTIVE | EVLIST_ACTIVE_LATER)) == 0;
+    char b;
+    return recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+           (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 /* The warmest quiet idle connection, BUSY; the others on top of it are
