@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/httpconn.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/log.h"
@@ -305,7 +306,7 @@ const char *access_log_begin(access_log *al, http_req *req)
         request_id_generate(made);
         id = made;
     }
-    evhttp_add_header(req->out, "X-Request-Id", id);
+    hdrlist_add(req->out, "X-Request-Id", id);
     log_request_id = id;
     if (al != NULL) {
         req->on_sent = on_complete;

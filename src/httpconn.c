@@ -40,6 +40,7 @@
 #include <linux/sockios.h> /* SIOCOUTQ */
 #endif
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -277,7 +278,7 @@ static void conn_free(http_conn *c)
     metrics_gauge_add(G_CONNECTIONS, -1);
     if (c->parsing)
         reqparse_clear(&c->p);
-    evhttp_clear_headers(&c->out);
+    hdrlist_clear(&c->out);
     evbuffer_free(c->body);
     free(c->ibuf);
     free(c->obuf);
@@ -629,7 +630,7 @@ static void written(http_conn *c)
 /* After the answer: the next request, or the close, once it is sent. */
 static void answered(http_conn *c)
 {
-    evhttp_clear_headers(&c->out);
+    hdrlist_clear(&c->out);
     evbuffer_drain(c->body, evbuffer_get_length(c->body));
     reqparse_clear(&c->p);
     c->parsing = false;
@@ -697,7 +698,7 @@ static void refuse_unnamed(http_conn *c)
     c->req.conn = c;
     c->req.err_close = true;
     c->owned = true;
-    evhttp_add_header(&c->out, "Content-Type", "application/json");
+    hdrlist_add(&c->out, "Content-Type", "application/json");
     conn_enter(c, C_BUSY);
     http_send_mem(&c->req, c->p.err_status, body, b.len);
 }

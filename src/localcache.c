@@ -9,6 +9,7 @@
 #include <sys/queue.h>
 
 #include "quotecache/hash.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/mem.h"
 #include "quotecache/proxyhdr.h"
 
@@ -78,7 +79,7 @@ static void lru_push(lcache *c, entry *e)
 
 static void entry_free(entry *e)
 {
-    evhttp_clear_headers(&e->headers);
+    hdrlist_clear(&e->headers);
     for (int i = 0; i < e->nvary; i++)
         free(e->vary_values[i]);
     free(e->body);
@@ -208,7 +209,7 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
     e->size = size;
     TAILQ_INIT(&e->headers);
     for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(&e->headers, kv->key, kv->value);
+        hdrlist_add(&e->headers, kv->key, kv->value);
     e->body = xmalloc(len + 1);
     if (len > 0) /* an empty evbuffer pulls up to NULL */
         memcpy(e->body, body, len);

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "quotecache/cachestatus.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/httpcache.h"
 #include "quotecache/httpconn.h"
 #include "quotecache/httphdr.h"
@@ -181,7 +182,7 @@ static void reply_init(proxy_reply *out, const route *r)
 
 void proxy_reply_release(proxy_reply *r)
 {
-    evhttp_clear_headers(&r->headers);
+    hdrlist_clear(&r->headers);
     if (r->owned)
         evbuffer_free(r->owned);
     r->owned = NULL;
@@ -189,8 +190,8 @@ void proxy_reply_release(proxy_reply *r)
 
 static void add_cache_fields(proxy_reply *out, const char *x, const char *status)
 {
-    evhttp_add_header(&out->headers, "X-Cache", x);
-    evhttp_add_header(&out->headers, "Cache-Status", status);
+    hdrlist_add(&out->headers, "X-Cache", x);
+    hdrlist_add(&out->headers, "Cache-Status", status);
 }
 
 static bool try_local(proxy *p, http_req *req, const char *path, proxy_reply *out);
@@ -222,12 +223,12 @@ static bool try_local(proxy *p, http_req *req, const char *path, proxy_reply *ou
     reply_init(out, r);
     for (const struct evkeyval *kv = e->headers->tqh_first; kv; kv = kv->next.tqe_next) {
         if (strcasecmp(kv->key, "Age") != 0)
-            evhttp_add_header(&out->headers, kv->key, kv->value);
+            hdrlist_add(&out->headers, kv->key, kv->value);
     }
     char buf[96]; /* by strbuf: two snprintf calls were 1.4k of a hit */
     strbuf b = strbuf_on(buf, sizeof(buf));
     strbuf_i64(&b, cache_status_age(X_HIT, e->stored_ms, now)); /* never negative */
-    evhttp_add_header(&out->headers, "Age", buf);
+    hdrlist_add(&out->headers, "Age", buf);
     b = strbuf_on(buf, sizeof(buf));
     strbuf_str(&b, "quotecache; hit; ttl=");
     strbuf_i64(&b, (e->expires_ms - now) / 1000);
@@ -239,7 +240,7 @@ static bool try_local(proxy *p, http_req *req, const char *path, proxy_reply *ou
         out->status = 304;
     } else if (m == EVHTTP_REQ_HEAD) {
         snprintf(buf, sizeof(buf), "%zu", e->len);
-        evhttp_add_header(&out->headers, "Content-Length", buf);
+        hdrlist_add(&out->headers, "Content-Length", buf);
     } else {
         out->owned = out->body = evbuffer_new();
         evbuffer_add(out->body, e->body, e->len);
@@ -251,7 +252,7 @@ static bool try_local(proxy *p, http_req *req, const char *path, proxy_reply *ou
 
 static void op_free(proxy_op *op)
 {
-    evhttp_clear_headers(&op->req);
+    hdrlist_clear(&op->req);
     free(op->key);
     free(op->invalidate_key);
     free(op->wpath);
@@ -513,7 +514,7 @@ proxy_op *proxy_forward(proxy *p, http_req *req, const char *path, proxy_cb *cb,
         !httphdr_has_token(cc, "no-store")) {
         op->key = xstrdup(key);
         for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-            evhttp_add_header(&op->req, kv->key, kv->value);
+            hdrlist_add(&op->req, kv->key, kv->value);
     } else if ((m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD) && op->r != NULL &&
                op->r->policy == ROUTE_SHARED && p->sh != NULL) {
         op->sq = shared_get(p->sh, op->r, req, path, on_shared, op);

@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/mem.h"
 
@@ -162,7 +163,7 @@ void proxyhdr_emit_end_to_end(const struct evkeyvalq *in, const char *const *ski
 
 static void put_in_list(void *arg, const char *name, const char *value)
 {
-    evhttp_add_header(arg, name, value);
+    hdrlist_add(arg, name, value);
 }
 
 void proxyhdr_copy_end_to_end(const struct evkeyvalq *in, struct evkeyvalq *out,

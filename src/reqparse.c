@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/mem.h"
 #include "quotecache/proxyhdr.h"
@@ -40,7 +41,7 @@ void reqparse_init(reqparse *p, const reqparse_limits *lim, struct evbuffer *bod
 
 void reqparse_clear(reqparse *p)
 {
-    evhttp_clear_headers(&p->fields);
+    hdrlist_clear(&p->fields);
     free(p->target);
     p->target = NULL;
 }
@@ -165,10 +166,7 @@ static reqparse_result field_line(reqparse *p, const char *l, size_t n)
         v++;
     while (ve > v && is_ows(ve[-1]))
         ve--;
-    struct evkeyval *kv = xcalloc(1, sizeof(*kv));
-    kv->key = xstrndup(l, nl);
-    kv->value = xstrndup(v, (size_t)(ve - v));
-    TAILQ_INSERT_TAIL(&p->fields, kv, next);
+    hdrlist_add_n(&p->fields, l, nl, v, (size_t)(ve - v));
     p->fields_size += nl + (size_t)(ve - v) + 4;
     return REQPARSE_MORE;
 }

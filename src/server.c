@@ -22,6 +22,7 @@
 
 #include "quotecache/adminbody.h"
 #include "quotecache/cachestatus.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/health.h"
 #include "quotecache/httpconn.h"
 #include "quotecache/hot.h"
@@ -88,7 +89,7 @@ static void send_body(server *s, http_req *req, int status, const char *ctype, c
 {
     (void)s;
     if (status != 304 && status != 204)
-        evhttp_add_header(req->out, "Content-Type", ctype);
+        hdrlist_add(req->out, "Content-Type", ctype);
     http_send_mem(req, status, body, len);
 }
 
@@ -139,30 +140,30 @@ static void reply_quote(server *s, http_req *req, const char *inm, const struct 
     struct evkeyvalq *h = req->out;
     const char *x = metrics_xcache_name(a->xcache);
     if (x)
-        evhttp_add_header(h, "X-Cache", x);
+        hdrlist_add(h, "X-Cache", x);
     char cs[64];
     int ttl_s = a->status == 200 ? s->d.cfg->ttl_s : s->d.cfg->neg_ttl_s; /* 404s: --neg-ttl */
     cache_status_render(cs, sizeof(cs), a->xcache, a->stored_at_ms, ttl_s, now_ms);
-    evhttp_add_header(h, "Cache-Status", cs);
+    hdrlist_add(h, "Cache-Status", cs);
     int64_t age = cache_status_age(a->xcache, a->stored_at_ms, now_ms);
     if (age >= 0) {
         char agebuf[24];
         strbuf ab = strbuf_on(agebuf, sizeof(agebuf));
         strbuf_i64(&ab, age);
-        evhttp_add_header(h, "Age", agebuf);
+        hdrlist_add(h, "Age", agebuf);
     }
     int status = a->status;
     if (a->retry_after_s > 0) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%d", a->retry_after_s);
-        evhttp_add_header(h, "Retry-After", ra);
+        hdrlist_add(h, "Retry-After", ra);
     }
     if (a->etag != NULL) {
         char tag[ENVELOPE_ETAG_LEN + 3];
         if (a->hot == NULL)
             snprintf(tag, sizeof(tag), "\"%s\"", a->etag);
-        evhttp_add_header(h, "ETag", a->hot ? a->hot->etag_quoted : tag);
-        evhttp_add_header(h, "Cache-Control", "no-cache");
+        hdrlist_add(h, "ETag", a->hot ? a->hot->etag_quoted : tag);
+        hdrlist_add(h, "Cache-Control", "no-cache");
     }
     if (a->etag != NULL && inm != NULL && inm[0] && etag_matches(inm, a->etag))
         status = 304;
@@ -413,7 +414,7 @@ static void handle_healthz(server *s, http_req *req)
     char body[224];
     size_t n = health_render(body, sizeof(body), &v);
     int code = v.code;
-    evhttp_add_header(req->out, "Cache-Control", "no-store");
+    hdrlist_add(req->out, "Cache-Control", "no-store");
     send_json(s, req, code, body, n);
     metrics_request(R_HEALTHZ, code, X_NONE, 0);
 }
@@ -493,7 +494,7 @@ static bool reject_refused(server *s, http_req *req, enum metrics_route route)
     if (req->err_status == 0)
         return false;
     if (req->err_close || next_unknown(req))
-        evhttp_add_header(req->out, "Connection", "close");
+        hdrlist_add(req->out, "Connection", "close");
     send_error(s, req, route, req->err_status, req->err_code, req->err_message);
     return true;
 }
@@ -504,7 +505,7 @@ static bool method_ok(server *s, http_req *req, const char *allow, enum evhttp_c
     int m = req->method;
     if (m == (int)want || (want == EVHTTP_REQ_GET && m == EVHTTP_REQ_HEAD))
         return true;
-    evhttp_add_header(req->out, "Allow", allow);
+    hdrlist_add(req->out, "Allow", allow);
     send_error(s, req, route, 405, "method_not_allowed", "method not allowed on this route");
     return false;
 }
@@ -523,7 +524,7 @@ static bool reject_unsafe(server *s, http_req *req, enum metrics_route route, co
     if ((m == EVHTTP_REQ_HEAD || m == EVHTTP_REQ_TRACE) && proxyhdr_check_bodyless(in, &why) < 0) {
         /* A body no upstream expects there: it might read it as the next
          * request. Refused, and the connection closed. */
-        evhttp_add_header(out, "Connection", "close");
+        hdrlist_add(out, "Connection", "close");
         send_error(s, req, route, 400, "bad_framing", why);
         return true;
     }
@@ -537,14 +538,14 @@ static bool reject_unsafe(server *s, http_req *req, enum metrics_route route, co
         /* Never answered nor forwarded: TRACE echoes credentials back to a
          * script (cross-site tracing), CONNECT would make us a tunnel. */
         if (allow != NULL)
-            evhttp_add_header(out, "Allow", allow);
+            hdrlist_add(out, "Allow", allow);
         send_error(s, req, route, 405, "method_not_allowed", "method not allowed");
         return true;
     }
     /* An unknown method's body is read, but the answer closes (as it
      * always did: such a method is never forwarded). */
     if (m == REQPARSE_METHOD_UNKNOWN && next_unknown(req))
-        evhttp_add_header(out, "Connection", "close");
+        hdrlist_add(out, "Connection", "close");
     return false;
 }
 

@@ -43,6 +43,7 @@
 
 #include "quotecache/cachestatus.h"
 #include "quotecache/flight.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/hex.h"
 #include "quotecache/httpcache.h"
 #include "quotecache/httpconn.h"
@@ -249,15 +250,15 @@ static void build_reply(proxy_reply *out, const route *r, http_req *req, bool he
     if (s->err == NULL && s->movable != NULL) {
         /* Moved, not copied: a hit's fields cost no allocation here. */
         proxyhdr_move_all(s->movable, &out->headers);
-        while (evhttp_remove_header(&out->headers, "Age") == 0)
+        while (hdrlist_remove(&out->headers, "Age") == 0)
             ;
-        while (evhttp_remove_header(&out->headers, "X-Cache") == 0)
+        while (hdrlist_remove(&out->headers, "X-Cache") == 0)
             ;
         h = &out->headers;
     } else if (s->err == NULL) {
         for (const struct evkeyval *kv = s->h->tqh_first; kv; kv = kv->next.tqe_next) {
             if (strcasecmp(kv->key, "Age") != 0 && strcasecmp(kv->key, "X-Cache") != 0)
-                evhttp_add_header(&out->headers, kv->key, kv->value);
+                hdrlist_add(&out->headers, kv->key, kv->value);
         }
     }
     if (s->err == NULL) {
@@ -268,10 +269,10 @@ static void build_reply(proxy_reply *out, const route *r, http_req *req, bool he
              * clock is ahead of ours, or ours stepped back. */
             strbuf b = strbuf_on(buf, sizeof(buf));
             strbuf_i64(&b, cache_status_age(X_HIT, s->stored_ms, now));
-            evhttp_add_header(&out->headers, "Age", buf);
+            hdrlist_add(&out->headers, "Age", buf);
         }
     }
-    evhttp_add_header(&out->headers, "X-Cache", metrics_xcache_name(x));
+    hdrlist_add(&out->headers, "X-Cache", metrics_xcache_name(x));
     const char *cs = s->cache_status;
     if (x == X_HIT || x == X_STALE) {
         strbuf b = strbuf_on(buf, sizeof(buf));
@@ -280,7 +281,7 @@ static void build_reply(proxy_reply *out, const route *r, http_req *req, bool he
         strbuf_str(&b, x == X_STALE ? "; detail=stale-if-error" : "");
         cs = buf;
     }
-    evhttp_add_header(&out->headers, "Cache-Status", cs);
+    hdrlist_add(&out->headers, "Cache-Status", cs);
     out->status = s->status;
     struct evkeyvalq *in = req->in;
     if (s->err == NULL && s->status == 200 && httpcache_not_modified(in, etag, last_modified)) {
@@ -288,8 +289,8 @@ static void build_reply(proxy_reply *out, const route *r, http_req *req, bool he
     } else if (s->err == NULL && head) {
         if (!s->bodiless) { /* the GET's body is here: its length is ours to say */
             snprintf(buf, sizeof(buf), "%zu", s->len);
-            evhttp_remove_header(&out->headers, "Content-Length");
-            evhttp_add_header(&out->headers, "Content-Length", buf);
+            hdrlist_remove(&out->headers, "Content-Length");
+            hdrlist_add(&out->headers, "Content-Length", buf);
         }
     } else if (s->err == NULL) {
         out->owned = out->body = evbuffer_new();
@@ -345,8 +346,8 @@ static int req_answer_entry(shared_req *q, const char *buf, size_t len, enum met
         rc = -1;
     if (rc == 0)
         req_answer_decoded(q, &e, &h, x);
-    evhttp_clear_headers(&h);
-    evhttp_clear_headers(&vv);
+    hdrlist_clear(&h);
+    hdrlist_clear(&vv);
     return rc;
 }
 
@@ -371,7 +372,7 @@ static void on_forwarded(void *arg, const upstream_answer *a)
     }
     q->up = NULL;
     req_answer(q, &s, a->err ? X_BYPASS : X_MISS);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
 }
 
 /* Not for the others: q asks the upstream itself (its own fields). */
@@ -455,8 +456,8 @@ static void sl_finish(sload *ld, const sresult *s, bool announced)
         wake_one(ld, q, s);
         w = next;
     }
-    evhttp_clear_headers(&ld->hdrs);
-    evhttp_clear_headers(&ld->rh);
+    hdrlist_clear(&ld->hdrs);
+    hdrlist_clear(&ld->rh);
     if (ld->body)
         evbuffer_free(ld->body);
     free(ld->stale);
@@ -591,7 +592,7 @@ static void on_fetch(void *arg, const upstream_answer *a)
         sl_finish(ld, &s, false);
         return;
     }
-    evhttp_clear_headers(&ld->rh);
+    hdrlist_clear(&ld->rh);
     proxyhdr_move_all(a->headers, &ld->rh);
     evbuffer_drain(ld->body, evbuffer_get_length(ld->body));
     evbuffer_add_buffer(ld->body, a->body);
@@ -651,8 +652,8 @@ static bool sl_answer_from_entry(sload *ld, const rcache_value *v)
         s.cache_status = "quotecache; fwd=uri-miss; collapsed";
         sl_finish(ld, &s, true);
     }
-    evhttp_clear_headers(&h);
-    evhttp_clear_headers(&vv);
+    hdrlist_clear(&h);
+    hdrlist_clear(&vv);
     return ok;
 }
 
@@ -800,7 +801,7 @@ static void sl_start(shared *sh, shared_req *q, const char *stale, size_t stale_
     struct evkeyvalq *in = q->req->in;
     for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
         if (!fetch_skips(kv->key))
-            evhttp_add_header(&ld->hdrs, kv->key, kv->value);
+            hdrlist_add(&ld->hdrs, kv->key, kv->value);
     }
     snprintf(ld->peer, sizeof(ld->peer), "%s", q->req->peer);
     const char *id = evhttp_find_header(q->req->out, "X-Request-Id");
@@ -900,14 +901,14 @@ static void on_read(void *arg, int status, const rcache_value *v)
             if (hot_usable(q->sh))
                 shot_put(q->sh->hot, q->canon, q->stamp, &e, &h, q->req->in, now, mono_ms());
             req_answer_decoded(q, &e, &h, X_HIT);
-            evhttp_clear_headers(&h);
-            evhttp_clear_headers(&vv);
+            hdrlist_clear(&h);
+            hdrlist_clear(&vv);
             return;
         }
         stale = v->entry;
     }
-    evhttp_clear_headers(&h);
-    evhttp_clear_headers(&vv);
+    hdrlist_clear(&h);
+    hdrlist_clear(&vv);
     /* Both counters only grow: their sum moves whenever a write (or a
      * global bump) happened since. */
     req_wait(q, stale, stale ? v->entry_len : 0,

@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "quotecache/hash.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/hex.h"
 #include "quotecache/mem.h"
 #include "quotecache/sha256.h"
@@ -401,7 +402,7 @@ static int add_field(const char *s, size_t n, struct evkeyvalq *to)
     char *v = vl < sizeof(small) ? small : xmalloc(vl + 1);
     memcpy(v, colon + 1, vl);
     v[vl] = '\0';
-    int rc = evhttp_add_header(to, name, v);
+    int rc = hdrlist_add(to, name, v);
     if (v != small)
         free(v);
     return rc;

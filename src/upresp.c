@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/mem.h"
 
@@ -39,7 +40,7 @@ void upresp_init(upresp *p, bool head, size_t max_body, struct evbuffer *body)
 
 void upresp_clear(upresp *p)
 {
-    evhttp_clear_headers(&p->fields);
+    hdrlist_clear(&p->fields);
 }
 
 static upresp_result end(upresp *p, upresp_result r, const char *why)
@@ -168,12 +169,7 @@ static upresp_result field_line(upresp *p, const char *l, size_t n)
         v++;
     while (ve > v && is_ows(ve[-1]))
         ve--;
-    /* Built in place: evhttp_add_header would measure and check both
-     * strings again. */
-    struct evkeyval *kv = xcalloc(1, sizeof(*kv));
-    kv->key = xstrndup(l, nl);
-    kv->value = xstrndup(v, (size_t)(ve - v));
-    TAILQ_INSERT_TAIL(&p->fields, kv, next);
+    hdrlist_add_n(&p->fields, l, nl, v, (size_t)(ve - v)); /* CR and NUL refused (take_line) */
     return UPRESP_MORE;
 }
 
@@ -184,7 +180,7 @@ static upresp_result head_done(upresp *p)
     if (p->status == 101)
         return end(p, UPRESP_BROKEN, "101 Switching Protocols, never asked for");
     if (p->status < 200) { /* 100 Continue, 103 Early Hints: the answer follows */
-        evhttp_clear_headers(&p->fields);
+        hdrlist_clear(&p->fields);
         p->state = S_STATUS;
         p->used = 0;
         return UPRESP_MORE;

@@ -50,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/httpconn.h"
 #include "quotecache/httphdr.h"
 #include "quotecache/log.h"
@@ -443,8 +444,8 @@ static void op_free(upstream_op *op)
         op->next->prev = op->prev;
     event_del(&op->deadline);
     event_del(&op->fire);
-    evhttp_clear_headers(&op->rhdrs);
-    evhttp_clear_headers(&op->own);
+    hdrlist_clear(&op->rhdrs);
+    hdrlist_clear(&op->own);
     if (op->body)
         evbuffer_free(op->body);
     evbuffer_free(op->rbody);
@@ -576,13 +577,13 @@ static void take_answer(upstream_op *op, upresp *r)
      * representation and goes through; other bodies are framed by us. */
     const char *cl = evhttp_find_header(in, "Content-Length");
     if (cl != NULL && (op->method == EVHTTP_REQ_HEAD || op->status == 304))
-        evhttp_add_header(&op->rhdrs, "Content-Length", cl);
+        hdrlist_add(&op->rhdrs, "Content-Length", cl);
     char via[4096], full[4200];
     if (proxyhdr_join(in, "Via", via, sizeof(via)) > 0) {
         snprintf(full, sizeof(full), "%s, %s", via, PROXYHDR_VIA);
-        evhttp_add_header(&op->rhdrs, "Via", full);
+        hdrlist_add(&op->rhdrs, "Via", full);
     } else {
-        evhttp_add_header(&op->rhdrs, "Via", PROXYHDR_VIA);
+        hdrlist_add(&op->rhdrs, "Via", PROXYHDR_VIA);
     }
 }
 
@@ -802,7 +803,7 @@ upstream_op *upstream_fetch(upstream *u, const char *target, const struct evkeyv
 {
     upstream_op *op = op_new(u, EVHTTP_REQ_GET, target, cb, arg);
     for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
-        evhttp_add_header(&op->own, kv->key, kv->value);
+        hdrlist_add(&op->own, kv->key, kv->value);
     snprintf(op->peer, sizeof(op->peer), "%s", peer ? peer : "unknown");
     snprintf(op->request_id, sizeof(op->request_id), "%s", request_id ? request_id : "");
     return op_start(op);

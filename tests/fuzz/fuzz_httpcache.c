@@ -28,6 +28,7 @@
 #include <ctype.h>
 #include <stdint.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/httpcache.h"
 
 #define BIG 1000000000LL /* larger than any route's ttl */
@@ -283,7 +284,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_vary(&resp, &v);
     }
     check_not_modified(&req, &resp);
-    evhttp_clear_headers(&req);
-    evhttp_clear_headers(&resp);
+    hdrlist_clear(&req);
+    hdrlist_clear(&resp);
     return 0;
 }

@@ -18,6 +18,7 @@
 
 #include <ctype.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/proxyhdr.h"
 
 static const char *const hop[] = {"Connection", "Keep-Alive",        "TE",
@@ -54,7 +55,7 @@ static bool connection_names(const struct evkeyvalq *h, const char *name)
             TAILQ_INIT(&one);
             evhttp_add_header(&one, "Connection", kv->value);
             bool yes = proxyhdr_connection_lists(&one, name);
-            evhttp_clear_headers(&one);
+            hdrlist_clear(&one);
             if (yes)
                 return true;
             continue;
@@ -151,7 +152,7 @@ static void check_forwarded(const struct evkeyvalq *in)
         FUZZ_CHECK(strcmp(once(&out, "X-Forwarded-Host"), host) == 0);
     else
         FUZZ_CHECK(fuzz_count(&out, "X-Forwarded-Host") == 0);
-    evhttp_clear_headers(&out);
+    hdrlist_clear(&out);
 }
 
 static bool digits(const char *s)
@@ -223,9 +224,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_forwarded(&in);
     check_framing(&in, bodyless);
 
-    evhttp_clear_headers(&in);
-    evhttp_clear_headers(&out);
-    evhttp_clear_headers(&moved);
-    evhttp_clear_headers(&rest);
+    hdrlist_clear(&in);
+    hdrlist_clear(&out);
+    hdrlist_clear(&moved);
+    hdrlist_clear(&rest);
     return 0;
 }

@@ -38,6 +38,7 @@
 #include <event2/http.h>
 #include <stdbool.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/routes.h"
 
 static const unsigned methods[] = {EVHTTP_REQ_GET,     EVHTTP_REQ_HEAD,   EVHTTP_REQ_POST,
@@ -302,7 +303,7 @@ static void check_identity(const char *s, size_t n)
     }
     free(buf);
     free(again);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -27,6 +27,7 @@
 
 #include <ctype.h>
 
+#include "quotecache/hdrlist.h"
 #include "quotecache/httpcache.h"
 #include "quotecache/sharedkey.h"
 
@@ -434,8 +435,8 @@ static void check_entry(const struct evkeyvalq *a, const struct evkeyvalq *b,
     FUZZ_CHECK(skey_vary_matches(&d, a));
     FUZZ_CHECK(skey_vary_matches(&d, b) ==
                skey_vary_same(v.nvary, (const char(*)[64])v.vary, a, b));
-    evhttp_clear_headers(&dh);
-    evhttp_clear_headers(&dv);
+    hdrlist_clear(&dh);
+    hdrlist_clear(&dv);
     free(buf);
 }
 
@@ -476,8 +477,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     free(path);
     free(query);
-    evhttp_clear_headers(&a);
-    evhttp_clear_headers(&b);
-    evhttp_clear_headers(&resp);
+    hdrlist_clear(&a);
+    hdrlist_clear(&b);
+    hdrlist_clear(&resp);
     return 0;
 }

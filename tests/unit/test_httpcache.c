@@ -6,6 +6,7 @@
 #include <sys/queue.h>
 
 #include "check.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/httpcache.h"
 
 /* Builds a header list from "Name: value" strings, NULL-terminated. */
@@ -30,8 +31,8 @@ static httpcache_verdict decide(int status, const char *const *req, const char *
     headers(&r, resp);
     httpcache_verdict v;
     httpcache_decide(status, &q, &r, shared, ttl, &v);
-    evhttp_clear_headers(&q);
-    evhttp_clear_headers(&r);
+    hdrlist_clear(&q);
+    hdrlist_clear(&r);
     return v;
 }
 
@@ -149,7 +150,7 @@ static bool nm(const char *const *req, const char *etag, const char *lm)
     struct evkeyvalq q;
     headers(&q, req);
     bool r = httpcache_not_modified(&q, etag, lm);
-    evhttp_clear_headers(&q);
+    hdrlist_clear(&q);
     return r;
 }
 

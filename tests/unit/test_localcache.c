@@ -5,6 +5,7 @@
 #include <sys/queue.h>
 
 #include "check.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/localcache.h"
 
 static struct evkeyvalq none;
@@ -67,10 +68,10 @@ static void test_vary(void)
     size_t before = lcache_bytes(c);
     CHECK(lcache_put(c, "k2", 200, &resp, "x", 1, &lg, &v, &t) == 0);
     CHECK(lcache_bytes(c) - before > 1000);
-    evhttp_clear_headers(&lg);
-    evhttp_clear_headers(&en);
-    evhttp_clear_headers(&fr);
-    evhttp_clear_headers(&resp);
+    hdrlist_clear(&lg);
+    hdrlist_clear(&en);
+    hdrlist_clear(&fr);
+    hdrlist_clear(&resp);
     lcache_free(c);
 }
 

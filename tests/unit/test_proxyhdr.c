@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "check.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/proxyhdr.h"
 #include "quotecache/upstream.h"
 
@@ -66,8 +67,8 @@ static void test_copy_drops_hop_and_connection_listed(void)
     for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++)
         CHECK(count(&out, gone[i]) == 0);
     CHECK(out.tqh_first != NULL && strcmp(out.tqh_first->key, "Host") == 0); /* order kept */
-    evhttp_clear_headers(&in);
-    evhttp_clear_headers(&out);
+    hdrlist_clear(&in);
+    hdrlist_clear(&out);
 }
 
 static double now_s(void)
@@ -97,8 +98,8 @@ static void test_connection_among_many_fields_is_linear(void)
     CHECK(took < 0.3);
     if (took >= 0.3)
         fprintf(stderr, "21k fields beside a Connection field: %.2f s\n", took);
-    evhttp_clear_headers(&in);
-    evhttp_clear_headers(&out);
+    hdrlist_clear(&in);
+    hdrlist_clear(&out);
 
     /* 8k tokens listed, 8k fields: */
     size_t n = 8000;
@@ -122,8 +123,8 @@ static void test_connection_among_many_fields_is_linear(void)
     if (took >= 0.3)
         fprintf(stderr, "8k fields beside 8k Connection tokens: %.2f s\n", took);
     free(list);
-    evhttp_clear_headers(&in);
-    evhttp_clear_headers(&out);
+    hdrlist_clear(&in);
+    hdrlist_clear(&out);
 }
 
 static void test_response_copy_keeps_end_to_end(void)
@@ -146,8 +147,8 @@ static void test_response_copy_keeps_end_to_end(void)
     CHECK(count(&out, "Content-Length") == 0);
     CHECK(count(&out, "Upgrade") == 0);
     CHECK(count(&out, "Via") == 0);
-    evhttp_clear_headers(&in);
-    evhttp_clear_headers(&out);
+    hdrlist_clear(&in);
+    hdrlist_clear(&out);
 }
 
 static void test_forwarded_fields(void)
@@ -160,7 +161,7 @@ static void test_forwarded_fields(void)
     CHECK(strcmp(evhttp_find_header(&out, "X-Forwarded-Proto"), "http") == 0);
     CHECK(evhttp_find_header(&out, "X-Forwarded-Host") == NULL); /* no Host given */
     CHECK(strcmp(evhttp_find_header(&out, "Via"), PROXYHDR_VIA) == 0);
-    evhttp_clear_headers(&out);
+    hdrlist_clear(&out);
 
     evhttp_add_header(&in, "Host", "shop.example:8080");
     evhttp_add_header(&in, "X-Forwarded-For", "1.1.1.1");
@@ -174,8 +175,8 @@ static void test_forwarded_fields(void)
     CHECK(strcmp(evhttp_find_header(&out, "Via"), "1.0 edge, " PROXYHDR_VIA) == 0);
     CHECK(strcmp(evhttp_find_header(&out, "X-Forwarded-Proto"), "http") == 0);
     CHECK(count(&out, "X-Forwarded-Proto") == 1);
-    evhttp_clear_headers(&in);
-    evhttp_clear_headers(&out);
+    hdrlist_clear(&in);
+    hdrlist_clear(&out);
 }
 
 /* A client's list past 4 KiB stays whole: cut, it kept the client's own
@@ -194,8 +195,8 @@ static void test_forwarded_long_list(void)
     const char *xff = evhttp_find_header(&out, "X-Forwarded-For");
     CHECK(xff != NULL && strlen(xff) == 5000 + strlen(", 203.0.113.7, 10.0.0.9"));
     CHECK(xff != NULL && strcmp(xff + 5000, ", 203.0.113.7, 10.0.0.9") == 0);
-    evhttp_clear_headers(&in);
-    evhttp_clear_headers(&out);
+    hdrlist_clear(&in);
+    hdrlist_clear(&out);
 }
 
 static int framing(const char *cl1, const char *cl2, const char *te1, const char *te2)
@@ -213,7 +214,7 @@ static int framing(const char *cl1, const char *cl2, const char *te1, const char
     const char *why = NULL;
     int rc = proxyhdr_check_framing(&in, &why);
     CHECK(rc == 0 || (why != NULL && why[0]));
-    evhttp_clear_headers(&in);
+    hdrlist_clear(&in);
     return rc;
 }
 
@@ -294,8 +295,8 @@ static void test_move_selects_as_copy(void)
     evhttp_add_header(&out, "X-After", "1"); /* the emptied list is usable */
     proxyhdr_move_all(&out, &all);
     CHECK(all.tqh_first != NULL && count(&all, "X-After") == 1);
-    evhttp_clear_headers(&in);
-    evhttp_clear_headers(&all);
+    hdrlist_clear(&in);
+    hdrlist_clear(&all);
 }
 
 /* A request target as reqparse reads it: from the line's first space to its last. */

@@ -6,6 +6,7 @@
 #include <sys/queue.h>
 
 #include "check.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/routes.h"
 
 static routes *parse(const char *json, char *err)
@@ -63,31 +64,31 @@ static void test_parse_and_match(void)
     CHECK(routes_identity(r, &h, id, sizeof(id)) == 6 && strcmp(id, "abc123") == 0);
     evhttp_add_header(&h, "Cookie", "session=other");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0); /* two: nobody's */
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "Cookie", "xsession=abc; session=");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     /* Named twice in one field (a tossed cookie beside the user's): the
      * application may read either, so nobody's. */
     evhttp_add_header(&h, "Cookie", "session=tossed; theme=dark; session=abc123");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "Cookie", "session=abc123; session=");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "Cookie", "session=; session=abc123");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     /* Across Cookie fields as within one (the application may see them
      * joined): a second, even empty, is nobody's. */
     evhttp_add_header(&h, "Cookie", "session=");
     evhttp_add_header(&h, "Cookie", "session=abc123");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     /* A tab before a cookie is whitespace to the application too. */
     evhttp_add_header(&h, "Cookie", "theme=dark;\tsession=evil; session=abc123");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     r = routes_match(rt, EVHTTP_REQ_GET, "/me");
     evhttp_add_header(&h, "authorization", "Bearer u1");
     CHECK(routes_identity(r, &h, id, sizeof(id)) > 0 && strcmp(id, "Bearer u1") == 0);
@@ -95,11 +96,11 @@ static void test_parse_and_match(void)
      * that one. */
     evhttp_add_header(&h, "Authorization", "");
     CHECK(routes_identity(r, &h, id, sizeof(id)) < 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "Authorization", "Bearer u1");
     evhttp_add_header(&h, "Authorization", "Bearer a-token-too-long-for-the-buffer");
     CHECK(routes_identity(r, &h, id, 16) < 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     routes_free(rt);
 }
 

@@ -5,6 +5,7 @@
 #include <sys/queue.h>
 
 #include "check.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/sharedhot.h"
 
 static struct evkeyvalq none;
@@ -100,13 +101,13 @@ static void test_vary(void)
     shot_put(t, "c", s, &e, &none, &one, 0, 0);
     CHECK(shot_get(t, "c", s, &one, 1, 1) != NULL);
     CHECK(shot_get(t, "c", s, &twice, 1, 1) == NULL);
-    evhttp_clear_headers(&one);
+    hdrlist_clear(&one);
     shot_drop_all(t);
     shot_put(t, "c", shot_stamp(t, "r"), &e, &none, &twice, 0, 0); /* no one value: not kept */
     CHECK(shot_count(t) == 0);
-    evhttp_clear_headers(&a);
-    evhttp_clear_headers(&b);
-    evhttp_clear_headers(&twice);
+    hdrlist_clear(&a);
+    hdrlist_clear(&b);
+    hdrlist_clear(&twice);
     shot_free(t);
 }
 
@@ -138,7 +139,7 @@ static void test_vary_past_the_cut_and_empty(void)
     CHECK(shot_get(t, "c", s, &none, 1, 1) != NULL);
     for (int i = 0; i < 3; i++) {
         CHECK(shot_get(t, "c", s, &req[i], 1, 1) == NULL);
-        evhttp_clear_headers(&req[i]);
+        hdrlist_clear(&req[i]);
     }
     shot_free(t);
 }

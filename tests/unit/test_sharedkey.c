@@ -9,6 +9,7 @@
 #include <sys/queue.h>
 
 #include "check.h"
+#include "quotecache/hdrlist.h"
 #include "quotecache/httpcache.h"
 #include "quotecache/sharedkey.h"
 
@@ -60,13 +61,13 @@ static void test_canonical(const routes *rt)
     evhttp_add_header(&h, "Accept-Language", "\x02");
     CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == -1);
     /* The authority is in the key, whatever its case. */
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "Host", "shop.example");
     CHECK(canon(r, "/catalog/7", NULL, &h, a, fa) == 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "Host", "evil.example");
     CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) != 0);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "Host", "Shop.EXAMPLE");
     CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == 0 && strcmp(a, b) == 0);
     evhttp_add_header(&h, "Accept-Language", "fr");
@@ -74,7 +75,7 @@ static void test_canonical(const routes *rt)
      * last (or both); its answer for "de" would be stored as "fr"'s. */
     evhttp_add_header(&h, "Accept-Language", "de");
     CHECK(canon(r, "/catalog/7", NULL, &h, b, fb) == -1);
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
 }
 
 static void test_keys(const routes *rt)
@@ -184,30 +185,30 @@ static void test_entry(void)
     CHECK(d.nvary == 2 && skey_vary_matches(&d, &req));
     evhttp_add_header(&req, "X-Lang", "evil"); /* twice: no one value */
     CHECK(!skey_vary_matches(&d, &req));
-    evhttp_remove_header(&req, "X-Lang");
+    hdrlist_remove(&req, "X-Lang");
     CHECK(!skey_vary_matches(&d, &req) && evhttp_find_header(&req, "X-Lang") != NULL);
-    evhttp_clear_headers(&req);
+    hdrlist_clear(&req);
     evhttp_add_header(&req, "X-Lang", "en");
     CHECK(skey_vary_matches(&d, &req));
     evhttp_add_header(&req, "X-Absent", "now present");
     CHECK(!skey_vary_matches(&d, &req));
     /* The stored form keeps a digest of a Vary value, never the value. */
     CHECK(memmem(buf, len, "X-Lang:en", 9) == NULL && memmem(buf, len, "X-Lang:", 7) != NULL);
-    evhttp_clear_headers(&req);
+    hdrlist_clear(&req);
     evhttp_add_header(&req, "X-Lang", "e");
     CHECK(!skey_vary_matches(&d, &req));
     /* Cut or grown: refused. */
-    evhttp_clear_headers(&dh);
-    evhttp_clear_headers(&dv);
+    hdrlist_clear(&dh);
+    hdrlist_clear(&dv);
     CHECK(skey_entry_decode(buf, len - 1, &d, &dh, &dv) == -1);
-    evhttp_clear_headers(&dh);
-    evhttp_clear_headers(&dv);
+    hdrlist_clear(&dh);
+    hdrlist_clear(&dv);
     CHECK(skey_entry_decode("QS1 200\n", 8, &d, &dh, &dv) == -1);
     free(buf);
-    evhttp_clear_headers(&h);
-    evhttp_clear_headers(&req);
-    evhttp_clear_headers(&dh);
-    evhttp_clear_headers(&dv);
+    hdrlist_clear(&h);
+    hdrlist_clear(&req);
+    hdrlist_clear(&dh);
+    hdrlist_clear(&dv);
 }
 
 /* An answer whose field name is empty or longer than 255 bytes was stored
@@ -237,18 +238,18 @@ static void test_entry_holds(void)
     CHECK(skey_entry_decode(buf, len, &d, &dh, &dv) == 0 &&
           strcmp(evhttp_find_header(&dh, name), "v") == 0);
     free(buf);
-    evhttp_clear_headers(&dh);
+    hdrlist_clear(&dh);
     name[255] = 'x';
     name[256] = '\0';
     evhttp_add_header(&h, name, "v");
     CHECK(!skey_entry_holds(&h));
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "", "v"); /* ": v" from the upstream */
     CHECK(!skey_entry_holds(&h));
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
     evhttp_add_header(&h, "X-A", "v");
     CHECK(skey_entry_holds(&h));
-    evhttp_clear_headers(&h);
+    hdrlist_clear(&h);
 }
 
 /* An answer that names a Vary field twice (two Vary: Origin fields) is
@@ -279,14 +280,14 @@ static void test_vary_named_twice(void)
     char *buf = skey_entry_encode(&e, &len);
     CHECK(skey_entry_decode(buf, len, &d, &dh, &dv) == 0);
     CHECK(skey_vary_matches(&d, &req));
-    evhttp_clear_headers(&req);
+    hdrlist_clear(&req);
     evhttp_add_header(&req, "Origin", "https://b.example");
     CHECK(!skey_vary_matches(&d, &req));
     free(buf);
-    evhttp_clear_headers(&resp);
-    evhttp_clear_headers(&req);
-    evhttp_clear_headers(&dh);
-    evhttp_clear_headers(&dv);
+    hdrlist_clear(&resp);
+    hdrlist_clear(&req);
+    hdrlist_clear(&dh);
+    hdrlist_clear(&dv);
 }
 
 int main(void)
