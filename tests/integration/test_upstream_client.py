@@ -252,6 +252,34 @@ def script_late(up, c, cid, method, target, body):
     return "keep"
 
 
+ALIGNED = 16384  # upstream.c's UPSTREAM_IBUF: what one recv of an answer takes
+
+
+def script_aligned(up, c, cid, method, target, body):
+    # An answer exactly one of the proxy's reads long, and in the same
+    # write bytes nobody asked for that look like an answer: its read
+    # ends at the answer's last byte and leaves them in the kernel.
+    fields = [("X-Conn", cid), ("X-Pad", "")]
+    pad = ALIGNED - len(answer("200 OK", fields, b"aligned"))
+    fields[1] = ("X-Pad", "p" * pad)
+    data = answer("200 OK", fields, b"aligned")
+    assert len(data) == ALIGNED
+    c.sendall(data + answer("200 OK", [("X-Conn", cid), ("X-Stale", "1")], b"STALE"))
+    return "keep"
+
+
+CLOSE_GATE = threading.Event()
+
+
+def script_then_closed(up, c, cid, method, target, body):
+    # Keep-alive as far as the answer says, and closed right after it,
+    # once the test says so.
+    CLOSE_GATE.wait(5)
+    CLOSE_GATE.clear()
+    c.sendall(answer("200 OK", [("X-Conn", cid)], b"then closed"))
+    return "close"
+
+
 BROKEN = {
     "two-lengths": answer("200 OK", [("Content-Length", 2), ("Content-Length", 3)],
                           b"abc", length=False),
@@ -281,7 +309,8 @@ SCRIPTS = {"chunked": script_chunked, "close10": script_close10, "close11": scri
            "idle-close": script_idle_close, "says-close": script_says_close, "head": script_head,
            "big-head": script_big_head, "big-chunked": script_big_chunked,
            "big-close": script_big_close, "silent": script_silent, "slow-read": script_slow_read,
-           "trickle": script_trickle, "late": script_late,
+           "trickle": script_trickle, "late": script_late, "aligned": script_aligned,
+           "then-closed": script_then_closed,
            "broken": script_broken}
 
 
@@ -484,6 +513,75 @@ def test_bytes_after_a_bodiless_answer_never_answer_the_next_request():
             assert r.getheader("X-Stale") is None and r.getheader("X-Conn") != h["x-conn"]
         finally:
             c.close()
+
+
+def read_answers(s, n):
+    """n answers (Content-Length framed) from a raw socket: (status,
+    fields, body) each."""
+    buf, out = b"", []
+    s.settimeout(5)
+    while len(out) < n:
+        while b"\r\n\r\n" not in buf:
+            more = s.recv(65536)
+            assert more, (out, buf)
+            buf += more
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {k.strip().lower(): v.strip()
+                  for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        n_body = int(fields.get("content-length", "0"))
+        while len(buf) < n_body:
+            more = s.recv(65536)
+            assert more, (out, buf)
+            buf += more
+        out.append((int(lines[0].split()[1]), fields, buf[:n_body]))
+        buf = buf[n_body:]
+    return out
+
+
+def test_bytes_the_last_read_of_an_answer_left_never_answer_a_request_of_the_same_turn():
+    # The answer fills the proxy's read to its last byte, and the bytes
+    # after it wait in the kernel, unread. The client's next request,
+    # pipelined, is read in the same turn of the loop, as soon as the
+    # first is answered, and takes the connection just parked: its read
+    # event ran in this turn already and is not active, yet the socket is
+    # not quiet. Taken on the strength of that flag, it read the waiting
+    # bytes as this request's answer.
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", px.port)) as s:
+            s.sendall(b"GET /aligned HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /ok/victim HTTP/1.1\r\nHost: x\r\n\r\n")
+            (s1, h1, b1), (s2, h2, b2) = read_answers(s, 2)
+        assert s1 == 200 and b1 == b"aligned", (s1, b1)
+        assert s2 == 200 and b2 == b"ok /ok/victim", (s2, h2, b2)
+        assert "x-stale" not in h2 and h2["x-conn"] != h1["x-conn"], (h1["x-conn"], h2)
+
+
+def test_a_post_never_meets_a_connection_closed_behind_the_answer_it_came_after():
+    # The upstream closes the connection right after an answer that did not
+    # say so, both in the kernel before the worker reads either (it is
+    # stopped meanwhile): the client's pipelined POST, read in the same turn
+    # once the answer is, looks for a connection while that end waits,
+    # unread, behind the answer. A POST is not sent again, so one put on
+    # that connection was a 502.
+    worker = px.worker_pids()[0]
+    for i in range(3):
+        n = len(up.requests)
+        with socket.create_connection(("127.0.0.1", px.port)) as s:
+            s.sendall(b"GET /then-closed HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"POST /ok/post%d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi" % i)
+            end = time.time() + 5
+            while len(up.requests) == n and time.time() < end:
+                time.sleep(0.005)  # the GET is at the upstream, waiting on the gate
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                CLOSE_GATE.set()
+                time.sleep(0.1)  # the answer and the close are in the worker's socket
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            (s1, _, b1), (s2, h2, b2) = read_answers(s, 2)
+        assert s1 == 200 and b1 == b"then closed", (s1, b1)
+        assert s2 == 200 and b2 == b"ok /ok/post%d" % i, (i, s2, h2, b2)
 
 
 def test_request_body_larger_than_the_socket_buffers():
