@@ -44,9 +44,10 @@ def slow_client():
     return s
 
 
-def read_one(s, timeout=10):
+def read_one(s, timeout=10, pace=0):
     """One answer: (status, headers, body). The body is what arrived,
-    short if the connection ended."""
+    short if the connection ended. pace: seconds slept after each read of
+    at most 16 KB, else reads go as fast as the answer comes."""
     s.settimeout(timeout)
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -58,10 +59,11 @@ def read_one(s, timeout=10):
     h = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
     n = int(h["content-length"])
     while len(body) < n:
-        c = s.recv(min(65536, n - len(body)))
+        c = s.recv(min(16384 if pace else 65536, n - len(body)))
         if not c:
             break
         body += c
+        time.sleep(pace)
     return int(lines[0].split(" ")[1]), h, body
 
 
@@ -90,6 +92,23 @@ def test_keepalive_answer_slower_than_idle_timeout_arrives_whole():
         took = time.monotonic() - t0
         assert status == 200 and "connection" not in h
         assert len(body) == BIG, "%d of %d bytes in %.1f s" % (len(body), BIG, took)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, _ = read_one(s)
+        assert status == 200
+
+
+def test_small_answer_behind_a_big_one_still_being_read_keeps_the_connection():
+    # The small answer goes into the kernel at once, behind megabytes of
+    # the big one that the client is still taking, more slowly than the
+    # 1 s --idle-timeout drains them: the connection idles after it, yet
+    # its client is reading, and its next request is served.
+    with slow_client() as s:
+        s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" % BIG)
+        status, _, body = read_one(s, pace=0.004)  # about 4 MB/s
+        assert status == 200 and len(body) == BIG, (status, len(body))
+        status, _, _ = read_one(s)
+        assert status == 200
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         status, _, _ = read_one(s)
         assert status == 200
