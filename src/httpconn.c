@@ -28,6 +28,7 @@
 #include <event2/listener.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -88,6 +89,7 @@ struct http_conn {
     bool owned;     /* the handler has req: not freed before it answers */
     bool closing;   /* the answer in obuf is the last */
     int outq;       /* WRITING, IDLE: the kernel's unsent bytes when the deadline was armed */
+    size_t qbound;  /* at least the kernel's unsent bytes: the last look plus all sent since */
     int depth;      /* conn_process / handler calls on the stack */
     http_gone_cb *gone;
     void *gone_arg;
@@ -249,6 +251,7 @@ static int conn_flush(http_conn *c)
         ssize_t n = send(c->fd, c->obuf + c->osent, c->olen - c->osent, MSG_NOSIGNAL);
         if (n > 0) {
             c->osent += (size_t)n;
+            c->qbound += (size_t)n;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -260,7 +263,8 @@ static int conn_flush(http_conn *c)
         conn_enter(c, C_CLOSED);
         return -1;
     }
-    return 0; /* olen stays the size of what went, for conn_enter(C_IDLE) */
+    c->osent = c->olen = 0;
+    return 0;
 }
 
 /* ---- connection life ---- */
@@ -294,11 +298,6 @@ static void conn_release(http_conn *c)
         conn_free(c);
 }
 
-/* Answers below this size went at once and leave the kernel in one read
- * of the client's: an idle connection after one is not watched for a
- * reader's progress, which saves an ioctl a request. */
-#define WATCH_QUEUE_MIN 65536
-
 /* The bytes the client has not taken yet of what we sent (the kernel's
  * send queue); -1 where unknown. */
 static int kernel_queued(const http_conn *c)
@@ -309,6 +308,24 @@ static int kernel_queued(const http_conn *c)
         return n;
 #endif
     return -1;
+}
+
+/* Less than this left in the kernel is no reader progress worth waiting
+ * for: an idle connection with less is closed at its deadline. */
+#define WATCH_QUEUE_MIN 65536
+
+/* The kernel's queue as the deadline is armed, to tell at the deadline
+ * whether the client took bytes meanwhile. Asked of the kernel (an ioctl)
+ * only when qbound says it may hold WATCH_QUEUE_MIN: after small answers
+ * sent at once, most requests go without the system call. */
+static void queue_look(http_conn *c, bool always)
+{
+    if (!always && c->qbound < WATCH_QUEUE_MIN) {
+        c->outq = 0;
+        return;
+    }
+    c->outq = kernel_queued(c);
+    c->qbound = c->outq >= 0 ? (size_t)c->outq : SIZE_MAX / 2; /* unknown: asked again */
 }
 
 static int state_ms(const http_conn *c, enum conn_state s)
@@ -352,10 +369,8 @@ static void conn_enter(http_conn *c, enum conn_state to)
         c->reading = false;
         return;
     }
-    if (to == C_WRITING || (to == C_IDLE && c->olen >= WATCH_QUEUE_MIN))
-        c->outq = kernel_queued(c);
-    else if (to == C_IDLE)
-        c->outq = 0; /* no progress to wait for: closed at the deadline */
+    if (to == C_WRITING || to == C_IDLE)
+        queue_look(c, to == C_WRITING);
     int ms = state_ms(c, to);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(&c->timer, &tv);
