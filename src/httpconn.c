@@ -42,6 +42,7 @@
 #endif
 
 #include "quotecache/hdrlist.h"
+#include "quotecache/httphdr.h"
 #include "quotecache/log.h"
 #include "quotecache/mem.h"
 #include "quotecache/metrics.h"
@@ -564,7 +565,7 @@ static bool answer_closes(http_conn *c, const struct evkeyvalq *out)
     if (!c->p.keep_alive || c->req.err_close || c->l->draining)
         return true;
     for (const struct evkeyval *kv = out->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (strcasecmp(kv->key, "Connection") == 0 && strcasecmp(kv->value, "close") == 0)
+        if (httphdr_name_is(kv->key, "Connection") && strcasecmp(kv->value, "close") == 0)
             return true;
     }
     return false;

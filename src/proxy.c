@@ -222,7 +222,7 @@ static bool try_local(proxy *p, http_req *req, const char *path, proxy_reply *ou
         return false;
     reply_init(out, r);
     for (const struct evkeyval *kv = e->headers->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (strcasecmp(kv->key, "Age") != 0)
+        if (!httphdr_name_is(kv->key, "Age"))
             hdrlist_add(&out->headers, kv->key, kv->value);
     }
     char buf[96]; /* by strbuf: two snprintf calls were 1.4k of a hit */

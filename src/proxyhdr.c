@@ -92,7 +92,7 @@ static listed *connection_names(const struct evkeyvalq *in, size_t *n)
     listed *t = NULL;
     size_t k = 0, cap = 0;
     for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (strcasecmp(kv->key, "Connection") != 0)
+        if (!httphdr_name_is(kv->key, "Connection"))
             continue;
         for (const char *p = kv->value; *p;) {
             p += strspn(p, ", \t");
@@ -199,7 +199,7 @@ size_t proxyhdr_join(const struct evkeyvalq *h, const char *name, char *buf, siz
     size_t n = 0;
     buf[0] = '\0';
     for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (strcasecmp(kv->key, name) != 0 || kv->value[0] == '\0')
+        if (!httphdr_name_is(kv->key, name) || kv->value[0] == '\0')
             continue;
         int w = snprintf(buf + n, len - n, "%s%s", n ? ", " : "", kv->value);
         if (w < 0 || (size_t)w >= len - n)
@@ -261,7 +261,7 @@ int proxyhdr_count(const struct evkeyvalq *h, const char *name, const char **val
 {
     int n = 0;
     for (const struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (strcasecmp(kv->key, name) == 0) {
+        if (httphdr_name_is(kv->key, name)) {
             *value = kv->value;
             n++;
         }

@@ -188,11 +188,11 @@ static upresp_result head_done(upresp *p)
     framing f = {0};
     bool close = false, keep_alive = false;
     for (const struct evkeyval *kv = p->fields.tqh_first; kv && !f.bad; kv = kv->next.tqe_next) {
-        if (strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+        if (httphdr_name_is(kv->key, "Transfer-Encoding")) {
             read_codings(&f, kv->value);
-        } else if (strcasecmp(kv->key, "Content-Length") == 0) {
+        } else if (httphdr_name_is(kv->key, "Content-Length")) {
             read_lengths(&f, kv->value);
-        } else if (strcasecmp(kv->key, "Connection") == 0) {
+        } else if (httphdr_name_is(kv->key, "Connection")) {
             close = close || httphdr_has_token(kv->value, "close");
             keep_alive = keep_alive || httphdr_has_token(kv->value, "keep-alive");
         }

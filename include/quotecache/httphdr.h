@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <strings.h>
 
 /* True when the comma-separated list in value (Cache-Control, Pragma)
  * contains token, compared case-insensitively, as a whole list element or
@@ -34,6 +35,14 @@ bool httphdr_is_tchar(unsigned char c);
  * HTTPHDR_CHUNK_HUGE past 15 hex digits, or HTTPHDR_CHUNK_BAD. */
 enum { HTTPHDR_CHUNK_OK, HTTPHDR_CHUNK_HUGE, HTTPHDR_CHUNK_BAD };
 int httphdr_chunk_size(const char *l, size_t n, uint64_t *size);
+
+/* Whether field name a is b, without case: the first letters first,
+ * where most names asked about differ, then strcasecmp; asked of every
+ * field of every message more than once. */
+static inline bool httphdr_name_is(const char *a, const char *b)
+{
+    return ((a[0] ^ b[0]) & ~0x20) == 0 && strcasecmp(a, b) == 0;
+}
 
 /* The method's name: GET, HEAD, POST, PUT, DELETE, OPTIONS or PATCH (the
  * methods quotecache serves or forwards), "OTHER" for any other. */

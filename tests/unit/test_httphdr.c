@@ -86,8 +86,26 @@ static void test_etag_no_match(void)
     CHECK(!httphdr_etag_matches("\"" TAG "\"", NULL));
 }
 
+static void test_name_is(void)
+{
+    CHECK(httphdr_name_is("Connection", "Connection"));
+    CHECK(httphdr_name_is("connection", "Connection"));
+    CHECK(httphdr_name_is("CONNECTION", "connection"));
+    CHECK(httphdr_name_is("x-a", "X-A"));
+    CHECK(httphdr_name_is("", ""));
+    CHECK(!httphdr_name_is("Connections", "Connection"));
+    CHECK(!httphdr_name_is("Connectio", "Connection"));
+    CHECK(!httphdr_name_is("Content-Length", "Connection"));
+    CHECK(!httphdr_name_is("", "Age"));
+    CHECK(!httphdr_name_is("Age", ""));
+    /* First bytes 0x20 apart that are no letters: strcasecmp decides. */
+    CHECK(!httphdr_name_is("\r-A", "--A"));
+    CHECK(!httphdr_name_is("@", "`"));
+}
+
 int main(void)
 {
+    test_name_is();
     test_token_found();
     test_token_not_found();
     test_etag_match();
