@@ -26,6 +26,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -89,7 +90,8 @@ struct http_conn {
     bool continued; /* the 100 Continue of this request is sent */
     bool owned;     /* the handler has req: not freed before it answers */
     bool closing;   /* the answer in obuf is the last */
-    int outq;       /* WRITING, IDLE: the kernel's unsent bytes when the deadline was armed */
+    int outq;       /* WRITING, IDLE: the kernel's unsent bytes when the deadline was armed,
+                       OUTQ_UNLOOKED if not asked */
     size_t qbound;  /* at least the kernel's unsent bytes: the last look plus all sent since */
     int depth;      /* conn_process / handler calls on the stack */
     http_gone_cb *gone;
@@ -311,18 +313,22 @@ static int kernel_queued(const http_conn *c)
     return -1;
 }
 
-/* Less than this left in the kernel is no reader progress worth waiting
- * for: an idle connection with less is closed at its deadline. */
+/* Under this qbound, an idle connection's deadline is armed without a
+ * look at the kernel's queue. */
 #define WATCH_QUEUE_MIN 65536
+
+/* outq when the look was skipped: the deadline looks instead. */
+#define OUTQ_UNLOOKED INT_MAX
 
 /* The kernel's queue as the deadline is armed, to tell at the deadline
  * whether the client took bytes meanwhile. Asked of the kernel (an ioctl)
  * only when qbound says it may hold WATCH_QUEUE_MIN: after small answers
- * sent at once, most requests go without the system call. */
+ * sent at once, most requests go without the system call, and the
+ * deadline's own look tells whether the client has taken them all. */
 static void queue_look(http_conn *c, bool always)
 {
     if (!always && c->qbound < WATCH_QUEUE_MIN) {
-        c->outq = 0;
+        c->outq = OUTQ_UNLOOKED;
         return;
     }
     c->outq = kernel_queued(c);
@@ -405,8 +411,15 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
          * after the client began taking it: a client still reading its
          * answer is no idle one. */
         int q = kernel_queued(c);
-        if (q >= 0 && q < c->outq) {
+        bool unlooked = c->outq == OUTQ_UNLOOKED;
+        if (q >= 0 && (unlooked ? q > 0 : q < c->outq)) {
+            /* Unlooked, bytes still unsent: closing now would have the
+             * client's next bytes reset the connection and drop them. One
+             * more period, watched from this look (nothing sent since). */
+            c->qbound = (size_t)q;
             conn_enter(c, c->state);
+            if (c->outq == OUTQ_UNLOOKED)
+                c->outq = q;
             return;
         }
     }
