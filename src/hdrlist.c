@@ -3,9 +3,9 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/queue.h>
 
+#include "quotecache/httphdr.h"
 #include "quotecache/mem.h"
 
 void hdrlist_add_n(struct evkeyvalq *h, const char *name, size_t nl, const char *value, size_t vl)
@@ -29,6 +29,12 @@ int hdrlist_add(struct evkeyvalq *h, const char *name, const char *value)
     return 0;
 }
 
+void hdrlist_copy(struct evkeyvalq *to, const struct evkeyvalq *from)
+{
+    for (const struct evkeyval *kv = from->tqh_first; kv; kv = kv->next.tqe_next)
+        hdrlist_add(to, kv->key, kv->value);
+}
+
 /* A field of ours holds its strings in its own block; libevent's point
  * to two more. */
 static void field_free(struct evkeyval *kv)
@@ -43,7 +49,7 @@ static void field_free(struct evkeyval *kv)
 int hdrlist_remove(struct evkeyvalq *h, const char *name)
 {
     for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (strcasecmp(kv->key, name) == 0) {
+        if (httphdr_name_is(kv->key, name)) {
             TAILQ_REMOVE(h, kv, next);
             field_free(kv);
             return 0;

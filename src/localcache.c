@@ -208,8 +208,7 @@ int lcache_put(lcache *c, const char *key, int status, const struct evkeyvalq *h
     e->hash = hash_str(key);
     e->size = size;
     TAILQ_INIT(&e->headers);
-    for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
-        hdrlist_add(&e->headers, kv->key, kv->value);
+    hdrlist_copy(&e->headers, headers);
     e->body = xmalloc(len + 1);
     if (len > 0) /* an empty evbuffer pulls up to NULL */
         memcpy(e->body, body, len);

@@ -513,8 +513,7 @@ proxy_op *proxy_forward(proxy *p, http_req *req, const char *path, proxy_cb *cb,
     if (m == EVHTTP_REQ_GET && local_key(op->r, req, key, sizeof(key)) &&
         !httphdr_has_token(cc, "no-store")) {
         op->key = xstrdup(key);
-        for (const struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next)
-            hdrlist_add(&op->req, kv->key, kv->value);
+        hdrlist_copy(&op->req, in);
     } else if ((m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD) && op->r != NULL &&
                op->r->policy == ROUTE_SHARED && p->sh != NULL) {
         op->sq = shared_get(p->sh, op->r, req, path, on_shared, op);

@@ -257,7 +257,7 @@ static void build_reply(proxy_reply *out, const route *r, http_req *req, bool he
         h = &out->headers;
     } else if (s->err == NULL) {
         for (const struct evkeyval *kv = s->h->tqh_first; kv; kv = kv->next.tqe_next) {
-            if (strcasecmp(kv->key, "Age") != 0 && strcasecmp(kv->key, "X-Cache") != 0)
+            if (!httphdr_name_is(kv->key, "Age") && !httphdr_name_is(kv->key, "X-Cache"))
                 hdrlist_add(&out->headers, kv->key, kv->value);
         }
     }

@@ -802,8 +802,7 @@ upstream_op *upstream_fetch(upstream *u, const char *target, const struct evkeyv
                             const char *peer, const char *request_id, upstream_cb *cb, void *arg)
 {
     upstream_op *op = op_new(u, EVHTTP_REQ_GET, target, cb, arg);
-    for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
-        hdrlist_add(&op->own, kv->key, kv->value);
+    hdrlist_copy(&op->own, headers);
     snprintf(op->peer, sizeof(op->peer), "%s", peer ? peer : "unknown");
     snprintf(op->request_id, sizeof(op->request_id), "%s", request_id ? request_id : "");
     return op_start(op);

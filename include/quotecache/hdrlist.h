@@ -22,6 +22,9 @@ int hdrlist_add(struct evkeyvalq *h, const char *name, const char *value);
  * have refused CR, LF and NUL already. */
 void hdrlist_add_n(struct evkeyvalq *h, const char *name, size_t nl, const char *value, size_t vl);
 
+/* Appends a copy of every field of from to to (by hdrlist_add). */
+void hdrlist_copy(struct evkeyvalq *to, const struct evkeyvalq *from);
+
 /* Removes the first field named name (without case): 0, or -1 if none. */
 int hdrlist_remove(struct evkeyvalq *h, const char *name);
 

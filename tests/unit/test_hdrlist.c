@@ -70,8 +70,27 @@ static void test_mixed_with_libevent_fields(void)
     hdrlist_clear(&h); /* an empty list */
 }
 
+static void test_copy(void)
+{
+    struct evkeyvalq from, to;
+    TAILQ_INIT(&from);
+    TAILQ_INIT(&to);
+    CHECK(evhttp_add_header(&from, "X-Theirs", "1") == 0);
+    CHECK(hdrlist_add(&from, "X-Ours", "2") == 0);
+    CHECK(hdrlist_add(&to, "X-Before", "0") == 0);
+    hdrlist_copy(&to, &from);
+    CHECK(count(&to) == 3 && count(&from) == 2);
+    CHECK(strcmp(to.tqh_first->key, "X-Before") == 0);
+    CHECK(strcmp(evhttp_find_header(&to, "X-Theirs"), "1") == 0);
+    CHECK(evhttp_find_header(&to, "X-Ours") != evhttp_find_header(&from, "X-Ours")); /* copies */
+    hdrlist_clear(&from);
+    CHECK(strcmp(evhttp_find_header(&to, "X-Ours"), "2") == 0);
+    hdrlist_clear(&to);
+}
+
 int main(void)
 {
+    test_copy();
     test_add_and_find();
     test_cr_or_lf_refused();
     test_mixed_with_libevent_fields();
